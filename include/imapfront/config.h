@@ -1,0 +1,135 @@
+/* config: proxy.ini parsed by inih into an immutable, reference-counted
+ * snapshot. Every option is one row of a table (section, key, type, default,
+ * bounds, flags) in config.c; defaults go through the same parser as user
+ * values. Errors read "FILE:LINE: key: reason". */
+#ifndef IMAPFRONT_CONFIG_H
+#define IMAPFRONT_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+enum imf_listen_mode {
+    IMF_LISTEN_IMPLICIT_TLS,
+    IMF_LISTEN_STARTTLS,
+    IMF_LISTEN_MODE_COUNT
+};
+
+enum imf_balance {
+    IMF_BALANCE_FIRST,
+    IMF_BALANCE_ROUNDROBIN,
+    IMF_BALANCE_COUNT
+};
+
+enum imf_quirks {
+    IMF_QUIRKS_NONE,
+    IMF_QUIRKS_EXCHANGE55,
+    IMF_QUIRKS_COUNT
+};
+
+enum imf_literal_plus {
+    IMF_LITERAL_PLUS_PASS,
+    IMF_LITERAL_PLUS_SYNC,
+    IMF_LITERAL_PLUS_COUNT
+};
+
+enum imf_forward_ip {
+    IMF_FORWARD_IP_OFF,
+    IMF_FORWARD_IP_ID,
+    IMF_FORWARD_IP_COUNT
+};
+
+enum imf_proxy_protocol {
+    IMF_PROXY_PROTOCOL_OFF,
+    IMF_PROXY_PROTOCOL_V1,
+    IMF_PROXY_PROTOCOL_V2,
+    IMF_PROXY_PROTOCOL_ANY,
+    IMF_PROXY_PROTOCOL_COUNT
+};
+
+/* A socket address as written ("127.0.0.1:993", "[::1]:993") and resolved. */
+struct imf_sockaddr {
+    char text[128];
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+
+struct imf_listen_config {
+    char name[64]; /* NAME of [listen.NAME] */
+    struct imf_sockaddr address;
+    enum imf_listen_mode mode;
+    bool require_tls;
+    enum imf_proxy_protocol proxy_protocol;
+    char *proxy_protocol_from; /* as written; NULL when empty */
+};
+
+struct imf_config {
+    char *path; /* file it came from, or the name given to imf_config_parse */
+
+    /* [proxy] */
+    unsigned workers; /* 0 = auto (number of CPUs) */
+    uint32_t max_connections;
+    uint32_t max_connections_per_ip; /* 0 = no limit */
+    char *user;                      /* NULL = keep the current user */
+    int log_level;                   /* enum imf_log_level */
+    int log_format;                  /* enum imf_log_format */
+
+    /* [listen.NAME], in file order */
+    struct imf_listen_config *listeners;
+    size_t listeners_len;
+
+    /* [tls] */
+    char *certificate;
+    char *private_key;
+    uint16_t min_version; /* TLS1_2_VERSION or TLS1_3_VERSION */
+    bool session_tickets;
+    uint64_t handshake_timeout_ms;
+
+    /* [backend] */
+    struct imf_sockaddr *servers;
+    size_t servers_len;
+    enum imf_balance balance;
+    uint64_t connect_timeout_ms;
+    enum imf_quirks quirks;
+    bool pipelining;
+    enum imf_literal_plus literal_plus;
+    bool literal_crlf_split;
+    enum imf_forward_ip forward_client_ip;
+
+    /* [imap] */
+    uint64_t max_line_length;
+    uint64_t max_literal_size;
+    char *hide_capabilities; /* as written (space/comma separated); NULL when empty */
+    uint64_t preauth_timeout_ms;
+    uint64_t idle_timeout_ms;
+    uint64_t buffer_limit;
+
+    /* [admin] */
+    struct imf_sockaddr admin_address; /* admin_address.len == 0: off */
+
+    _Atomic int refs; /* private: see imf_config_ref/unref */
+};
+
+/* Reads and checks the file at path. On success returns 0 and a snapshot with
+ * one reference in *out_cfg; on failure returns a negative errno-style code,
+ * leaves *out_cfg untouched and writes "FILE:LINE: key: reason" (or
+ * "FILE: reason" when the file cannot be read) into err. */
+int imf_config_load(const char *path, struct imf_config **out_cfg, char *err, size_t err_len);
+
+/* The same for an in-memory INI text; name stands for the file in errors. */
+int imf_config_parse(const char *name, const char *text, struct imf_config **out_cfg, char *err,
+                     size_t err_len);
+
+/* Reference counting; the last unref frees. Safe across threads. */
+struct imf_config *imf_config_ref(struct imf_config *cfg);
+void imf_config_unref(struct imf_config *cfg);
+
+/* Value parsers shared with the rest of the program; 0 or -EINVAL/-ERANGE. */
+int imf_config_parse_size(const char *text, uint64_t *out_bytes);
+int imf_config_parse_duration(const char *text, uint64_t *out_ms);
+int imf_config_parse_sockaddr(const char *text, struct imf_sockaddr *out_addr);
+
+extern const char *const imf_listen_mode_names[IMF_LISTEN_MODE_COUNT];
+
+#endif

@@ -1,0 +1,41 @@
+/* tls: the server SSL_CTX built from config, and the per-connection engine.
+ *
+ * TLS is an engine, not a socket: each connection's SSL reads ciphertext from
+ * one chain and writes ciphertext to another through a custom BIO, so the
+ * event loop never blocks on TLS and every byte is accounted for. */
+#ifndef IMAPFRONT_TLS_H
+#define IMAPFRONT_TLS_H
+
+#include <openssl/ssl.h>
+#include <stdbool.h>
+
+#include "imapfront/chain.h"
+#include "imapfront/config.h"
+
+/* The chains an SSL reads from and writes to, and what the engine tells
+ * its owner. Embedded in the session; the SSL's app data points at it. */
+struct imf_tls_io {
+    struct imf_chain *in;  /* ciphertext received, consumed by the SSL */
+    struct imf_chain *out; /* ciphertext to send, appended by the SSL */
+    bool in_eof;           /* the peer closed its side: reads report EOF */
+    const char *peer;      /* for log lines */
+    char last_alert[64];   /* last fatal alert sent or received, for logs */
+};
+
+/* Builds an SSL_CTX from [tls] (certificate chain, key, versions, tickets,
+ * ALPN "imap", forward-secret AEAD suites). On success returns 0 and the
+ * context in *out_ctx (the caller owns one reference); on failure a negative
+ * code and a message in err. */
+int imf_tls_ctx_new(const struct imf_config *cfg, SSL_CTX **out_ctx, char *err, size_t err_len);
+
+/* A new server-side SSL bound to io. Returns NULL on allocation failure. */
+SSL *imf_tls_conn_new(SSL_CTX *ctx, struct imf_tls_io *io);
+
+/* Why the last SSL call failed, as a short static or io-held string:
+ * the library's reason, the alert, or "eof". */
+const char *imf_tls_failure_reason(SSL *ssl, struct imf_tls_io *io);
+
+/* The ALPN protocol we speak. */
+#define IMF_TLS_ALPN "imap"
+
+#endif

@@ -1,0 +1,83 @@
+/* worker: one thread, one uv loop, its own SO_REUSEPORT listening sockets and
+ * the sessions they accept. Workers share only reference-counted, immutable
+ * things (config snapshot, SSL_CTX) and expose counters that other threads
+ * read. */
+#ifndef IMAPFRONT_WORKER_H
+#define IMAPFRONT_WORKER_H
+
+#include <openssl/ssl.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "imapfront/chain.h"
+#include "imapfront/config.h"
+
+struct imf_session;
+struct imf_worker;
+
+/* Counters of one worker: written by its thread only, read by any. */
+struct imf_worker_stats {
+    _Atomic uint64_t sessions_active;
+    _Atomic uint64_t sessions_total;
+    _Atomic uint64_t handshakes_ok;
+    _Atomic uint64_t handshakes_failed;
+    _Atomic uint64_t backend_connect_ok;
+    _Atomic uint64_t backend_connect_failed;
+    _Atomic uint64_t bytes_from_clients;
+    _Atomic uint64_t bytes_to_clients;
+    _Atomic uint64_t connections_refused;
+    struct imf_chain_counters chain;
+};
+
+/* Single-writer increment: a relaxed load and store, no locked instruction. */
+static inline void imf_stat_add(_Atomic uint64_t *c, int64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + (uint64_t)n,
+                          memory_order_relaxed);
+}
+
+struct imf_listener {
+    uv_tcp_t handle;
+    struct imf_worker *worker;
+    size_t index; /* into cfg->listeners */
+    bool open;
+};
+
+struct imf_worker {
+    unsigned id;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wakeup;
+    struct imf_config *cfg; /* snapshot for new sessions (one reference) */
+    SSL_CTX *ssl_ctx;       /* idem */
+    struct imf_listener *listeners;
+    size_t listeners_len;
+    struct imf_session *sessions; /* doubly linked through the sessions */
+    _Atomic bool stop;
+    bool started;
+    struct imf_worker_stats stats;
+};
+
+/* Opens a listening TCP socket for addr with SO_REUSEADDR and SO_REUSEPORT
+ * (so every worker can have its own). Returns the fd or a negative uv code. */
+int imf_listen_socket(const struct sockaddr *addr, socklen_t len);
+
+/* Sets up a worker for cfg (the worker takes its own references to cfg and
+ * ctx) whose listeners adopt the given fds (one per cfg->listeners entry;
+ * ownership moves to the worker on success). Returns 0 or a uv error. */
+int imf_worker_init(struct imf_worker *w, unsigned id, struct imf_config *cfg, SSL_CTX *ctx,
+                    const int *listen_fds);
+int imf_worker_start(struct imf_worker *w);
+/* Asks the worker to close its listeners and sessions; thread-safe. */
+void imf_worker_request_stop(struct imf_worker *w);
+/* Waits for the thread, then frees what init allocated. */
+void imf_worker_join(struct imf_worker *w);
+
+/* session.c */
+void imf_session_accept(struct imf_listener *l);
+void imf_session_shutdown(struct imf_session *s);
+void imf_worker_session_gone(struct imf_worker *w, struct imf_session *s);
+
+#endif

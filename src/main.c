@@ -1,0 +1,241 @@
+/* main: command line, signals, listeners and workers. Nothing else. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <openssl/ssl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "imapfront/config.h"
+#include "imapfront/log.h"
+#include "imapfront/tls.h"
+#include "imapfront/worker.h"
+
+#ifndef IMF_VERSION
+#define IMF_VERSION "0.1.0"
+#endif
+
+struct imf_main {
+    uv_loop_t *loop;
+    struct imf_config *cfg;
+    SSL_CTX *ssl_ctx;
+    struct imf_worker *workers;
+    unsigned workers_len;
+    uv_signal_t sig_term, sig_int, sig_usr1, sig_hup;
+    bool stopping;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: imapfront -c FILE [-t]\n"
+               "  -c FILE  configuration file (proxy.ini)\n"
+               "  -t       check the configuration and exit (0 = good, 1 = bad)\n"
+               "  -V       print the version and exit\n");
+}
+
+static void log_stats(struct imf_main *m)
+{
+    uint64_t active = 0, total = 0, hs_ok = 0, hs_fail = 0, bc_ok = 0, bc_fail = 0, refused = 0;
+    int64_t cbytes = 0, clinks = 0;
+    for (unsigned i = 0; i < m->workers_len; i++) {
+        struct imf_worker_stats *st = &m->workers[i].stats;
+        active += atomic_load(&st->sessions_active);
+        total += atomic_load(&st->sessions_total);
+        hs_ok += atomic_load(&st->handshakes_ok);
+        hs_fail += atomic_load(&st->handshakes_failed);
+        bc_ok += atomic_load(&st->backend_connect_ok);
+        bc_fail += atomic_load(&st->backend_connect_failed);
+        refused += atomic_load(&st->connections_refused);
+        cbytes += atomic_load(&st->chain.bytes);
+        clinks += atomic_load(&st->chain.links);
+    }
+    imf_info("stats",
+             "sessions_active=%" PRIu64 " sessions_total=%" PRIu64 " handshakes_ok=%" PRIu64
+             " handshakes_failed=%" PRIu64 " backend_connect_ok=%" PRIu64
+             " backend_connect_failed=%" PRIu64 " connections_refused=%" PRIu64
+             " chain_bytes=%" PRId64 " chain_links=%" PRId64,
+             active, total, hs_ok, hs_fail, bc_ok, bc_fail, refused, cbytes, clinks);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct imf_main *m = h->data;
+    if (signum == SIGUSR1) {
+        log_stats(m);
+        return;
+    }
+    if (signum == SIGHUP) {
+        imf_warn("main", "SIGHUP: configuration reload is not supported yet; restart to apply");
+        return;
+    }
+    if (m->stopping)
+        return;
+    m->stopping = true;
+    imf_info("main", "%s: stopping", strsignal(signum));
+    for (unsigned i = 0; i < m->workers_len; i++)
+        imf_worker_request_stop(&m->workers[i]);
+    uv_close((uv_handle_t *)&m->sig_term, NULL);
+    uv_close((uv_handle_t *)&m->sig_int, NULL);
+    uv_close((uv_handle_t *)&m->sig_usr1, NULL);
+    uv_close((uv_handle_t *)&m->sig_hup, NULL);
+}
+
+static int watch_signal(struct imf_main *m, uv_signal_t *h, int signum)
+{
+    int rc = uv_signal_init(m->loop, h);
+    if (rc == 0) {
+        h->data = m;
+        rc = uv_signal_start(h, on_signal, signum);
+    }
+    return rc;
+}
+
+static void format_sockaddr(const struct sockaddr_storage *ss, char *out, size_t len)
+{
+    char host[64];
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        uv_ip6_name(a, host, sizeof(host));
+        snprintf(out, len, "[%s]:%d", host, ntohs(a->sin6_port));
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        uv_ip4_name(a, host, sizeof(host));
+        snprintf(out, len, "%s:%d", host, ntohs(a->sin_port));
+    }
+}
+
+/* Binds every listener for every worker. The first socket of a listener
+ * decides the real address (port 0 lets the kernel choose); the other
+ * workers bind that same address with SO_REUSEPORT. fds is
+ * [worker][listener]. */
+static int bind_listeners(struct imf_main *m, int *fds)
+{
+    const struct imf_config *cfg = m->cfg;
+    for (size_t l = 0; l < cfg->listeners_len; l++) {
+        const struct imf_listen_config *lc = &cfg->listeners[l];
+        struct sockaddr_storage real = lc->address.ss;
+        socklen_t real_len = lc->address.len;
+        for (unsigned w = 0; w < m->workers_len; w++) {
+            int fd = imf_listen_socket((struct sockaddr *)&real, real_len);
+            if (fd < 0) {
+                imf_error("listener", "cannot listen on %s ([listen.%s] address): %s",
+                          lc->address.text, lc->name, strerror(-fd));
+                return fd;
+            }
+            fds[w * cfg->listeners_len + l] = fd;
+            if (w == 0) {
+                real_len = sizeof(real);
+                getsockname(fd, (struct sockaddr *)&real, &real_len);
+            }
+        }
+        char text[80];
+        format_sockaddr(&real, text, sizeof(text));
+        imf_log_kv(IMF_LOG_INFO, "listener", "listening", "name", lc->name, "address", text,
+                   "mode", imf_listen_mode_names[lc->mode], NULL);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    bool check_only = false;
+    int opt;
+    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            check_only = true;
+            break;
+        case 'V':
+            printf("imapfront %s (BoringSSL, libuv %s)\n", IMF_VERSION, uv_version_string());
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (path == NULL || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    struct imf_main m = {0};
+    char err[512];
+    int rc = imf_config_load(path, &m.cfg, err, sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    imf_log_setup((enum imf_log_level)m.cfg->log_level, (enum imf_log_format)m.cfg->log_format);
+    rc = imf_tls_ctx_new(m.cfg, &m.ssl_ctx, err, sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "%s: [tls] %s\n", path, err);
+        imf_config_unref(m.cfg);
+        return 1;
+    }
+    if (check_only) {
+        printf("%s: configuration ok\n", path);
+        SSL_CTX_free(m.ssl_ctx);
+        imf_config_unref(m.cfg);
+        return 0;
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    m.loop = uv_default_loop();
+    m.workers_len = m.cfg->workers != 0 ? m.cfg->workers : uv_available_parallelism();
+    if (m.workers_len == 0)
+        m.workers_len = 1;
+    m.workers = calloc(m.workers_len, sizeof(*m.workers));
+    int *fds = calloc(m.workers_len * m.cfg->listeners_len, sizeof(int));
+    if (m.workers == NULL || fds == NULL) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    for (size_t i = 0; i < m.workers_len * m.cfg->listeners_len; i++)
+        fds[i] = -1;
+    rc = bind_listeners(&m, fds);
+    if (rc != 0)
+        return 1;
+    for (unsigned w = 0; w < m.workers_len; w++) {
+        rc = imf_worker_init(&m.workers[w], w, m.cfg, m.ssl_ctx, fds + w * m.cfg->listeners_len);
+        if (rc != 0) {
+            imf_error("worker", "cannot start worker %u: %s", w, uv_strerror(rc));
+            return 1;
+        }
+    }
+    free(fds);
+    if (watch_signal(&m, &m.sig_term, SIGTERM) != 0 || watch_signal(&m, &m.sig_int, SIGINT) != 0 ||
+        watch_signal(&m, &m.sig_usr1, SIGUSR1) != 0 || watch_signal(&m, &m.sig_hup, SIGHUP) != 0) {
+        imf_error("main", "cannot install signal handlers");
+        return 1;
+    }
+    for (unsigned w = 0; w < m.workers_len; w++) {
+        rc = imf_worker_start(&m.workers[w]);
+        if (rc != 0) {
+            imf_error("worker", "cannot start worker thread %u: %s", w, uv_strerror(rc));
+            return 1;
+        }
+    }
+    imf_info("main", "imapfront %s started: %u worker%s, backend %s", IMF_VERSION, m.workers_len,
+             m.workers_len == 1 ? "" : "s", m.cfg->servers[0].text);
+    uv_run(m.loop, UV_RUN_DEFAULT);
+    for (unsigned w = 0; w < m.workers_len; w++)
+        imf_worker_join(&m.workers[w]);
+    free(m.workers);
+    SSL_CTX_free(m.ssl_ctx);
+    imf_config_unref(m.cfg);
+    uv_loop_close(m.loop);
+    imf_info("main", "stopped");
+    return 0;
+}

@@ -1,0 +1,988 @@
+/* session: the relay between one TLS client and one plain backend.
+ *
+ * Bytes move through chains, one set per direction:
+ *
+ *   client socket -> c_rx (ciphertext) -> SSL_read -> c_plain -> command
+ *   framer + policy -> b_tx -> backend socket
+ *
+ *   backend socket -> b_rx -> response framer + policy -> p_tx (plaintext)
+ *   -> SSL_write -> c_tx (ciphertext) -> client socket
+ *
+ * Each direction is bounded by [imap] buffer_limit: when what it holds
+ * reaches the limit the session stops reading its source, and resumes below
+ * half of it. Everything that happens to a session ends in session_pump(),
+ * which moves what can move, starts writes and sets the read interest; state
+ * changes go through set_state(). Memory is freed only once every handle of
+ * the session has closed. */
+#include "imapfront/session.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "imapfront/chain.h"
+#include "imapfront/imap.h"
+#include "imapfront/imap_framer.h"
+#include "imapfront/log.h"
+#include "imapfront/tls.h"
+#include "imapfront/util.h"
+
+const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT] = {
+    "none",
+    "logout",
+    "client-eof",
+    "backend-eof",
+    "backend-unavailable",
+    "handshake-failed",
+    "handshake-timeout",
+    "line-too-long",
+    "literal-malformed",
+    "literal-too-big",
+    "tls-error",
+    "client-error",
+    "backend-error",
+    "shutdown",
+    "no-memory",
+    "refused",
+};
+static_assert(IMF_ARRAY_LEN(imf_close_reason_names) == IMF_CLOSE_REASON_COUNT, "reason names");
+
+enum sess_state {
+    SESS_HANDSHAKE,  /* TLS handshake with the client */
+    SESS_CONNECTING, /* connecting to the backend */
+    SESS_RELAY,      /* both sides up */
+    SESS_CLOSING,    /* backend gone; flushing the last bytes and close_notify */
+    SESS_CLOSED,     /* handles closing; freed when the last one has */
+    SESS_STATE_COUNT
+};
+static const char *const sess_state_names[SESS_STATE_COUNT] = {
+    "handshake", "connecting", "relay", "closing", "closed",
+};
+static_assert(IMF_ARRAY_LEN(sess_state_names) == SESS_STATE_COUNT, "state names");
+
+/* Largest plaintext handed to one SSL_write: one full TLS record. */
+#define TLS_RECORD_MAX 16384
+/* How long a closing session waits for the client to take its last bytes. */
+#define LINGER_MS 5000
+/* Response lines are held whole (for policy) up to this size, then streamed. */
+#define RESPONSE_LINE_HOLD (64 * 1024)
+#define WRITE_IOV_MAX 16
+#define WRITE_BYTES_MAX (256 * 1024)
+
+struct imf_session {
+    struct imf_session *prev, *next; /* worker's list */
+    struct imf_worker *worker;
+    struct imf_config *cfg; /* snapshot taken at accept (one reference) */
+    const struct imf_listen_config *lcfg;
+    enum sess_state state;
+    enum imf_close_reason reason;
+
+    uv_tcp_t client;
+    uv_tcp_t backend;
+    uv_timer_t timer;
+    uv_connect_t connect_req;
+    uv_write_t client_wreq;
+    uv_write_t backend_wreq;
+    unsigned open_handles;
+
+    /* Flag bits of the two sockets. */
+    bool backend_inited;   /* backend handle initialised (must be closed) */
+    bool backend_up;       /* connected */
+    bool client_reading;   /* uv_read_start active */
+    bool backend_reading;  /* idem */
+    bool client_blocked;   /* upstream over the high mark: not reading */
+    bool backend_blocked;  /* downstream over the high mark: not reading */
+    bool client_eof;       /* client sent EOF or close_notify */
+    bool backend_eof;      /* backend closed */
+    bool client_closing;   /* uv_close called on the client */
+    bool backend_closing;  /* uv_close called on the backend */
+    bool shutdown_sent;    /* close_notify queued */
+    size_t client_wlen;    /* bytes of c_tx in the client write (0 = none) */
+    size_t backend_wlen;   /* bytes of b_tx in the backend write (0 = none) */
+
+    SSL *ssl;
+    struct imf_tls_io tio;
+
+    struct imf_chain c_rx, c_plain, b_tx; /* upstream */
+    struct imf_chain b_rx, p_tx, c_tx;    /* downstream */
+    size_t high, low;                     /* watermarks per direction */
+
+    /* Command side. */
+    struct imf_framer cfr;
+    uint8_t *cline; /* the current command line (never a literal) */
+    size_t cline_len, cline_cap;
+    struct imf_imap_command cmd; /* the command being relayed */
+    bool discarding;             /* swallowing a refused command's rest */
+    enum imf_close_reason discard_reason;
+    bool logout_sent;
+    char logout_tag[IMF_TAG_MAX + 1];
+
+    /* Response side. */
+    struct imf_framer rfr;
+    uint8_t *rline;
+    size_t rline_len, rline_cap;
+    bool rline_streaming; /* this line was too long to hold: streamed */
+    bool logout_done;     /* the LOGOUT's tagged answer went to the client */
+
+    /* For the summary line. */
+    uint64_t bytes_in, bytes_out; /* plaintext from / to the client */
+    uint64_t start_ms;
+    char peer[64];
+    char backend_name[128];
+    char tls_version[16];
+    char tls_cipher[64];
+};
+
+static void session_pump(struct imf_session *s);
+static void session_close(struct imf_session *s, enum imf_close_reason reason, bool graceful);
+
+struct imf_session *imf_session_next(struct imf_session *s)
+{
+    return s->next;
+}
+
+static void set_state(struct imf_session *s, enum sess_state st)
+{
+    if (s->state == st)
+        return;
+    imf_debug("session", "client=%s state %s -> %s", s->peer, sess_state_names[s->state],
+              sess_state_names[st]);
+    s->state = st;
+}
+
+/* ---- small helpers --------------------------------------------------- */
+
+static void format_addr(const struct sockaddr_storage *ss, char *out, size_t out_len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        uv_ip4_name(a, host, sizeof(host));
+        port = ntohs(a->sin_port);
+        snprintf(out, out_len, "%s:%d", host, port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        uv_ip6_name(a, host, sizeof(host));
+        port = ntohs(a->sin6_port);
+        snprintf(out, out_len, "[%s]:%d", host, port);
+    } else {
+        snprintf(out, out_len, "?");
+    }
+}
+
+/* Appends to a growable line buffer, bounded by the framer's line limit. */
+static int line_append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *p, size_t n)
+{
+    if (n > *cap - *len) {
+        size_t ncap = *cap != 0 ? *cap : 256;
+        while (ncap - *len < n)
+            ncap *= 2;
+        uint8_t *nb = realloc(*buf, ncap);
+        if (nb == NULL)
+            return UV_ENOMEM;
+        *buf = nb;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    return 0;
+}
+
+/* Drops a line buffer that grew large, so an idle session keeps little. */
+static void line_reset(uint8_t **buf, size_t *len, size_t *cap)
+{
+    *len = 0;
+    if (*cap > 4096) {
+        free(*buf);
+        *buf = NULL;
+        *cap = 0;
+    }
+}
+
+/* Queues plaintext for the client (encrypted in session_pump). */
+static void to_client(struct imf_session *s, const void *p, size_t n)
+{
+    if (imf_chain_append(&s->p_tx, p, n) != 0)
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+}
+
+static void to_client_str(struct imf_session *s, const char *text)
+{
+    to_client(s, text, strlen(text));
+}
+
+static void to_backend(struct imf_session *s, const void *p, size_t n)
+{
+    if (imf_chain_append(&s->b_tx, p, n) != 0)
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+}
+
+/* Sends "* BYE text" and closes gracefully with reason. */
+static void bye(struct imf_session *s, enum imf_close_reason reason, const char *text)
+{
+    char line[256];
+    snprintf(line, sizeof(line), "* BYE %s\r\n", text);
+    to_client_str(s, line);
+    imf_log_kv(IMF_LOG_INFO, "session", "closing with BYE", "client", s->peer, "reason",
+               imf_close_reason_names[reason], "detail", text, NULL);
+    session_close(s, reason, true);
+}
+
+static void tagged(struct imf_session *s, const char *tag, const char *text)
+{
+    char line[256];
+    snprintf(line, sizeof(line), "%s %s\r\n", tag, text);
+    to_client_str(s, line);
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+static void log_summary(struct imf_session *s)
+{
+    char in[24], out[24], dur[24];
+    snprintf(in, sizeof(in), "%" PRIu64, s->bytes_in);
+    snprintf(out, sizeof(out), "%" PRIu64, s->bytes_out);
+    snprintf(dur, sizeof(dur), "%" PRIu64, uv_now(&s->worker->loop) - s->start_ms);
+    imf_log_kv(IMF_LOG_INFO, "session", "closed", "client", s->peer, "listener", s->lcfg->name,
+               "tls", s->tls_version[0] ? s->tls_version : "-", "cipher",
+               s->tls_cipher[0] ? s->tls_cipher : "-", "backend",
+               s->backend_name[0] ? s->backend_name : "-", "bytes_in", in, "bytes_out", out,
+               "duration_ms", dur, "reason", imf_close_reason_names[s->reason], NULL);
+}
+
+static void session_free(struct imf_session *s)
+{
+    struct imf_worker *w = s->worker;
+    log_summary(s);
+    imf_chain_clear(&s->c_rx);
+    imf_chain_clear(&s->c_plain);
+    imf_chain_clear(&s->b_tx);
+    imf_chain_clear(&s->b_rx);
+    imf_chain_clear(&s->p_tx);
+    imf_chain_clear(&s->c_tx);
+    free(s->cline);
+    free(s->rline);
+    if (s->ssl != NULL)
+        SSL_free(s->ssl);
+    imf_config_unref(s->cfg);
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        w->sessions = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    imf_stat_add(&w->stats.sessions_active, -1);
+    free(s);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct imf_session *s = h->data;
+    imf_assert(s->open_handles > 0);
+    if (--s->open_handles == 0)
+        session_free(s);
+}
+
+static void close_handle(struct imf_session *s, uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, on_handle_closed);
+}
+
+static void close_backend(struct imf_session *s)
+{
+    if (s->backend_inited && !s->backend_closing) {
+        s->backend_closing = true;
+        s->backend_reading = false;
+        close_handle(s, (uv_handle_t *)&s->backend);
+    }
+}
+
+static void close_client(struct imf_session *s)
+{
+    if (!s->client_closing) {
+        s->client_closing = true;
+        s->client_reading = false;
+        close_handle(s, (uv_handle_t *)&s->client);
+    }
+}
+
+static void on_linger_timeout(uv_timer_t *t)
+{
+    struct imf_session *s = t->data;
+    close_client(s);
+    close_handle(s, (uv_handle_t *)&s->timer);
+    set_state(s, SESS_CLOSED);
+}
+
+/* Ends the session. The backend is closed at once (a partial command must
+ * never be completed by what follows). With graceful, what is queued for the
+ * client is flushed, followed by close_notify, before the client socket
+ * closes; otherwise the client closes now. The first reason given wins. */
+static void session_close(struct imf_session *s, enum imf_close_reason reason, bool graceful)
+{
+    if (s->reason == IMF_CLOSE_NONE)
+        s->reason = reason;
+    if (s->state == SESS_CLOSED)
+        return;
+    close_backend(s);
+    if (s->state == SESS_CLOSING && graceful)
+        return;
+    bool tls_up = s->ssl != NULL && SSL_is_init_finished(s->ssl);
+    if (graceful && !s->client_closing && !s->client_eof && tls_up) {
+        set_state(s, SESS_CLOSING);
+        uv_timer_stop(&s->timer);
+        s->timer.data = s;
+        uv_timer_start(&s->timer, on_linger_timeout, LINGER_MS, 0);
+        session_pump(s);
+        return;
+    }
+    if (graceful && !s->client_closing && !s->client_eof && s->c_tx.bytes > 0) {
+        /* Handshake alert still queued: let it go out first. */
+        set_state(s, SESS_CLOSING);
+        uv_timer_stop(&s->timer);
+        uv_timer_start(&s->timer, on_linger_timeout, LINGER_MS, 0);
+        session_pump(s);
+        return;
+    }
+    set_state(s, SESS_CLOSED);
+    close_client(s);
+    close_handle(s, (uv_handle_t *)&s->timer);
+}
+
+void imf_session_shutdown(struct imf_session *s)
+{
+    if (s->state == SESS_RELAY || s->state == SESS_CONNECTING) {
+        bye(s, IMF_CLOSE_SHUTDOWN, "[UNAVAILABLE] Server shutting down");
+        return;
+    }
+    session_close(s, IMF_CLOSE_SHUTDOWN, false);
+}
+
+/* ---- writes ------------------------------------------------------------ */
+
+static void on_client_written(uv_write_t *req, int status);
+static void on_backend_written(uv_write_t *req, int status);
+
+static void start_write(struct imf_session *s, uv_stream_t *stream, uv_write_t *req,
+                        struct imf_chain *c, size_t *wlen, uv_write_cb cb)
+{
+    if (*wlen != 0 || c->bytes == 0)
+        return;
+    struct imf_iovec iov[WRITE_IOV_MAX];
+    uv_buf_t bufs[WRITE_IOV_MAX];
+    size_t total;
+    unsigned n = imf_chain_iov(c, iov, WRITE_IOV_MAX, WRITE_BYTES_MAX, &total);
+    for (unsigned i = 0; i < n; i++)
+        bufs[i] = uv_buf_init(iov[i].base, (unsigned)iov[i].len);
+    /* Try the socket right away: most writes complete at once and need no
+     * request. */
+    int done = uv_try_write(stream, bufs, n);
+    if (done > 0) {
+        imf_chain_consume(c, (size_t)done);
+        if ((size_t)done == total) {
+            if (c->bytes > 0)
+                start_write(s, stream, req, c, wlen, cb);
+            return;
+        }
+        n = imf_chain_iov(c, iov, WRITE_IOV_MAX, WRITE_BYTES_MAX, &total);
+        for (unsigned i = 0; i < n; i++)
+            bufs[i] = uv_buf_init(iov[i].base, (unsigned)iov[i].len);
+    } else if (done < 0 && done != UV_EAGAIN) {
+        if (stream == (uv_stream_t *)&s->client)
+            session_close(s, IMF_CLOSE_CLIENT_ERROR, false);
+        else
+            session_close(s, IMF_CLOSE_BACKEND_ERROR, false);
+        return;
+    }
+    req->data = s;
+    int rc = uv_write(req, stream, bufs, n, cb);
+    if (rc != 0) {
+        if (stream == (uv_stream_t *)&s->client)
+            session_close(s, IMF_CLOSE_CLIENT_ERROR, false);
+        else
+            session_close(s, IMF_CLOSE_BACKEND_ERROR, false);
+        return;
+    }
+    *wlen = total;
+}
+
+static void on_client_written(uv_write_t *req, int status)
+{
+    struct imf_session *s = req->data;
+    size_t n = s->client_wlen;
+    s->client_wlen = 0;
+    imf_chain_consume(&s->c_tx, n);
+    if (status < 0) {
+        if (status != UV_ECANCELED)
+            session_close(s, IMF_CLOSE_CLIENT_ERROR, false);
+        return;
+    }
+    session_pump(s);
+}
+
+static void on_backend_written(uv_write_t *req, int status)
+{
+    struct imf_session *s = req->data;
+    size_t n = s->backend_wlen;
+    s->backend_wlen = 0;
+    imf_chain_consume(&s->b_tx, n);
+    if (status < 0) {
+        if (status != UV_ECANCELED)
+            session_close(s, IMF_CLOSE_BACKEND_ERROR, false);
+        return;
+    }
+    session_pump(s);
+}
+
+/* ---- the command side (client -> backend) ----------------------------- */
+
+/* A complete command line is in cline: decide what to do with it. */
+static void on_command_line(struct imf_session *s, const struct imf_framer_ev *ev)
+{
+    if (ev->first_line) {
+        imf_imap_parse_command(s->cline, s->cline_len, &s->cmd);
+        imf_debug("session", "client=%s command tag=%s name=%s", s->peer, s->cmd.tag,
+                  s->cmd.name[0] ? s->cmd.name : "-");
+    }
+    if (ev->literal_flags & IMF_LIT_TOO_BIG) {
+        if (!ev->first_line) {
+            /* Part of the command already went to the backend; it cannot
+             * be taken back, and the stream cannot be trusted to resync. */
+            bye(s, IMF_CLOSE_LITERAL_TOO_BIG, "[TOOBIG] Literal too big");
+            return;
+        }
+        imf_log_kv(IMF_LOG_INFO, "session", "literal too big", "client", s->peer, "tag",
+                   s->cmd.tag, "command", s->cmd.name, NULL);
+        if (!(ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS))) {
+            /* Synchronising: refuse before the client sends it (RFC 7888). */
+            imf_framer_skip_literal(&s->cfr);
+            tagged(s, s->cmd.tag, "NO [TOOBIG] Literal too big");
+            return;
+        }
+        /* Non-synchronising: its octets follow whatever we say; swallow the
+         * whole command, then answer. */
+        s->discarding = true;
+        s->discard_reason = IMF_CLOSE_LITERAL_TOO_BIG;
+        return;
+    }
+    if (s->discarding) {
+        if (ev->message_end) {
+            s->discarding = false;
+            tagged(s, s->cmd.tag, "BAD [TOOBIG] Literal too big");
+        }
+        return;
+    }
+    if (ev->first_line && s->cmd.cmd == IMF_CMD_LOGOUT) {
+        s->logout_sent = true;
+        snprintf(s->logout_tag, sizeof(s->logout_tag), "%s", s->cmd.tag);
+    }
+    to_backend(s, s->cline, s->cline_len);
+}
+
+/* Frames what the client sent and relays it, until it is all done or the
+ * backend's queue is full. */
+static void process_commands(struct imf_session *s)
+{
+    while (s->state == SESS_RELAY && s->b_tx.bytes < s->high) {
+        size_t avail;
+        const uint8_t *p = imf_chain_peek(&s->c_plain, &avail);
+        struct imf_framer_ev ev;
+        size_t n = imf_framer_next(&s->cfr, p, avail, &ev);
+        switch (ev.kind) {
+        case IMF_EV_NEED_MORE:
+            return;
+        case IMF_EV_TEXT:
+            if (!s->discarding &&
+                line_append(&s->cline, &s->cline_len, &s->cline_cap, p, n) != 0) {
+                session_close(s, IMF_CLOSE_NO_MEMORY, false);
+                return;
+            }
+            break;
+        case IMF_EV_LINE_END:
+            on_command_line(s, &ev);
+            line_reset(&s->cline, &s->cline_len, &s->cline_cap);
+            break;
+        case IMF_EV_LITERAL:
+            if (!s->discarding)
+                to_backend(s, p, n);
+            break;
+        case IMF_EV_LITERAL_END:
+            break;
+        case IMF_EV_ERROR:
+            if (ev.error == IMF_FRAMER_LINE_TOO_LONG)
+                bye(s, IMF_CLOSE_LINE_TOO_LONG, "Command line too long");
+            else
+                bye(s, IMF_CLOSE_LITERAL_MALFORMED, "Invalid literal announcement");
+            return;
+        default:
+            return;
+        }
+        imf_chain_consume(&s->c_plain, n);
+    }
+}
+
+/* Decrypts what the client sent into c_plain and relays it. */
+static void pump_upstream(struct imf_session *s)
+{
+    for (;;) {
+        process_commands(s);
+        if (s->state != SESS_RELAY || s->c_plain.bytes > 0 || s->client_eof)
+            return;
+        if (s->c_rx.bytes == 0 && !s->tio.in_eof && SSL_pending(s->ssl) == 0)
+            return;
+        uint8_t *dst;
+        size_t room;
+        if (imf_chain_reserve(&s->c_plain, TLS_RECORD_MAX, &dst, &room) != 0) {
+            session_close(s, IMF_CLOSE_NO_MEMORY, false);
+            return;
+        }
+        int n = SSL_read(s->ssl, dst, room > INT32_MAX ? INT32_MAX : (int)room);
+        if (n > 0) {
+            imf_chain_commit(&s->c_plain, (size_t)n);
+            s->bytes_in += (uint64_t)n;
+            imf_stat_add(&s->worker->stats.bytes_from_clients, n);
+            continue;
+        }
+        imf_chain_commit(&s->c_plain, 0);
+        int err = SSL_get_error(s->ssl, n);
+        if (err == SSL_ERROR_WANT_READ)
+            return;
+        if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && s->tio.in_eof)) {
+            /* close_notify or EOF: the client is gone; a half-sent command
+             * must not reach the backend's parser complete. */
+            s->client_eof = true;
+            session_close(s, IMF_CLOSE_CLIENT_EOF, false);
+            return;
+        }
+        imf_log_kv(IMF_LOG_INFO, "tls", "read failed", "client", s->peer, "reason",
+                   imf_tls_failure_reason(s->ssl, &s->tio), NULL);
+        session_close(s, IMF_CLOSE_TLS_ERROR, false);
+        return;
+    }
+}
+
+/* ---- the response side (backend -> client) ---------------------------- */
+
+static void on_response_line(struct imf_session *s, const struct imf_framer_ev *ev)
+{
+    bool completes_logout = false;
+    if (ev->first_line && !s->rline_streaming) {
+        struct imf_imap_response r;
+        imf_imap_parse_response(s->rline, s->rline_len, &r);
+        if (r.kind == IMF_RESP_TAGGED && s->logout_sent && strcmp(r.tag, s->logout_tag) == 0)
+            completes_logout = true;
+    }
+    to_client(s, s->rline, s->rline_len);
+    if (completes_logout) {
+        s->logout_done = true;
+        session_close(s, IMF_CLOSE_LOGOUT, true);
+    }
+}
+
+static void process_responses(struct imf_session *s)
+{
+    while ((s->state == SESS_RELAY || s->state == SESS_CONNECTING) &&
+           s->p_tx.bytes + s->c_tx.bytes < s->high) {
+        size_t avail;
+        const uint8_t *p = imf_chain_peek(&s->b_rx, &avail);
+        struct imf_framer_ev ev;
+        size_t n = imf_framer_next(&s->rfr, p, avail, &ev);
+        switch (ev.kind) {
+        case IMF_EV_NEED_MORE:
+            return;
+        case IMF_EV_TEXT:
+            if (s->rline_streaming) {
+                to_client(s, p, n);
+            } else {
+                if (line_append(&s->rline, &s->rline_len, &s->rline_cap, p, n) != 0) {
+                    session_close(s, IMF_CLOSE_NO_MEMORY, false);
+                    return;
+                }
+                if (s->rline_len > RESPONSE_LINE_HOLD) {
+                    /* A long line (a big SEARCH result): nothing the policy
+                     * rewrites is that long, so stream the rest. */
+                    to_client(s, s->rline, s->rline_len);
+                    line_reset(&s->rline, &s->rline_len, &s->rline_cap);
+                    s->rline_streaming = true;
+                }
+            }
+            break;
+        case IMF_EV_LINE_END:
+            on_response_line(s, &ev);
+            line_reset(&s->rline, &s->rline_len, &s->rline_cap);
+            s->rline_streaming = false;
+            break;
+        case IMF_EV_LITERAL:
+            to_client(s, p, n);
+            break;
+        case IMF_EV_LITERAL_END:
+            break;
+        default:
+            /* The response framer has no limits and no errors. */
+            return;
+        }
+        imf_chain_consume(&s->b_rx, n);
+        if (s->state == SESS_CLOSING || s->state == SESS_CLOSED)
+            return;
+    }
+}
+
+/* Encrypts queued plaintext into c_tx, one record at a time. */
+static void encrypt_downstream(struct imf_session *s)
+{
+    while (s->p_tx.bytes > 0 && s->c_tx.bytes < s->high) {
+        size_t avail;
+        const uint8_t *p = imf_chain_peek(&s->p_tx, &avail);
+        if (avail > TLS_RECORD_MAX)
+            avail = TLS_RECORD_MAX;
+        int n = SSL_write(s->ssl, p, (int)avail);
+        if (n <= 0) {
+            imf_log_kv(IMF_LOG_INFO, "tls", "write failed", "client", s->peer, "reason",
+                       imf_tls_failure_reason(s->ssl, &s->tio), NULL);
+            session_close(s, IMF_CLOSE_TLS_ERROR, false);
+            return;
+        }
+        imf_chain_consume(&s->p_tx, (size_t)n);
+        s->bytes_out += (uint64_t)n;
+        imf_stat_add(&s->worker->stats.bytes_to_clients, n);
+    }
+}
+
+/* ---- handshake and backend connection ---------------------------------- */
+
+static void on_connect_timeout(uv_timer_t *t);
+static void on_backend_connected(uv_connect_t *req, int status);
+static void on_backend_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+
+static void backend_unavailable(struct imf_session *s, const char *why)
+{
+    imf_stat_add(&s->worker->stats.backend_connect_failed, 1);
+    imf_log_kv(IMF_LOG_WARN, "backend", "connect failed", "client", s->peer, "backend",
+               s->backend_name, "reason", why, NULL);
+    bye(s, IMF_CLOSE_BACKEND_UNAVAILABLE, "[UNAVAILABLE] Backend server unavailable");
+}
+
+static void connect_backend(struct imf_session *s)
+{
+    const struct imf_sockaddr *srv = &s->cfg->servers[0];
+    snprintf(s->backend_name, sizeof(s->backend_name), "%s", srv->text);
+    int rc = uv_tcp_init(&s->worker->loop, &s->backend);
+    if (rc != 0) {
+        backend_unavailable(s, uv_strerror(rc));
+        return;
+    }
+    s->backend.data = s;
+    s->backend_inited = true;
+    s->open_handles++;
+    rc = uv_tcp_connect(&s->connect_req, &s->backend, (const struct sockaddr *)&srv->ss,
+                        on_backend_connected);
+    if (rc != 0) {
+        backend_unavailable(s, uv_strerror(rc));
+        return;
+    }
+    s->connect_req.data = s;
+    set_state(s, SESS_CONNECTING);
+    uv_timer_stop(&s->timer);
+    uv_timer_start(&s->timer, on_connect_timeout, s->cfg->connect_timeout_ms, 0);
+}
+
+static void on_connect_timeout(uv_timer_t *t)
+{
+    struct imf_session *s = t->data;
+    if (s->state == SESS_CONNECTING)
+        backend_unavailable(s, "connect timeout");
+}
+
+static void on_backend_connected(uv_connect_t *req, int status)
+{
+    struct imf_session *s = req->data;
+    if (s->state != SESS_CONNECTING)
+        return; /* closing already (timeout, client gone): the handle closes */
+    uv_timer_stop(&s->timer);
+    if (status < 0) {
+        backend_unavailable(s, uv_strerror(status));
+        return;
+    }
+    imf_stat_add(&s->worker->stats.backend_connect_ok, 1);
+    s->backend_up = true;
+    uv_tcp_nodelay(&s->backend, 1);
+    set_state(s, SESS_RELAY);
+    session_pump(s);
+}
+
+static void on_handshake_timeout(uv_timer_t *t)
+{
+    struct imf_session *s = t->data;
+    if (s->state != SESS_HANDSHAKE)
+        return;
+    imf_stat_add(&s->worker->stats.handshakes_failed, 1);
+    imf_log_kv(IMF_LOG_WARN, "tls", "handshake failed", "client", s->peer, "reason",
+               "handshake timeout", NULL);
+    session_close(s, IMF_CLOSE_HANDSHAKE_TIMEOUT, false);
+}
+
+static void do_handshake(struct imf_session *s)
+{
+    int rc = SSL_do_handshake(s->ssl);
+    if (rc == 1) {
+        imf_stat_add(&s->worker->stats.handshakes_ok, 1);
+        snprintf(s->tls_version, sizeof(s->tls_version), "%s", SSL_get_version(s->ssl));
+        const SSL_CIPHER *c = SSL_get_current_cipher(s->ssl);
+        snprintf(s->tls_cipher, sizeof(s->tls_cipher), "%s",
+                 c != NULL ? SSL_CIPHER_standard_name(c) : "-");
+        imf_debug("tls", "client=%s handshake done %s %s", s->peer, s->tls_version,
+                  s->tls_cipher);
+        uv_timer_stop(&s->timer);
+        /* Connect only now: a failed or abandoned handshake never costs the
+         * fragile backend a connection. */
+        connect_backend(s);
+        return;
+    }
+    int err = SSL_get_error(s->ssl, rc);
+    if (err == SSL_ERROR_WANT_READ && !s->tio.in_eof)
+        return;
+    imf_stat_add(&s->worker->stats.handshakes_failed, 1);
+    imf_log_kv(IMF_LOG_WARN, "tls", "handshake failed", "client", s->peer, "reason",
+               imf_tls_failure_reason(s->ssl, &s->tio), NULL);
+    /* Whatever alert the library queued goes out before the close. */
+    session_close(s, IMF_CLOSE_HANDSHAKE_FAILED, !s->tio.in_eof);
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct imf_session *s = h->data;
+    uint8_t *p;
+    size_t room;
+    if (imf_chain_reserve(&s->c_rx, IMF_BLOCK_DATA, &p, &room) != 0) {
+        *buf = uv_buf_init(NULL, 0);
+        return;
+    }
+    *buf = uv_buf_init((char *)p, (unsigned)room);
+}
+
+static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    struct imf_session *s = st->data;
+    if (buf->base != NULL)
+        imf_chain_commit(&s->c_rx, nread > 0 ? (size_t)nread : 0);
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        s->tio.in_eof = true;
+        if (s->state == SESS_HANDSHAKE) {
+            do_handshake(s); /* reports the failure */
+            return;
+        }
+        if (s->state == SESS_RELAY) {
+            /* Relay what complete records are left, then close. */
+            pump_upstream(s);
+        }
+        s->client_eof = true;
+        session_close(s, nread == UV_EOF ? IMF_CLOSE_CLIENT_EOF : IMF_CLOSE_CLIENT_ERROR, false);
+        return;
+    }
+    session_pump(s);
+}
+
+static void on_backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct imf_session *s = h->data;
+    uint8_t *p;
+    size_t room;
+    if (imf_chain_reserve(&s->b_rx, IMF_BLOCK_DATA, &p, &room) != 0) {
+        *buf = uv_buf_init(NULL, 0);
+        return;
+    }
+    *buf = uv_buf_init((char *)p, (unsigned)room);
+}
+
+static void on_backend_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    struct imf_session *s = st->data;
+    if (buf->base != NULL)
+        imf_chain_commit(&s->b_rx, nread > 0 ? (size_t)nread : 0);
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        s->backend_eof = true;
+        if (s->backend_reading) {
+            uv_read_stop((uv_stream_t *)&s->backend);
+            s->backend_reading = false;
+        }
+    }
+    session_pump(s);
+}
+
+/* Starts or stops reading each socket according to the watermarks. */
+static void update_reading(struct imf_session *s)
+{
+    size_t up = s->c_rx.bytes + s->c_plain.bytes + s->b_tx.bytes;
+    size_t down = s->b_rx.bytes + s->p_tx.bytes + s->c_tx.bytes;
+    if (!s->client_blocked && up >= s->high)
+        s->client_blocked = true;
+    else if (s->client_blocked && up <= s->low)
+        s->client_blocked = false;
+    if (!s->backend_blocked && down >= s->high)
+        s->backend_blocked = true;
+    else if (s->backend_blocked && down <= s->low)
+        s->backend_blocked = false;
+
+    bool want_client = !s->client_closing && !s->client_eof && !s->client_blocked &&
+                       s->state <= SESS_RELAY;
+    if (want_client && !s->client_reading) {
+        if (uv_read_start((uv_stream_t *)&s->client, on_client_alloc, on_client_read) == 0)
+            s->client_reading = true;
+    } else if (!want_client && s->client_reading) {
+        uv_read_stop((uv_stream_t *)&s->client);
+        s->client_reading = false;
+    }
+    bool want_backend = s->backend_up && !s->backend_closing && !s->backend_eof &&
+                        !s->backend_blocked && s->state == SESS_RELAY;
+    if (want_backend && !s->backend_reading) {
+        if (uv_read_start((uv_stream_t *)&s->backend, on_backend_alloc, on_backend_read) == 0)
+            s->backend_reading = true;
+    } else if (!want_backend && s->backend_reading) {
+        uv_read_stop((uv_stream_t *)&s->backend);
+        s->backend_reading = false;
+    }
+}
+
+/* Moves everything that can move. Called after every event. */
+static void session_pump(struct imf_session *s)
+{
+    if (s->state == SESS_CLOSED)
+        return;
+    if (s->state == SESS_HANDSHAKE)
+        do_handshake(s);
+    if (s->state == SESS_RELAY) {
+        pump_upstream(s);
+        if (s->state == SESS_RELAY) {
+            process_responses(s);
+            if (s->backend_eof && s->b_rx.bytes == 0 && s->state == SESS_RELAY) {
+                /* The client gets what the backend sent, then the close. */
+                if (s->rline_len > 0) {
+                    to_client(s, s->rline, s->rline_len);
+                    s->rline_len = 0;
+                }
+                session_close(s, s->logout_sent ? IMF_CLOSE_LOGOUT : IMF_CLOSE_BACKEND_EOF,
+                              true);
+                return; /* session_close pumps again in CLOSING */
+            }
+        }
+    }
+    if (s->state == SESS_CLOSING) {
+        if (s->ssl != NULL && SSL_is_init_finished(s->ssl)) {
+            encrypt_downstream(s);
+            if (s->p_tx.bytes == 0 && !s->shutdown_sent) {
+                s->shutdown_sent = true;
+                SSL_shutdown(s->ssl); /* queues close_notify into c_tx */
+            }
+        }
+    } else if (s->state == SESS_RELAY || s->state == SESS_CONNECTING) {
+        encrypt_downstream(s);
+    }
+    if (s->state == SESS_CLOSED)
+        return;
+    if (!s->client_closing)
+        start_write(s, (uv_stream_t *)&s->client, &s->client_wreq, &s->c_tx, &s->client_wlen,
+                    on_client_written);
+    if (s->state == SESS_CLOSED)
+        return;
+    if (s->backend_up && !s->backend_closing)
+        start_write(s, (uv_stream_t *)&s->backend, &s->backend_wreq, &s->b_tx, &s->backend_wlen,
+                    on_backend_written);
+    if (s->state == SESS_CLOSED)
+        return;
+    if (s->state == SESS_CLOSING && s->c_tx.bytes == 0 && s->client_wlen == 0 &&
+        (s->shutdown_sent || s->ssl == NULL || !SSL_is_init_finished(s->ssl))) {
+        set_state(s, SESS_CLOSED);
+        close_client(s);
+        close_handle(s, (uv_handle_t *)&s->timer);
+        return;
+    }
+    update_reading(s);
+}
+
+/* ---- accept ------------------------------------------------------------ */
+
+void imf_session_accept(struct imf_listener *l)
+{
+    struct imf_worker *w = l->worker;
+    struct imf_session *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        imf_error("session", "out of memory accepting a connection");
+        return;
+    }
+    s->worker = w;
+    s->cfg = imf_config_ref(w->cfg);
+    s->lcfg = &s->cfg->listeners[l->index];
+    s->state = SESS_HANDSHAKE;
+    s->start_ms = uv_now(&w->loop);
+    s->high = s->cfg->buffer_limit;
+    s->low = s->high / 2;
+    imf_chain_init(&s->c_rx, &w->stats.chain);
+    imf_chain_init(&s->c_plain, &w->stats.chain);
+    imf_chain_init(&s->b_tx, &w->stats.chain);
+    imf_chain_init(&s->b_rx, &w->stats.chain);
+    imf_chain_init(&s->p_tx, &w->stats.chain);
+    imf_chain_init(&s->c_tx, &w->stats.chain);
+    imf_framer_init(&s->cfr, IMF_FRAMER_COMMANDS, s->cfg->max_line_length,
+                    s->cfg->max_literal_size);
+    imf_framer_init(&s->rfr, IMF_FRAMER_RESPONSES, 0, 0);
+
+    /* Link first: from here on session_free() undoes everything. */
+    s->next = w->sessions;
+    if (w->sessions != NULL)
+        w->sessions->prev = s;
+    w->sessions = s;
+    imf_stat_add(&w->stats.sessions_active, 1);
+    imf_stat_add(&w->stats.sessions_total, 1);
+
+    uv_tcp_init(&w->loop, &s->client);
+    s->client.data = s;
+    s->open_handles++;
+    uv_timer_init(&w->loop, &s->timer);
+    s->timer.data = s;
+    s->open_handles++;
+    snprintf(s->peer, sizeof(s->peer), "?");
+    int rc = uv_accept((uv_stream_t *)&l->handle, (uv_stream_t *)&s->client);
+    if (rc != 0) {
+        imf_warn("listener", "accept failed: %s", uv_strerror(rc));
+        session_close(s, IMF_CLOSE_CLIENT_ERROR, false);
+        return;
+    }
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&ss, &len) == 0)
+        format_addr(&ss, s->peer, sizeof(s->peer));
+    uint64_t active = atomic_load_explicit(&w->stats.sessions_active, memory_order_relaxed);
+    if (s->cfg->max_connections != 0 && active > s->cfg->max_connections) {
+        imf_stat_add(&w->stats.connections_refused, 1);
+        imf_log_kv(IMF_LOG_WARN, "listener", "connection refused: max_connections reached",
+                   "client", s->peer, NULL);
+        session_close(s, IMF_CLOSE_REFUSED, false);
+        return;
+    }
+    uv_tcp_nodelay(&s->client, 1);
+    s->tio.in = &s->c_rx;
+    s->tio.out = &s->c_tx;
+    s->tio.peer = s->peer;
+    s->ssl = imf_tls_conn_new(w->ssl_ctx, &s->tio);
+    if (s->ssl == NULL) {
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+        return;
+    }
+    imf_debug("session", "client=%s accepted on %s", s->peer, s->lcfg->name);
+    uv_timer_start(&s->timer, on_handshake_timeout, s->cfg->handshake_timeout_ms, 0);
+    update_reading(s);
+}

@@ -1,0 +1,222 @@
+/* tls: see include/imapfront/tls.h. */
+#include "imapfront/tls.h"
+
+#include <errno.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "imapfront/log.h"
+
+/* TLS 1.2 suites: ECDHE only (forward secrecy), AEAD only. TLS 1.3 suites
+ * are all AEAD and not configurable in BoringSSL. */
+static const char tls12_ciphers[] = "ECDHE-ECDSA-AES128-GCM-SHA256:"
+                                    "ECDHE-RSA-AES128-GCM-SHA256:"
+                                    "ECDHE-ECDSA-CHACHA20-POLY1305:"
+                                    "ECDHE-RSA-CHACHA20-POLY1305:"
+                                    "ECDHE-ECDSA-AES256-GCM-SHA384:"
+                                    "ECDHE-RSA-AES256-GCM-SHA384";
+
+static BIO_METHOD *chain_method;
+static pthread_once_t chain_method_once = PTHREAD_ONCE_INIT;
+
+/* BIO read: hands the SSL ciphertext from the input chain. An empty chain
+ * is "try again" until the peer's EOF, then 0. */
+static int chain_bio_read(BIO *bio, char *out, int len)
+{
+    struct imf_tls_io *io = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    if (io->in->bytes == 0) {
+        if (io->in_eof)
+            return 0;
+        BIO_set_retry_read(bio);
+        return -1;
+    }
+    size_t n = imf_chain_copy_out(io->in, out, (size_t)len);
+    imf_chain_consume(io->in, n);
+    return (int)n;
+}
+
+/* BIO write: appends ciphertext to the output chain. Never "try again":
+ * the session bounds what it asks the SSL to write. */
+static int chain_bio_write(BIO *bio, const char *data, int len)
+{
+    struct imf_tls_io *io = BIO_get_data(bio);
+    BIO_clear_retry_flags(bio);
+    if (imf_chain_append(io->out, data, (size_t)len) != 0)
+        return -1;
+    return len;
+}
+
+static long chain_bio_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_PENDING: {
+        struct imf_tls_io *io = BIO_get_data(bio);
+        return (long)io->in->bytes;
+    }
+    default:
+        return 0;
+    }
+}
+
+static int chain_bio_create(BIO *bio)
+{
+    BIO_set_init(bio, 1);
+    return 1;
+}
+
+static void chain_method_init(void)
+{
+    chain_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "imf_chain");
+    if (chain_method == NULL)
+        return;
+    BIO_meth_set_read(chain_method, chain_bio_read);
+    BIO_meth_set_write(chain_method, chain_bio_write);
+    BIO_meth_set_ctrl(chain_method, chain_bio_ctrl);
+    BIO_meth_set_create(chain_method, chain_bio_create);
+}
+
+/* ALPN: select "imap" when the client offers it. A client that offers ALPN
+ * without "imap" speaks something else: refuse with no_application_protocol
+ * (RFC 7301, section 3.2). */
+static int alpn_select(SSL *ssl, const uint8_t **out, uint8_t *out_len, const uint8_t *in,
+                       unsigned in_len, void *arg)
+{
+    static const uint8_t imap[] = "imap";
+    const uint8_t *p = in, *end = in + in_len;
+    while (p < end) {
+        uint8_t n = *p++;
+        if (n > end - p)
+            break;
+        if (n == sizeof(imap) - 1 && memcmp(p, imap, n) == 0) {
+            *out = p;
+            *out_len = n;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        p += n;
+    }
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+/* Logs alerts with the peer's address. Fatal ones are remembered so the
+ * session's close line can say why. */
+static void info_callback(const SSL *ssl, int where, int value)
+{
+    if ((where & SSL_CB_ALERT) == 0)
+        return;
+    struct imf_tls_io *io = SSL_get_app_data(ssl);
+    const char *dir = (where & SSL_CB_READ) ? "received" : "sent";
+    const char *desc = SSL_alert_desc_string_long(value);
+    int fatal = (value >> 8) == SSL3_AL_FATAL;
+    if (io != NULL && fatal)
+        snprintf(io->last_alert, sizeof(io->last_alert), "alert %s: %s", dir, desc);
+    /* close_notify is the normal end of a session, not news. */
+    if ((value & 0xff) == SSL_AD_CLOSE_NOTIFY)
+        return;
+    imf_log_kv(fatal ? IMF_LOG_INFO : IMF_LOG_DEBUG, "tls", "alert", "client",
+               io != NULL ? io->peer : "?", "direction", dir, "alert", desc, NULL);
+}
+
+static void err_from_queue(char *err, size_t err_len, const char *what, const char *file)
+{
+    unsigned long e = ERR_get_error();
+    const char *reason = e != 0 ? ERR_reason_error_string(e) : NULL;
+    if (file != NULL)
+        snprintf(err, err_len, "%s: %s: %s", file, what, reason != NULL ? reason : strerror(errno));
+    else
+        snprintf(err, err_len, "%s: %s", what, reason != NULL ? reason : "unknown error");
+    ERR_clear_error();
+}
+
+int imf_tls_ctx_new(const struct imf_config *cfg, SSL_CTX **out_ctx, char *err, size_t err_len)
+{
+    pthread_once(&chain_method_once, chain_method_init);
+    if (chain_method == NULL) {
+        snprintf(err, err_len, "cannot create the TLS BIO method");
+        return -ENOMEM;
+    }
+    SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+    if (ctx == NULL) {
+        snprintf(err, err_len, "cannot create a TLS context");
+        return -ENOMEM;
+    }
+    if (!SSL_CTX_set_min_proto_version(ctx, cfg->min_version) ||
+        !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION)) {
+        err_from_queue(err, err_len, "min_version", NULL);
+        goto fail;
+    }
+    if (!SSL_CTX_set_strict_cipher_list(ctx, tls12_ciphers)) {
+        err_from_queue(err, err_len, "cipher list", NULL);
+        goto fail;
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->certificate) != 1) {
+        err_from_queue(err, err_len, "cannot load the certificate chain", cfg->certificate);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, cfg->private_key, SSL_FILETYPE_PEM) != 1) {
+        err_from_queue(err, err_len, "cannot load the private key", cfg->private_key);
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        err_from_queue(err, err_len, "the private key does not match the certificate",
+                       cfg->private_key);
+        goto fail;
+    }
+    /* No renegotiation is BoringSSL's default for servers. Tickets: BoringSSL
+     * rotates its own ticket keys; off means full handshakes only. */
+    if (!cfg->session_tickets)
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+    SSL_CTX_sess_set_cache_size(ctx, 20000);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    SSL_CTX_set_info_callback(ctx, info_callback);
+    /* Release record buffers while idle: an idle session then costs little. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+    *out_ctx = ctx;
+    return 0;
+fail:
+    SSL_CTX_free(ctx);
+    return -EINVAL;
+}
+
+SSL *imf_tls_conn_new(SSL_CTX *ctx, struct imf_tls_io *io)
+{
+    SSL *ssl = SSL_new(ctx);
+    if (ssl == NULL)
+        return NULL;
+    BIO *rb = BIO_new(chain_method);
+    BIO *wb = BIO_new(chain_method);
+    if (rb == NULL || wb == NULL) {
+        BIO_free(rb);
+        BIO_free(wb);
+        SSL_free(ssl);
+        return NULL;
+    }
+    BIO_set_data(rb, io);
+    BIO_set_data(wb, io);
+    SSL_set_bio(ssl, rb, wb);
+    SSL_set_app_data(ssl, io);
+    SSL_set_accept_state(ssl);
+    return ssl;
+}
+
+const char *imf_tls_failure_reason(SSL *ssl, struct imf_tls_io *io)
+{
+    unsigned long e = ERR_peek_error();
+    if (e != 0) {
+        const char *r = ERR_reason_error_string(e);
+        ERR_clear_error();
+        if (r != NULL)
+            return r;
+    }
+    if (io->last_alert[0] != '\0')
+        return io->last_alert;
+    if (io->in_eof)
+        return "connection closed during handshake";
+    return "unknown";
+}

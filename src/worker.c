@@ -1,0 +1,157 @@
+/* worker: see include/imapfront/worker.h. */
+#include "imapfront/worker.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "imapfront/chain.h"
+#include "imapfront/log.h"
+#include "imapfront/session.h"
+
+int imf_listen_socket(const struct sockaddr *addr, socklen_t len)
+{
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    if (addr->sa_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, addr, len) != 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct imf_listener *l = server->data;
+    if (status < 0) {
+        imf_warn("listener", "accept failed: %s", uv_strerror(status));
+        return;
+    }
+    imf_session_accept(l);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    struct imf_listener *l = h->data;
+    l->open = false;
+}
+
+static void on_wakeup(uv_async_t *a)
+{
+    struct imf_worker *w = a->data;
+    if (!atomic_load(&w->stop))
+        return;
+    for (size_t i = 0; i < w->listeners_len; i++) {
+        if (w->listeners[i].open && !uv_is_closing((uv_handle_t *)&w->listeners[i].handle))
+            uv_close((uv_handle_t *)&w->listeners[i].handle, on_listener_closed);
+    }
+    struct imf_session *s = w->sessions;
+    while (s != NULL) {
+        struct imf_session *next = imf_session_next(s);
+        imf_session_shutdown(s);
+        s = next;
+    }
+    uv_close((uv_handle_t *)a, NULL);
+}
+
+int imf_worker_init(struct imf_worker *w, unsigned id, struct imf_config *cfg, SSL_CTX *ctx,
+                    const int *listen_fds)
+{
+    memset(w, 0, sizeof(*w));
+    w->id = id;
+    int rc = uv_loop_init(&w->loop);
+    if (rc != 0)
+        return rc;
+    w->listeners = calloc(cfg->listeners_len, sizeof(*w->listeners));
+    if (w->listeners == NULL) {
+        uv_loop_close(&w->loop);
+        return UV_ENOMEM;
+    }
+    w->listeners_len = cfg->listeners_len;
+    rc = uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+    if (rc != 0)
+        goto fail;
+    w->wakeup.data = w;
+    for (size_t i = 0; i < cfg->listeners_len; i++) {
+        struct imf_listener *l = &w->listeners[i];
+        l->worker = w;
+        l->index = i;
+        rc = uv_tcp_init(&w->loop, &l->handle);
+        if (rc != 0)
+            goto fail;
+        l->handle.data = l;
+        l->open = true;
+        rc = uv_tcp_open(&l->handle, listen_fds[i]);
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&l->handle, 1024, on_connection);
+        if (rc != 0)
+            goto fail;
+    }
+    w->cfg = imf_config_ref(cfg);
+    SSL_CTX_up_ref(ctx);
+    w->ssl_ctx = ctx;
+    return 0;
+fail:
+    for (size_t i = 0; i < w->listeners_len; i++)
+        if (w->listeners[i].open)
+            uv_close((uv_handle_t *)&w->listeners[i].handle, on_listener_closed);
+    if (w->wakeup.data != NULL)
+        uv_close((uv_handle_t *)&w->wakeup, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&w->loop);
+    free(w->listeners);
+    w->listeners = NULL;
+    return rc;
+}
+
+static void worker_main(void *arg)
+{
+    struct imf_worker *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    imf_block_pool_drain();
+}
+
+int imf_worker_start(struct imf_worker *w)
+{
+    int rc = uv_thread_create(&w->thread, worker_main, w);
+    if (rc == 0)
+        w->started = true;
+    return rc;
+}
+
+void imf_worker_request_stop(struct imf_worker *w)
+{
+    atomic_store(&w->stop, true);
+    uv_async_send(&w->wakeup);
+}
+
+void imf_worker_join(struct imf_worker *w)
+{
+    if (w->started)
+        uv_thread_join(&w->thread);
+    w->started = false;
+    if (uv_loop_close(&w->loop) != 0)
+        imf_warn("worker", "worker %u: loop closed with handles still open", w->id);
+    free(w->listeners);
+    w->listeners = NULL;
+    if (w->cfg != NULL)
+        imf_config_unref(w->cfg);
+    w->cfg = NULL;
+    if (w->ssl_ctx != NULL)
+        SSL_CTX_free(w->ssl_ctx);
+    w->ssl_ctx = NULL;
+}
