@@ -160,7 +160,9 @@ int imf_chain_append(struct imf_chain *c, const void *data, size_t len)
     while (len > 0) {
         uint8_t *dst;
         size_t room;
-        int rc = imf_chain_reserve(c, len, &dst, &room);
+        /* Fill what the tail has left before taking a new block, so that
+         * a chain of many small appends stays densely packed. */
+        int rc = imf_chain_reserve(c, 1, &dst, &room);
         if (rc != 0)
             return rc;
         size_t n = len < room ? len : room;
@@ -215,46 +217,6 @@ void imf_chain_consume(struct imf_chain *c, size_t len)
         if (len == 0 && (c->head == NULL || c->head->end > c->head->start))
             return;
     }
-}
-
-int imf_chain_move(struct imf_chain *dst, struct imf_chain *src)
-{
-    while (src->head != NULL) {
-        struct imf_block *b = src->head;
-        size_t n = b->end - b->start;
-        struct imf_block *t = dst->tail;
-        if (n > 0 && t != NULL && IMF_BLOCK_DATA - t->end >= n && (t->end > t->start || t != dst->head)) {
-            /* A small run: copy it into dst's tail rather than linking a
-             * mostly empty block. */
-            memcpy(t->data + t->end, b->data + b->start, n);
-            t->end += (uint32_t)n;
-            dst->bytes += n;
-            count(dst, (int64_t)n, 0);
-            src->bytes -= n;
-            count(src, -(int64_t)n, 0);
-            drop_head(src);
-            continue;
-        }
-        src->head = b->next;
-        if (src->head == NULL)
-            src->tail = NULL;
-        src->links--;
-        src->bytes -= n;
-        count(src, -(int64_t)n, -1);
-        b->next = NULL;
-        if (n == 0) {
-            block_put(b);
-            continue;
-        }
-        if (dst->head != NULL && dst->head == dst->tail && dst->tail->end == dst->tail->start) {
-            /* dst holds only an empty block: release it first. */
-            drop_head(dst);
-        }
-        link_block(dst, b);
-        dst->bytes += n;
-        count(dst, (int64_t)n, 0);
-    }
-    return 0;
 }
 
 unsigned imf_chain_iov(const struct imf_chain *c, struct imf_iovec *iov, unsigned max, size_t limit,

@@ -20,6 +20,11 @@
  * overhead, so that a socket read or an SSL_read lands in one block. */
 #define IMF_BLOCK_DATA (32 * 1024 - 16)
 
+/* What a socket read asks imf_chain_reserve() for: a read goes into the
+ * tail block while it has this much room, so blocks stay at least three
+ * quarters full however small the reads are. */
+#define IMF_READ_MIN (8 * 1024)
+
 struct imf_block {
     struct imf_block *next;
     uint32_t start; /* first byte not yet consumed */
@@ -50,7 +55,8 @@ void imf_chain_clear(struct imf_chain *c);
 int imf_chain_append(struct imf_chain *c, const void *data, size_t len);
 
 /* Free space at the end of the chain, at least min(want, IMF_BLOCK_DATA)
- * bytes (a block is added if needed). The caller writes there and then calls
+ * bytes (a block is added if the tail has less: at most want - 1 bytes of
+ * the old tail stay unused, so want bounds the waste per block). The caller writes there and then calls
  * imf_chain_commit(). Returns 0 or UV_ENOMEM. A reservation that is not
  * committed costs at most one empty block, released by the next consume or
  * clear. */
@@ -66,10 +72,6 @@ size_t imf_chain_copy_out(const struct imf_chain *c, void *out, size_t len);
 
 /* Drops len bytes (<= c->bytes) from the front, releasing emptied blocks. */
 void imf_chain_consume(struct imf_chain *c, size_t len);
-
-/* Moves every byte of src to the end of dst (blocks are relinked when the
- * tail of dst is full or empty, copied otherwise). */
-int imf_chain_move(struct imf_chain *dst, struct imf_chain *src);
 
 /* Fills up to max buffers (base, len) describing the first bytes of the
  * chain, at most limit bytes; returns the number used and sets *out_bytes.

@@ -1,0 +1,1245 @@
+/* config: proxy.ini into a struct imf_config.
+ *
+ * Every key is one row of a table below. A row names the section, the key,
+ * the value type, where the value goes, its default (a string that goes
+ * through the very parser a user's value does), its bounds and flags. The
+ * parser walks the tables; nothing here compares key names one by one.
+ *
+ * inih does the line syntax (sections, "key = value", comments, inline
+ * "; comments"). We feed it through our own line reader so that we know the
+ * line number of every key (the system libinih is built without
+ * INI_HANDLER_LINENO), see every section header even when the section has no
+ * keys, and refuse over-long lines instead of letting them be cut. */
+#include "imapfront/config.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <ini.h>
+#include <openssl/ssl.h>
+
+#include "imapfront/log.h"
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Longest line we accept, without its line ending. Values are short; the
+ * longest realistic one is a backend list. */
+#define IMF_CONFIG_MAX_LINE 4096
+/* A config file is small; a huge one is a mistake (wrong path?). */
+#define IMF_CONFIG_MAX_FILE (1024 * 1024)
+/* How much of a bad value is quoted back in an error message, and of a
+ * section name (room for "listen." and the longest valid listener name). */
+#define IMF_CONFIG_QUOTE_MAX 64
+#define IMF_CONFIG_SECTION_MAX 80
+
+#define KiB (UINT64_C(1024))
+#define MiB (KiB * 1024)
+#define GiB (MiB * 1024)
+#define SEC (UINT64_C(1000))
+#define MIN (SEC * 60)
+#define HOUR (MIN * 60)
+#define WEEK (HOUR * 24 * 7)
+
+const char *const imf_listen_mode_names[IMF_LISTEN_MODE_COUNT] = {
+    [IMF_LISTEN_IMPLICIT_TLS] = "implicit-tls",
+    [IMF_LISTEN_STARTTLS] = "starttls",
+};
+
+enum imf_opt_type {
+    IMF_OT_BOOL,          /* yes/no, on/off, true/false, 1/0 */
+    IMF_OT_UINT,          /* decimal, min..max */
+    IMF_OT_SIZE,          /* bytes, k/M/G suffix (1024-based), min..max */
+    IMF_OT_DURATION,      /* milliseconds; ms/s/m/h suffix, bare = s; min..max */
+    IMF_OT_STRING,        /* char *, NULL when empty */
+    IMF_OT_ENUM,          /* one of the row's choices, stored as its value */
+    IMF_OT_SOCKADDR,      /* struct imf_sockaddr; empty = off (len 0) */
+    IMF_OT_SOCKADDR_LIST, /* struct imf_sockaddr * + size_t count; min..max entries */
+    IMF_OT_COUNT
+};
+
+/* Row flags. */
+#define IMF_CF_REQUIRED 0x1u /* must be set to a non-empty value */
+#define IMF_CF_NOT_YET 0x2u  /* accepted only with its default value (feature not built yet) */
+#define IMF_CF_AUTO 0x4u     /* UINT that also accepts "auto", stored as 0 */
+
+/* One value of an enum key. Flip `supported` when the feature lands. */
+struct imf_choice {
+    const char *name;
+    int value;
+    bool supported;
+};
+
+struct imf_option {
+    const char *section; /* "proxy", ..., or "listen.NAME" for the listener table */
+    const char *key;
+    enum imf_opt_type type;
+    size_t offset;     /* of the field in struct imf_config / imf_listen_config */
+    size_t size;       /* of that field (integers are stored by width) */
+    size_t len_offset; /* SOCKADDR_LIST only: offset of the entry count */
+    const char *def;   /* default, parsed like a user value */
+    uint64_t min, max; /* bounds: value (UINT, SIZE, DURATION) or entry count (LIST) */
+    const struct imf_choice *choices; /* ENUM only; ends with a NULL name */
+    unsigned flags;
+};
+
+/* clang-format off */
+static const struct imf_choice log_level_choices[] = {
+    {"error", IMF_LOG_ERROR, true},
+    {"warn", IMF_LOG_WARN, true},
+    {"info", IMF_LOG_INFO, true},
+    {"debug", IMF_LOG_DEBUG, true},
+    {NULL, 0, false},
+};
+static const struct imf_choice log_format_choices[] = {
+    {"text", IMF_LOG_TEXT, true},
+    {"json", IMF_LOG_JSON, true},
+    {NULL, 0, false},
+};
+static const struct imf_choice listen_mode_choices[] = {
+    {"implicit-tls", IMF_LISTEN_IMPLICIT_TLS, true},
+    {"starttls", IMF_LISTEN_STARTTLS, true},
+    {NULL, 0, false},
+};
+static const struct imf_choice proxy_protocol_choices[] = {
+    {"off", IMF_PROXY_PROTOCOL_OFF, true},
+    {"v1", IMF_PROXY_PROTOCOL_V1, false},
+    {"v2", IMF_PROXY_PROTOCOL_V2, false},
+    {"any", IMF_PROXY_PROTOCOL_ANY, false},
+    {NULL, 0, false},
+};
+static const struct imf_choice tls_version_choices[] = {
+    {"1.2", TLS1_2_VERSION, true},
+    {"1.3", TLS1_3_VERSION, true},
+    {NULL, 0, false},
+};
+static const struct imf_choice balance_choices[] = {
+    {"first", IMF_BALANCE_FIRST, true},
+    {"roundrobin", IMF_BALANCE_ROUNDROBIN, false},
+    {NULL, 0, false},
+};
+static const struct imf_choice quirks_choices[] = {
+    {"none", IMF_QUIRKS_NONE, true},
+    {"exchange55", IMF_QUIRKS_EXCHANGE55, false},
+    {NULL, 0, false},
+};
+static const struct imf_choice literal_plus_choices[] = {
+    {"pass", IMF_LITERAL_PLUS_PASS, true},
+    {"sync", IMF_LITERAL_PLUS_SYNC, false},
+    {NULL, 0, false},
+};
+static const struct imf_choice forward_ip_choices[] = {
+    {"off", IMF_FORWARD_IP_OFF, true},
+    {"id", IMF_FORWARD_IP_ID, true},
+    {NULL, 0, false},
+};
+
+#define FIELD_SIZE(type, field) sizeof(((type *)0)->field)
+/* OPT: a key of struct imf_config. OPT_LIST: the same for a SOCKADDR_LIST,
+ * whose count lives in FIELD_len. LOPT: a key of every [listen.NAME]. */
+#define OPT(sec, key, type, field, def, min, max, choices, flags) \
+    {sec, key, IMF_OT_##type, offsetof(struct imf_config, field), \
+     FIELD_SIZE(struct imf_config, field), 0, def, min, max, choices, flags}
+#define OPT_LIST(sec, key, type, field, def, min, max, choices, flags) \
+    {sec, key, IMF_OT_##type, offsetof(struct imf_config, field), \
+     FIELD_SIZE(struct imf_config, field), offsetof(struct imf_config, field##_len), \
+     def, min, max, choices, flags}
+#define LOPT(sec, key, type, field, def, min, max, choices, flags) \
+    {sec, key, IMF_OT_##type, offsetof(struct imf_listen_config, field), \
+     FIELD_SIZE(struct imf_listen_config, field), 0, def, min, max, choices, flags}
+
+/* The schema. One row per line: tests/unit/check_config_docs.py reads these
+ * lines and compares them with docs/configuration.md. To enable a feature,
+ * drop IMF_CF_NOT_YET from its row (or set its choice to true above). */
+static const struct imf_option imf_options[] = {
+    OPT("proxy", "workers", UINT, workers, "auto", 1, 64, NULL, IMF_CF_AUTO),
+    OPT("proxy", "max_connections", UINT, max_connections, "10000", 1, 1000000, NULL, 0),
+    OPT("proxy", "max_connections_per_ip", UINT, max_connections_per_ip, "0", 0, 1000000, NULL, IMF_CF_NOT_YET),
+    OPT("proxy", "user", STRING, user, "", 0, 0, NULL, IMF_CF_NOT_YET),
+    OPT("proxy", "log_level", ENUM, log_level, "info", 0, 0, log_level_choices, 0),
+    OPT("proxy", "log_format", ENUM, log_format, "text", 0, 0, log_format_choices, 0),
+    OPT("tls", "certificate", STRING, certificate, "", 0, 0, NULL, IMF_CF_REQUIRED),
+    OPT("tls", "private_key", STRING, private_key, "", 0, 0, NULL, IMF_CF_REQUIRED),
+    OPT("tls", "min_version", ENUM, min_version, "1.2", 0, 0, tls_version_choices, 0),
+    OPT("tls", "session_tickets", BOOL, session_tickets, "on", 0, 0, NULL, 0),
+    OPT("tls", "handshake_timeout", DURATION, handshake_timeout_ms, "10s", 1, WEEK, NULL, 0),
+    OPT_LIST("backend", "servers", SOCKADDR_LIST, servers, "", 1, 64, NULL, IMF_CF_REQUIRED),
+    OPT("backend", "balance", ENUM, balance, "first", 0, 0, balance_choices, 0),
+    OPT("backend", "connect_timeout", DURATION, connect_timeout_ms, "5s", 1, WEEK, NULL, 0),
+    OPT("backend", "quirks", ENUM, quirks, "none", 0, 0, quirks_choices, 0),
+    OPT("backend", "pipelining", BOOL, pipelining, "on", 0, 0, NULL, IMF_CF_NOT_YET),
+    OPT("backend", "literal_plus", ENUM, literal_plus, "pass", 0, 0, literal_plus_choices, 0),
+    OPT("backend", "literal_crlf_split", BOOL, literal_crlf_split, "off", 0, 0, NULL, IMF_CF_NOT_YET),
+    OPT("backend", "forward_client_ip", ENUM, forward_client_ip, "off", 0, 0, forward_ip_choices, 0),
+    OPT("imap", "max_line_length", SIZE, max_line_length, "64k", KiB, 16 * MiB, NULL, 0),
+    OPT("imap", "max_literal_size", SIZE, max_literal_size, "64M", KiB, 4 * GiB, NULL, 0),
+    OPT("imap", "hide_capabilities", STRING, hide_capabilities, "", 0, 0, NULL, 0),
+    OPT("imap", "preauth_timeout", DURATION, preauth_timeout_ms, "60s", 1, WEEK, NULL, 0),
+    OPT("imap", "idle_timeout", DURATION, idle_timeout_ms, "30m", SEC, WEEK, NULL, 0),
+    OPT("imap", "buffer_limit", SIZE, buffer_limit, "256k", 16 * KiB, GiB, NULL, 0),
+    OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, IMF_CF_NOT_YET),
+};
+
+/* The keys of every [listen.NAME] section. */
+static const struct imf_option imf_listen_options[] = {
+    LOPT("listen.NAME", "address", SOCKADDR, address, "", 0, 0, NULL, IMF_CF_REQUIRED),
+    LOPT("listen.NAME", "mode", ENUM, mode, "implicit-tls", 0, 0, listen_mode_choices, 0),
+    LOPT("listen.NAME", "require_tls", BOOL, require_tls, "yes", 0, 0, NULL, 0),
+    LOPT("listen.NAME", "proxy_protocol", ENUM, proxy_protocol, "off", 0, 0, proxy_protocol_choices, 0),
+    LOPT("listen.NAME", "proxy_protocol_from", STRING, proxy_protocol_from, "", 0, 0, NULL, IMF_CF_NOT_YET),
+};
+/* clang-format on */
+
+/* The sections that are not [listen.NAME], in file order. */
+static const char *const imf_main_sections[] = {"proxy", "tls", "backend", "imap", "admin"};
+
+#define IMF_OPTIONS_LEN ARRAY_SIZE(imf_options)
+#define IMF_LISTEN_OPTIONS_LEN ARRAY_SIZE(imf_listen_options)
+
+/* Integers are stored by width, so one row type serves bool, unsigned,
+ * uint16_t, uint64_t and enum fields. Enums here have non-negative values,
+ * which the compiler stores as a 4-byte unsigned integer. */
+static_assert(sizeof(enum imf_balance) == sizeof(uint32_t), "enum fields are 4 bytes");
+static_assert(sizeof(enum imf_listen_mode) == sizeof(uint32_t), "enum fields are 4 bytes");
+static_assert(sizeof(bool) == 1, "bool fields are 1 byte");
+
+static void store_uint(void *field, size_t size, uint64_t v)
+{
+    switch (size) {
+    case 1: {
+        uint8_t x = (uint8_t)v;
+        memcpy(field, &x, 1);
+        break;
+    }
+    case 2: {
+        uint16_t x = (uint16_t)v;
+        memcpy(field, &x, 2);
+        break;
+    }
+    case 4: {
+        uint32_t x = (uint32_t)v;
+        memcpy(field, &x, 4);
+        break;
+    }
+    case 8:
+        memcpy(field, &v, 8);
+        break;
+    default:
+        abort(); /* a table row with an integer field of odd width */
+    }
+}
+
+static uint64_t load_uint(const void *field, size_t size)
+{
+    switch (size) {
+    case 1: {
+        uint8_t x;
+        memcpy(&x, field, 1);
+        return x;
+    }
+    case 2: {
+        uint16_t x;
+        memcpy(&x, field, 2);
+        return x;
+    }
+    case 4: {
+        uint32_t x;
+        memcpy(&x, field, 4);
+        return x;
+    }
+    case 8: {
+        uint64_t x;
+        memcpy(&x, field, 8);
+        return x;
+    }
+    default:
+        abort();
+    }
+}
+
+/* ---- value parsers ------------------------------------------------------ */
+
+/* Decimal digits only (no sign, no spaces). *out_end is where the digits
+ * stop, also on failure; -EINVAL without digits, -ERANGE above UINT64_MAX. */
+static int parse_digits(const char *s, uint64_t *out, const char **out_end)
+{
+    uint64_t v = 0;
+    bool overflow = false;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            overflow = true;
+        else
+            v = v * 10 + d;
+    }
+    *out_end = p;
+    if (p == s)
+        return -EINVAL;
+    if (overflow)
+        return -ERANGE;
+    *out = v;
+    return 0;
+}
+
+/* Digits followed by a unit from units[] (or none: bare_mult). */
+struct imf_unit {
+    const char *suffix;
+    uint64_t mult;
+};
+
+static int parse_with_unit(const char *text, const struct imf_unit *units, size_t units_len,
+                           uint64_t bare_mult, uint64_t *out)
+{
+    uint64_t n;
+    const char *end;
+    int rc = parse_digits(text, &n, &end);
+    if (rc == -EINVAL)
+        return rc;
+    /* On overflow, a bad suffix is still reported as the real mistake. */
+    uint64_t mult = 0;
+    if (*end == '\0') {
+        mult = bare_mult;
+    } else {
+        for (size_t i = 0; i < units_len; i++) {
+            if (strcmp(end, units[i].suffix) == 0) {
+                mult = units[i].mult;
+                break;
+            }
+        }
+        if (mult == 0)
+            return -EINVAL;
+    }
+    if (rc == -ERANGE)
+        return -ERANGE;
+    if (n > UINT64_MAX / mult)
+        return -ERANGE;
+    *out = n * mult;
+    return 0;
+}
+
+int imf_config_parse_size(const char *text, uint64_t *out_bytes)
+{
+    static const struct imf_unit units[] = {
+        {"k", KiB}, {"K", KiB}, {"M", MiB}, {"m", MiB}, {"G", GiB}, {"g", GiB},
+    };
+    /* parse_digits leaves *out untouched on failure, so does this. */
+    uint64_t v;
+    int rc = parse_with_unit(text, units, ARRAY_SIZE(units), 1, &v);
+    if (rc == 0)
+        *out_bytes = v;
+    return rc;
+}
+
+int imf_config_parse_duration(const char *text, uint64_t *out_ms)
+{
+    static const struct imf_unit units[] = {
+        {"ms", 1}, {"s", SEC}, {"m", MIN}, {"h", HOUR},
+    };
+    uint64_t v;
+    int rc = parse_with_unit(text, units, ARRAY_SIZE(units), SEC, &v);
+    if (rc == 0)
+        *out_ms = v;
+    return rc;
+}
+
+static int parse_port(const char *s, uint16_t *out)
+{
+    uint64_t v;
+    const char *end;
+    if (strlen(s) > 5 || parse_digits(s, &v, &end) < 0 || *end != '\0' || v > 65535)
+        return -EINVAL;
+    *out = (uint16_t)v;
+    return 0;
+}
+
+int imf_config_parse_sockaddr(const char *text, struct imf_sockaddr *out_addr)
+{
+    struct imf_sockaddr a;
+    memset(&a, 0, sizeof(a));
+    size_t len = strlen(text);
+    if (len == 0 || len >= sizeof(a.text))
+        return -EINVAL;
+    char host[INET6_ADDRSTRLEN];
+    const char *port;
+    uint16_t portnum;
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (close == NULL || close[1] != ':')
+            return -EINVAL;
+        size_t hlen = (size_t)(close - text - 1);
+        if (hlen == 0 || hlen >= sizeof(host))
+            return -EINVAL;
+        memcpy(host, text + 1, hlen);
+        host[hlen] = '\0';
+        port = close + 2;
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&a.ss;
+        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1 || parse_port(port, &portnum) < 0)
+            return -EINVAL;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(portnum);
+        a.len = sizeof(*sin6);
+    } else {
+        /* IPv4 only: an unbracketed IPv6 address has several colons and
+         * fails inet_pton(AF_INET) below. */
+        const char *colon = strrchr(text, ':');
+        if (colon == NULL)
+            return -EINVAL;
+        size_t hlen = (size_t)(colon - text);
+        if (hlen == 0 || hlen >= sizeof(host))
+            return -EINVAL;
+        memcpy(host, text, hlen);
+        host[hlen] = '\0';
+        port = colon + 1;
+        struct sockaddr_in *sin = (struct sockaddr_in *)&a.ss;
+        if (inet_pton(AF_INET, host, &sin->sin_addr) != 1 || parse_port(port, &portnum) < 0)
+            return -EINVAL;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(portnum);
+        a.len = sizeof(*sin);
+    }
+    memcpy(a.text, text, len + 1);
+    *out_addr = a;
+    return 0;
+}
+
+/* Same address and port, for cross-checks. Port 0 means "kernel picks" and
+ * never clashes. */
+static bool same_endpoint(const struct imf_sockaddr *a, const struct imf_sockaddr *b)
+{
+    if (a->len == 0 || b->len == 0 || a->ss.ss_family != b->ss.ss_family)
+        return false;
+    if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)&a->ss;
+        const struct sockaddr_in *y = (const struct sockaddr_in *)&b->ss;
+        return x->sin_port != 0 && x->sin_port == y->sin_port &&
+               x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)&a->ss;
+    const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)&b->ss;
+    return x->sin6_port != 0 && x->sin6_port == y->sin6_port &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+}
+
+/* ---- formatting for messages -------------------------------------------- */
+
+/* `"value"`, shortened when long: messages stay one readable line. */
+static void quote(const char *value, char *buf, size_t buf_len)
+{
+    size_t len = strlen(value);
+    if (len > IMF_CONFIG_QUOTE_MAX)
+        snprintf(buf, buf_len, "\"%.*s...\"", IMF_CONFIG_QUOTE_MAX, value);
+    else
+        snprintf(buf, buf_len, "\"%s\"", value);
+}
+
+static void format_value(enum imf_opt_type type, uint64_t v, char *buf, size_t buf_len)
+{
+    static const struct imf_unit sizes[] = {{"G", GiB}, {"M", MiB}, {"k", KiB}};
+    static const struct imf_unit times[] = {{"h", HOUR}, {"m", MIN}, {"s", SEC}};
+    const struct imf_unit *units = NULL;
+    const char *bare = "";
+    if (type == IMF_OT_SIZE) {
+        units = sizes;
+    } else if (type == IMF_OT_DURATION) {
+        units = times;
+        bare = "ms";
+    }
+    for (size_t i = 0; units != NULL && i < 3; i++) {
+        if (v != 0 && v % units[i].mult == 0) {
+            snprintf(buf, buf_len, "%" PRIu64 "%s", v / units[i].mult, units[i].suffix);
+            return;
+        }
+    }
+    snprintf(buf, buf_len, "%" PRIu64 "%s", v, bare);
+}
+
+static void format_choices(const struct imf_choice *c, char *buf, size_t buf_len)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (; c->name != NULL && used < buf_len; c++) {
+        int n = snprintf(buf + used, buf_len - used, "%s%s", used ? ", " : "", c->name);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+}
+
+/* ---- setting one value -------------------------------------------------- */
+
+static void free_field(const struct imf_option *opt, void *base)
+{
+    void *field = (char *)base + opt->offset;
+    if (opt->type == IMF_OT_STRING) {
+        char **s = field;
+        free(*s);
+        *s = NULL;
+    } else if (opt->type == IMF_OT_SOCKADDR_LIST) {
+        struct imf_sockaddr **list = field;
+        free(*list);
+        *list = NULL;
+        *(size_t *)((char *)base + opt->len_offset) = 0;
+    }
+}
+
+static bool bool_word(const char *s, bool *out)
+{
+    static const char *const yes[] = {"yes", "on", "true", "1"};
+    static const char *const no[] = {"no", "off", "false", "0"};
+    for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = true;
+            return true;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = false;
+            return true;
+        }
+    }
+    return false;
+}
+
+static int set_list(const struct imf_option *opt, void *base, const char *value, char *why,
+                    size_t why_len)
+{
+    struct imf_sockaddr *list = NULL;
+    size_t n = 0;
+    const char *p = value;
+    char item[sizeof(list->text)];
+    char q[IMF_CONFIG_QUOTE_MAX + 8];
+    while (*p != '\0') {
+        const char *comma = strchr(p, ',');
+        const char *stop = comma ? comma : p + strlen(p);
+        while (p < stop && (*p == ' ' || *p == '\t'))
+            p++;
+        const char *e = stop;
+        while (e > p && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        size_t ilen = (size_t)(e - p);
+        if (ilen == 0) {
+            snprintf(why, why_len, "empty entry in the list");
+            free(list);
+            return -EINVAL;
+        }
+        if (n >= opt->max) {
+            snprintf(why, why_len, "more than %" PRIu64 " addresses", opt->max);
+            free(list);
+            return -ERANGE;
+        }
+        struct imf_sockaddr a;
+        bool ok = ilen < sizeof(item);
+        if (ok) {
+            memcpy(item, p, ilen);
+            item[ilen] = '\0';
+            ok = imf_config_parse_sockaddr(item, &a) == 0;
+        }
+        if (!ok) {
+            char tmp[IMF_CONFIG_QUOTE_MAX + 4];
+            int shown = ilen < IMF_CONFIG_QUOTE_MAX ? (int)ilen : IMF_CONFIG_QUOTE_MAX;
+            snprintf(tmp, sizeof(tmp), "%.*s%s", shown, p, ilen > IMF_CONFIG_QUOTE_MAX ? "..." : "");
+            snprintf(q, sizeof(q), "\"%s\"", tmp);
+            snprintf(why, why_len, "%s is not an address (use IPv4:port or [IPv6]:port)", q);
+            free(list);
+            return -EINVAL;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (same_endpoint(&list[i], &a)) {
+                snprintf(why, why_len, "%s is listed twice", a.text);
+                free(list);
+                return -EINVAL;
+            }
+        }
+        struct imf_sockaddr *grown = realloc(list, (n + 1) * sizeof(*list));
+        if (grown == NULL) {
+            snprintf(why, why_len, "out of memory");
+            free(list);
+            return -ENOMEM;
+        }
+        list = grown;
+        list[n++] = a;
+        p = comma ? comma + 1 : stop;
+        if (comma != NULL && *p == '\0') {
+            snprintf(why, why_len, "empty entry in the list");
+            free(list);
+            return -EINVAL;
+        }
+    }
+    if (n != 0 && n < opt->min) {
+        snprintf(why, why_len, "needs at least %" PRIu64 " addresses", opt->min);
+        free(list);
+        return -ERANGE;
+    }
+    free_field(opt, base);
+    *(struct imf_sockaddr **)((char *)base + opt->offset) = list;
+    *(size_t *)((char *)base + opt->len_offset) = n;
+    return 0;
+}
+
+/* Parses value into the row's field of base (a struct imf_config or
+ * imf_listen_config). On failure leaves the field as it was and writes the
+ * reason (without key or line) into why. Used for defaults and user values
+ * alike. */
+static int set_value(const struct imf_option *opt, void *base, const char *value, char *why,
+                     size_t why_len)
+{
+    void *field = (char *)base + opt->offset;
+    char q[IMF_CONFIG_QUOTE_MAX + 8];
+    char lo[32], hi[32];
+    uint64_t v = 0;
+    int rc = 0;
+    quote(value, q, sizeof(q));
+
+    switch (opt->type) {
+    case IMF_OT_BOOL: {
+        bool b;
+        if (!bool_word(value, &b)) {
+            snprintf(why, why_len, "%s is not a boolean (use yes/no, on/off, true/false or 1/0)",
+                     q);
+            return -EINVAL;
+        }
+        store_uint(field, opt->size, b);
+        return 0;
+    }
+    case IMF_OT_UINT:
+        if ((opt->flags & IMF_CF_AUTO) && strcasecmp(value, "auto") == 0) {
+            store_uint(field, opt->size, 0);
+            return 0;
+        }
+        {
+            const char *end;
+            rc = parse_digits(value, &v, &end);
+            if (*end != '\0')
+                rc = -EINVAL;
+        }
+        if (rc == -EINVAL) {
+            snprintf(why, why_len, "%s is not a number%s", q,
+                     (opt->flags & IMF_CF_AUTO) ? " or auto" : "");
+            return rc;
+        }
+        break;
+    case IMF_OT_SIZE:
+        rc = imf_config_parse_size(value, &v);
+        if (rc == -EINVAL) {
+            snprintf(why, why_len, "%s is not a size (use k, M or G)", q);
+            return rc;
+        }
+        break;
+    case IMF_OT_DURATION:
+        rc = imf_config_parse_duration(value, &v);
+        if (rc == -EINVAL) {
+            snprintf(why, why_len, "%s is not a duration (use ms, s, m or h)", q);
+            return rc;
+        }
+        break;
+    case IMF_OT_STRING: {
+        char *copy = NULL;
+        if (value[0] != '\0') {
+            copy = strdup(value);
+            if (copy == NULL) {
+                snprintf(why, why_len, "out of memory");
+                return -ENOMEM;
+            }
+        }
+        free_field(opt, base);
+        *(char **)field = copy;
+        return 0;
+    }
+    case IMF_OT_ENUM:
+        for (const struct imf_choice *c = opt->choices; c->name != NULL; c++) {
+            if (strcasecmp(value, c->name) == 0) {
+                if (!c->supported) {
+                    snprintf(why, why_len, "%s is not supported yet", c->name);
+                    return -ENOTSUP;
+                }
+                store_uint(field, opt->size, (uint64_t)c->value);
+                return 0;
+            }
+        }
+        {
+            char names[256];
+            format_choices(opt->choices, names, sizeof(names));
+            snprintf(why, why_len, "%s is not one of %s", q, names);
+        }
+        return -EINVAL;
+    case IMF_OT_SOCKADDR: {
+        struct imf_sockaddr a;
+        if (value[0] == '\0') {
+            memset(&a, 0, sizeof(a));
+        } else if (imf_config_parse_sockaddr(value, &a) < 0) {
+            snprintf(why, why_len, "%s is not an address (use IPv4:port or [IPv6]:port)", q);
+            return -EINVAL;
+        }
+        memcpy(field, &a, sizeof(a));
+        return 0;
+    }
+    case IMF_OT_SOCKADDR_LIST:
+        return set_list(opt, base, value, why, why_len);
+    case IMF_OT_COUNT:
+        break;
+    }
+
+    /* UINT, SIZE, DURATION: bounds. */
+    if (rc == 0 && (v < opt->min || v > opt->max))
+        rc = -ERANGE;
+    if (rc == -ERANGE) {
+        format_value(opt->type, opt->min, lo, sizeof(lo));
+        format_value(opt->type, opt->max, hi, sizeof(hi));
+        snprintf(why, why_len, "%s is out of range (%s..%s%s)", q, lo, hi,
+                 (opt->flags & IMF_CF_AUTO) ? " or auto" : "");
+        return rc;
+    }
+    store_uint(field, opt->size, v);
+    return 0;
+}
+
+/* Whether the row's field holds the same value in a and b. */
+static bool field_equal(const struct imf_option *opt, const void *a, const void *b)
+{
+    const char *fa = (const char *)a + opt->offset;
+    const char *fb = (const char *)b + opt->offset;
+    switch (opt->type) {
+    case IMF_OT_STRING: {
+        const char *sa = *(char *const *)fa, *sb = *(char *const *)fb;
+        return (sa == NULL || sb == NULL) ? sa == sb : strcmp(sa, sb) == 0;
+    }
+    case IMF_OT_SOCKADDR: {
+        const struct imf_sockaddr *x = (const void *)fa, *y = (const void *)fb;
+        return x->len == y->len && memcmp(&x->ss, &y->ss, x->len) == 0;
+    }
+    case IMF_OT_SOCKADDR_LIST: {
+        size_t na = *(const size_t *)((const char *)a + opt->len_offset);
+        size_t nb = *(const size_t *)((const char *)b + opt->len_offset);
+        const struct imf_sockaddr *x = *(struct imf_sockaddr *const *)fa;
+        const struct imf_sockaddr *y = *(struct imf_sockaddr *const *)fb;
+        if (na != nb)
+            return false;
+        for (size_t i = 0; i < na; i++)
+            if (x[i].len != y[i].len || memcmp(&x[i].ss, &y[i].ss, x[i].len) != 0)
+                return false;
+        return true;
+    }
+    default:
+        return load_uint(fa, opt->size) == load_uint(fb, opt->size);
+    }
+}
+
+/* ---- parsing a file ----------------------------------------------------- */
+
+enum section_kind { SECTION_NONE, SECTION_MAIN, SECTION_LISTEN };
+
+/* Per listener: where things were written, for messages. */
+struct listen_meta {
+    unsigned header_line;
+    unsigned key_lines[IMF_LISTEN_OPTIONS_LEN];
+};
+
+struct parse_ctx {
+    const char *name; /* the file, in messages */
+    const char *pos, *end;
+    bool mid_line; /* the reader handed out part of a line, the rest is pending */
+    unsigned line; /* of the line inih is working on, 1-based */
+
+    struct imf_config *cfg;
+    enum section_kind kind;
+    size_t section; /* index in imf_main_sections, or listener index */
+    unsigned section_lines[ARRAY_SIZE(imf_main_sections)];
+    unsigned key_lines[IMF_OPTIONS_LEN];
+    struct listen_meta *listen_meta; /* parallel to cfg->listeners */
+
+    int rc; /* first error, 0 while none */
+    char *err;
+    size_t err_len;
+};
+
+/* Records the first error: "FILE:LINE: what: reason", or "FILE: what:
+ * reason" when line is 0. Later errors are dropped. */
+__attribute__((format(printf, 5, 6))) static void fail(struct parse_ctx *ctx, int rc,
+                                                       unsigned line, const char *what,
+                                                       const char *fmt, ...)
+{
+    if (ctx->rc != 0)
+        return;
+    ctx->rc = rc;
+    if (ctx->err == NULL || ctx->err_len == 0)
+        return;
+    char reason[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
+    if (line != 0)
+        snprintf(ctx->err, ctx->err_len, "%s:%u: %s: %s", ctx->name, line, what, reason);
+    else
+        snprintf(ctx->err, ctx->err_len, "%s: %s: %s", ctx->name, what, reason);
+}
+
+static int apply_defaults(struct parse_ctx *ctx, const struct imf_option *table, size_t len,
+                          void *base)
+{
+    char why[256];
+    for (size_t i = 0; i < len; i++) {
+        int rc = set_value(&table[i], base, table[i].def, why, sizeof(why));
+        if (rc < 0) {
+            /* A bad row; the unit tests load a config, so this never ships. */
+            fail(ctx, rc, 0, table[i].key, "bad built-in default: %s", why);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static bool valid_listener_name(const char *s, size_t len)
+{
+    if (len == 0 || len >= FIELD_SIZE(struct imf_listen_config, name))
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static void enter_listener(struct parse_ctx *ctx, const char *sec, const char *lname, size_t llen)
+{
+    struct imf_config *cfg = ctx->cfg;
+    if (!valid_listener_name(lname, llen)) {
+        fail(ctx, -EINVAL, ctx->line, sec,
+             "invalid listener name (use 1 to 63 of A-Z, a-z, 0-9, _ and -)");
+        return;
+    }
+    for (size_t i = 0; i < cfg->listeners_len; i++) {
+        if (strlen(cfg->listeners[i].name) == llen &&
+            memcmp(cfg->listeners[i].name, lname, llen) == 0) {
+            fail(ctx, -EINVAL, ctx->line, sec, "duplicate section (first on line %u)",
+                 ctx->listen_meta[i].header_line);
+            return;
+        }
+    }
+    size_t n = cfg->listeners_len;
+    struct imf_listen_config *l = realloc(cfg->listeners, (n + 1) * sizeof(*l));
+    if (l == NULL) {
+        fail(ctx, -ENOMEM, ctx->line, sec, "out of memory");
+        return;
+    }
+    cfg->listeners = l;
+    struct listen_meta *m = realloc(ctx->listen_meta, (n + 1) * sizeof(*m));
+    if (m == NULL) {
+        fail(ctx, -ENOMEM, ctx->line, sec, "out of memory");
+        return;
+    }
+    ctx->listen_meta = m;
+    memset(&l[n], 0, sizeof(l[n]));
+    memset(&m[n], 0, sizeof(m[n]));
+    cfg->listeners_len = n + 1;
+    memcpy(l[n].name, lname, llen);
+    l[n].name[llen] = '\0';
+    m[n].header_line = ctx->line;
+    ctx->kind = SECTION_LISTEN;
+    ctx->section = n;
+    apply_defaults(ctx, imf_listen_options, IMF_LISTEN_OPTIONS_LEN, &l[n]);
+}
+
+/* A "[name]" header on the current line (s, len: the line without its
+ * ending). inih parses the line too; we only track which section we are in. */
+static void enter_section(struct parse_ctx *ctx, const char *s, size_t len)
+{
+    const char *close = memchr(s, ']', len);
+    if (close == NULL)
+        return; /* inih reports the syntax error */
+    const char *name = s + 1;
+    size_t nlen = (size_t)(close - name);
+    char sec[IMF_CONFIG_SECTION_MAX + 8];
+    int shown = nlen > IMF_CONFIG_SECTION_MAX ? IMF_CONFIG_SECTION_MAX : (int)nlen;
+    snprintf(sec, sizeof(sec), "[%.*s%s]", shown, name, nlen > IMF_CONFIG_SECTION_MAX ? "..." : "");
+
+    /* inih ignores what follows "]"; a key written there would vanish. */
+    const char *rest = close + 1;
+    while (rest < s + len && (*rest == ' ' || *rest == '\t' || *rest == '\r'))
+        rest++;
+    if (rest < s + len && *rest != ';' && *rest != '#') {
+        fail(ctx, -EINVAL, ctx->line, sec, "unexpected text after the section name");
+        return;
+    }
+
+    static const char listen_prefix[] = "listen.";
+    if (nlen >= sizeof(listen_prefix) - 1 &&
+        memcmp(name, listen_prefix, sizeof(listen_prefix) - 1) == 0) {
+        enter_listener(ctx, sec, name + sizeof(listen_prefix) - 1,
+                       nlen - (sizeof(listen_prefix) - 1));
+        return;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(imf_main_sections); i++) {
+        if (strlen(imf_main_sections[i]) == nlen && memcmp(imf_main_sections[i], name, nlen) == 0) {
+            if (ctx->section_lines[i] != 0) {
+                fail(ctx, -EINVAL, ctx->line, sec, "duplicate section (first on line %u)",
+                     ctx->section_lines[i]);
+                return;
+            }
+            ctx->section_lines[i] = ctx->line;
+            ctx->kind = SECTION_MAIN;
+            ctx->section = i;
+            return;
+        }
+    }
+    fail(ctx, -EINVAL, ctx->line, sec, "unknown section");
+}
+
+/* inih's line source (fgets-like). Hands out the text one line at a time,
+ * in pieces when inih's buffer is smaller than the line, and looks at each
+ * new line first: counts it, checks its length, tracks section headers. */
+static char *read_line(char *buf, int num, void *stream)
+{
+    struct parse_ctx *ctx = stream;
+    if (ctx->rc != 0 || num < 2)
+        return NULL;
+    if (!ctx->mid_line) {
+        if (ctx->pos >= ctx->end)
+            return NULL;
+        ctx->line++;
+        const char *nl = memchr(ctx->pos, '\n', (size_t)(ctx->end - ctx->pos));
+        size_t len = (size_t)((nl ? nl : ctx->end) - ctx->pos);
+        if (len > IMF_CONFIG_MAX_LINE) {
+            fail(ctx, -EINVAL, ctx->line, "line", "longer than %d bytes", IMF_CONFIG_MAX_LINE);
+            return NULL;
+        }
+        const char *s = ctx->pos;
+        if (ctx->line == 1 && len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) {
+            s += 3; /* inih skips a UTF-8 BOM too */
+            len -= 3;
+        }
+        while (len > 0 && (*s == ' ' || *s == '\t')) {
+            s++;
+            len--;
+        }
+        if (len > 0 && *s == '[') {
+            enter_section(ctx, s, len);
+            if (ctx->rc != 0)
+                return NULL;
+        }
+    }
+    const char *nl = memchr(ctx->pos, '\n', (size_t)(ctx->end - ctx->pos));
+    size_t left = (size_t)((nl ? nl + 1 : ctx->end) - ctx->pos);
+    size_t n = left < (size_t)num - 1 ? left : (size_t)num - 1;
+    memcpy(buf, ctx->pos, n);
+    buf[n] = '\0';
+    ctx->pos += n;
+    ctx->mid_line = n < left;
+    return buf;
+}
+
+/* inih's handler for "key = value"; returns 0 to stop at the first error. */
+static int on_key(void *user, const char *section, const char *key, const char *value)
+{
+    struct parse_ctx *ctx = user;
+    const struct imf_option *table;
+    size_t len;
+    void *base;
+    unsigned *lines;
+    char secname[IMF_CONFIG_QUOTE_MAX + 16];
+    const char *main_section = NULL;
+    (void)section; /* inih truncates long section names; we track our own */
+
+    if (ctx->rc != 0)
+        return 0;
+    switch (ctx->kind) {
+    case SECTION_MAIN:
+        table = imf_options;
+        len = IMF_OPTIONS_LEN;
+        base = ctx->cfg;
+        lines = ctx->key_lines;
+        main_section = imf_main_sections[ctx->section];
+        snprintf(secname, sizeof(secname), "[%s]", main_section);
+        break;
+    case SECTION_LISTEN:
+        table = imf_listen_options;
+        len = IMF_LISTEN_OPTIONS_LEN;
+        base = &ctx->cfg->listeners[ctx->section];
+        lines = ctx->listen_meta[ctx->section].key_lines;
+        snprintf(secname, sizeof(secname), "[listen.%s]", ctx->cfg->listeners[ctx->section].name);
+        break;
+    default:
+        fail(ctx, -EINVAL, ctx->line, key, "key outside of any section");
+        return 0;
+    }
+
+    size_t i;
+    for (i = 0; i < len; i++) {
+        if ((main_section == NULL || strcmp(table[i].section, main_section) == 0) &&
+            strcmp(table[i].key, key) == 0)
+            break;
+    }
+    if (i == len) {
+        fail(ctx, -EINVAL, ctx->line, key, "unknown key in %s", secname);
+        return 0;
+    }
+    const struct imf_option *opt = &table[i];
+    if (lines[i] != 0) {
+        fail(ctx, -EINVAL, ctx->line, key, "set twice in %s (first on line %u)", secname,
+             lines[i]);
+        return 0;
+    }
+    lines[i] = ctx->line;
+    if (value[0] == '\0' && (opt->flags & IMF_CF_REQUIRED)) {
+        fail(ctx, -EINVAL, ctx->line, key, "must not be empty");
+        return 0;
+    }
+
+    char why[512];
+    int rc = set_value(opt, base, value, why, sizeof(why));
+    if (rc < 0) {
+        fail(ctx, rc, ctx->line, key, "%s", why);
+        return 0;
+    }
+
+    if (opt->flags & IMF_CF_NOT_YET) {
+        /* Compare with the default parsed the same way, so "on" and "yes"
+         * both count as the default "on". */
+        union {
+            struct imf_config c;
+            struct imf_listen_config l;
+        } scratch;
+        memset(&scratch, 0, sizeof(scratch));
+        rc = set_value(opt, &scratch, opt->def, why, sizeof(why));
+        bool same = rc == 0 && field_equal(opt, base, &scratch);
+        free_field(opt, &scratch);
+        if (rc < 0) {
+            fail(ctx, rc, ctx->line, key, "bad built-in default: %s", why);
+            return 0;
+        }
+        if (!same) {
+            fail(ctx, -ENOTSUP, ctx->line, key, "not supported yet");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static size_t option_index(const char *section, const char *key)
+{
+    for (size_t i = 0; i < IMF_OPTIONS_LEN; i++)
+        if (strcmp(imf_options[i].section, section) == 0 && strcmp(imf_options[i].key, key) == 0)
+            return i;
+    abort(); /* asked for a key that is not in the table */
+}
+
+/* What needs the whole file: required keys and keys that depend on each
+ * other. */
+static void check_whole(struct parse_ctx *ctx)
+{
+    struct imf_config *cfg = ctx->cfg;
+    char what[IMF_CONFIG_QUOTE_MAX + 64];
+
+    if (cfg->listeners_len == 0) {
+        fail(ctx, -EINVAL, 0, "[listen.NAME]", "at least one listener section is required");
+        return;
+    }
+    for (size_t li = 0; li < cfg->listeners_len; li++) {
+        for (size_t i = 0; i < IMF_LISTEN_OPTIONS_LEN; i++) {
+            const struct imf_option *opt = &imf_listen_options[i];
+            if ((opt->flags & IMF_CF_REQUIRED) && ctx->listen_meta[li].key_lines[i] == 0) {
+                snprintf(what, sizeof(what), "[listen.%s] %s", cfg->listeners[li].name, opt->key);
+                fail(ctx, -EINVAL, ctx->listen_meta[li].header_line, what, "required");
+                return;
+            }
+        }
+    }
+    for (size_t i = 0; i < IMF_OPTIONS_LEN; i++) {
+        const struct imf_option *opt = &imf_options[i];
+        if ((opt->flags & IMF_CF_REQUIRED) && ctx->key_lines[i] == 0) {
+            snprintf(what, sizeof(what), "[%s] %s", opt->section, opt->key);
+            fail(ctx, -EINVAL, 0, what, "required");
+            return;
+        }
+    }
+
+    /* Two listeners on one address would share it through SO_REUSEPORT and
+     * split the connections between them without a word. */
+    size_t addr_row = 0; /* "address" is the first listener row */
+    for (size_t b = 1; b < cfg->listeners_len; b++) {
+        for (size_t a = 0; a < b; a++) {
+            if (same_endpoint(&cfg->listeners[a].address, &cfg->listeners[b].address)) {
+                fail(ctx, -EINVAL, ctx->listen_meta[b].key_lines[addr_row], "address",
+                     "%s is already used by [listen.%s]", cfg->listeners[b].address.text,
+                     cfg->listeners[a].name);
+                return;
+            }
+        }
+    }
+    size_t admin_row = option_index("admin", "address");
+    for (size_t a = 0; a < cfg->listeners_len; a++) {
+        if (same_endpoint(&cfg->listeners[a].address, &cfg->admin_address)) {
+            fail(ctx, -EINVAL, ctx->key_lines[admin_row], "address",
+                 "%s is already used by [listen.%s]", cfg->admin_address.text,
+                 cfg->listeners[a].name);
+            return;
+        }
+    }
+
+    /* A command line is held until it is complete, within the per-direction
+     * buffer limit; a longer line could never complete. */
+    if (cfg->max_line_length > cfg->buffer_limit) {
+        size_t ml = option_index("imap", "max_line_length");
+        size_t bl = option_index("imap", "buffer_limit");
+        bool blame_ml = ctx->key_lines[ml] >= ctx->key_lines[bl];
+        char a[32], b[32];
+        format_value(IMF_OT_SIZE, cfg->max_line_length, a, sizeof(a));
+        format_value(IMF_OT_SIZE, cfg->buffer_limit, b, sizeof(b));
+        fail(ctx, -EINVAL, ctx->key_lines[blame_ml ? ml : bl],
+             blame_ml ? "max_line_length" : "buffer_limit",
+             "max_line_length (%s) must not exceed buffer_limit (%s)", a, b);
+        return;
+    }
+}
+
+static void free_config(struct imf_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    for (size_t i = 0; i < IMF_OPTIONS_LEN; i++)
+        free_field(&imf_options[i], cfg);
+    for (size_t li = 0; li < cfg->listeners_len; li++)
+        for (size_t i = 0; i < IMF_LISTEN_OPTIONS_LEN; i++)
+            free_field(&imf_listen_options[i], &cfg->listeners[li]);
+    free(cfg->listeners);
+    free(cfg->path);
+    free(cfg);
+}
+
+/* inih's switches are process-wide variables in Debian's build. We want the
+ * same ones for every parse, so set them once: a heap line buffer that grows
+ * (our reader enforces IMF_CONFIG_MAX_LINE), stop at the first error, no
+ * Python-style continuation lines (an indented line is an error, not a
+ * silent append to the previous value), "; comments" after values. */
+static void setup_inih(void)
+{
+    ini_use_stack = false;
+    ini_allow_realloc = true;
+    ini_max_line = 2 * IMF_CONFIG_MAX_LINE + 8;
+    ini_stop_on_first_error = true;
+    ini_allow_multiline = false;
+    ini_allow_inline_comments = true;
+    ini_allow_no_value = false;
+}
+
+static pthread_once_t imf_inih_once = PTHREAD_ONCE_INIT;
+
+/* The common path of imf_config_parse and imf_config_load: text is
+ * text_len bytes (NUL-terminated, no NUL inside). */
+static int parse_text(const char *name, const char *text, size_t text_len,
+                      struct imf_config **out_cfg, char *err, size_t err_len)
+{
+    struct parse_ctx ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.name = name;
+    ctx.pos = text;
+    ctx.end = text + text_len;
+    ctx.err = err;
+    ctx.err_len = err_len;
+    if (err != NULL && err_len > 0)
+        err[0] = '\0';
+
+    pthread_once(&imf_inih_once, setup_inih);
+
+    ctx.cfg = calloc(1, sizeof(*ctx.cfg));
+    if (ctx.cfg == NULL || (ctx.cfg->path = strdup(name)) == NULL) {
+        free(ctx.cfg);
+        fail(&ctx, -ENOMEM, 0, "config", "out of memory");
+        return -ENOMEM;
+    }
+    atomic_init(&ctx.cfg->refs, 1);
+
+    if (apply_defaults(&ctx, imf_options, IMF_OPTIONS_LEN, ctx.cfg) == 0) {
+        int line = ini_parse_stream(read_line, &ctx, on_key, &ctx);
+        if (line == -2)
+            fail(&ctx, -ENOMEM, 0, "config", "out of memory");
+        else if (line > 0)
+            fail(&ctx, -EINVAL, (unsigned)line, "syntax",
+                 "expected \"[section]\", \"key = value\" or a comment");
+        else if (line < 0)
+            fail(&ctx, -EIO, 0, "config", "cannot be parsed");
+        if (ctx.rc == 0)
+            check_whole(&ctx);
+    }
+    free(ctx.listen_meta);
+    if (ctx.rc != 0) {
+        free_config(ctx.cfg);
+        return ctx.rc;
+    }
+    *out_cfg = ctx.cfg;
+    return 0;
+}
+
+int imf_config_parse(const char *name, const char *text, struct imf_config **out_cfg, char *err,
+                     size_t err_len)
+{
+    return parse_text(name, text, strlen(text), out_cfg, err, err_len);
+}
+
+int imf_config_load(const char *path, struct imf_config **out_cfg, char *err, size_t err_len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        int rc = -errno;
+        if (err != NULL && err_len > 0)
+            snprintf(err, err_len, "%s: cannot open: %s", path, strerror(-rc));
+        return rc;
+    }
+    char *text = malloc(IMF_CONFIG_MAX_FILE + 1);
+    if (text == NULL) {
+        fclose(f);
+        if (err != NULL && err_len > 0)
+            snprintf(err, err_len, "%s: out of memory", path);
+        return -ENOMEM;
+    }
+    size_t len = fread(text, 1, IMF_CONFIG_MAX_FILE + 1, f);
+    int rc = 0;
+    const char *why = NULL;
+    if (ferror(f)) {
+        rc = -EIO;
+        why = "cannot read";
+    } else if (len > IMF_CONFIG_MAX_FILE) {
+        rc = -EFBIG;
+        why = "larger than 1 MiB, not a config file?";
+    } else if (memchr(text, '\0', len) != NULL) {
+        rc = -EINVAL;
+        why = "contains a NUL byte, not a text file";
+    }
+    fclose(f);
+    if (rc == 0) {
+        text[len] = '\0';
+        rc = parse_text(path, text, len, out_cfg, err, err_len);
+    } else if (err != NULL && err_len > 0) {
+        snprintf(err, err_len, "%s: %s", path, why);
+    }
+    free(text);
+    return rc;
+}
+
+struct imf_config *imf_config_ref(struct imf_config *cfg)
+{
+    /* Taking a reference needs no ordering: the caller already holds one. */
+    atomic_fetch_add_explicit(&cfg->refs, 1, memory_order_relaxed);
+    return cfg;
+}
+
+void imf_config_unref(struct imf_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    /* Release so that this thread's reads happen before the free; acquire on
+     * the last one so that the free sees everyone else's. */
+    if (atomic_fetch_sub_explicit(&cfg->refs, 1, memory_order_acq_rel) == 1)
+        free_config(cfg);
+}

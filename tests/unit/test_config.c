@@ -1,0 +1,844 @@
+/* unit.config: proxy.ini parsing. Errors are compared as whole strings,
+ * line numbers included, because that text is what a user reads. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/ssl.h>
+
+#include "imapfront/config.h"
+#include "imapfront/log.h"
+
+#ifndef IMF_SRCDIR
+#error "IMF_SRCDIR (the source tree, for proxy.ini.example) must be defined by the build"
+#endif
+
+/* The smallest valid file: 7 lines, so text appended to it starts at line 8. */
+#define BASE                                                                                       \
+    "[listen.a]\n"                                                                                 \
+    "address = 127.0.0.1:0\n"                                                                      \
+    "[tls]\n"                                                                                      \
+    "certificate = c.pem\n"                                                                        \
+    "private_key = k.pem\n"                                                                        \
+    "[backend]\n"                                                                                  \
+    "servers = 127.0.0.1:143\n"
+
+#define KiB (UINT64_C(1024))
+#define MiB (KiB * 1024)
+#define GiB (MiB * 1024)
+
+static struct imf_config *parse_ok(const char *text)
+{
+    struct imf_config *cfg = NULL;
+    char err[512] = "";
+    int rc = imf_config_parse("t.ini", text, &cfg, err, sizeof(err));
+    if (rc != 0)
+        print_error("unexpected error: %s\n", err);
+    assert_int_equal(rc, 0);
+    assert_non_null(cfg);
+    return cfg;
+}
+
+static void expect_error(const char *text, const char *want)
+{
+    struct imf_config *cfg = (struct imf_config *)(uintptr_t)1; /* must stay untouched */
+    char err[512] = "";
+    int rc = imf_config_parse("t.ini", text, &cfg, err, sizeof(err));
+    assert_true(rc < 0);
+    assert_ptr_equal(cfg, (struct imf_config *)(uintptr_t)1);
+    assert_string_equal(err, want);
+}
+
+/* BASE followed by extra lines, which start at line 8. */
+static struct imf_config *parse_base(const char *extra)
+{
+    char text[8192];
+    snprintf(text, sizeof(text), "%s%s", BASE, extra);
+    return parse_ok(text);
+}
+
+static void expect_base_error(const char *extra, const char *want)
+{
+    char text[8192];
+    snprintf(text, sizeof(text), "%s%s", BASE, extra);
+    expect_error(text, want);
+}
+
+/* ---- the example file and the defaults ---------------------------------- */
+
+static void test_example_loads(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = NULL;
+    char err[512] = "";
+    int rc = imf_config_load(IMF_SRCDIR "/proxy.ini.example", &cfg, err, sizeof(err));
+    if (rc != 0)
+        print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+    assert_string_equal(cfg->path, IMF_SRCDIR "/proxy.ini.example");
+    assert_int_equal(cfg->workers, 0);
+    assert_int_equal(cfg->max_connections, 10000);
+    assert_int_equal(cfg->listeners_len, 1);
+    assert_string_equal(cfg->listeners[0].name, "imaps");
+    assert_string_equal(cfg->listeners[0].address.text, "0.0.0.0:993");
+    assert_int_equal(cfg->listeners[0].mode, IMF_LISTEN_IMPLICIT_TLS);
+    assert_null(cfg->listeners[0].proxy_protocol_from);
+    assert_string_equal(cfg->certificate, "/etc/imapfront/fullchain.pem");
+    assert_string_equal(cfg->private_key, "/etc/imapfront/privkey.pem");
+    assert_int_equal(cfg->servers_len, 1);
+    assert_string_equal(cfg->servers[0].text, "192.0.2.10:143");
+    assert_int_equal(cfg->max_literal_size, 64 * MiB);
+    assert_int_equal(cfg->admin_address.len, 0);
+    imf_config_unref(cfg);
+}
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_ok(BASE);
+    assert_string_equal(cfg->path, "t.ini");
+    assert_int_equal(cfg->workers, 0);
+    assert_int_equal(cfg->max_connections, 10000);
+    assert_int_equal(cfg->max_connections_per_ip, 0);
+    assert_null(cfg->user);
+    assert_int_equal(cfg->log_level, IMF_LOG_INFO);
+    assert_int_equal(cfg->log_format, IMF_LOG_TEXT);
+
+    assert_int_equal(cfg->listeners_len, 1);
+    const struct imf_listen_config *l = &cfg->listeners[0];
+    assert_string_equal(l->name, "a");
+    assert_int_equal(l->mode, IMF_LISTEN_IMPLICIT_TLS);
+    assert_true(l->require_tls);
+    assert_int_equal(l->proxy_protocol, IMF_PROXY_PROTOCOL_OFF);
+    assert_null(l->proxy_protocol_from);
+    assert_int_equal(l->address.ss.ss_family, AF_INET);
+    assert_int_equal(l->address.len, sizeof(struct sockaddr_in));
+
+    assert_string_equal(cfg->certificate, "c.pem");
+    assert_string_equal(cfg->private_key, "k.pem");
+    assert_int_equal(cfg->min_version, TLS1_2_VERSION);
+    assert_true(cfg->session_tickets);
+    assert_int_equal(cfg->handshake_timeout_ms, 10000);
+
+    assert_int_equal(cfg->servers_len, 1);
+    assert_int_equal(cfg->balance, IMF_BALANCE_FIRST);
+    assert_int_equal(cfg->connect_timeout_ms, 5000);
+    assert_int_equal(cfg->quirks, IMF_QUIRKS_NONE);
+    assert_true(cfg->pipelining);
+    assert_int_equal(cfg->literal_plus, IMF_LITERAL_PLUS_PASS);
+    assert_false(cfg->literal_crlf_split);
+    assert_int_equal(cfg->forward_client_ip, IMF_FORWARD_IP_OFF);
+
+    assert_int_equal(cfg->max_line_length, 64 * KiB);
+    assert_int_equal(cfg->max_literal_size, 64 * MiB);
+    assert_null(cfg->hide_capabilities);
+    assert_int_equal(cfg->preauth_timeout_ms, 60000);
+    assert_int_equal(cfg->idle_timeout_ms, 30 * 60000);
+    assert_int_equal(cfg->buffer_limit, 256 * KiB);
+
+    assert_int_equal(cfg->admin_address.len, 0); /* not implemented yet: off */
+    imf_config_unref(cfg);
+}
+
+static void test_listen_mode_names(void **state)
+{
+    (void)state;
+    assert_string_equal(imf_listen_mode_names[IMF_LISTEN_IMPLICIT_TLS], "implicit-tls");
+    assert_string_equal(imf_listen_mode_names[IMF_LISTEN_STARTTLS], "starttls");
+}
+
+/* ---- value types -------------------------------------------------------- */
+
+static void test_bool(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        bool value;
+    } good[] = {
+        {"yes", true}, {"no", false},  {"on", true}, {"off", false},
+        {"true", true}, {"false", false}, {"1", true}, {"0", false},
+        {"YES", true}, {"Off", false},
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        char text[512];
+        /* [tls] already exists in BASE: build the file without it. */
+        snprintf(text, sizeof(text),
+                 "[listen.a]\naddress = 127.0.0.1:0\n[backend]\nservers = 127.0.0.1:1\n"
+                 "[tls]\ncertificate = c\nprivate_key = k\nsession_tickets = %s\n",
+                 good[i].text);
+        struct imf_config *cfg = parse_ok(text);
+        assert_int_equal(cfg->session_tickets, good[i].value);
+        imf_config_unref(cfg);
+    }
+    expect_error("[tls]\nsession_tickets = maybe\n",
+                 "t.ini:2: session_tickets: \"maybe\" is not a boolean "
+                 "(use yes/no, on/off, true/false or 1/0)");
+    expect_error("[tls]\nsession_tickets =\n",
+                 "t.ini:2: session_tickets: \"\" is not a boolean "
+                 "(use yes/no, on/off, true/false or 1/0)");
+}
+
+static void test_uint(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_base("[proxy]\nworkers = 64\nmax_connections = 1\n");
+    assert_int_equal(cfg->workers, 64);
+    assert_int_equal(cfg->max_connections, 1);
+    imf_config_unref(cfg);
+    cfg = parse_base("[proxy]\nworkers = AUTO\nmax_connections = 1000000\n");
+    assert_int_equal(cfg->workers, 0);
+    assert_int_equal(cfg->max_connections, 1000000);
+    imf_config_unref(cfg);
+
+    expect_base_error("[proxy]\nworkers = 0\n",
+                      "t.ini:9: workers: \"0\" is out of range (1..64 or auto)");
+    expect_base_error("[proxy]\nworkers = 65\n",
+                      "t.ini:9: workers: \"65\" is out of range (1..64 or auto)");
+    expect_base_error("[proxy]\nworkers = many\n",
+                      "t.ini:9: workers: \"many\" is not a number or auto");
+    expect_base_error("[proxy]\nmax_connections = -1\n",
+                      "t.ini:9: max_connections: \"-1\" is not a number");
+    expect_base_error("[proxy]\nmax_connections = 10k\n",
+                      "t.ini:9: max_connections: \"10k\" is not a number");
+    expect_base_error("[proxy]\nmax_connections = 0\n",
+                      "t.ini:9: max_connections: \"0\" is out of range (1..1000000)");
+    expect_base_error("[proxy]\nmax_connections = 99999999999999999999999\n",
+                      "t.ini:9: max_connections: \"99999999999999999999999\" is out of range "
+                      "(1..1000000)");
+    expect_base_error("[proxy]\nmax_connections = 99999999999999999999999x\n",
+                      "t.ini:9: max_connections: \"99999999999999999999999x\" is not a number");
+}
+
+static void test_size(void **state)
+{
+    (void)state;
+    struct imf_config *cfg =
+        parse_base("[imap]\nbuffer_limit = 1G\nmax_line_length = 16384\nmax_literal_size = 4G\n");
+    assert_int_equal(cfg->buffer_limit, GiB);
+    assert_int_equal(cfg->max_line_length, 16384);
+    assert_int_equal(cfg->max_literal_size, 4 * GiB);
+    imf_config_unref(cfg);
+    cfg = parse_base("[imap]\nbuffer_limit = 16k\nmax_line_length = 1K\nmax_literal_size = 2M\n");
+    assert_int_equal(cfg->buffer_limit, 16 * KiB);
+    assert_int_equal(cfg->max_line_length, KiB);
+    assert_int_equal(cfg->max_literal_size, 2 * MiB);
+    imf_config_unref(cfg);
+
+    expect_base_error("[imap]\nbuffer_limit = 12q\n",
+                      "t.ini:9: buffer_limit: \"12q\" is not a size (use k, M or G)");
+    expect_base_error("[imap]\nbuffer_limit = 1.5M\n",
+                      "t.ini:9: buffer_limit: \"1.5M\" is not a size (use k, M or G)");
+    expect_base_error("[imap]\nbuffer_limit = M\n",
+                      "t.ini:9: buffer_limit: \"M\" is not a size (use k, M or G)");
+    expect_base_error("[imap]\nbuffer_limit = 1 M\n",
+                      "t.ini:9: buffer_limit: \"1 M\" is not a size (use k, M or G)");
+    expect_base_error("[imap]\nbuffer_limit = 16383\n",
+                      "t.ini:9: buffer_limit: \"16383\" is out of range (16k..1G)");
+    expect_base_error("[imap]\nbuffer_limit = 1025M\n",
+                      "t.ini:9: buffer_limit: \"1025M\" is out of range (16k..1G)");
+    expect_base_error("[imap]\nbuffer_limit = 99999999999G\n",
+                      "t.ini:9: buffer_limit: \"99999999999G\" is out of range (16k..1G)");
+    expect_base_error("[imap]\nmax_literal_size = 4097M\n",
+                      "t.ini:9: max_literal_size: \"4097M\" is out of range (1k..4G)");
+}
+
+static void test_parse_size_edges(void **state)
+{
+    (void)state;
+    uint64_t v = 7;
+    assert_int_equal(imf_config_parse_size("0", &v), 0);
+    assert_int_equal(v, 0);
+    assert_int_equal(imf_config_parse_size("18446744073709551615", &v), 0);
+    assert_int_equal(v, UINT64_MAX);
+    assert_int_equal(imf_config_parse_size("16777215G", &v), 0);
+    assert_int_equal(v, 16777215 * GiB);
+    v = 7;
+    assert_int_equal(imf_config_parse_size("18446744073709551616", &v), -ERANGE);
+    assert_int_equal(imf_config_parse_size("17179869184G", &v), -ERANGE); /* 2^64 exactly */
+    assert_int_equal(imf_config_parse_size("99999999999G", &v), -ERANGE);
+    assert_int_equal(imf_config_parse_size("99999999999999999999999", &v), -ERANGE);
+    assert_int_equal(v, 7); /* untouched on failure */
+    assert_int_equal(imf_config_parse_size("", &v), -EINVAL);
+    assert_int_equal(imf_config_parse_size("k", &v), -EINVAL);
+    assert_int_equal(imf_config_parse_size("+1k", &v), -EINVAL);
+    assert_int_equal(imf_config_parse_size("1kB", &v), -EINVAL);
+    assert_int_equal(imf_config_parse_size("99999999999999999999999x", &v), -EINVAL);
+    assert_int_equal(v, 7);
+}
+
+static void test_duration(void **state)
+{
+    (void)state;
+    struct imf_config *cfg =
+        parse_base("[imap]\npreauth_timeout = 1500ms\nidle_timeout = 1s\n");
+    assert_int_equal(cfg->preauth_timeout_ms, 1500);
+    assert_int_equal(cfg->idle_timeout_ms, 1000);
+    imf_config_unref(cfg);
+    cfg = parse_base("[imap]\npreauth_timeout = 45\nidle_timeout = 168h\n");
+    assert_int_equal(cfg->preauth_timeout_ms, 45000);
+    assert_int_equal(cfg->idle_timeout_ms, UINT64_C(168) * 3600 * 1000);
+    imf_config_unref(cfg);
+    cfg = parse_base("[imap]\npreauth_timeout = 1ms\nidle_timeout = 2m\n");
+    assert_int_equal(cfg->preauth_timeout_ms, 1);
+    assert_int_equal(cfg->idle_timeout_ms, 120000);
+    imf_config_unref(cfg);
+
+    expect_base_error("[imap]\nidle_timeout = 999ms\n",
+                      "t.ini:9: idle_timeout: \"999ms\" is out of range (1s..168h)");
+    expect_base_error("[imap]\nidle_timeout = 169h\n",
+                      "t.ini:9: idle_timeout: \"169h\" is out of range (1s..168h)");
+    expect_base_error("[imap]\npreauth_timeout = 0\n",
+                      "t.ini:9: preauth_timeout: \"0\" is out of range (1ms..168h)");
+    expect_base_error("[imap]\npreauth_timeout = 10x\n",
+                      "t.ini:9: preauth_timeout: \"10x\" is not a duration (use ms, s, m or h)");
+    expect_base_error("[imap]\npreauth_timeout = 1d\n",
+                      "t.ini:9: preauth_timeout: \"1d\" is not a duration (use ms, s, m or h)");
+    expect_base_error("[imap]\npreauth_timeout = 99999999999999999h\n",
+                      "t.ini:9: preauth_timeout: \"99999999999999999h\" is out of range "
+                      "(1ms..168h)");
+
+    uint64_t ms = 3;
+    assert_int_equal(imf_config_parse_duration("5124095576030h", &ms), 0);
+    assert_int_equal(ms, UINT64_C(5124095576030) * 3600000);
+    assert_int_equal(imf_config_parse_duration("5124095576031h", &ms), -ERANGE);
+    assert_int_equal(imf_config_parse_duration("18446744073709552s", &ms), -ERANGE);
+    assert_int_equal(imf_config_parse_duration("18446744073709551615ms", &ms), 0);
+    assert_int_equal(ms, UINT64_MAX);
+    assert_int_equal(imf_config_parse_duration("", &ms), -EINVAL);
+    assert_int_equal(imf_config_parse_duration("s", &ms), -EINVAL);
+    assert_int_equal(imf_config_parse_duration("1 s", &ms), -EINVAL);
+    assert_int_equal(imf_config_parse_duration("1S", &ms), -EINVAL);
+}
+
+static void test_string(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n"
+                                      "[backend]\nservers = 127.0.0.1:1\n"
+                                      "[tls]\ncertificate = /srv/my certs/a;b.pem\n"
+                                      "private_key =   k.pem   \n");
+    assert_string_equal(cfg->certificate, "/srv/my certs/a;b.pem");
+    assert_string_equal(cfg->private_key, "k.pem");
+    imf_config_unref(cfg);
+}
+
+static void test_enum(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_base("[proxy]\nlog_level = debug\nlog_format = JSON\n");
+    assert_int_equal(cfg->log_level, IMF_LOG_DEBUG);
+    assert_int_equal(cfg->log_format, IMF_LOG_JSON);
+    imf_config_unref(cfg);
+    cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[backend]\nservers = 127.0.0.1:1\n"
+                   "[tls]\ncertificate = c\nprivate_key = k\nmin_version = 1.3\n");
+    assert_int_equal(cfg->min_version, TLS1_3_VERSION);
+    imf_config_unref(cfg);
+
+    expect_base_error("[proxy]\nlog_level = loud\n",
+                      "t.ini:9: log_level: \"loud\" is not one of error, warn, info, debug");
+    expect_base_error("[proxy]\nlog_format = xml\n",
+                      "t.ini:9: log_format: \"xml\" is not one of text, json");
+    expect_error("[tls]\nmin_version = 1.1\n",
+                 "t.ini:2: min_version: \"1.1\" is not one of 1.2, 1.3");
+}
+
+static void test_sockaddr(void **state)
+{
+    (void)state;
+    struct imf_sockaddr a;
+    assert_int_equal(imf_config_parse_sockaddr("127.0.0.1:993", &a), 0);
+    assert_string_equal(a.text, "127.0.0.1:993");
+    assert_int_equal(a.len, sizeof(struct sockaddr_in));
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)&a.ss;
+    assert_int_equal(sin->sin_family, AF_INET);
+    assert_int_equal(ntohs(sin->sin_port), 993);
+    assert_int_equal(ntohl(sin->sin_addr.s_addr), 0x7f000001);
+
+    assert_int_equal(imf_config_parse_sockaddr("[::1]:65535", &a), 0);
+    assert_int_equal(a.len, sizeof(struct sockaddr_in6));
+    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&a.ss;
+    assert_int_equal(sin6->sin6_family, AF_INET6);
+    assert_int_equal(ntohs(sin6->sin6_port), 65535);
+    assert_true(IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr));
+
+    assert_int_equal(imf_config_parse_sockaddr("[::]:0", &a), 0);
+    assert_int_equal(imf_config_parse_sockaddr("0.0.0.0:0", &a), 0);
+    assert_int_equal(imf_config_parse_sockaddr("[2001:db8::ffff:1.2.3.4]:143", &a), 0);
+
+    static const char *const bad[] = {
+        "",           "127.0.0.1",      "127.0.0.1:",      "127.0.0.1:65536",
+        ":993",       "localhost:993",  "::1:993",         "[::1]993",
+        "[::1]",      "[]:1",           "[127.0.0.1]:1",   "1.2.3.4:-1",
+        "1.2.3.4:+1", "1.2.3.4:0x10",   "1.2.3.256:1",     "1.2.3.4:1 ",
+        "[::1]:1:2",  "[::1]:000000001",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (imf_config_parse_sockaddr(bad[i], &a) != -EINVAL)
+            fail_msg("accepted \"%s\"", bad[i]);
+    }
+
+    expect_error("[listen.a]\naddress = localhost:993\n",
+                 "t.ini:2: address: \"localhost:993\" is not an address "
+                 "(use IPv4:port or [IPv6]:port)");
+    expect_error("[listen.a]\naddress = 127.0.0.1:65536\n",
+                 "t.ini:2: address: \"127.0.0.1:65536\" is not an address "
+                 "(use IPv4:port or [IPv6]:port)");
+    expect_error("[listen.a]\naddress =\n", "t.ini:2: address: must not be empty");
+}
+
+static void test_sockaddr_list(void **state)
+{
+    (void)state;
+    struct imf_config *cfg =
+        parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
+                 "[backend]\nservers = 127.0.0.1:143, [::1]:143 ,10.0.0.1:1\n");
+    assert_int_equal(cfg->servers_len, 3);
+    assert_string_equal(cfg->servers[0].text, "127.0.0.1:143");
+    assert_string_equal(cfg->servers[1].text, "[::1]:143");
+    assert_int_equal(cfg->servers[1].ss.ss_family, AF_INET6);
+    assert_string_equal(cfg->servers[2].text, "10.0.0.1:1");
+    imf_config_unref(cfg);
+
+    /* 64 servers fit, 65 do not. */
+    char text[4096];
+    size_t used = (size_t)snprintf(text, sizeof(text), "[backend]\nservers = ");
+    for (int i = 1; i <= 65; i++)
+        used += (size_t)snprintf(text + used, sizeof(text) - used, "%s127.0.0.1:%d",
+                                 i > 1 ? "," : "", i);
+    expect_error(text, "t.ini:2: servers: more than 64 addresses");
+    char *last = strrchr(text, ',');
+    *last = '\0';
+    strcat(text, "\n[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n");
+    cfg = parse_ok(text);
+    assert_int_equal(cfg->servers_len, 64);
+    imf_config_unref(cfg);
+
+    expect_error("[backend]\nservers = 127.0.0.1:1,\n",
+                 "t.ini:2: servers: empty entry in the list");
+    expect_error("[backend]\nservers = , 127.0.0.1:1\n",
+                 "t.ini:2: servers: empty entry in the list");
+    expect_error("[backend]\nservers = 127.0.0.1:1,,127.0.0.1:2\n",
+                 "t.ini:2: servers: empty entry in the list");
+    expect_error("[backend]\nservers = 127.0.0.1:1, mail.example.com:143\n",
+                 "t.ini:2: servers: \"mail.example.com:143\" is not an address "
+                 "(use IPv4:port or [IPv6]:port)");
+    expect_error("[backend]\nservers = 127.0.0.1:1, [::1]:2, 127.0.0.1:1\n",
+                 "t.ini:2: servers: 127.0.0.1:1 is listed twice");
+    expect_error("[backend]\nservers =\n", "t.ini:2: servers: must not be empty");
+}
+
+/* ---- file syntax -------------------------------------------------------- */
+
+static void test_inline_comments(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_ok("; a comment\n"
+                                      "# another\n"
+                                      "[proxy]   ; the proxy\n"
+                                      "workers = 4 ; one per core\n"
+                                      "user =              ; optional\n"
+                                      "log_level = warn\t; tab before\n"
+                                      "[listen.a] ; first\n"
+                                      "  address = [::1]:0   ; indented\n"
+                                      "[tls]\n"
+                                      "certificate = c.pem;not-a-comment\n"
+                                      "private_key = k.pem #not-a-comment-either\n"
+                                      "[backend]\n"
+                                      "servers = 127.0.0.1:1 ; the only one\n");
+    assert_int_equal(cfg->workers, 4);
+    assert_null(cfg->user);
+    assert_int_equal(cfg->log_level, IMF_LOG_WARN);
+    assert_string_equal(cfg->listeners[0].address.text, "[::1]:0");
+    assert_string_equal(cfg->certificate, "c.pem;not-a-comment");
+    assert_string_equal(cfg->private_key, "k.pem #not-a-comment-either");
+    assert_int_equal(cfg->servers_len, 1);
+    imf_config_unref(cfg);
+}
+
+static void test_line_endings_and_bom(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_ok("\xEF\xBB\xBF[listen.a]\r\naddress = 127.0.0.1:0\r\n"
+                                      "[tls]\r\ncertificate = c\r\nprivate_key = k\r\n"
+                                      "[backend]\r\nservers = 127.0.0.1:1"); /* no final EOL */
+    assert_string_equal(cfg->certificate, "c");
+    assert_string_equal(cfg->servers[0].text, "127.0.0.1:1");
+    imf_config_unref(cfg);
+    expect_error("\xEF\xBB\xBF[tls]\r\ncertificate = c\r\n\r\nbogus = 1\r\n",
+                 "t.ini:4: bogus: unknown key in [tls]");
+}
+
+static void test_unknown(void **state)
+{
+    (void)state;
+    expect_error("[proxy]\nworkers = 2\ncolour = blue\n",
+                 "t.ini:3: colour: unknown key in [proxy]");
+    expect_error("[proxy]\n\n\n[listn.imaps]\naddress = 127.0.0.1:993\n",
+                 "t.ini:4: [listn.imaps]: unknown section");
+    /* An empty unknown section is still reported, at its header. */
+    expect_base_error("[server]\n", "t.ini:8: [server]: unknown section");
+    expect_error("[Proxy]\n", "t.ini:1: [Proxy]: unknown section");
+    expect_error("[ proxy ]\n", "t.ini:1: [ proxy ]: unknown section");
+    /* A key known elsewhere is unknown in the wrong section. */
+    expect_error("[tls]\nworkers = 2\n", "t.ini:2: workers: unknown key in [tls]");
+    expect_error("[listen.x]\naddress = 127.0.0.1:1\ncertificate = c\n",
+                 "t.ini:3: certificate: unknown key in [listen.x]");
+    expect_error("workers = 2\n[proxy]\n", "t.ini:1: workers: key outside of any section");
+    expect_error("[proxy] workers = 2\n",
+                 "t.ini:1: [proxy]: unexpected text after the section name");
+}
+
+static void test_syntax(void **state)
+{
+    (void)state;
+    expect_error("[proxy]\nworkers 2\n",
+                 "t.ini:2: syntax: expected \"[section]\", \"key = value\" or a comment");
+    expect_error("[proxy\nworkers = 2\n",
+                 "t.ini:1: syntax: expected \"[section]\", \"key = value\" or a comment");
+    /* No continuation lines: an indented line after a value is an error. */
+    expect_error("[tls]\ncertificate = a\n  b.pem\n",
+                 "t.ini:3: syntax: expected \"[section]\", \"key = value\" or a comment");
+
+    char text[6000];
+    memset(text, 0, sizeof(text));
+    strcpy(text, "[proxy]\n; ");
+    memset(text + strlen(text), 'x', 4094);
+    strcat(text, "\n"); /* a 4096-byte line is fine */
+    strcat(text, "[nope]\n");
+    expect_error(text, "t.ini:3: [nope]: unknown section");
+    text[strlen("[proxy]\n; ") + 4094] = 'x'; /* 4097 bytes */
+    expect_error(text, "t.ini:2: line: longer than 4096 bytes");
+}
+
+static void test_long_values(void **state)
+{
+    (void)state;
+    /* Values longer than inih's default 200-byte line buffer survive whole. */
+    char text[4200];
+    size_t used = (size_t)snprintf(text, sizeof(text),
+                                   "[listen.a]\naddress = 127.0.0.1:0\n[tls]\nprivate_key = k\n"
+                                   "certificate = /");
+    for (int i = 0; i < 300; i++)
+        text[used++] = (char)('a' + i % 26);
+    used += (size_t)snprintf(text + used, sizeof(text) - used,
+                             ".pem\n[backend]\nservers = 127.0.0.1:1\n");
+    struct imf_config *cfg = parse_ok(text);
+    assert_int_equal(strlen(cfg->certificate), 305);
+    assert_int_equal(cfg->certificate[300], 'n');
+    imf_config_unref(cfg);
+
+    /* A long bad value is quoted shortened. */
+    char bad[400];
+    used = (size_t)snprintf(bad, sizeof(bad), "[imap]\nbuffer_limit = ");
+    memset(bad + used, '7', 200);
+    strcpy(bad + used + 200, "q\n");
+    char want[200] = "t.ini:2: buffer_limit: \"";
+    memset(want + strlen(want), '7', 64);
+    strcat(want, "...\" is not a size (use k, M or G)");
+    expect_error(bad, want);
+}
+
+static void test_duplicates(void **state)
+{
+    (void)state;
+    expect_error("[proxy]\nworkers = 2\nlog_level = info\nworkers = 2\n",
+                 "t.ini:4: workers: set twice in [proxy] (first on line 2)");
+    expect_error("[proxy]\nworkers = 2\n[tls]\n[proxy]\n",
+                 "t.ini:4: [proxy]: duplicate section (first on line 1)");
+    expect_error("[listen.a]\naddress = 127.0.0.1:1\naddress = 127.0.0.1:2\n",
+                 "t.ini:3: address: set twice in [listen.a] (first on line 2)");
+    expect_error("[listen.a]\naddress = 127.0.0.1:1\n[listen.b]\n[listen.a]\n",
+                 "t.ini:4: [listen.a]: duplicate section (first on line 1)");
+    /* The same key in two listeners is fine; the same address is not. */
+    expect_base_error("[listen.b]\naddress = 127.0.0.1:993\n[listen.c]\naddress = 127.0.0.1:993\n",
+                      "t.ini:11: address: 127.0.0.1:993 is already used by [listen.b]");
+    expect_base_error("[listen.b]\naddress = [::1]:993\n[listen.c]\naddress = [0::1]:993\n",
+                      "t.ini:11: address: [0::1]:993 is already used by [listen.b]");
+}
+
+static void test_first_error_wins(void **state)
+{
+    (void)state;
+    expect_error("[proxy]\nworkers = 0\ncolour = red\n[nope]\n",
+                 "t.ini:2: workers: \"0\" is out of range (1..64 or auto)");
+    expect_error("[proxy]\nworkers 0\ncolour = red\n",
+                 "t.ini:2: syntax: expected \"[section]\", \"key = value\" or a comment");
+    expect_error("[nope]\nworkers 0\n", "t.ini:1: [nope]: unknown section");
+}
+
+static void test_listener_names(void **state)
+{
+    (void)state;
+    char name63[64];
+    memset(name63, 'n', 63);
+    name63[63] = '\0';
+    char text[512];
+    snprintf(text, sizeof(text),
+             "[listen.%s]\naddress = 127.0.0.1:0\n[listen.A-z_0]\naddress = 127.0.0.1:0\n"
+             "[tls]\ncertificate = c\nprivate_key = k\n[backend]\nservers = 127.0.0.1:1\n",
+             name63);
+    struct imf_config *cfg = parse_ok(text);
+    assert_int_equal(cfg->listeners_len, 2);
+    assert_string_equal(cfg->listeners[0].name, name63);
+    assert_string_equal(cfg->listeners[1].name, "A-z_0");
+    imf_config_unref(cfg);
+
+    snprintf(text, sizeof(text), "[listen.%sn]\n", name63);
+    char want[512];
+    snprintf(want, sizeof(want),
+             "t.ini:1: [listen.%sn]: invalid listener name (use 1 to 63 of A-Z, a-z, 0-9, _ "
+             "and -)",
+             name63);
+    expect_error(text, want);
+    expect_error("[listen.]\n",
+                 "t.ini:1: [listen.]: invalid listener name (use 1 to 63 of A-Z, a-z, 0-9, _ and -)");
+    expect_error("[listen.a b]\n",
+                 "t.ini:1: [listen.a b]: invalid listener name (use 1 to 63 of A-Z, a-z, 0-9, _ "
+                 "and -)");
+    expect_error("[listen.a.b]\n",
+                 "t.ini:1: [listen.a.b]: invalid listener name (use 1 to 63 of A-Z, a-z, 0-9, _ "
+                 "and -)");
+}
+
+static void test_several_listeners(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_ok("[listen.v4]\naddress = 127.0.0.1:0\n"
+                                      "[tls]\ncertificate = c\nprivate_key = k\n"
+                                      "[listen.v6]\naddress = [::1]:0\nmode = implicit-tls\n"
+                                      "[listen.any6]\naddress = [::]:10993\n"
+                                      "[backend]\nservers = [::1]:143\n"
+                                      "[listen.again]\naddress = 127.0.0.1:0\n");
+    assert_int_equal(cfg->listeners_len, 4);
+    assert_string_equal(cfg->listeners[0].name, "v4");
+    assert_string_equal(cfg->listeners[1].name, "v6");
+    assert_string_equal(cfg->listeners[2].name, "any6");
+    assert_string_equal(cfg->listeners[3].name, "again"); /* port 0 twice: no clash */
+    assert_int_equal(cfg->listeners[1].address.ss.ss_family, AF_INET6);
+    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&cfg->listeners[2].address.ss;
+    assert_int_equal(ntohs(sin6->sin6_port), 10993);
+    assert_true(IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr));
+    for (size_t i = 0; i < cfg->listeners_len; i++) {
+        assert_int_equal(cfg->listeners[i].mode, IMF_LISTEN_IMPLICIT_TLS);
+        assert_true(cfg->listeners[i].require_tls);
+    }
+    imf_config_unref(cfg);
+}
+
+static void test_required(void **state)
+{
+    (void)state;
+    expect_error("", "t.ini: [listen.NAME]: at least one listener section is required");
+    expect_error("[tls]\ncertificate = c\nprivate_key = k\n[backend]\nservers = 127.0.0.1:1\n",
+                 "t.ini: [listen.NAME]: at least one listener section is required");
+    expect_error("[listen.a]\naddress = 127.0.0.1:0\n[listen.b]\nmode = implicit-tls\n",
+                 "t.ini:3: [listen.b] address: required");
+    expect_error("[listen.a]\naddress = 127.0.0.1:0\n[backend]\nservers = 127.0.0.1:1\n",
+                 "t.ini: [tls] certificate: required");
+    expect_error("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\n"
+                 "[backend]\nservers = 127.0.0.1:1\n",
+                 "t.ini: [tls] private_key: required");
+    expect_error("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n",
+                 "t.ini: [backend] servers: required");
+    expect_error("[tls]\ncertificate =  ; nothing\n", "t.ini:2: certificate: must not be empty");
+}
+
+static void test_not_yet(void **state)
+{
+    (void)state;
+    /* The default value, written out, is accepted (also in another spelling). */
+    struct imf_config *cfg =
+        parse_base("[proxy]\nmax_connections_per_ip = 0\nuser =\n"
+                   "[listen.b]\naddress = 127.0.0.1:0\nrequire_tls = on\nproxy_protocol = off\n"
+                   "proxy_protocol_from =\nmode = implicit-tls\n"
+                   "[imap]\nhide_capabilities =\n[admin]\naddress =\n");
+    assert_int_equal(cfg->listeners_len, 2);
+    imf_config_unref(cfg);
+    cfg = parse_ok("[backend]\nservers = 127.0.0.1:1\nbalance = first\nquirks = none\n"
+                   "pipelining = yes\nliteral_plus = pass\nliteral_crlf_split = no\n"
+                   "forward_client_ip = off\n"
+                   "[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n");
+    imf_config_unref(cfg);
+
+    static const struct {
+        const char *text;
+        const char *want;
+    } cases[] = {
+        {"[proxy]\nmax_connections_per_ip = 5\n", "t.ini:9: max_connections_per_ip: not supported yet"},
+        {"[proxy]\nuser = nobody\n", "t.ini:9: user: not supported yet"},
+        {"[listen.b]\nproxy_protocol = v1\n", "t.ini:9: proxy_protocol: v1 is not supported yet"},
+        {"[listen.b]\nproxy_protocol = v2\n", "t.ini:9: proxy_protocol: v2 is not supported yet"},
+        {"[listen.b]\nproxy_protocol = any\n", "t.ini:9: proxy_protocol: any is not supported yet"},
+        {"[listen.b]\nproxy_protocol_from = 10.0.0.0/8\n", "t.ini:9: proxy_protocol_from: not supported yet"},
+        {"[admin]\naddress = 127.0.0.1:9100\n", "t.ini:9: address: not supported yet"},
+        /* A bad value is reported as bad, not as "not supported yet". */
+        {"[listen.b]\nmode = tls\n", "t.ini:9: mode: \"tls\" is not one of implicit-tls, starttls"},
+        {"[admin]\naddress = nowhere\n",
+         "t.ini:9: address: \"nowhere\" is not an address (use IPv4:port or [IPv6]:port)"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        expect_base_error(cases[i].text, cases[i].want);
+
+    static const struct {
+        const char *line;
+        const char *want;
+    } backend[] = {
+        {"balance = roundrobin", "t.ini:3: balance: roundrobin is not supported yet"},
+        {"quirks = exchange55", "t.ini:3: quirks: exchange55 is not supported yet"},
+        {"pipelining = off", "t.ini:3: pipelining: not supported yet"},
+        {"literal_plus = sync", "t.ini:3: literal_plus: sync is not supported yet"},
+        {"literal_crlf_split = on", "t.ini:3: literal_crlf_split: not supported yet"},
+    };
+    for (size_t i = 0; i < sizeof(backend) / sizeof(backend[0]); i++) {
+        char text[256];
+        snprintf(text, sizeof(text), "[backend]\nservers = 127.0.0.1:1\n%s\n", backend[i].line);
+        expect_error(text, backend[i].want);
+    }
+}
+
+/* The front-door keys (STARTTLS listeners, capability hiding, client-IP
+ * forwarding) are accepted and land in the snapshot. */
+static void test_front_door_keys(void **state)
+{
+    (void)state;
+    struct imf_config *cfg =
+        parse_base("[listen.b]\naddress = 127.0.0.1:0\nmode = starttls\nrequire_tls = no\n"
+                   "[imap]\nhide_capabilities = QUOTA, X-FOO\n");
+    assert_int_equal(cfg->listeners_len, 2);
+    assert_int_equal(cfg->listeners[1].mode, IMF_LISTEN_STARTTLS);
+    assert_false(cfg->listeners[1].require_tls);
+    assert_true(cfg->listeners[0].require_tls);
+    assert_string_equal(cfg->hide_capabilities, "QUOTA, X-FOO");
+    imf_config_unref(cfg);
+    cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
+                   "[backend]\nservers = 127.0.0.1:143\nforward_client_ip = id\n");
+    assert_int_equal(cfg->forward_client_ip, IMF_FORWARD_IP_ID);
+    imf_config_unref(cfg);
+}
+
+static void test_cross_checks(void **state)
+{
+    (void)state;
+    expect_base_error("[imap]\nmax_line_length = 512k\n",
+                      "t.ini:9: max_line_length: max_line_length (512k) must not exceed "
+                      "buffer_limit (256k)");
+    expect_base_error("[imap]\nmax_line_length = 64k\nbuffer_limit = 32k\n",
+                      "t.ini:10: buffer_limit: max_line_length (64k) must not exceed "
+                      "buffer_limit (32k)");
+    expect_base_error("[imap]\nbuffer_limit = 32k\n",
+                      "t.ini:9: buffer_limit: max_line_length (64k) must not exceed "
+                      "buffer_limit (32k)");
+    struct imf_config *cfg = parse_base("[imap]\nmax_line_length = 1M\nbuffer_limit = 1M\n");
+    assert_int_equal(cfg->max_line_length, cfg->buffer_limit);
+    imf_config_unref(cfg);
+}
+
+/* ---- files, errors buffers, references ---------------------------------- */
+
+static void test_load_errors(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = NULL;
+    char err[512];
+    assert_int_equal(imf_config_load("/nonexistent-dir/proxy.ini", &cfg, err, sizeof(err)),
+                     -ENOENT);
+    assert_null(cfg);
+    assert_string_equal(err, "/nonexistent-dir/proxy.ini: cannot open: No such file or directory");
+
+    const char *tmpdir = getenv("TMPDIR");
+    char path[512];
+    snprintf(path, sizeof(path), "%s/imf-test-config-XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    fputs("[proxy]\nworkers = 3\n\n[imap]\nbuffer_limit = 12q\n", f);
+    fclose(f);
+    assert_int_equal(imf_config_load(path, &cfg, err, sizeof(err)), -EINVAL);
+    char want[600];
+    snprintf(want, sizeof(want), "%s:5: buffer_limit: \"12q\" is not a size (use k, M or G)",
+             path);
+    assert_string_equal(err, want);
+
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fwrite("[proxy]\n\0x\n", 1, 11, f);
+    fclose(f);
+    assert_int_equal(imf_config_load(path, &cfg, err, sizeof(err)), -EINVAL);
+    snprintf(want, sizeof(want), "%s: contains a NUL byte, not a text file", path);
+    assert_string_equal(err, want);
+    assert_null(cfg);
+    unlink(path);
+}
+
+static void test_err_buffers(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = NULL;
+    char err[12];
+    memset(err, 'z', sizeof(err));
+    assert_int_equal(imf_config_parse("t.ini", "[nope]\n", &cfg, err, sizeof(err)), -EINVAL);
+    assert_string_equal(err, "t.ini:1: [n"); /* truncated, terminated */
+    assert_int_equal(imf_config_parse("t.ini", "[nope]\n", &cfg, NULL, 0), -EINVAL);
+    assert_null(cfg);
+}
+
+static void test_refcount(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_ok(BASE);
+    assert_ptr_equal(imf_config_ref(cfg), cfg);
+    assert_ptr_equal(imf_config_ref(cfg), cfg);
+    imf_config_unref(cfg);
+    imf_config_unref(cfg);
+    assert_string_equal(cfg->certificate, "c.pem"); /* still one reference */
+    imf_config_unref(cfg);                          /* freed: valgrind checks */
+    imf_config_unref(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_example_loads),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_listen_mode_names),
+        cmocka_unit_test(test_bool),
+        cmocka_unit_test(test_uint),
+        cmocka_unit_test(test_size),
+        cmocka_unit_test(test_parse_size_edges),
+        cmocka_unit_test(test_duration),
+        cmocka_unit_test(test_string),
+        cmocka_unit_test(test_enum),
+        cmocka_unit_test(test_sockaddr),
+        cmocka_unit_test(test_sockaddr_list),
+        cmocka_unit_test(test_inline_comments),
+        cmocka_unit_test(test_line_endings_and_bom),
+        cmocka_unit_test(test_unknown),
+        cmocka_unit_test(test_syntax),
+        cmocka_unit_test(test_long_values),
+        cmocka_unit_test(test_duplicates),
+        cmocka_unit_test(test_first_error_wins),
+        cmocka_unit_test(test_listener_names),
+        cmocka_unit_test(test_several_listeners),
+        cmocka_unit_test(test_required),
+        cmocka_unit_test(test_not_yet),
+        cmocka_unit_test(test_front_door_keys),
+        cmocka_unit_test(test_cross_checks),
+        cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_err_buffers),
+        cmocka_unit_test(test_refcount),
+    };
+    return cmocka_run_group_tests_name("config", tests, NULL, NULL);
+}
