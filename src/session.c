@@ -25,7 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "imapfront/capability.h"
 #include "imapfront/chain.h"
 #include "imapfront/imap.h"
 #include "imapfront/imap_framer.h"
@@ -50,13 +52,15 @@ const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT] = {
     "shutdown",
     "no-memory",
     "refused",
+    "preauth-timeout",
+    "idle-timeout",
 };
 static_assert(IMF_ARRAY_LEN(imf_close_reason_names) == IMF_CLOSE_REASON_COUNT, "reason names");
 
 enum sess_state {
-    SESS_HANDSHAKE,  /* TLS handshake with the client */
+    SESS_HANDSHAKE,  /* TLS handshake with the client (the backend may be up) */
     SESS_CONNECTING, /* connecting to the backend */
-    SESS_RELAY,      /* both sides up */
+    SESS_RELAY,      /* both sides up (before STARTTLS: in plaintext) */
     SESS_CLOSING,    /* backend gone; flushing the last bytes and close_notify */
     SESS_CLOSED,     /* handles closing; freed when the last one has */
     SESS_STATE_COUNT
@@ -119,7 +123,7 @@ struct imf_session {
     size_t cline_len, cline_cap;
     struct imf_imap_command cmd; /* the command being relayed */
     bool discarding;             /* swallowing a refused command's rest */
-    enum imf_close_reason discard_reason;
+    char discard_answer[128];    /* what to answer once it is swallowed */
     bool logout_sent;
     char logout_tag[IMF_TAG_MAX + 1];
 
@@ -129,6 +133,15 @@ struct imf_session {
     size_t rline_len, rline_cap;
     bool rline_streaming; /* this line was too long to hold: streamed */
     bool logout_done;     /* the LOGOUT's tagged answer went to the client */
+    uint8_t *rewrite;     /* scratch for capability rewriting */
+    size_t rewrite_cap;
+
+    /* Policy state. */
+    bool authenticated;   /* a LOGIN/AUTHENTICATE succeeded, or PREAUTH */
+    char auth_tag[IMF_TAG_MAX + 1]; /* tag of the LOGIN/AUTHENTICATE in flight */
+    bool id_pending;      /* our ID command's answer is still to be swallowed */
+    uint64_t last_client_ms; /* last time the client sent anything */
+    uint64_t discarded_after_starttls;
 
     /* For the summary line. */
     uint64_t bytes_in, bytes_out; /* plaintext from / to the client */
@@ -137,7 +150,12 @@ struct imf_session {
     char backend_name[128];
     char tls_version[16];
     char tls_cipher[64];
+    char peer_ip[INET6_ADDRSTRLEN];
+    int peer_port;
 };
+
+/* Tag of the ID command the proxy sends on the client's behalf. */
+#define PROXY_ID_TAG "imapfront-id"
 
 static void session_pump(struct imf_session *s);
 static void session_close(struct imf_session *s, enum imf_close_reason reason, bool graceful);
@@ -269,6 +287,7 @@ static void session_free(struct imf_session *s)
     imf_chain_clear(&s->c_tx);
     free(s->cline);
     free(s->rline);
+    free(s->rewrite);
     if (s->ssl != NULL)
         SSL_free(s->ssl);
     imf_config_unref(s->cfg);
@@ -335,17 +354,10 @@ static void session_close(struct imf_session *s, enum imf_close_reason reason, b
     close_backend(s);
     if (s->state == SESS_CLOSING && graceful)
         return;
-    bool tls_up = s->ssl != NULL && SSL_is_init_finished(s->ssl);
-    if (graceful && !s->client_closing && !s->client_eof && tls_up) {
-        set_state(s, SESS_CLOSING);
-        uv_timer_stop(&s->timer);
-        s->timer.data = s;
-        uv_timer_start(&s->timer, on_linger_timeout, LINGER_MS, 0);
-        session_pump(s);
-        return;
-    }
-    if (graceful && !s->client_closing && !s->client_eof && s->c_tx.bytes > 0) {
-        /* Handshake alert still queued: let it go out first. */
+    if (graceful && !s->client_closing && !s->client_eof) {
+        /* session_pump() flushes what is queued (and close_notify) and then
+         * closes; the linger timer bounds how long a client that does not
+         * read can keep us waiting. */
         set_state(s, SESS_CLOSING);
         uv_timer_stop(&s->timer);
         uv_timer_start(&s->timer, on_linger_timeout, LINGER_MS, 0);
@@ -444,6 +456,64 @@ static void on_backend_written(uv_write_t *req, int status)
 
 /* ---- the command side (client -> backend) ----------------------------- */
 
+static void start_tls(struct imf_session *s);
+
+/* Answers the command whose first line just ended, without relaying it. A
+ * literal the line announces is refused too: a synchronising one is never
+ * sent by the client, a non-synchronising one is swallowed with the rest of
+ * the command before the answer goes out. */
+static void refuse(struct imf_session *s, const struct imf_framer_ev *ev, const char *text)
+{
+    imf_log_kv(IMF_LOG_INFO, "session", "command refused", "client", s->peer, "tag", s->cmd.tag,
+               "command", s->cmd.name, "answer", text, NULL);
+    if (ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS)) {
+        s->discarding = true;
+        snprintf(s->discard_answer, sizeof(s->discard_answer), "%s", text);
+        return;
+    }
+    if (ev->literal_flags & IMF_LIT_PRESENT)
+        imf_framer_skip_literal(&s->cfr);
+    tagged(s, s->cmd.tag, text);
+}
+
+/* The first line of a command: returns true when the policy answered it
+ * (or took it over) and it must not be relayed. */
+static bool intercept_command(struct imf_session *s, const struct imf_framer_ev *ev)
+{
+    bool tls = s->ssl != NULL;
+    switch (s->cmd.cmd) {
+    case IMF_CMD_STARTTLS:
+        if (tls) {
+            refuse(s, ev, "BAD STARTTLS is not available: TLS is already active");
+        } else if (ev->literal_flags & IMF_LIT_PRESENT) {
+            refuse(s, ev, "BAD STARTTLS takes no arguments");
+        } else {
+            tagged(s, s->cmd.tag, "OK Begin TLS negotiation now");
+            start_tls(s);
+        }
+        return true;
+    case IMF_CMD_LOGIN:
+    case IMF_CMD_AUTHENTICATE:
+        if (!tls && s->lcfg->require_tls) {
+            refuse(s, ev, "NO [PRIVACYREQUIRED] Use STARTTLS first");
+            return true;
+        }
+        snprintf(s->auth_tag, sizeof(s->auth_tag), "%s", s->cmd.tag);
+        return false;
+    case IMF_CMD_COMPRESS:
+        /* A compressed stream cannot be re-framed; COMPRESS is never
+         * announced, so a client asking anyway gets a clean refusal. */
+        refuse(s, ev, "NO [CANNOT] COMPRESS is not available through this proxy");
+        return true;
+    case IMF_CMD_LOGOUT:
+        s->logout_sent = true;
+        snprintf(s->logout_tag, sizeof(s->logout_tag), "%s", s->cmd.tag);
+        return false;
+    default:
+        return false;
+    }
+}
+
 /* A complete command line is in cline: decide what to do with it. */
 static void on_command_line(struct imf_session *s, const struct imf_framer_ev *ev)
 {
@@ -470,20 +540,18 @@ static void on_command_line(struct imf_session *s, const struct imf_framer_ev *e
         /* Non-synchronising: its octets follow whatever we say; swallow the
          * whole command, then answer. */
         s->discarding = true;
-        s->discard_reason = IMF_CLOSE_LITERAL_TOO_BIG;
+        snprintf(s->discard_answer, sizeof(s->discard_answer), "BAD [TOOBIG] Literal too big");
         return;
     }
     if (s->discarding) {
         if (ev->message_end) {
             s->discarding = false;
-            tagged(s, s->cmd.tag, "BAD [TOOBIG] Literal too big");
+            tagged(s, s->cmd.tag, s->discard_answer);
         }
         return;
     }
-    if (ev->first_line && s->cmd.cmd == IMF_CMD_LOGOUT) {
-        s->logout_sent = true;
-        snprintf(s->logout_tag, sizeof(s->logout_tag), "%s", s->cmd.tag);
-    }
+    if (ev->first_line && intercept_command(s, ev))
+        return;
     to_backend(s, s->cline, s->cline_len);
 }
 
@@ -491,9 +559,11 @@ static void on_command_line(struct imf_session *s, const struct imf_framer_ev *e
  * backend's queue is full. */
 static void process_commands(struct imf_session *s)
 {
+    /* Before STARTTLS the client's bytes are plaintext already. */
+    struct imf_chain *in = s->ssl != NULL ? &s->c_plain : &s->c_rx;
     while (s->state == SESS_RELAY && s->b_tx.bytes < s->high) {
         size_t avail;
-        const uint8_t *p = imf_chain_peek(&s->c_plain, &avail);
+        const uint8_t *p = imf_chain_peek(in, &avail);
         struct imf_framer_ev ev;
         size_t n = imf_framer_next(&s->cfr, p, avail, &ev);
         switch (ev.kind) {
@@ -525,13 +595,19 @@ static void process_commands(struct imf_session *s)
         default:
             return;
         }
-        imf_chain_consume(&s->c_plain, n);
+        imf_chain_consume(in, n);
+        if (in == &s->c_rx && s->ssl != NULL)
+            return; /* STARTTLS: what follows is the handshake */
     }
 }
 
 /* Decrypts what the client sent into c_plain and relays it. */
 static void pump_upstream(struct imf_session *s)
 {
+    if (s->ssl == NULL) {
+        process_commands(s);
+        return;
+    }
     for (;;) {
         process_commands(s);
         if (s->state != SESS_RELAY || s->c_plain.bytes > 0 || s->client_eof)
@@ -571,17 +647,73 @@ static void pump_upstream(struct imf_session *s)
 
 /* ---- the response side (backend -> client) ---------------------------- */
 
+static void cap_policy(const struct imf_session *s, struct imf_cap_policy *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->tls_active = s->ssl != NULL;
+    out->offer_starttls = s->lcfg->mode == IMF_LISTEN_STARTTLS;
+    out->login_disabled = s->lcfg->require_tls;
+    out->hide = s->cfg->hide_capabilities;
+}
+
+/* Relays a held response line, rewriting a capability list in it. */
+static void relay_response_line(struct imf_session *s)
+{
+    struct imf_cap_policy pol;
+    cap_policy(s, &pol);
+    size_t need = s->rline_len + IMF_CAP_GROWTH;
+    if (need > s->rewrite_cap) {
+        uint8_t *nb = realloc(s->rewrite, need);
+        if (nb == NULL) {
+            session_close(s, IMF_CLOSE_NO_MEMORY, false);
+            return;
+        }
+        s->rewrite = nb;
+        s->rewrite_cap = need;
+    }
+    size_t out_len;
+    if (imf_capability_rewrite(s->rline, s->rline_len, &pol, s->rewrite, s->rewrite_cap, &out_len))
+        to_client(s, s->rewrite, out_len);
+    else
+        to_client(s, s->rline, s->rline_len);
+    if (s->rewrite_cap > 4096) {
+        free(s->rewrite);
+        s->rewrite = NULL;
+        s->rewrite_cap = 0;
+    }
+}
+
 static void on_response_line(struct imf_session *s, const struct imf_framer_ev *ev)
 {
-    bool completes_logout = false;
-    if (ev->first_line && !s->rline_streaming) {
-        struct imf_imap_response r;
-        imf_imap_parse_response(s->rline, s->rline_len, &r);
-        if (r.kind == IMF_RESP_TAGGED && s->logout_sent && strcmp(r.tag, s->logout_tag) == 0)
-            completes_logout = true;
+    if (!ev->first_line || s->rline_streaming) {
+        to_client(s, s->rline, s->rline_len);
+        return;
     }
-    to_client(s, s->rline, s->rline_len);
-    if (completes_logout) {
+    struct imf_imap_response r;
+    imf_imap_parse_response(s->rline, s->rline_len, &r);
+    if (s->id_pending) {
+        /* The answer to the ID we sent for the client is ours to swallow:
+         * its untagged ID data and its tagged completion. */
+        if (r.kind == IMF_RESP_TAGGED && strcmp(r.tag, PROXY_ID_TAG) == 0) {
+            s->id_pending = false;
+            if (r.status != IMF_STATUS_OK)
+                imf_log_kv(IMF_LOG_WARN, "backend", "ID with the client address refused",
+                           "client", s->peer, "backend", s->backend_name, NULL);
+            return;
+        }
+        if (r.kind == IMF_RESP_UNTAGGED && s->rline_len >= 5 &&
+            strncasecmp((const char *)s->rline, "* ID ", 5) == 0)
+            return;
+    }
+    if (r.status == IMF_STATUS_PREAUTH)
+        s->authenticated = true;
+    if (r.kind == IMF_RESP_TAGGED && s->auth_tag[0] != '\0' && strcmp(r.tag, s->auth_tag) == 0) {
+        if (r.status == IMF_STATUS_OK)
+            s->authenticated = true;
+        s->auth_tag[0] = '\0';
+    }
+    relay_response_line(s);
+    if (r.kind == IMF_RESP_TAGGED && s->logout_sent && strcmp(r.tag, s->logout_tag) == 0) {
         s->logout_done = true;
         session_close(s, IMF_CLOSE_LOGOUT, true);
     }
@@ -589,7 +721,9 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
 
 static void process_responses(struct imf_session *s)
 {
-    while ((s->state == SESS_RELAY || s->state == SESS_CONNECTING) &&
+    /* During a STARTTLS handshake responses are framed and held in p_tx
+     * until TLS is up (bounded like everything else). */
+    while ((s->state == SESS_RELAY || s->state == SESS_HANDSHAKE) && s->backend_up &&
            s->p_tx.bytes + s->c_tx.bytes < s->high) {
         size_t avail;
         const uint8_t *p = imf_chain_peek(&s->b_rx, &avail);
@@ -635,9 +769,27 @@ static void process_responses(struct imf_session *s)
     }
 }
 
-/* Encrypts queued plaintext into c_tx, one record at a time. */
+/* Moves queued plaintext towards the client: as is before STARTTLS,
+ * encrypted one record at a time once TLS is up, not at all during the
+ * handshake. */
 static void encrypt_downstream(struct imf_session *s)
 {
+    if (s->ssl == NULL) {
+        while (s->p_tx.bytes > 0) {
+            size_t avail;
+            const uint8_t *p = imf_chain_peek(&s->p_tx, &avail);
+            if (imf_chain_append(&s->c_tx, p, avail) != 0) {
+                session_close(s, IMF_CLOSE_NO_MEMORY, false);
+                return;
+            }
+            imf_chain_consume(&s->p_tx, avail);
+            s->bytes_out += avail;
+            imf_stat_add(&s->worker->stats.bytes_to_clients, (int64_t)avail);
+        }
+        return;
+    }
+    if (!SSL_is_init_finished(s->ssl))
+        return;
     while (s->p_tx.bytes > 0 && s->c_tx.bytes < s->high) {
         size_t avail;
         const uint8_t *p = imf_chain_peek(&s->p_tx, &avail);
@@ -694,6 +846,56 @@ static void connect_backend(struct imf_session *s)
     uv_timer_start(&s->timer, on_connect_timeout, s->cfg->connect_timeout_ms, 0);
 }
 
+/* The inactivity timer of a relaying session: preauth_timeout until the
+ * client has authenticated, idle_timeout after. Only the client's own
+ * traffic counts as activity (RFC 9051, 5.4): a server that keeps sending
+ * untagged updates does not keep an abandoned session alive, and a client
+ * in IDLE is never cut before idle_timeout. */
+static void on_inactivity_timer(uv_timer_t *t);
+
+static uint64_t inactivity_limit(const struct imf_session *s)
+{
+    return s->authenticated ? s->cfg->idle_timeout_ms : s->cfg->preauth_timeout_ms;
+}
+
+static void arm_inactivity_timer(struct imf_session *s)
+{
+    uint64_t now = uv_now(&s->worker->loop);
+    uint64_t deadline = s->last_client_ms + inactivity_limit(s);
+    uv_timer_stop(&s->timer);
+    uv_timer_start(&s->timer, on_inactivity_timer, deadline > now ? deadline - now : 0, 0);
+}
+
+static void on_inactivity_timer(uv_timer_t *t)
+{
+    struct imf_session *s = t->data;
+    if (s->state != SESS_RELAY)
+        return;
+    uint64_t now = uv_now(&s->worker->loop);
+    if (now - s->last_client_ms < inactivity_limit(s)) {
+        /* The client was active since the timer was set: wait the rest. */
+        arm_inactivity_timer(s);
+        return;
+    }
+    if (s->authenticated)
+        bye(s, IMF_CLOSE_IDLE_TIMEOUT, "Autologout; idle for too long");
+    else
+        bye(s, IMF_CLOSE_PREAUTH_TIMEOUT, "Autologout; no login in time");
+}
+
+/* Sends the backend an ID command naming the real client, the way Dovecot
+ * reads it (x-originating-ip/-port, honoured from its trusted networks);
+ * the answer is swallowed in on_response_line(). */
+static void send_client_id(struct imf_session *s)
+{
+    char line[256];
+    snprintf(line, sizeof(line),
+             PROXY_ID_TAG " ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%d\")\r\n",
+             s->peer_ip, s->peer_port);
+    to_backend(s, line, strlen(line));
+    s->id_pending = true;
+}
+
 static void on_connect_timeout(uv_timer_t *t)
 {
     struct imf_session *s = t->data;
@@ -714,7 +916,10 @@ static void on_backend_connected(uv_connect_t *req, int status)
     imf_stat_add(&s->worker->stats.backend_connect_ok, 1);
     s->backend_up = true;
     uv_tcp_nodelay(&s->backend, 1);
+    if (s->cfg->forward_client_ip == IMF_FORWARD_IP_ID)
+        send_client_id(s);
     set_state(s, SESS_RELAY);
+    arm_inactivity_timer(s);
     session_pump(s);
 }
 
@@ -741,8 +946,14 @@ static void do_handshake(struct imf_session *s)
         imf_debug("tls", "client=%s handshake done %s %s", s->peer, s->tls_version,
                   s->tls_cipher);
         uv_timer_stop(&s->timer);
-        /* Connect only now: a failed or abandoned handshake never costs the
-         * fragile backend a connection. */
+        if (s->backend_up) {
+            /* After STARTTLS: the session goes on as an implicit-TLS one. */
+            set_state(s, SESS_RELAY);
+            arm_inactivity_timer(s);
+            return;
+        }
+        /* Implicit TLS connects only now: a failed or abandoned handshake
+         * never costs the fragile backend a connection. */
         connect_backend(s);
         return;
     }
@@ -756,6 +967,44 @@ static void do_handshake(struct imf_session *s)
     session_close(s, IMF_CLOSE_HANDSHAKE_FAILED, !s->tio.in_eof);
 }
 
+/* Creates the TLS engine and starts the handshake timer. */
+static int begin_tls(struct imf_session *s)
+{
+    s->tio.in = &s->c_rx;
+    s->tio.out = &s->c_tx;
+    s->tio.peer = s->peer;
+    s->ssl = imf_tls_conn_new(s->worker->ssl_ctx, &s->tio);
+    if (s->ssl == NULL)
+        return UV_ENOMEM;
+    set_state(s, SESS_HANDSHAKE);
+    uv_timer_stop(&s->timer);
+    uv_timer_start(&s->timer, on_handshake_timeout, s->cfg->handshake_timeout_ms, 0);
+    return 0;
+}
+
+/* STARTTLS was accepted: our OK goes out in plaintext, then TLS begins.
+ * Whatever the client sent after the STARTTLS line before seeing that OK
+ * was sent in plaintext and may have been injected by an attacker on the
+ * path (CVE-2011-0411): it is discarded, never executed. */
+static void start_tls(struct imf_session *s)
+{
+    encrypt_downstream(s); /* the OK, still in plaintext */
+    size_t junk = s->c_rx.bytes;
+    if (junk > 0) {
+        imf_chain_consume(&s->c_rx, junk);
+        s->discarded_after_starttls += junk;
+        char n[24];
+        snprintf(n, sizeof(n), "%zu", junk);
+        imf_log_kv(IMF_LOG_WARN, "session", "discarded plaintext sent after STARTTLS", "client",
+                   s->peer, "bytes", n, NULL);
+    }
+    /* The next command starts afresh. */
+    imf_framer_init(&s->cfr, IMF_FRAMER_COMMANDS, s->cfg->max_line_length,
+                    s->cfg->max_literal_size);
+    if (begin_tls(s) != 0)
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+}
+
 /* ---- reading ----------------------------------------------------------- */
 
 static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -763,7 +1012,7 @@ static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     struct imf_session *s = h->data;
     uint8_t *p;
     size_t room;
-    if (imf_chain_reserve(&s->c_rx, IMF_BLOCK_DATA, &p, &room) != 0) {
+    if (imf_chain_reserve(&s->c_rx, IMF_READ_MIN, &p, &room) != 0) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
@@ -777,6 +1026,11 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         imf_chain_commit(&s->c_rx, nread > 0 ? (size_t)nread : 0);
     if (nread == 0)
         return;
+    s->last_client_ms = uv_now(&s->worker->loop);
+    if (s->ssl == NULL && nread > 0) {
+        s->bytes_in += (uint64_t)nread;
+        imf_stat_add(&s->worker->stats.bytes_from_clients, nread);
+    }
     if (nread < 0) {
         s->tio.in_eof = true;
         if (s->state == SESS_HANDSHAKE) {
@@ -799,7 +1053,7 @@ static void on_backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     struct imf_session *s = h->data;
     uint8_t *p;
     size_t room;
-    if (imf_chain_reserve(&s->b_rx, IMF_BLOCK_DATA, &p, &room) != 0) {
+    if (imf_chain_reserve(&s->b_rx, IMF_READ_MIN, &p, &room) != 0) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
@@ -881,14 +1135,13 @@ static void session_pump(struct imf_session *s)
         }
     }
     if (s->state == SESS_CLOSING) {
-        if (s->ssl != NULL && SSL_is_init_finished(s->ssl)) {
-            encrypt_downstream(s);
-            if (s->p_tx.bytes == 0 && !s->shutdown_sent) {
-                s->shutdown_sent = true;
-                SSL_shutdown(s->ssl); /* queues close_notify into c_tx */
-            }
+        encrypt_downstream(s);
+        if (s->ssl != NULL && SSL_is_init_finished(s->ssl) && s->p_tx.bytes == 0 &&
+            !s->shutdown_sent) {
+            s->shutdown_sent = true;
+            SSL_shutdown(s->ssl); /* queues close_notify into c_tx */
         }
-    } else if (s->state == SESS_RELAY || s->state == SESS_CONNECTING) {
+    } else {
         encrypt_downstream(s);
     }
     if (s->state == SESS_CLOSED)
@@ -963,8 +1216,17 @@ void imf_session_accept(struct imf_listener *l)
     }
     struct sockaddr_storage ss;
     int len = sizeof(ss);
-    if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&ss, &len) == 0)
+    if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&ss, &len) == 0) {
         format_addr(&ss, s->peer, sizeof(s->peer));
+        if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, s->peer_ip, sizeof(s->peer_ip));
+            s->peer_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        } else {
+            uv_ip4_name((struct sockaddr_in *)&ss, s->peer_ip, sizeof(s->peer_ip));
+            s->peer_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        }
+    }
+    s->last_client_ms = s->start_ms;
     uint64_t active = atomic_load_explicit(&w->stats.sessions_active, memory_order_relaxed);
     if (s->cfg->max_connections != 0 && active > s->cfg->max_connections) {
         imf_stat_add(&w->stats.connections_refused, 1);
@@ -974,15 +1236,18 @@ void imf_session_accept(struct imf_listener *l)
         return;
     }
     uv_tcp_nodelay(&s->client, 1);
-    s->tio.in = &s->c_rx;
-    s->tio.out = &s->c_tx;
-    s->tio.peer = s->peer;
-    s->ssl = imf_tls_conn_new(w->ssl_ctx, &s->tio);
-    if (s->ssl == NULL) {
+    imf_debug("session", "client=%s accepted on %s", s->peer, s->lcfg->name);
+    if (s->lcfg->mode == IMF_LISTEN_STARTTLS) {
+        /* The backend's greeting, with STARTTLS announced, is the first
+         * thing the client sees; TLS starts when it asks. */
+        connect_backend(s);
+        if (s->state == SESS_CONNECTING)
+            update_reading(s);
+        return;
+    }
+    if (begin_tls(s) != 0) {
         session_close(s, IMF_CLOSE_NO_MEMORY, false);
         return;
     }
-    imf_debug("session", "client=%s accepted on %s", s->peer, s->lcfg->name);
-    uv_timer_start(&s->timer, on_handshake_timeout, s->cfg->handshake_timeout_ms, 0);
     update_reading(s);
 }

@@ -22,6 +22,8 @@ enum imf_close_reason {
     IMF_CLOSE_SHUTDOWN,
     IMF_CLOSE_NO_MEMORY,
     IMF_CLOSE_REFUSED,
+    IMF_CLOSE_PREAUTH_TIMEOUT,
+    IMF_CLOSE_IDLE_TIMEOUT,
     IMF_CLOSE_REASON_COUNT
 };
 extern const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT];

@@ -1,0 +1,144 @@
+/* capability: see include/imapfront/capability.h. */
+#include "imapfront/capability.h"
+
+#include <string.h>
+#include <strings.h>
+
+static bool name_is(const char *name, size_t len, const char *want)
+{
+    return strlen(want) == len && strncasecmp(name, want, len) == 0;
+}
+
+static bool name_has_prefix(const char *name, size_t len, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return len >= n && strncasecmp(name, prefix, n) == 0;
+}
+
+/* Looks name up in a list of "A B,C X=*" entries. */
+static bool in_list(const char *list, const char *name, size_t len)
+{
+    if (list == NULL)
+        return false;
+    const char *p = list;
+    while (*p != '\0') {
+        while (*p == ' ' || *p == ',' || *p == '\t')
+            p++;
+        const char *start = p;
+        while (*p != '\0' && *p != ' ' && *p != ',' && *p != '\t')
+            p++;
+        size_t n = (size_t)(p - start);
+        if (n == 0)
+            break;
+        if (n >= 2 && start[n - 1] == '*' && start[n - 2] == '=') {
+            if (len >= n - 1 && strncasecmp(name, start, n - 1) == 0)
+                return true;
+        } else if (n == len && strncasecmp(name, start, n) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool imf_capability_hidden(const char *name, size_t len, const struct imf_cap_policy *pol)
+{
+    /* A compressed stream cannot be re-framed by the proxy. */
+    if (name_has_prefix(name, len, "COMPRESS="))
+        return true;
+    if (name_is(name, len, "STARTTLS") || name_is(name, len, "LOGINDISABLED"))
+        return true; /* added back below when the policy wants them */
+    if (!pol->tls_active && pol->login_disabled && name_has_prefix(name, len, "AUTH="))
+        return true;
+    return in_list(pol->hide, name, len);
+}
+
+/* Matches a case-insensitive word at p, followed by a space or end. */
+static bool word_at(const uint8_t *p, const uint8_t *end, const char *word)
+{
+    size_t n = strlen(word);
+    return (size_t)(end - p) >= n && strncasecmp((const char *)p, word, n) == 0;
+}
+
+/* Finds where the capability names of the line start and end. */
+static bool find_list(const uint8_t *line, size_t len, size_t *out_start, size_t *out_end)
+{
+    const uint8_t *end = line + len;
+    while (end > line && (end[-1] == '\n' || end[-1] == '\r'))
+        end--;
+    const uint8_t *p = line;
+    if (end - p >= 2 && p[0] == '*' && p[1] == ' ') {
+        p += 2;
+        if (word_at(p, end, "CAPABILITY") &&
+            (p + 10 == end || p[10] == ' ')) {
+            *out_start = (size_t)(p + 10 - line);
+            *out_end = (size_t)(end - line);
+            return true;
+        }
+    } else {
+        /* A tag: up to the first space. */
+        while (p < end && *p != ' ')
+            p++;
+        if (p == line || p == end)
+            return false;
+        p++;
+    }
+    if (word_at(p, end, "OK ")) {
+        p += 3;
+    } else if (line[0] == '*' && word_at(p, end, "PREAUTH ")) {
+        p += 8;
+    } else {
+        return false;
+    }
+    if (!word_at(p, end, "[CAPABILITY"))
+        return false;
+    p += 11;
+    const uint8_t *close = memchr(p, ']', (size_t)(end - p));
+    if (close == NULL || (p != close && *p != ' '))
+        return false;
+    *out_start = (size_t)(p - line);
+    *out_end = (size_t)(close - line);
+    return true;
+}
+
+static void put(uint8_t *out, size_t *pos, const void *p, size_t n)
+{
+    memcpy(out + *pos, p, n);
+    *pos += n;
+}
+
+bool imf_capability_rewrite(const uint8_t *line, size_t len, const struct imf_cap_policy *pol,
+                            uint8_t *out, size_t out_cap, size_t *out_len)
+{
+    size_t start, end;
+    if (out_cap < len + IMF_CAP_GROWTH || !find_list(line, len, &start, &end))
+        return false;
+    size_t pos = 0;
+    put(out, &pos, line, start);
+    bool has_literal_plus = false;
+    const uint8_t *p = line + start, *stop = line + end;
+    while (p < stop) {
+        while (p < stop && *p == ' ')
+            p++;
+        const uint8_t *name = p;
+        while (p < stop && *p != ' ')
+            p++;
+        size_t n = (size_t)(p - name);
+        if (n == 0)
+            break;
+        if (imf_capability_hidden((const char *)name, n, pol))
+            continue;
+        if (name_is((const char *)name, n, "LITERAL+"))
+            has_literal_plus = true;
+        out[pos++] = ' ';
+        put(out, &pos, name, n);
+    }
+    if (!pol->tls_active && pol->offer_starttls)
+        put(out, &pos, " STARTTLS", 9);
+    if (!pol->tls_active && pol->login_disabled)
+        put(out, &pos, " LOGINDISABLED", 14);
+    if (pol->add_literal_plus && !has_literal_plus)
+        put(out, &pos, " LITERAL+", 9);
+    put(out, &pos, line + end, len - end);
+    *out_len = pos;
+    return true;
+}
