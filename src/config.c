@@ -129,12 +129,12 @@ static const struct imf_choice balance_choices[] = {
 };
 static const struct imf_choice quirks_choices[] = {
     {"none", IMF_QUIRKS_NONE, true},
-    {"exchange55", IMF_QUIRKS_EXCHANGE55, false},
+    {"exchange55", IMF_QUIRKS_EXCHANGE55, true},
     {NULL, 0, false},
 };
 static const struct imf_choice literal_plus_choices[] = {
     {"pass", IMF_LITERAL_PLUS_PASS, true},
-    {"sync", IMF_LITERAL_PLUS_SYNC, false},
+    {"sync", IMF_LITERAL_PLUS_SYNC, true},
     {NULL, 0, false},
 };
 static const struct imf_choice forward_ip_choices[] = {
@@ -176,9 +176,9 @@ static const struct imf_option imf_options[] = {
     OPT("backend", "balance", ENUM, balance, "first", 0, 0, balance_choices, 0),
     OPT("backend", "connect_timeout", DURATION, connect_timeout_ms, "5s", 1, WEEK, NULL, 0),
     OPT("backend", "quirks", ENUM, quirks, "none", 0, 0, quirks_choices, 0),
-    OPT("backend", "pipelining", BOOL, pipelining, "on", 0, 0, NULL, IMF_CF_NOT_YET),
+    OPT("backend", "pipelining", BOOL, pipelining, "on", 0, 0, NULL, 0),
     OPT("backend", "literal_plus", ENUM, literal_plus, "pass", 0, 0, literal_plus_choices, 0),
-    OPT("backend", "literal_crlf_split", BOOL, literal_crlf_split, "off", 0, 0, NULL, IMF_CF_NOT_YET),
+    OPT("backend", "literal_crlf_split", BOOL, literal_crlf_split, "off", 0, 0, NULL, 0),
     OPT("backend", "forward_client_ip", ENUM, forward_client_ip, "off", 0, 0, forward_ip_choices, 0),
     OPT("imap", "max_line_length", SIZE, max_line_length, "64k", KiB, 16 * MiB, NULL, 0),
     OPT("imap", "max_literal_size", SIZE, max_literal_size, "64M", KiB, 4 * GiB, NULL, 0),
@@ -1100,6 +1100,17 @@ static void check_whole(struct parse_ctx *ctx)
              blame_ml ? "max_line_length" : "buffer_limit",
              "max_line_length (%s) must not exceed buffer_limit (%s)", a, b);
         return;
+    }
+
+    /* quirks is a preset of the shields; a shield's own key, when written,
+     * wins over the preset. */
+    if (cfg->quirks == IMF_QUIRKS_EXCHANGE55) {
+        if (ctx->key_lines[option_index("backend", "pipelining")] == 0)
+            cfg->pipelining = false;
+        if (ctx->key_lines[option_index("backend", "literal_plus")] == 0)
+            cfg->literal_plus = IMF_LITERAL_PLUS_SYNC;
+        if (ctx->key_lines[option_index("backend", "literal_crlf_split")] == 0)
+            cfg->literal_crlf_split = true;
     }
 }
 

@@ -19,8 +19,10 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <openssl/err.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,6 +145,19 @@ struct imf_session {
     uint64_t last_client_ms; /* last time the client sent anything */
     uint64_t discarded_after_starttls;
 
+    /* Shields for fragile backends. */
+    bool inflight;        /* pipelining off: a command awaits its tagged completion */
+    char inflight_tag[IMF_TAG_MAX + 1];
+    bool holding;         /* a complete next command is being held back */
+    bool client_cont;     /* the backend asked for a continuation line (AUTHENTICATE, IDLE) */
+    bool lit_wait;        /* literal_plus sync: waiting for the backend's "+" */
+    bool split_wait;      /* crlf split: the literal's end must leave before the rest */
+    bool upstream_kick;   /* a shield opened: pump the client side again */
+    bool split_timer_inited;
+    unsigned split_polls;
+    uv_timer_t split_timer;
+    uint32_t held, converted, splits; /* for the summary line */
+
     /* For the summary line. */
     uint64_t bytes_in, bytes_out; /* plaintext from / to the client */
     uint64_t start_ms;
@@ -264,7 +279,10 @@ static void tagged(struct imf_session *s, const char *tag, const char *text)
 
 static void log_summary(struct imf_session *s)
 {
-    char in[24], out[24], dur[24];
+    char in[24], out[24], dur[24], held[12], conv[12], splits[12];
+    snprintf(held, sizeof(held), "%" PRIu32, s->held);
+    snprintf(conv, sizeof(conv), "%" PRIu32, s->converted);
+    snprintf(splits, sizeof(splits), "%" PRIu32, s->splits);
     snprintf(in, sizeof(in), "%" PRIu64, s->bytes_in);
     snprintf(out, sizeof(out), "%" PRIu64, s->bytes_out);
     snprintf(dur, sizeof(dur), "%" PRIu64, uv_now(&s->worker->loop) - s->start_ms);
@@ -272,7 +290,8 @@ static void log_summary(struct imf_session *s)
                "tls", s->tls_version[0] ? s->tls_version : "-", "cipher",
                s->tls_cipher[0] ? s->tls_cipher : "-", "backend",
                s->backend_name[0] ? s->backend_name : "-", "bytes_in", in, "bytes_out", out,
-               "duration_ms", dur, "reason", imf_close_reason_names[s->reason], NULL);
+               "duration_ms", dur, "held", held, "literals_converted", conv, "crlf_splits",
+               splits, "reason", imf_close_reason_names[s->reason], NULL);
 }
 
 static void session_free(struct imf_session *s)
@@ -317,6 +336,10 @@ static void close_handle(struct imf_session *s, uv_handle_t *h)
 
 static void close_backend(struct imf_session *s)
 {
+    if (s->split_timer_inited) {
+        s->split_timer_inited = false;
+        close_handle(s, (uv_handle_t *)&s->split_timer);
+    }
     if (s->backend_inited && !s->backend_closing) {
         s->backend_closing = true;
         s->backend_reading = false;
@@ -514,9 +537,46 @@ static bool intercept_command(struct imf_session *s, const struct imf_framer_ev 
     }
 }
 
+/* literal_plus = sync: "{N+}" / "{N-}" at the end of the held line becomes
+ * "{N}", so the backend sees only synchronising literals. */
+static void make_literal_sync(struct imf_session *s)
+{
+    size_t n = s->cline_len;
+    /* The line ends in "+}\r\n", "-}\n", ...; the framer vouched for it. */
+    size_t close = n - 1;
+    while (close > 0 && s->cline[close] != '}')
+        close--;
+    imf_assert(close > 0 && (s->cline[close - 1] == '+' || s->cline[close - 1] == '-'));
+    memmove(s->cline + close - 1, s->cline + close, n - close);
+    s->cline_len = n - 1;
+}
+
+/* Sends the held line on, applying the literal shield. */
+static void forward_line(struct imf_session *s, const struct imf_framer_ev *ev)
+{
+    bool convert = (ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS)) &&
+                   s->cfg->literal_plus == IMF_LITERAL_PLUS_SYNC;
+    if (convert)
+        make_literal_sync(s);
+    to_backend(s, s->cline, s->cline_len);
+    if (convert) {
+        /* Hold the octets until the backend says "+"; that "+" is ours. */
+        s->lit_wait = true;
+        s->converted++;
+        imf_stat_add(&s->worker->stats.literals_converted, 1);
+    }
+}
+
 /* A complete command line is in cline: decide what to do with it. */
 static void on_command_line(struct imf_session *s, const struct imf_framer_ev *ev)
 {
+    if (ev->first_line && s->client_cont) {
+        /* The answer to the backend's "+" (a SASL response, IDLE's DONE):
+         * data for the command in progress, never parsed or logged. */
+        s->client_cont = false;
+        forward_line(s, ev);
+        return;
+    }
     if (ev->first_line) {
         imf_imap_parse_command(s->cline, s->cline_len, &s->cmd);
         imf_debug("session", "client=%s command tag=%s name=%s", s->peer, s->cmd.tag,
@@ -544,15 +604,44 @@ static void on_command_line(struct imf_session *s, const struct imf_framer_ev *e
         return;
     }
     if (s->discarding) {
-        if (ev->message_end) {
-            s->discarding = false;
-            tagged(s, s->cmd.tag, s->discard_answer);
+        if ((ev->literal_flags & IMF_LIT_PRESENT) &&
+            !(ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS))) {
+            /* A synchronising literal in a refused command: the client
+             * waits for a "+" that will not come, so the command ends. */
+            imf_framer_skip_literal(&s->cfr);
+        } else if (!ev->message_end) {
+            return;
         }
+        s->discarding = false;
+        if (s->discard_answer[0] != '\0')
+            tagged(s, s->cmd.tag, s->discard_answer);
         return;
     }
     if (ev->first_line && intercept_command(s, ev))
         return;
-    to_backend(s, s->cline, s->cline_len);
+    if (ev->first_line && !s->cfg->pipelining) {
+        s->inflight = true;
+        snprintf(s->inflight_tag, sizeof(s->inflight_tag), "%s", s->cmd.tag);
+    }
+    forward_line(s, ev);
+}
+
+/* pipelining = off: true when the next command must wait for the tagged
+ * completion of the one in flight. */
+static bool hold_next_command(struct imf_session *s, size_t avail)
+{
+    if (s->cfg->pipelining || !s->inflight || s->client_cont || avail == 0 ||
+        !imf_framer_at_message_start(&s->cfr))
+        return false;
+    if (!s->holding) {
+        s->holding = true;
+        s->held++;
+        imf_stat_add(&s->worker->stats.commands_held, 1);
+        uint64_t queued = s->c_rx.bytes + s->c_plain.bytes;
+        if (queued > atomic_load_explicit(&s->worker->stats.longest_queue, memory_order_relaxed))
+            atomic_store_explicit(&s->worker->stats.longest_queue, queued, memory_order_relaxed);
+    }
+    return true;
 }
 
 /* Frames what the client sent and relays it, until it is all done or the
@@ -561,9 +650,12 @@ static void process_commands(struct imf_session *s)
 {
     /* Before STARTTLS the client's bytes are plaintext already. */
     struct imf_chain *in = s->ssl != NULL ? &s->c_plain : &s->c_rx;
-    while (s->state == SESS_RELAY && s->b_tx.bytes < s->high) {
+    while (s->state == SESS_RELAY && s->b_tx.bytes < s->high && !s->lit_wait && !s->split_wait) {
         size_t avail;
         const uint8_t *p = imf_chain_peek(in, &avail);
+        if (hold_next_command(s, avail))
+            return;
+        s->holding = false;
         struct imf_framer_ev ev;
         size_t n = imf_framer_next(&s->cfr, p, avail, &ev);
         switch (ev.kind) {
@@ -585,6 +677,11 @@ static void process_commands(struct imf_session *s)
                 to_backend(s, p, n);
             break;
         case IMF_EV_LITERAL_END:
+            if (s->cfg->literal_crlf_split && !s->discarding) {
+                /* Everything up to the literal's last octet leaves first;
+                 * what follows waits until it has left our send queue. */
+                s->split_wait = true;
+            }
             break;
         case IMF_EV_ERROR:
             if (ev.error == IMF_FRAMER_LINE_TOO_LONG)
@@ -654,6 +751,7 @@ static void cap_policy(const struct imf_session *s, struct imf_cap_policy *out)
     out->offer_starttls = s->lcfg->mode == IMF_LISTEN_STARTTLS;
     out->login_disabled = s->lcfg->require_tls;
     out->hide = s->cfg->hide_capabilities;
+    out->add_literal_plus = s->cfg->literal_plus == IMF_LITERAL_PLUS_SYNC;
 }
 
 /* Relays a held response line, rewriting a capability list in it. */
@@ -696,6 +794,10 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
          * its untagged ID data and its tagged completion. */
         if (r.kind == IMF_RESP_TAGGED && strcmp(r.tag, PROXY_ID_TAG) == 0) {
             s->id_pending = false;
+            if (s->inflight && strcmp(s->inflight_tag, PROXY_ID_TAG) == 0) {
+                s->inflight = false;
+                s->upstream_kick = true;
+            }
             if (r.status != IMF_STATUS_OK)
                 imf_log_kv(IMF_LOG_WARN, "backend", "ID with the client address refused",
                            "client", s->peer, "backend", s->backend_name, NULL);
@@ -704,6 +806,37 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
         if (r.kind == IMF_RESP_UNTAGGED && s->rline_len >= 5 &&
             strncasecmp((const char *)s->rline, "* ID ", 5) == 0)
             return;
+    }
+    if (r.kind == IMF_RESP_CONTINUATION) {
+        if (s->lit_wait) {
+            /* The "+" for a literal we made synchronising: the client sent
+             * its octets already and must not see it. */
+            s->lit_wait = false;
+            s->upstream_kick = true;
+            return;
+        }
+        /* A "+" after a complete command asks for a line of data (SASL,
+         * IDLE). Before TLS on a require_tls listener nothing the client
+         * sends may skip the command checks. */
+        if (imf_framer_at_message_start(&s->cfr) &&
+            !(s->ssl == NULL && s->lcfg->require_tls))
+            s->client_cont = true;
+    }
+    if (r.kind == IMF_RESP_TAGGED) {
+        s->client_cont = false;
+        if (s->lit_wait && strcmp(r.tag, s->cmd.tag) == 0) {
+            /* The backend refused the literal's command instead of saying
+             * "+": relay its answer and swallow the octets the client has
+             * sent or will send for that command. */
+            s->lit_wait = false;
+            s->discarding = true;
+            s->discard_answer[0] = '\0';
+            s->upstream_kick = true;
+        }
+        if (s->inflight && strcmp(r.tag, s->inflight_tag) == 0) {
+            s->inflight = false;
+            s->upstream_kick = true;
+        }
     }
     if (r.status == IMF_STATUS_PREAUTH)
         s->authenticated = true;
@@ -894,6 +1027,10 @@ static void send_client_id(struct imf_session *s)
              s->peer_ip, s->peer_port);
     to_backend(s, line, strlen(line));
     s->id_pending = true;
+    if (!s->cfg->pipelining) {
+        s->inflight = true;
+        snprintf(s->inflight_tag, sizeof(s->inflight_tag), "%s", PROXY_ID_TAG);
+    }
 }
 
 static void on_connect_timeout(uv_timer_t *t)
@@ -1111,6 +1248,43 @@ static void update_reading(struct imf_session *s)
     }
 }
 
+/* literal_crlf_split: how long we wait for the literal's end to leave the
+ * kernel's send queue before sending what follows anyway. TCP cannot promise
+ * the receiver separate reads; waiting for an empty queue makes coalescing
+ * rare without stalling a session on a peer that does not ACK. */
+#define SPLIT_POLL_MS 1
+#define SPLIT_POLLS_MAX 50
+
+static void on_split_timer(uv_timer_t *t)
+{
+    struct imf_session *s = t->data;
+    session_pump(s);
+}
+
+/* True when the split is complete (queue empty, or waited long enough);
+ * otherwise arms a short poll. */
+static bool split_drained(struct imf_session *s)
+{
+    int fd = -1, queued = 0;
+    if (uv_fileno((uv_handle_t *)&s->backend, &fd) == 0 && ioctl(fd, SIOCOUTQ, &queued) == 0 &&
+        queued > 0 && s->split_polls < SPLIT_POLLS_MAX) {
+        if (!s->split_timer_inited) {
+            uv_timer_init(&s->worker->loop, &s->split_timer);
+            s->split_timer.data = s;
+            s->split_timer_inited = true;
+            s->open_handles++;
+        }
+        s->split_polls++;
+        uv_timer_start(&s->split_timer, on_split_timer, SPLIT_POLL_MS, 0);
+        return false;
+    }
+    s->split_wait = false;
+    s->split_polls = 0;
+    s->splits++;
+    imf_stat_add(&s->worker->stats.crlf_splits, 1);
+    return true;
+}
+
 /* Moves everything that can move. Called after every event. */
 static void session_pump(struct imf_session *s)
 {
@@ -1122,6 +1296,10 @@ static void session_pump(struct imf_session *s)
         pump_upstream(s);
         if (s->state == SESS_RELAY) {
             process_responses(s);
+            if (s->upstream_kick && s->state == SESS_RELAY) {
+                s->upstream_kick = false;
+                pump_upstream(s);
+            }
             if (s->backend_eof && s->b_rx.bytes == 0 && s->state == SESS_RELAY) {
                 /* The client gets what the backend sent, then the close. */
                 if (s->rline_len > 0) {
@@ -1156,6 +1334,11 @@ static void session_pump(struct imf_session *s)
                     on_backend_written);
     if (s->state == SESS_CLOSED)
         return;
+    if (s->split_wait && s->b_tx.bytes == 0 && s->backend_wlen == 0 && s->state == SESS_RELAY &&
+        split_drained(s)) {
+        session_pump(s); /* the rest of the command may go now */
+        return;
+    }
     if (s->state == SESS_CLOSING && s->c_tx.bytes == 0 && s->client_wlen == 0 &&
         (s->shutdown_sent || s->ssl == NULL || !SSL_is_init_finished(s->ssl))) {
         set_state(s, SESS_CLOSED);

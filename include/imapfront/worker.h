@@ -28,6 +28,10 @@ struct imf_worker_stats {
     _Atomic uint64_t bytes_from_clients;
     _Atomic uint64_t bytes_to_clients;
     _Atomic uint64_t connections_refused;
+    _Atomic uint64_t commands_held;      /* pipelining off: commands held back */
+    _Atomic uint64_t literals_converted; /* literal_plus sync: {N+} sent as {N} */
+    _Atomic uint64_t crlf_splits;        /* literal ends written apart from their CRLF */
+    _Atomic uint64_t longest_queue;      /* most bytes queued behind a held command */
     struct imf_chain_counters chain;
 };
 

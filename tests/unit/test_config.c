@@ -696,10 +696,6 @@ static void test_not_yet(void **state)
         const char *want;
     } backend[] = {
         {"balance = roundrobin", "t.ini:3: balance: roundrobin is not supported yet"},
-        {"quirks = exchange55", "t.ini:3: quirks: exchange55 is not supported yet"},
-        {"pipelining = off", "t.ini:3: pipelining: not supported yet"},
-        {"literal_plus = sync", "t.ini:3: literal_plus: sync is not supported yet"},
-        {"literal_crlf_split = on", "t.ini:3: literal_crlf_split: not supported yet"},
     };
     for (size_t i = 0; i < sizeof(backend) / sizeof(backend[0]); i++) {
         char text[256];
@@ -725,6 +721,32 @@ static void test_front_door_keys(void **state)
     cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
                    "[backend]\nservers = 127.0.0.1:143\nforward_client_ip = id\n");
     assert_int_equal(cfg->forward_client_ip, IMF_FORWARD_IP_ID);
+    imf_config_unref(cfg);
+}
+
+/* quirks = exchange55 turns on every shield; a shield's own key wins. */
+static void test_quirks_preset(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\n"
+                                      "private_key = k\n[backend]\nservers = 127.0.0.1:143\n"
+                                      "quirks = exchange55\n");
+    assert_false(cfg->pipelining);
+    assert_int_equal(cfg->literal_plus, IMF_LITERAL_PLUS_SYNC);
+    assert_true(cfg->literal_crlf_split);
+    imf_config_unref(cfg);
+    cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
+                   "[backend]\npipelining = on\nservers = 127.0.0.1:143\nquirks = exchange55\n"
+                   "literal_crlf_split = off\n");
+    assert_true(cfg->pipelining);
+    assert_int_equal(cfg->literal_plus, IMF_LITERAL_PLUS_SYNC);
+    assert_false(cfg->literal_crlf_split);
+    imf_config_unref(cfg);
+    cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
+                   "[backend]\nservers = 127.0.0.1:143\n");
+    assert_true(cfg->pipelining);
+    assert_int_equal(cfg->literal_plus, IMF_LITERAL_PLUS_PASS);
+    assert_false(cfg->literal_crlf_split);
     imf_config_unref(cfg);
 }
 
@@ -835,6 +857,7 @@ int main(void)
         cmocka_unit_test(test_required),
         cmocka_unit_test(test_not_yet),
         cmocka_unit_test(test_front_door_keys),
+        cmocka_unit_test(test_quirks_preset),
         cmocka_unit_test(test_cross_checks),
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_err_buffers),
