@@ -156,6 +156,9 @@ static const struct imf_choice forward_ip_choices[] = {
 #define LOPT(sec, key, type, field, def, min, max, choices, flags) \
     {sec, key, IMF_OT_##type, offsetof(struct imf_listen_config, field), \
      FIELD_SIZE(struct imf_listen_config, field), 0, def, min, max, choices, flags}
+#define COPT(sec, key, type, field, def, min, max, choices, flags) \
+    {sec, key, IMF_OT_##type, offsetof(struct imf_cert_config, field), \
+     FIELD_SIZE(struct imf_cert_config, field), 0, def, min, max, choices, flags}
 
 /* The schema. One row per line: tests/unit/check_config_docs.py reads these
  * lines and compares them with docs/configuration.md. To enable a feature,
@@ -197,6 +200,14 @@ static const struct imf_option imf_listen_options[] = {
     LOPT("listen.NAME", "proxy_protocol", ENUM, proxy_protocol, "off", 0, 0, proxy_protocol_choices, 0),
     LOPT("listen.NAME", "proxy_protocol_from", STRING, proxy_protocol_from, "", 0, 0, NULL, IMF_CF_NOT_YET),
 };
+
+/* The keys of every [certificate.NAME] section: more certificates, chosen
+ * by the name a client asks for with SNI. */
+static const struct imf_option imf_cert_options[] = {
+    COPT("certificate.NAME", "certificate", STRING, certificate, "", 0, 0, NULL, IMF_CF_REQUIRED),
+    COPT("certificate.NAME", "private_key", STRING, private_key, "", 0, 0, NULL, IMF_CF_REQUIRED),
+    COPT("certificate.NAME", "server_names", STRING, server_names, "", 0, 0, NULL, IMF_CF_REQUIRED),
+};
 /* clang-format on */
 
 /* The sections that are not [listen.NAME], in file order. */
@@ -204,6 +215,46 @@ static const char *const imf_main_sections[] = {"proxy", "tls", "backend", "imap
 
 #define IMF_OPTIONS_LEN ARRAY_SIZE(imf_options)
 #define IMF_LISTEN_OPTIONS_LEN ARRAY_SIZE(imf_listen_options)
+
+/* Sections written any number of times as [PREFIX.NAME]: each is an array
+ * in struct imf_config whose elements start with their char name[64]. */
+enum named_kind { NAMED_LISTEN, NAMED_CERT, NAMED_COUNT };
+struct named_section {
+    const char *prefix; /* "listen." */
+    const struct imf_option *options;
+    size_t options_len;
+    size_t elem_size;
+    size_t array_offset; /* of the array pointer in struct imf_config */
+    size_t len_offset;   /* of its element count */
+};
+static const struct named_section named_sections[NAMED_COUNT] = {
+    {"listen.", imf_listen_options, ARRAY_SIZE(imf_listen_options),
+     sizeof(struct imf_listen_config), offsetof(struct imf_config, listeners),
+     offsetof(struct imf_config, listeners_len)},
+    {"certificate.", imf_cert_options, ARRAY_SIZE(imf_cert_options),
+     sizeof(struct imf_cert_config), offsetof(struct imf_config, certs),
+     offsetof(struct imf_config, certs_len)},
+};
+#define NAMED_KEYS_MAX 8
+static_assert(ARRAY_SIZE(imf_listen_options) <= NAMED_KEYS_MAX, "named keys");
+static_assert(ARRAY_SIZE(imf_cert_options) <= NAMED_KEYS_MAX, "named keys");
+static_assert(offsetof(struct imf_listen_config, name) == 0, "name first");
+static_assert(offsetof(struct imf_cert_config, name) == 0, "name first");
+
+static void **named_array(struct imf_config *cfg, const struct named_section *ns)
+{
+    return (void **)((char *)cfg + ns->array_offset);
+}
+
+static size_t *named_len(struct imf_config *cfg, const struct named_section *ns)
+{
+    return (size_t *)((char *)cfg + ns->len_offset);
+}
+
+static char *named_elem(struct imf_config *cfg, const struct named_section *ns, size_t i)
+{
+    return (char *)*named_array(cfg, ns) + i * ns->elem_size;
+}
 
 /* Integers are stored by width, so one row type serves bool, unsigned,
  * uint16_t, uint64_t and enum fields. Enums here have non-negative values,
@@ -735,12 +786,12 @@ static bool field_equal(const struct imf_option *opt, const void *a, const void 
 
 /* ---- parsing a file ----------------------------------------------------- */
 
-enum section_kind { SECTION_NONE, SECTION_MAIN, SECTION_LISTEN };
+enum section_kind { SECTION_NONE, SECTION_MAIN, SECTION_NAMED };
 
-/* Per listener: where things were written, for messages. */
-struct listen_meta {
+/* Per [PREFIX.NAME] section: where things were written, for messages. */
+struct named_meta {
     unsigned header_line;
-    unsigned key_lines[IMF_LISTEN_OPTIONS_LEN];
+    unsigned key_lines[NAMED_KEYS_MAX];
 };
 
 struct parse_ctx {
@@ -754,7 +805,8 @@ struct parse_ctx {
     size_t section; /* index in imf_main_sections, or listener index */
     unsigned section_lines[ARRAY_SIZE(imf_main_sections)];
     unsigned key_lines[IMF_OPTIONS_LEN];
-    struct listen_meta *listen_meta; /* parallel to cfg->listeners */
+    enum named_kind named;                  /* with SECTION_NAMED: which kind */
+    struct named_meta *meta[NAMED_COUNT];   /* parallel to each kind's array */
 
     int rc; /* first error, 0 while none */
     char *err;
@@ -798,7 +850,7 @@ static int apply_defaults(struct parse_ctx *ctx, const struct imf_option *table,
     return 0;
 }
 
-static bool valid_listener_name(const char *s, size_t len)
+static bool valid_section_name(const char *s, size_t len)
 {
     if (len == 0 || len >= FIELD_SIZE(struct imf_listen_config, name))
         return false;
@@ -811,44 +863,48 @@ static bool valid_listener_name(const char *s, size_t len)
     return true;
 }
 
-static void enter_listener(struct parse_ctx *ctx, const char *sec, const char *lname, size_t llen)
+static void enter_named(struct parse_ctx *ctx, enum named_kind kind, const char *sec,
+                        const char *name, size_t nlen)
 {
+    const struct named_section *ns = &named_sections[kind];
     struct imf_config *cfg = ctx->cfg;
-    if (!valid_listener_name(lname, llen)) {
+    if (!valid_section_name(name, nlen)) {
         fail(ctx, -EINVAL, ctx->line, sec,
-             "invalid listener name (use 1 to 63 of A-Z, a-z, 0-9, _ and -)");
+             "invalid section name (use 1 to 63 of A-Z, a-z, 0-9, _ and -)");
         return;
     }
-    for (size_t i = 0; i < cfg->listeners_len; i++) {
-        if (strlen(cfg->listeners[i].name) == llen &&
-            memcmp(cfg->listeners[i].name, lname, llen) == 0) {
+    size_t n = *named_len(cfg, ns);
+    for (size_t i = 0; i < n; i++) {
+        const char *other = named_elem(cfg, ns, i);
+        if (strlen(other) == nlen && memcmp(other, name, nlen) == 0) {
             fail(ctx, -EINVAL, ctx->line, sec, "duplicate section (first on line %u)",
-                 ctx->listen_meta[i].header_line);
+                 ctx->meta[kind][i].header_line);
             return;
         }
     }
-    size_t n = cfg->listeners_len;
-    struct imf_listen_config *l = realloc(cfg->listeners, (n + 1) * sizeof(*l));
-    if (l == NULL) {
+    void *arr = realloc(*named_array(cfg, ns), (n + 1) * ns->elem_size);
+    if (arr == NULL) {
         fail(ctx, -ENOMEM, ctx->line, sec, "out of memory");
         return;
     }
-    cfg->listeners = l;
-    struct listen_meta *m = realloc(ctx->listen_meta, (n + 1) * sizeof(*m));
+    *named_array(cfg, ns) = arr;
+    struct named_meta *m = realloc(ctx->meta[kind], (n + 1) * sizeof(*m));
     if (m == NULL) {
         fail(ctx, -ENOMEM, ctx->line, sec, "out of memory");
         return;
     }
-    ctx->listen_meta = m;
-    memset(&l[n], 0, sizeof(l[n]));
+    ctx->meta[kind] = m;
+    char *elem = named_elem(cfg, ns, n);
+    memset(elem, 0, ns->elem_size);
     memset(&m[n], 0, sizeof(m[n]));
-    cfg->listeners_len = n + 1;
-    memcpy(l[n].name, lname, llen);
-    l[n].name[llen] = '\0';
+    *named_len(cfg, ns) = n + 1;
+    memcpy(elem, name, nlen);
+    elem[nlen] = '\0';
     m[n].header_line = ctx->line;
-    ctx->kind = SECTION_LISTEN;
+    ctx->kind = SECTION_NAMED;
+    ctx->named = kind;
     ctx->section = n;
-    apply_defaults(ctx, imf_listen_options, IMF_LISTEN_OPTIONS_LEN, &l[n]);
+    apply_defaults(ctx, ns->options, ns->options_len, elem);
 }
 
 /* A "[name]" header on the current line (s, len: the line without its
@@ -873,12 +929,12 @@ static void enter_section(struct parse_ctx *ctx, const char *s, size_t len)
         return;
     }
 
-    static const char listen_prefix[] = "listen.";
-    if (nlen >= sizeof(listen_prefix) - 1 &&
-        memcmp(name, listen_prefix, sizeof(listen_prefix) - 1) == 0) {
-        enter_listener(ctx, sec, name + sizeof(listen_prefix) - 1,
-                       nlen - (sizeof(listen_prefix) - 1));
-        return;
+    for (int k = 0; k < NAMED_COUNT; k++) {
+        size_t plen = strlen(named_sections[k].prefix);
+        if (nlen >= plen && memcmp(name, named_sections[k].prefix, plen) == 0) {
+            enter_named(ctx, (enum named_kind)k, sec, name + plen, nlen - plen);
+            return;
+        }
     }
     for (size_t i = 0; i < ARRAY_SIZE(imf_main_sections); i++) {
         if (strlen(imf_main_sections[i]) == nlen && memcmp(imf_main_sections[i], name, nlen) == 0) {
@@ -962,13 +1018,15 @@ static int on_key(void *user, const char *section, const char *key, const char *
         main_section = imf_main_sections[ctx->section];
         snprintf(secname, sizeof(secname), "[%s]", main_section);
         break;
-    case SECTION_LISTEN:
-        table = imf_listen_options;
-        len = IMF_LISTEN_OPTIONS_LEN;
-        base = &ctx->cfg->listeners[ctx->section];
-        lines = ctx->listen_meta[ctx->section].key_lines;
-        snprintf(secname, sizeof(secname), "[listen.%s]", ctx->cfg->listeners[ctx->section].name);
+    case SECTION_NAMED: {
+        const struct named_section *ns = &named_sections[ctx->named];
+        table = ns->options;
+        len = ns->options_len;
+        base = named_elem(ctx->cfg, ns, ctx->section);
+        lines = ctx->meta[ctx->named][ctx->section].key_lines;
+        snprintf(secname, sizeof(secname), "[%s%s]", ns->prefix, (const char *)base);
         break;
+    }
     default:
         fail(ctx, -EINVAL, ctx->line, key, "key outside of any section");
         return 0;
@@ -1045,13 +1103,17 @@ static void check_whole(struct parse_ctx *ctx)
         fail(ctx, -EINVAL, 0, "[listen.NAME]", "at least one listener section is required");
         return;
     }
-    for (size_t li = 0; li < cfg->listeners_len; li++) {
-        for (size_t i = 0; i < IMF_LISTEN_OPTIONS_LEN; i++) {
-            const struct imf_option *opt = &imf_listen_options[i];
-            if ((opt->flags & IMF_CF_REQUIRED) && ctx->listen_meta[li].key_lines[i] == 0) {
-                snprintf(what, sizeof(what), "[listen.%s] %s", cfg->listeners[li].name, opt->key);
-                fail(ctx, -EINVAL, ctx->listen_meta[li].header_line, what, "required");
-                return;
+    for (int k = 0; k < NAMED_COUNT; k++) {
+        const struct named_section *ns = &named_sections[k];
+        for (size_t e = 0; e < *named_len(cfg, ns); e++) {
+            for (size_t i = 0; i < ns->options_len; i++) {
+                const struct imf_option *opt = &ns->options[i];
+                if ((opt->flags & IMF_CF_REQUIRED) && ctx->meta[k][e].key_lines[i] == 0) {
+                    snprintf(what, sizeof(what), "[%s%s] %s", ns->prefix,
+                             named_elem(cfg, ns, e), opt->key);
+                    fail(ctx, -EINVAL, ctx->meta[k][e].header_line, what, "required");
+                    return;
+                }
             }
         }
     }
@@ -1070,7 +1132,7 @@ static void check_whole(struct parse_ctx *ctx)
     for (size_t b = 1; b < cfg->listeners_len; b++) {
         for (size_t a = 0; a < b; a++) {
             if (same_endpoint(&cfg->listeners[a].address, &cfg->listeners[b].address)) {
-                fail(ctx, -EINVAL, ctx->listen_meta[b].key_lines[addr_row], "address",
+                fail(ctx, -EINVAL, ctx->meta[NAMED_LISTEN][b].key_lines[addr_row], "address",
                      "%s is already used by [listen.%s]", cfg->listeners[b].address.text,
                      cfg->listeners[a].name);
                 return;
@@ -1120,10 +1182,13 @@ static void free_config(struct imf_config *cfg)
         return;
     for (size_t i = 0; i < IMF_OPTIONS_LEN; i++)
         free_field(&imf_options[i], cfg);
-    for (size_t li = 0; li < cfg->listeners_len; li++)
-        for (size_t i = 0; i < IMF_LISTEN_OPTIONS_LEN; i++)
-            free_field(&imf_listen_options[i], &cfg->listeners[li]);
-    free(cfg->listeners);
+    for (int k = 0; k < NAMED_COUNT; k++) {
+        const struct named_section *ns = &named_sections[k];
+        for (size_t e = 0; e < *named_len(cfg, ns); e++)
+            for (size_t i = 0; i < ns->options_len; i++)
+                free_field(&ns->options[i], named_elem(cfg, ns, e));
+        free(*named_array(cfg, ns));
+    }
     free(cfg->path);
     free(cfg);
 }
@@ -1183,7 +1248,8 @@ static int parse_text(const char *name, const char *text, size_t text_len,
         if (ctx.rc == 0)
             check_whole(&ctx);
     }
-    free(ctx.listen_meta);
+    for (int k = 0; k < NAMED_COUNT; k++)
+        free(ctx.meta[k]);
     if (ctx.rc != 0) {
         free_config(ctx.cfg);
         return ctx.rc;

@@ -188,7 +188,7 @@ int main(int argc, char **argv)
     imf_log_setup((enum imf_log_level)m.cfg->log_level, (enum imf_log_format)m.cfg->log_format);
     rc = imf_tls_ctx_new(m.cfg, &m.ssl_ctx, err, sizeof(err));
     if (rc != 0) {
-        fprintf(stderr, "%s: [tls] %s\n", path, err);
+        fprintf(stderr, "%s: %s\n", path, err);
         imf_config_unref(m.cfg);
         return 1;
     }

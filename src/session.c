@@ -1261,13 +1261,16 @@ static void on_split_timer(uv_timer_t *t)
     session_pump(s);
 }
 
-/* True when the split is complete (queue empty, or waited long enough);
- * otherwise arms a short poll. */
+/* True when the split is complete: the queue is empty and at least one
+ * poll tick has passed (an empty queue only says the backend's kernel has
+ * the bytes; the tick lets the backend's reader run before more arrive), or
+ * we waited long enough. Otherwise arms a short poll. */
 static bool split_drained(struct imf_session *s)
 {
     int fd = -1, queued = 0;
-    if (uv_fileno((uv_handle_t *)&s->backend, &fd) == 0 && ioctl(fd, SIOCOUTQ, &queued) == 0 &&
-        queued > 0 && s->split_polls < SPLIT_POLLS_MAX) {
+    if (uv_fileno((uv_handle_t *)&s->backend, &fd) != 0 || ioctl(fd, SIOCOUTQ, &queued) != 0)
+        queued = 0;
+    if ((queued > 0 || s->split_polls == 0) && s->split_polls < SPLIT_POLLS_MAX) {
         if (!s->split_timer_inited) {
             uv_timer_init(&s->worker->loop, &s->split_timer);
             s->split_timer.data = s;

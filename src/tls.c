@@ -6,7 +6,9 @@
 #include <openssl/err.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "imapfront/log.h"
 
@@ -133,39 +135,30 @@ static void err_from_queue(char *err, size_t err_len, const char *what, const ch
     ERR_clear_error();
 }
 
-int imf_tls_ctx_new(const struct imf_config *cfg, SSL_CTX **out_ctx, char *err, size_t err_len)
+/* Settings shared by the default context and every SNI one. */
+static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg, const char *cert,
+                         const char *key, char *err, size_t err_len)
 {
-    pthread_once(&chain_method_once, chain_method_init);
-    if (chain_method == NULL) {
-        snprintf(err, err_len, "cannot create the TLS BIO method");
-        return -ENOMEM;
-    }
-    SSL_CTX *ctx = SSL_CTX_new(TLS_method());
-    if (ctx == NULL) {
-        snprintf(err, err_len, "cannot create a TLS context");
-        return -ENOMEM;
-    }
     if (!SSL_CTX_set_min_proto_version(ctx, cfg->min_version) ||
         !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION)) {
         err_from_queue(err, err_len, "min_version", NULL);
-        goto fail;
+        return -EINVAL;
     }
     if (!SSL_CTX_set_strict_cipher_list(ctx, tls12_ciphers)) {
         err_from_queue(err, err_len, "cipher list", NULL);
-        goto fail;
+        return -EINVAL;
     }
-    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->certificate) != 1) {
-        err_from_queue(err, err_len, "cannot load the certificate chain", cfg->certificate);
-        goto fail;
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        err_from_queue(err, err_len, "cannot load the certificate chain", cert);
+        return -EINVAL;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx, cfg->private_key, SSL_FILETYPE_PEM) != 1) {
-        err_from_queue(err, err_len, "cannot load the private key", cfg->private_key);
-        goto fail;
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        err_from_queue(err, err_len, "cannot load the private key", key);
+        return -EINVAL;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
-        err_from_queue(err, err_len, "the private key does not match the certificate",
-                       cfg->private_key);
-        goto fail;
+        err_from_queue(err, err_len, "the private key does not match the certificate", key);
+        return -EINVAL;
     }
     /* No renegotiation is BoringSSL's default for servers. Tickets: BoringSSL
      * rotates its own ticket keys; off means full handshakes only. */
@@ -177,11 +170,144 @@ int imf_tls_ctx_new(const struct imf_config *cfg, SSL_CTX **out_ctx, char *err, 
     SSL_CTX_set_info_callback(ctx, info_callback);
     /* Release record buffers while idle: an idle session then costs little. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+    return 0;
+}
+
+/* The SNI table hangs off the default context (ex_data, freed with it). */
+struct sni_entry {
+    SSL_CTX *ctx;
+    const char *names; /* borrowed from the config snapshot, see below */
+    char *names_copy;
+};
+struct sni_table {
+    size_t len;
+    struct sni_entry entries[];
+};
+
+static int sni_index = -1;
+static pthread_once_t sni_index_once = PTHREAD_ONCE_INIT;
+
+static void sni_table_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int index, long argl,
+                           void *argp)
+{
+    struct sni_table *t = ptr;
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < t->len; i++) {
+        SSL_CTX_free(t->entries[i].ctx);
+        free(t->entries[i].names_copy);
+    }
+    free(t);
+}
+
+static void sni_index_init(void)
+{
+    sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_table_free);
+}
+
+/* Does host match one entry of a "a.example, *.example.org" list? A
+ * wildcard stands for exactly one leftmost label. */
+bool imf_tls_name_matches(const char *list, const char *host)
+{
+    size_t hlen = strlen(host);
+    if (hlen > 0 && host[hlen - 1] == '.')
+        hlen--; /* a fully qualified name with its root dot */
+    const char *p = list;
+    while (*p != '\0') {
+        while (*p == ' ' || *p == ',' || *p == '\t')
+            p++;
+        const char *start = p;
+        while (*p != '\0' && *p != ' ' && *p != ',' && *p != '\t')
+            p++;
+        size_t n = (size_t)(p - start);
+        if (n == 0)
+            break;
+        if (n > 2 && start[0] == '*' && start[1] == '.') {
+            const char *dot = memchr(host, '.', hlen);
+            size_t suffix = n - 1; /* ".example.org" */
+            if (dot != NULL && dot != host && (size_t)(host + hlen - dot) == suffix &&
+                strncasecmp(dot, start + 1, suffix) == 0)
+                return true;
+        } else if (n == hlen && strncasecmp(start, host, n) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Picks the certificate for the name the client sent; no name or no match
+ * keeps the default. */
+static int servername_cb(SSL *ssl, int *out_alert, void *arg)
+{
+    const struct sni_table *t = arg;
+    const char *host = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (host == NULL || t == NULL)
+        return SSL_TLSEXT_ERR_NOACK;
+    for (size_t i = 0; i < t->len; i++) {
+        if (imf_tls_name_matches(t->entries[i].names, host)) {
+            SSL_set_SSL_CTX(ssl, t->entries[i].ctx);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+int imf_tls_ctx_new(const struct imf_config *cfg, SSL_CTX **out_ctx, char *err, size_t err_len)
+{
+    pthread_once(&chain_method_once, chain_method_init);
+    pthread_once(&sni_index_once, sni_index_init);
+    if (chain_method == NULL || sni_index < 0) {
+        snprintf(err, err_len, "cannot set up the TLS library");
+        return -ENOMEM;
+    }
+    SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+    if (ctx == NULL) {
+        snprintf(err, err_len, "cannot create a TLS context");
+        return -ENOMEM;
+    }
+    char sub[512];
+    int rc = ctx_configure(ctx, cfg, cfg->certificate, cfg->private_key, sub, sizeof(sub));
+    if (rc != 0) {
+        snprintf(err, err_len, "[tls] %s", sub);
+        goto fail;
+    }
+    if (cfg->certs_len > 0) {
+        struct sni_table *t = calloc(1, sizeof(*t) + cfg->certs_len * sizeof(t->entries[0]));
+        if (t == NULL || !SSL_CTX_set_ex_data(ctx, sni_index, t)) {
+            free(t);
+            snprintf(err, err_len, "out of memory");
+            rc = -ENOMEM;
+            goto fail;
+        }
+        for (size_t i = 0; i < cfg->certs_len; i++) {
+            const struct imf_cert_config *cc = &cfg->certs[i];
+            struct sni_entry *e = &t->entries[i];
+            /* The context outlives no config snapshot it was built from,
+             * but keep our own copy of the names anyway: cheap and safe. */
+            e->names_copy = strdup(cc->server_names);
+            e->ctx = SSL_CTX_new(TLS_method());
+            if (e->names_copy == NULL || e->ctx == NULL) {
+                t->len = i + 1;
+                snprintf(err, err_len, "out of memory");
+                rc = -ENOMEM;
+                goto fail;
+            }
+            e->names = e->names_copy;
+            t->len = i + 1;
+            rc = ctx_configure(e->ctx, cfg, cc->certificate, cc->private_key, sub, sizeof(sub));
+            if (rc != 0) {
+                snprintf(err, err_len, "[certificate.%s] %s", cc->name, sub);
+                goto fail;
+            }
+        }
+        SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
+        SSL_CTX_set_tlsext_servername_arg(ctx, t);
+    }
     *out_ctx = ctx;
     return 0;
 fail:
     SSL_CTX_free(ctx);
-    return -EINVAL;
+    return rc;
 }
 
 SSL *imf_tls_conn_new(SSL_CTX *ctx, struct imf_tls_io *io)

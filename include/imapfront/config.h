@@ -64,6 +64,15 @@ struct imf_listen_config {
     char *proxy_protocol_from; /* as written; NULL when empty */
 };
 
+/* [certificate.NAME]: another certificate, served to clients whose SNI
+ * matches one of server_names ("mail.example.org", "*.example.org"). */
+struct imf_cert_config {
+    char name[64]; /* NAME of [certificate.NAME] */
+    char *certificate;
+    char *private_key;
+    char *server_names; /* as written: names separated by commas or spaces */
+};
+
 struct imf_config {
     char *path; /* file it came from, or the name given to imf_config_parse */
 
@@ -78,6 +87,10 @@ struct imf_config {
     /* [listen.NAME], in file order */
     struct imf_listen_config *listeners;
     size_t listeners_len;
+
+    /* [certificate.NAME], in file order */
+    struct imf_cert_config *certs;
+    size_t certs_len;
 
     /* [tls] */
     char *certificate;

@@ -23,10 +23,15 @@ struct imf_tls_io {
 };
 
 /* Builds an SSL_CTX from [tls] (certificate chain, key, versions, tickets,
- * ALPN "imap", forward-secret AEAD suites). On success returns 0 and the
+ * ALPN "imap", forward-secret AEAD suites) that switches to the certificate
+ * of a [certificate.NAME] section when the client's SNI matches it. On success returns 0 and the
  * context in *out_ctx (the caller owns one reference); on failure a negative
  * code and a message in err. */
 int imf_tls_ctx_new(const struct imf_config *cfg, SSL_CTX **out_ctx, char *err, size_t err_len);
+
+/* True when host matches an entry of list ("mail.example.org, *.example.org";
+ * a "*." entry stands for exactly one leftmost label). Case-insensitive. */
+bool imf_tls_name_matches(const char *list, const char *host);
 
 /* A new server-side SSL bound to io. Returns NULL on allocation failure. */
 SSL *imf_tls_conn_new(SSL_CTX *ctx, struct imf_tls_io *io);

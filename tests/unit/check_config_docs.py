@@ -16,7 +16,7 @@ import os
 import re
 import sys
 
-ROW_RE = re.compile(r"^\s*(OPT|OPT_LIST|LOPT)\((.*)\),\s*$")
+ROW_RE = re.compile(r"^\s*(OPT|OPT_LIST|LOPT|COPT)\((.*)\),\s*$")
 CHOICES_START_RE = re.compile(r"^static const struct imf_choice (\w+)\[\] = \{\s*$")
 CHOICE_RE = re.compile(r'^\s*\{"([^"]*)",\s*[^,]+,\s*(true|false)\},\s*$')
 HEADING_RE = re.compile(r"^##\s+\[([^\]]+)\]\s*$")
@@ -263,12 +263,12 @@ def read_example(path):
 
 
 def check_example(rows, example, problems):
-    listeners = {s: kv for s, kv in example.items() if s.startswith("listen.")}
-    if not listeners:
-        problems.append("proxy.ini.example: has no [listen.NAME] section")
     for r in rows:
-        if r["section"] == "listen.NAME":
-            targets = list(listeners.items())
+        if r["section"].endswith(".NAME"):
+            prefix = r["section"][:-len("NAME")]
+            targets = [(s, kv) for s, kv in example.items() if s.startswith(prefix)]
+            if not targets:
+                problems.append("proxy.ini.example: has no [%s] section" % r["section"])
         else:
             targets = [(r["section"], example.get(r["section"], {}))]
         for sec, kv in targets:

@@ -598,17 +598,17 @@ static void test_listener_names(void **state)
     snprintf(text, sizeof(text), "[listen.%sn]\n", name63);
     char want[512];
     snprintf(want, sizeof(want),
-             "t.ini:1: [listen.%sn]: invalid listener name (use 1 to 63 of A-Z, a-z, 0-9, _ "
+             "t.ini:1: [listen.%sn]: invalid section name (use 1 to 63 of A-Z, a-z, 0-9, _ "
              "and -)",
              name63);
     expect_error(text, want);
     expect_error("[listen.]\n",
-                 "t.ini:1: [listen.]: invalid listener name (use 1 to 63 of A-Z, a-z, 0-9, _ and -)");
+                 "t.ini:1: [listen.]: invalid section name (use 1 to 63 of A-Z, a-z, 0-9, _ and -)");
     expect_error("[listen.a b]\n",
-                 "t.ini:1: [listen.a b]: invalid listener name (use 1 to 63 of A-Z, a-z, 0-9, _ "
+                 "t.ini:1: [listen.a b]: invalid section name (use 1 to 63 of A-Z, a-z, 0-9, _ "
                  "and -)");
     expect_error("[listen.a.b]\n",
-                 "t.ini:1: [listen.a.b]: invalid listener name (use 1 to 63 of A-Z, a-z, 0-9, _ "
+                 "t.ini:1: [listen.a.b]: invalid section name (use 1 to 63 of A-Z, a-z, 0-9, _ "
                  "and -)");
 }
 
@@ -722,6 +722,28 @@ static void test_front_door_keys(void **state)
                    "[backend]\nservers = 127.0.0.1:143\nforward_client_ip = id\n");
     assert_int_equal(cfg->forward_client_ip, IMF_FORWARD_IP_ID);
     imf_config_unref(cfg);
+}
+
+/* [certificate.NAME] sections: any number, all keys required, names unique. */
+static void test_certificate_sections(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_base("[certificate.one]\ncertificate = 1.pem\nprivate_key = 1.key\n"
+                                        "server_names = a.test, *.b.test\n"
+                                        "[certificate.two]\ncertificate = 2.pem\nprivate_key = 2.key\n"
+                                        "server_names = c.test\n");
+    assert_int_equal(cfg->certs_len, 2);
+    assert_string_equal(cfg->certs[0].name, "one");
+    assert_string_equal(cfg->certs[0].server_names, "a.test, *.b.test");
+    assert_string_equal(cfg->certs[1].certificate, "2.pem");
+    imf_config_unref(cfg);
+    expect_base_error("[certificate.one]\ncertificate = 1.pem\nprivate_key = 1.key\n",
+                      "t.ini:8: [certificate.one] server_names: required");
+    expect_base_error("[certificate.one]\ncertificate = 1.pem\nprivate_key = 1.key\n"
+                      "server_names = a\n[certificate.one]\n",
+                      "t.ini:12: [certificate.one]: duplicate section (first on line 8)");
+    expect_base_error("[certificate.one]\ncolour = red\n",
+                      "t.ini:9: colour: unknown key in [certificate.one]");
 }
 
 /* quirks = exchange55 turns on every shield; a shield's own key wins. */
@@ -858,6 +880,7 @@ int main(void)
         cmocka_unit_test(test_not_yet),
         cmocka_unit_test(test_front_door_keys),
         cmocka_unit_test(test_quirks_preset),
+        cmocka_unit_test(test_certificate_sections),
         cmocka_unit_test(test_cross_checks),
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_err_buffers),
