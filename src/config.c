@@ -124,7 +124,7 @@ static const struct imf_choice tls_version_choices[] = {
 };
 static const struct imf_choice balance_choices[] = {
     {"first", IMF_BALANCE_FIRST, true},
-    {"roundrobin", IMF_BALANCE_ROUNDROBIN, false},
+    {"roundrobin", IMF_BALANCE_ROUNDROBIN, true},
     {NULL, 0, false},
 };
 static const struct imf_choice quirks_choices[] = {
@@ -170,6 +170,7 @@ static const struct imf_option imf_options[] = {
     OPT("proxy", "user", STRING, user, "", 0, 0, NULL, IMF_CF_NOT_YET),
     OPT("proxy", "log_level", ENUM, log_level, "info", 0, 0, log_level_choices, 0),
     OPT("proxy", "log_format", ENUM, log_format, "text", 0, 0, log_format_choices, 0),
+    OPT("proxy", "drain_timeout", DURATION, drain_timeout_ms, "30s", 0, WEEK, NULL, 0),
     OPT("tls", "certificate", STRING, certificate, "", 0, 0, NULL, IMF_CF_REQUIRED),
     OPT("tls", "private_key", STRING, private_key, "", 0, 0, NULL, IMF_CF_REQUIRED),
     OPT("tls", "min_version", ENUM, min_version, "1.2", 0, 0, tls_version_choices, 0),
@@ -178,6 +179,8 @@ static const struct imf_option imf_options[] = {
     OPT_LIST("backend", "servers", SOCKADDR_LIST, servers, "", 1, 64, NULL, IMF_CF_REQUIRED),
     OPT("backend", "balance", ENUM, balance, "first", 0, 0, balance_choices, 0),
     OPT("backend", "connect_timeout", DURATION, connect_timeout_ms, "5s", 1, WEEK, NULL, 0),
+    OPT("backend", "down_after", UINT, backend_down_after, "3", 1, 1000, NULL, 0),
+    OPT("backend", "retry_after", DURATION, backend_retry_after_ms, "10s", 1, WEEK, NULL, 0),
     OPT("backend", "quirks", ENUM, quirks, "none", 0, 0, quirks_choices, 0),
     OPT("backend", "pipelining", BOOL, pipelining, "on", 0, 0, NULL, 0),
     OPT("backend", "literal_plus", ENUM, literal_plus, "pass", 0, 0, literal_plus_choices, 0),

@@ -27,6 +27,9 @@ struct imf_main {
     struct imf_worker *workers;
     unsigned workers_len;
     uv_signal_t sig_term, sig_int, sig_usr1, sig_hup;
+    uv_async_t workers_done;
+    unsigned workers_finished;
+    const char *path;
     bool stopping;
 };
 
@@ -70,6 +73,55 @@ static void log_stats(struct imf_main *m)
              converted, splits, longest);
 }
 
+/* Listener sockets are bound once, at start: a reload cannot move them. */
+static bool same_listeners(const struct imf_config *a, const struct imf_config *b)
+{
+    if (a->listeners_len != b->listeners_len)
+        return false;
+    for (size_t i = 0; i < a->listeners_len; i++)
+        if (strcmp(a->listeners[i].name, b->listeners[i].name) != 0 ||
+            strcmp(a->listeners[i].address.text, b->listeners[i].address.text) != 0)
+            return false;
+    return true;
+}
+
+/* SIGHUP: a new snapshot of the file and the certificates it names, for new
+ * sessions; running sessions keep theirs. Anything wrong keeps the old. */
+static void reload(struct imf_main *m)
+{
+    char err[512];
+    struct imf_config *cfg = NULL;
+    SSL_CTX *ctx = NULL;
+    if (imf_config_load(m->path, &cfg, err, sizeof(err)) != 0) {
+        imf_error("main", "reload failed, the running configuration stays: %s", err);
+        return;
+    }
+    if (imf_tls_ctx_new(cfg, &ctx, err, sizeof(err)) != 0) {
+        imf_error("main", "reload failed, the running configuration stays: %s: %s", m->path, err);
+        imf_config_unref(cfg);
+        return;
+    }
+    if (!same_listeners(m->cfg, cfg)) {
+        imf_error("main", "reload refused, the running configuration stays: %s: the "
+                          "[listen.NAME] sections (names, addresses) changed; restart to apply",
+                  m->path);
+        SSL_CTX_free(ctx);
+        imf_config_unref(cfg);
+        return;
+    }
+    if (cfg->workers != m->cfg->workers)
+        imf_warn("main", "reload: [proxy] workers changed; that needs a restart (still %u)",
+                 m->workers_len);
+    imf_log_setup((enum imf_log_level)cfg->log_level, (enum imf_log_format)cfg->log_format);
+    for (unsigned i = 0; i < m->workers_len; i++)
+        imf_worker_reload(&m->workers[i], cfg, ctx);
+    imf_config_unref(m->cfg);
+    SSL_CTX_free(m->ssl_ctx);
+    m->cfg = cfg;
+    m->ssl_ctx = ctx;
+    imf_info("main", "configuration reloaded from %s; new sessions use it", m->path);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct imf_main *m = h->data;
@@ -78,19 +130,31 @@ static void on_signal(uv_signal_t *h, int signum)
         return;
     }
     if (signum == SIGHUP) {
-        imf_warn("main", "SIGHUP: configuration reload is not supported yet; restart to apply");
+        if (!m->stopping)
+            reload(m);
         return;
     }
-    if (m->stopping)
-        return;
+    /* The first SIGTERM/SIGINT drains; a second one stops at once. */
+    bool now = m->stopping;
     m->stopping = true;
-    imf_info("main", "%s: stopping", strsignal(signum));
+    imf_info("main", "%s: %s", strsignal(signum),
+             now ? "stopping now" : "draining (send it again to stop at once)");
     for (unsigned i = 0; i < m->workers_len; i++)
-        imf_worker_request_stop(&m->workers[i]);
+        imf_worker_request_stop(&m->workers[i], now);
+}
+
+static void on_worker_done(uv_async_t *a)
+{
+    struct imf_main *m = a->data;
+    /* Sends coalesce: look at every worker's flag, not at the count. */
+    for (unsigned i = 0; i < m->workers_len; i++)
+        if (!atomic_load(&m->workers[i].finished))
+            return;
     uv_close((uv_handle_t *)&m->sig_term, NULL);
     uv_close((uv_handle_t *)&m->sig_int, NULL);
     uv_close((uv_handle_t *)&m->sig_usr1, NULL);
     uv_close((uv_handle_t *)&m->sig_hup, NULL);
+    uv_close((uv_handle_t *)&m->workers_done, NULL);
 }
 
 static int watch_signal(struct imf_main *m, uv_signal_t *h, int signum)
@@ -179,6 +243,7 @@ int main(int argc, char **argv)
     }
 
     struct imf_main m = {0};
+    m.path = path;
     char err[512];
     int rc = imf_config_load(path, &m.cfg, err, sizeof(err));
     if (rc != 0) {
@@ -215,12 +280,18 @@ int main(int argc, char **argv)
     rc = bind_listeners(&m, fds);
     if (rc != 0)
         return 1;
+    if (uv_async_init(m.loop, &m.workers_done, on_worker_done) != 0) {
+        imf_error("main", "cannot set up the main loop");
+        return 1;
+    }
+    m.workers_done.data = &m;
     for (unsigned w = 0; w < m.workers_len; w++) {
         rc = imf_worker_init(&m.workers[w], w, m.cfg, m.ssl_ctx, fds + w * m.cfg->listeners_len);
         if (rc != 0) {
             imf_error("worker", "cannot start worker %u: %s", w, uv_strerror(rc));
             return 1;
         }
+        m.workers[w].done = &m.workers_done;
     }
     free(fds);
     if (watch_signal(&m, &m.sig_term, SIGTERM) != 0 || watch_signal(&m, &m.sig_int, SIGINT) != 0 ||

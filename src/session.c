@@ -29,6 +29,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "imapfront/backend.h"
 #include "imapfront/capability.h"
 #include "imapfront/chain.h"
 #include "imapfront/imap.h"
@@ -157,6 +158,16 @@ struct imf_session {
     unsigned split_polls;
     uv_timer_t split_timer;
     uint32_t held, converted, splits; /* for the summary line */
+
+    /* Draining (SIGTERM): BYE as soon as no command is in progress. */
+    bool draining;
+    bool idling;          /* the client's IDLE is running: BYE may interrupt it */
+    uint32_t outstanding; /* commands relayed and not yet completed */
+
+    /* Backend choice: the servers to try, in order. */
+    unsigned plan[IMF_BACKEND_MAX];
+    uint8_t plan_len, plan_pos;
+    bool connect_abandoned; /* the pending connect was given up (timeout) */
 
     /* For the summary line. */
     uint64_t bytes_in, bytes_out; /* plaintext from / to the client */
@@ -318,6 +329,7 @@ static void session_free(struct imf_session *s)
         s->next->prev = s->prev;
     imf_stat_add(&w->stats.sessions_active, -1);
     free(s);
+    imf_worker_session_gone(w, NULL);
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -390,6 +402,27 @@ static void session_close(struct imf_session *s, enum imf_close_reason reason, b
     set_state(s, SESS_CLOSED);
     close_client(s);
     close_handle(s, (uv_handle_t *)&s->timer);
+}
+
+/* No command in progress, nothing half received: a BYE now loses nothing.
+ * A running IDLE counts as quiet (RFC 9051 lets the server end it). */
+static bool session_quiet(const struct imf_session *s)
+{
+    return s->state == SESS_RELAY && (s->outstanding == 0 || s->idling) && !s->lit_wait &&
+           !s->discarding && s->cline_len == 0 && s->c_plain.bytes == 0 &&
+           (s->ssl == NULL ? s->c_rx.bytes == 0 : true) && imf_framer_at_message_start(&s->cfr);
+}
+
+void imf_session_drain(struct imf_session *s)
+{
+    if (s->state != SESS_RELAY) {
+        /* Handshaking or connecting: nothing started, nothing to lose. */
+        session_close(s, IMF_CLOSE_SHUTDOWN, false);
+        return;
+    }
+    s->draining = true;
+    if (session_quiet(s))
+        bye(s, IMF_CLOSE_SHUTDOWN, "[UNAVAILABLE] Server shutting down");
 }
 
 void imf_session_shutdown(struct imf_session *s)
@@ -619,9 +652,12 @@ static void on_command_line(struct imf_session *s, const struct imf_framer_ev *e
     }
     if (ev->first_line && intercept_command(s, ev))
         return;
-    if (ev->first_line && !s->cfg->pipelining) {
-        s->inflight = true;
-        snprintf(s->inflight_tag, sizeof(s->inflight_tag), "%s", s->cmd.tag);
+    if (ev->first_line) {
+        s->outstanding++;
+        if (!s->cfg->pipelining) {
+            s->inflight = true;
+            snprintf(s->inflight_tag, sizeof(s->inflight_tag), "%s", s->cmd.tag);
+        }
     }
     forward_line(s, ev);
 }
@@ -819,11 +855,16 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
          * IDLE). Before TLS on a require_tls listener nothing the client
          * sends may skip the command checks. */
         if (imf_framer_at_message_start(&s->cfr) &&
-            !(s->ssl == NULL && s->lcfg->require_tls))
+            !(s->ssl == NULL && s->lcfg->require_tls)) {
             s->client_cont = true;
+            s->idling = s->cmd.cmd == IMF_CMD_IDLE;
+        }
     }
     if (r.kind == IMF_RESP_TAGGED) {
         s->client_cont = false;
+        s->idling = false;
+        if (s->outstanding > 0)
+            s->outstanding--;
         if (s->lit_wait && strcmp(r.tag, s->cmd.tag) == 0) {
             /* The backend refused the literal's command instead of saying
              * "+": relay its answer and swallow the octets the client has
@@ -947,36 +988,78 @@ static void on_connect_timeout(uv_timer_t *t);
 static void on_backend_connected(uv_connect_t *req, int status);
 static void on_backend_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 
-static void backend_unavailable(struct imf_session *s, const char *why)
+/* Every server was tried and failed. */
+static void backend_unavailable(struct imf_session *s)
 {
-    imf_stat_add(&s->worker->stats.backend_connect_failed, 1);
-    imf_log_kv(IMF_LOG_WARN, "backend", "connect failed", "client", s->peer, "backend",
-               s->backend_name, "reason", why, NULL);
+    imf_log_kv(IMF_LOG_WARN, "backend", "no backend server reachable", "client", s->peer, NULL);
+    s->backend_name[0] = '\0';
     bye(s, IMF_CLOSE_BACKEND_UNAVAILABLE, "[UNAVAILABLE] Backend server unavailable");
 }
 
-static void connect_backend(struct imf_session *s)
+static void try_next_backend(struct imf_session *s);
+
+static void on_failed_backend_closed(uv_handle_t *h)
 {
-    const struct imf_sockaddr *srv = &s->cfg->servers[0];
+    struct imf_session *s = h->data;
+    s->open_handles--;
+    s->backend_inited = false;
+    s->backend_closing = false;
+    if (s->state == SESS_CONNECTING) {
+        s->plan_pos++;
+        try_next_backend(s);
+    } else if (s->open_handles == 0) {
+        session_free(s);
+    }
+}
+
+/* The current server failed (refused, unreachable, timed out): note it for
+ * passive health, and go on to the next one once its handle has closed. */
+static void backend_failed(struct imf_session *s, const char *why)
+{
+    unsigned idx = s->plan[s->plan_pos];
+    imf_stat_add(&s->worker->stats.backend_connect_failed, 1);
+    imf_backend_report(s->cfg, idx, false);
+    imf_log_kv(IMF_LOG_WARN, "backend", "connect failed", "client", s->peer, "backend",
+               s->cfg->servers[idx].text, "reason", why, NULL);
+    s->connect_abandoned = true;
+    s->backend_closing = true;
+    uv_close((uv_handle_t *)&s->backend, on_failed_backend_closed);
+}
+
+static void try_next_backend(struct imf_session *s)
+{
+    if (s->plan_pos >= s->plan_len) {
+        backend_unavailable(s);
+        return;
+    }
+    const struct imf_sockaddr *srv = &s->cfg->servers[s->plan[s->plan_pos]];
     snprintf(s->backend_name, sizeof(s->backend_name), "%s", srv->text);
     int rc = uv_tcp_init(&s->worker->loop, &s->backend);
     if (rc != 0) {
-        backend_unavailable(s, uv_strerror(rc));
+        backend_unavailable(s);
         return;
     }
     s->backend.data = s;
     s->backend_inited = true;
     s->open_handles++;
+    s->connect_abandoned = false;
+    set_state(s, SESS_CONNECTING);
     rc = uv_tcp_connect(&s->connect_req, &s->backend, (const struct sockaddr *)&srv->ss,
                         on_backend_connected);
     if (rc != 0) {
-        backend_unavailable(s, uv_strerror(rc));
+        backend_failed(s, uv_strerror(rc));
         return;
     }
     s->connect_req.data = s;
-    set_state(s, SESS_CONNECTING);
     uv_timer_stop(&s->timer);
     uv_timer_start(&s->timer, on_connect_timeout, s->cfg->connect_timeout_ms, 0);
+}
+
+static void connect_backend(struct imf_session *s)
+{
+    s->plan_len = (uint8_t)imf_backend_plan(s->cfg, s->plan);
+    s->plan_pos = 0;
+    try_next_backend(s);
 }
 
 /* The inactivity timer of a relaying session: preauth_timeout until the
@@ -1036,20 +1119,21 @@ static void send_client_id(struct imf_session *s)
 static void on_connect_timeout(uv_timer_t *t)
 {
     struct imf_session *s = t->data;
-    if (s->state == SESS_CONNECTING)
-        backend_unavailable(s, "connect timeout");
+    if (s->state == SESS_CONNECTING && !s->connect_abandoned)
+        backend_failed(s, "connect timeout");
 }
 
 static void on_backend_connected(uv_connect_t *req, int status)
 {
     struct imf_session *s = req->data;
-    if (s->state != SESS_CONNECTING)
-        return; /* closing already (timeout, client gone): the handle closes */
+    if (s->state != SESS_CONNECTING || s->connect_abandoned)
+        return; /* given up already (timeout, client gone): the handle closes */
     uv_timer_stop(&s->timer);
     if (status < 0) {
-        backend_unavailable(s, uv_strerror(status));
+        backend_failed(s, uv_strerror(status));
         return;
     }
+    imf_backend_report(s->cfg, s->plan[s->plan_pos], true);
     imf_stat_add(&s->worker->stats.backend_connect_ok, 1);
     s->backend_up = true;
     uv_tcp_nodelay(&s->backend, 1);
@@ -1303,6 +1387,8 @@ static void session_pump(struct imf_session *s)
                 s->upstream_kick = false;
                 pump_upstream(s);
             }
+            if (s->draining && session_quiet(s))
+                bye(s, IMF_CLOSE_SHUTDOWN, "[UNAVAILABLE] Server shutting down");
             if (s->backend_eof && s->b_rx.bytes == 0 && s->state == SESS_RELAY) {
                 /* The client gets what the backend sent, then the close. */
                 if (s->rline_len > 0) {

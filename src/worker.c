@@ -50,22 +50,81 @@ static void on_listener_closed(uv_handle_t *h)
     l->open = false;
 }
 
-static void on_wakeup(uv_async_t *a)
+/* The worker's loop ends once these are closed and no session is left. */
+static void finish_if_drained(struct imf_worker *w)
 {
-    struct imf_worker *w = a->data;
-    if (!atomic_load(&w->stop))
+    if (!w->draining || w->sessions != NULL || uv_is_closing((uv_handle_t *)&w->wakeup))
         return;
-    for (size_t i = 0; i < w->listeners_len; i++) {
-        if (w->listeners[i].open && !uv_is_closing((uv_handle_t *)&w->listeners[i].handle))
-            uv_close((uv_handle_t *)&w->listeners[i].handle, on_listener_closed);
-    }
+    uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    uv_close((uv_handle_t *)&w->wakeup, NULL);
+}
+
+void imf_worker_session_gone(struct imf_worker *w, struct imf_session *s)
+{
+    (void)s;
+    finish_if_drained(w);
+}
+
+static void shutdown_all(struct imf_worker *w)
+{
     struct imf_session *s = w->sessions;
     while (s != NULL) {
         struct imf_session *next = imf_session_next(s);
         imf_session_shutdown(s);
         s = next;
     }
-    uv_close((uv_handle_t *)a, NULL);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    struct imf_worker *w = t->data;
+    if (w->sessions != NULL)
+        imf_info("worker", "worker %u: drain_timeout passed, closing the remaining sessions",
+                 w->id);
+    shutdown_all(w);
+}
+
+static void adopt_pending(struct imf_worker *w)
+{
+    uv_mutex_lock(&w->pending_lock);
+    struct imf_config *cfg = w->pending_cfg;
+    SSL_CTX *ctx = w->pending_ctx;
+    w->pending_cfg = NULL;
+    w->pending_ctx = NULL;
+    uv_mutex_unlock(&w->pending_lock);
+    if (cfg == NULL)
+        return;
+    /* Sessions hold their own references: they keep the snapshot they
+     * started with. */
+    imf_config_unref(w->cfg);
+    SSL_CTX_free(w->ssl_ctx);
+    w->cfg = cfg;
+    w->ssl_ctx = ctx;
+}
+
+static void on_wakeup(uv_async_t *a)
+{
+    struct imf_worker *w = a->data;
+    adopt_pending(w);
+    if (!atomic_load(&w->stop))
+        return;
+    if (!w->draining) {
+        w->draining = true;
+        for (size_t i = 0; i < w->listeners_len; i++) {
+            if (w->listeners[i].open && !uv_is_closing((uv_handle_t *)&w->listeners[i].handle))
+                uv_close((uv_handle_t *)&w->listeners[i].handle, on_listener_closed);
+        }
+        struct imf_session *s = w->sessions;
+        while (s != NULL) {
+            struct imf_session *next = imf_session_next(s);
+            imf_session_drain(s);
+            s = next;
+        }
+        uv_timer_start(&w->drain_timer, on_drain_timeout, w->cfg->drain_timeout_ms, 0);
+    }
+    if (atomic_load(&w->stop_now))
+        shutdown_all(w);
+    finish_if_drained(w);
 }
 
 int imf_worker_init(struct imf_worker *w, unsigned id, struct imf_config *cfg, SSL_CTX *ctx,
@@ -86,6 +145,9 @@ int imf_worker_init(struct imf_worker *w, unsigned id, struct imf_config *cfg, S
     if (rc != 0)
         goto fail;
     w->wakeup.data = w;
+    uv_timer_init(&w->loop, &w->drain_timer);
+    w->drain_timer.data = w;
+    uv_mutex_init(&w->pending_lock);
     for (size_t i = 0; i < cfg->listeners_len; i++) {
         struct imf_listener *l = &w->listeners[i];
         l->worker = w;
@@ -109,8 +171,11 @@ fail:
     for (size_t i = 0; i < w->listeners_len; i++)
         if (w->listeners[i].open)
             uv_close((uv_handle_t *)&w->listeners[i].handle, on_listener_closed);
-    if (w->wakeup.data != NULL)
+    if (w->wakeup.data != NULL) {
         uv_close((uv_handle_t *)&w->wakeup, NULL);
+        uv_close((uv_handle_t *)&w->drain_timer, NULL);
+        uv_mutex_destroy(&w->pending_lock);
+    }
     uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_loop_close(&w->loop);
     free(w->listeners);
@@ -123,6 +188,9 @@ static void worker_main(void *arg)
     struct imf_worker *w = arg;
     uv_run(&w->loop, UV_RUN_DEFAULT);
     imf_block_pool_drain();
+    atomic_store(&w->finished, true);
+    if (w->done != NULL)
+        uv_async_send(w->done);
 }
 
 int imf_worker_start(struct imf_worker *w)
@@ -133,9 +201,28 @@ int imf_worker_start(struct imf_worker *w)
     return rc;
 }
 
-void imf_worker_request_stop(struct imf_worker *w)
+void imf_worker_request_stop(struct imf_worker *w, bool now)
 {
+    if (now)
+        atomic_store(&w->stop_now, true);
     atomic_store(&w->stop, true);
+    uv_async_send(&w->wakeup);
+}
+
+void imf_worker_reload(struct imf_worker *w, struct imf_config *cfg, SSL_CTX *ctx)
+{
+    imf_config_ref(cfg);
+    SSL_CTX_up_ref(ctx);
+    uv_mutex_lock(&w->pending_lock);
+    struct imf_config *old_cfg = w->pending_cfg;
+    SSL_CTX *old_ctx = w->pending_ctx;
+    w->pending_cfg = cfg;
+    w->pending_ctx = ctx;
+    uv_mutex_unlock(&w->pending_lock);
+    if (old_cfg != NULL) { /* two reloads before the worker woke up */
+        imf_config_unref(old_cfg);
+        SSL_CTX_free(old_ctx);
+    }
     uv_async_send(&w->wakeup);
 }
 
@@ -146,6 +233,8 @@ void imf_worker_join(struct imf_worker *w)
     w->started = false;
     if (uv_loop_close(&w->loop) != 0)
         imf_warn("worker", "worker %u: loop closed with handles still open", w->id);
+    adopt_pending(w);
+    uv_mutex_destroy(&w->pending_lock);
     free(w->listeners);
     w->listeners = NULL;
     if (w->cfg != NULL)

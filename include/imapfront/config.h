@@ -83,6 +83,7 @@ struct imf_config {
     char *user;                      /* NULL = keep the current user */
     int log_level;                   /* enum imf_log_level */
     int log_format;                  /* enum imf_log_format */
+    uint64_t drain_timeout_ms;       /* SIGTERM: how long sessions may finish */
 
     /* [listen.NAME], in file order */
     struct imf_listen_config *listeners;
@@ -104,6 +105,8 @@ struct imf_config {
     size_t servers_len;
     enum imf_balance balance;
     uint64_t connect_timeout_ms;
+    uint32_t backend_down_after;     /* failed connects in a row that mark a server down */
+    uint64_t backend_retry_after_ms; /* how long a down server is skipped */
     enum imf_quirks quirks;
     bool pipelining;
     enum imf_literal_plus literal_plus;

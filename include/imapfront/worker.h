@@ -54,12 +54,22 @@ struct imf_worker {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wakeup;
+    uv_timer_t drain_timer;
     struct imf_config *cfg; /* snapshot for new sessions (one reference) */
     SSL_CTX *ssl_ctx;       /* idem */
+    /* A reload hands a new snapshot over through here (under the lock);
+     * the worker's thread adopts it on its next wakeup. */
+    uv_mutex_t pending_lock;
+    struct imf_config *pending_cfg;
+    SSL_CTX *pending_ctx;
+    uv_async_t *done;       /* the main loop's, sent when this worker's loop ends */
     struct imf_listener *listeners;
     size_t listeners_len;
     struct imf_session *sessions; /* doubly linked through the sessions */
     _Atomic bool stop;
+    _Atomic bool stop_now; /* a second signal: no drain */
+    _Atomic bool finished; /* the loop has ended */
+    bool draining;         /* listeners closed, waiting for sessions to end */
     bool started;
     struct imf_worker_stats stats;
 };
@@ -74,14 +84,23 @@ int imf_listen_socket(const struct sockaddr *addr, socklen_t len);
 int imf_worker_init(struct imf_worker *w, unsigned id, struct imf_config *cfg, SSL_CTX *ctx,
                     const int *listen_fds);
 int imf_worker_start(struct imf_worker *w);
-/* Asks the worker to close its listeners and sessions; thread-safe. */
-void imf_worker_request_stop(struct imf_worker *w);
+/* Asks the worker to stop: close its listeners, say BYE to idle sessions at
+ * once and to the others when their command is done or drain_timeout has
+ * passed (at once with now). Thread-safe; done is sent when it has ended. */
+void imf_worker_request_stop(struct imf_worker *w, bool now);
+/* Hands the worker a new snapshot for new sessions (it takes its own
+ * references). Thread-safe. */
+void imf_worker_reload(struct imf_worker *w, struct imf_config *cfg, SSL_CTX *ctx);
 /* Waits for the thread, then frees what init allocated. */
 void imf_worker_join(struct imf_worker *w);
 
 /* session.c */
 void imf_session_accept(struct imf_listener *l);
+/* Ends the session at once: BYE [UNAVAILABLE] if it is relaying. */
 void imf_session_shutdown(struct imf_session *s);
+/* Ends the session when it is quiet (no command in progress), now if it
+ * is quiet already. */
+void imf_session_drain(struct imf_session *s);
 void imf_worker_session_gone(struct imf_worker *w, struct imf_session *s);
 
 #endif

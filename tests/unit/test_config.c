@@ -691,17 +691,6 @@ static void test_not_yet(void **state)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         expect_base_error(cases[i].text, cases[i].want);
 
-    static const struct {
-        const char *line;
-        const char *want;
-    } backend[] = {
-        {"balance = roundrobin", "t.ini:3: balance: roundrobin is not supported yet"},
-    };
-    for (size_t i = 0; i < sizeof(backend) / sizeof(backend[0]); i++) {
-        char text[256];
-        snprintf(text, sizeof(text), "[backend]\nservers = 127.0.0.1:1\n%s\n", backend[i].line);
-        expect_error(text, backend[i].want);
-    }
 }
 
 /* The front-door keys (STARTTLS listeners, capability hiding, client-IP

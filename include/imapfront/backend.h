@@ -1,0 +1,44 @@
+/* backend: which server a new session tries, in what order, and what the
+ * proxy has learnt about each server's health.
+ *
+ * Health is passive: a server whose connects failed down_after times in a
+ * row is skipped for retry_after, then tried again. It is shared by every
+ * worker (one table, atomics; keyed by the address as written, so it
+ * survives a reload that keeps the server). */
+#ifndef IMAPFRONT_BACKEND_H
+#define IMAPFRONT_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "imapfront/config.h"
+
+#define IMF_BACKEND_MAX 64 /* the config allows at most this many servers */
+
+/* The order in which a new session tries cfg->servers: indexes into it,
+ * servers marked down last (they are still worth a try when every server
+ * is down). Returns the count (== cfg->servers_len). */
+size_t imf_backend_plan(const struct imf_config *cfg, unsigned *out_order);
+
+/* Records a connect's outcome for cfg->servers[index]; logs when a server
+ * goes down or comes back. */
+void imf_backend_report(const struct imf_config *cfg, size_t index, bool ok);
+
+/* True when at least one server of cfg is not marked down. */
+bool imf_backend_any_up(const struct imf_config *cfg);
+
+/* Counters of one server, for metrics. */
+struct imf_backend_info {
+    const char *address;
+    uint64_t connects_ok;
+    uint64_t connects_failed;
+    bool down;
+};
+/* Fills out with what is known of cfg's servers; returns the count. */
+size_t imf_backend_info(const struct imf_config *cfg, struct imf_backend_info *out, size_t max);
+
+/* Milliseconds of a clock shared by all threads (monotonic). */
+uint64_t imf_clock_ms(void);
+
+#endif
