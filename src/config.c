@@ -192,7 +192,7 @@ static const struct imf_option imf_options[] = {
     OPT("imap", "preauth_timeout", DURATION, preauth_timeout_ms, "60s", 1, WEEK, NULL, 0),
     OPT("imap", "idle_timeout", DURATION, idle_timeout_ms, "30m", SEC, WEEK, NULL, 0),
     OPT("imap", "buffer_limit", SIZE, buffer_limit, "256k", 16 * KiB, GiB, NULL, 0),
-    OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, IMF_CF_NOT_YET),
+    OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, 0),
 };
 
 /* The keys of every [listen.NAME] section. */

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "imapfront/admin.h"
 #include "imapfront/config.h"
 #include "imapfront/log.h"
 #include "imapfront/tls.h"
@@ -28,10 +29,23 @@ struct imf_main {
     unsigned workers_len;
     uv_signal_t sig_term, sig_int, sig_usr1, sig_hup;
     uv_async_t workers_done;
-    unsigned workers_finished;
     const char *path;
     bool stopping;
+    _Atomic bool draining;  /* for /readyz and /metrics */
+    uv_mutex_t cfg_lock;    /* guards cfg against the admin thread */
+    struct imf_admin_view admin_view;
+    struct imf_admin *admin;
 };
+
+/* For the admin thread: the current snapshot, referenced. */
+static struct imf_config *current_config(void *arg)
+{
+    struct imf_main *m = arg;
+    uv_mutex_lock(&m->cfg_lock);
+    struct imf_config *cfg = imf_config_ref(m->cfg);
+    uv_mutex_unlock(&m->cfg_lock);
+    return cfg;
+}
 
 static void usage(FILE *f)
 {
@@ -85,6 +99,13 @@ static bool same_listeners(const struct imf_config *a, const struct imf_config *
     return true;
 }
 
+static bool same_admin(const struct imf_config *a, const struct imf_config *b)
+{
+    return a->admin_address.len == b->admin_address.len &&
+           (a->admin_address.len == 0 ||
+            strcmp(a->admin_address.text, b->admin_address.text) == 0);
+}
+
 /* SIGHUP: a new snapshot of the file and the certificates it names, for new
  * sessions; running sessions keep theirs. Anything wrong keeps the old. */
 static void reload(struct imf_main *m)
@@ -115,9 +136,15 @@ static void reload(struct imf_main *m)
     imf_log_setup((enum imf_log_level)cfg->log_level, (enum imf_log_format)cfg->log_format);
     for (unsigned i = 0; i < m->workers_len; i++)
         imf_worker_reload(&m->workers[i], cfg, ctx);
-    imf_config_unref(m->cfg);
-    SSL_CTX_free(m->ssl_ctx);
+    if (!same_admin(m->cfg, cfg))
+        imf_warn("main", "reload: [admin] address changed; that needs a restart (still %s)",
+                 m->cfg->admin_address.len != 0 ? m->cfg->admin_address.text : "off");
+    uv_mutex_lock(&m->cfg_lock);
+    struct imf_config *old = m->cfg;
     m->cfg = cfg;
+    uv_mutex_unlock(&m->cfg_lock);
+    imf_config_unref(old);
+    SSL_CTX_free(m->ssl_ctx);
     m->ssl_ctx = ctx;
     imf_info("main", "configuration reloaded from %s; new sessions use it", m->path);
 }
@@ -137,6 +164,7 @@ static void on_signal(uv_signal_t *h, int signum)
     /* The first SIGTERM/SIGINT drains; a second one stops at once. */
     bool now = m->stopping;
     m->stopping = true;
+    atomic_store(&m->draining, true);
     imf_info("main", "%s: %s", strsignal(signum),
              now ? "stopping now" : "draining (send it again to stop at once)");
     for (unsigned i = 0; i < m->workers_len; i++)
@@ -299,6 +327,19 @@ int main(int argc, char **argv)
         imf_error("main", "cannot install signal handlers");
         return 1;
     }
+    uv_mutex_init(&m.cfg_lock);
+    if (m.cfg->admin_address.len != 0) {
+        m.admin_view = (struct imf_admin_view){.workers = m.workers,
+                                               .workers_len = m.workers_len,
+                                               .config_ref = current_config,
+                                               .arg = &m,
+                                               .draining = &m.draining};
+        if (imf_admin_start(&m.cfg->admin_address, &m.admin_view, &m.admin, err, sizeof(err)) !=
+            0) {
+            imf_error("admin", "%s: %s", path, err);
+            return 1;
+        }
+    }
     for (unsigned w = 0; w < m.workers_len; w++) {
         rc = imf_worker_start(&m.workers[w]);
         if (rc != 0) {
@@ -309,8 +350,10 @@ int main(int argc, char **argv)
     imf_info("main", "imapfront %s started: %u worker%s, backend %s", IMF_VERSION, m.workers_len,
              m.workers_len == 1 ? "" : "s", m.cfg->servers[0].text);
     uv_run(m.loop, UV_RUN_DEFAULT);
+    imf_admin_stop(m.admin);
     for (unsigned w = 0; w < m.workers_len; w++)
         imf_worker_join(&m.workers[w]);
+    uv_mutex_destroy(&m.cfg_lock);
     free(m.workers);
     SSL_CTX_free(m.ssl_ctx);
     imf_config_unref(m.cfg);

@@ -59,6 +59,8 @@ const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT] = {
     "idle-timeout",
 };
 static_assert(IMF_ARRAY_LEN(imf_close_reason_names) == IMF_CLOSE_REASON_COUNT, "reason names");
+static_assert(IMF_CLOSE_REASON_COUNT <= IMF_STATS_REASONS_MAX, "close reasons fit the stats");
+static_assert(IMF_TLS_FAIL_COUNT <= IMF_STATS_REASONS_MAX, "TLS failures fit the stats");
 
 enum sess_state {
     SESS_HANDSHAKE,  /* TLS handshake with the client (the backend may be up) */
@@ -85,6 +87,7 @@ static_assert(IMF_ARRAY_LEN(sess_state_names) == SESS_STATE_COUNT, "state names"
 struct imf_session {
     struct imf_session *prev, *next; /* worker's list */
     struct imf_worker *worker;
+    struct imf_listener *listener;
     struct imf_config *cfg; /* snapshot taken at accept (one reference) */
     const struct imf_listen_config *lcfg;
     enum sess_state state;
@@ -328,6 +331,8 @@ static void session_free(struct imf_session *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     imf_stat_add(&w->stats.sessions_active, -1);
+    imf_stat_add(&s->listener->sessions_active, -1);
+    imf_stat_add(&w->stats.closes[s->reason], 1);
     free(s);
     imf_worker_session_gone(w, NULL);
 }
@@ -1144,14 +1149,38 @@ static void on_backend_connected(uv_connect_t *req, int status)
     session_pump(s);
 }
 
+static void handshake_failed(struct imf_session *s, const char *reason)
+{
+    imf_stat_add(&s->worker->stats.handshakes_failed, 1);
+    imf_stat_add(&s->worker->stats.handshake_failures[imf_tls_classify_failure(reason)], 1);
+    imf_log_kv(IMF_LOG_WARN, "tls", "handshake failed", "client", s->peer, "reason", reason,
+               NULL);
+}
+
+/* Counts an established session under its TLS version and cipher. */
+static void count_tls_kind(struct imf_worker_stats *st, const char *version, const char *cipher)
+{
+    unsigned n = atomic_load_explicit(&st->tls_kinds_len, memory_order_relaxed);
+    for (unsigned i = 0; i < n; i++) {
+        if (st->tls_kinds[i].version == version && st->tls_kinds[i].cipher == cipher) {
+            imf_stat_add(&st->tls_kinds[i].sessions, 1);
+            return;
+        }
+    }
+    if (n == IMF_STATS_TLS_KINDS_MAX)
+        return;
+    st->tls_kinds[n].version = version;
+    st->tls_kinds[n].cipher = cipher;
+    atomic_store_explicit(&st->tls_kinds[n].sessions, 1, memory_order_relaxed);
+    atomic_store_explicit(&st->tls_kinds_len, n + 1, memory_order_release);
+}
+
 static void on_handshake_timeout(uv_timer_t *t)
 {
     struct imf_session *s = t->data;
     if (s->state != SESS_HANDSHAKE)
         return;
-    imf_stat_add(&s->worker->stats.handshakes_failed, 1);
-    imf_log_kv(IMF_LOG_WARN, "tls", "handshake failed", "client", s->peer, "reason",
-               "handshake timeout", NULL);
+    handshake_failed(s, "handshake timeout");
     session_close(s, IMF_CLOSE_HANDSHAKE_TIMEOUT, false);
 }
 
@@ -1160,10 +1189,12 @@ static void do_handshake(struct imf_session *s)
     int rc = SSL_do_handshake(s->ssl);
     if (rc == 1) {
         imf_stat_add(&s->worker->stats.handshakes_ok, 1);
-        snprintf(s->tls_version, sizeof(s->tls_version), "%s", SSL_get_version(s->ssl));
+        const char *version = SSL_get_version(s->ssl);
         const SSL_CIPHER *c = SSL_get_current_cipher(s->ssl);
-        snprintf(s->tls_cipher, sizeof(s->tls_cipher), "%s",
-                 c != NULL ? SSL_CIPHER_standard_name(c) : "-");
+        const char *cipher = c != NULL ? SSL_CIPHER_standard_name(c) : "-";
+        count_tls_kind(&s->worker->stats, version, cipher);
+        snprintf(s->tls_version, sizeof(s->tls_version), "%s", version);
+        snprintf(s->tls_cipher, sizeof(s->tls_cipher), "%s", cipher);
         imf_debug("tls", "client=%s handshake done %s %s", s->peer, s->tls_version,
                   s->tls_cipher);
         uv_timer_stop(&s->timer);
@@ -1181,9 +1212,7 @@ static void do_handshake(struct imf_session *s)
     int err = SSL_get_error(s->ssl, rc);
     if (err == SSL_ERROR_WANT_READ && !s->tio.in_eof)
         return;
-    imf_stat_add(&s->worker->stats.handshakes_failed, 1);
-    imf_log_kv(IMF_LOG_WARN, "tls", "handshake failed", "client", s->peer, "reason",
-               imf_tls_failure_reason(s->ssl, &s->tio), NULL);
+    handshake_failed(s, imf_tls_failure_reason(s->ssl, &s->tio));
     /* Whatever alert the library queued goes out before the close. */
     session_close(s, IMF_CLOSE_HANDSHAKE_FAILED, !s->tio.in_eof);
 }
@@ -1472,6 +1501,9 @@ void imf_session_accept(struct imf_listener *l)
     w->sessions = s;
     imf_stat_add(&w->stats.sessions_active, 1);
     imf_stat_add(&w->stats.sessions_total, 1);
+    s->listener = l;
+    imf_stat_add(&l->sessions_active, 1);
+    imf_stat_add(&l->sessions_total, 1);
 
     uv_tcp_init(&w->loop, &s->client);
     s->client.data = s;

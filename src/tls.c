@@ -331,6 +331,34 @@ SSL *imf_tls_conn_new(SSL_CTX *ctx, struct imf_tls_io *io)
     return ssl;
 }
 
+const char *const imf_tls_failure_names[IMF_TLS_FAIL_COUNT] = {
+    "timeout", "client_closed", "no_alpn", "protocol_version", "no_shared_cipher", "not_tls",
+    "other",
+};
+
+enum imf_tls_failure imf_tls_classify_failure(const char *reason)
+{
+    static const struct {
+        const char *needle;
+        enum imf_tls_failure bucket;
+    } map[] = {
+        {"timeout", IMF_TLS_FAIL_TIMEOUT},
+        {"connection closed", IMF_TLS_FAIL_CLIENT_CLOSED},
+        {"NO_APPLICATION_PROTOCOL", IMF_TLS_FAIL_NO_ALPN},
+        {"UNSUPPORTED_PROTOCOL", IMF_TLS_FAIL_PROTOCOL_VERSION},
+        {"protocol version", IMF_TLS_FAIL_PROTOCOL_VERSION},
+        {"NO_SHARED_CIPHER", IMF_TLS_FAIL_NO_SHARED_CIPHER},
+        {"HTTP_REQUEST", IMF_TLS_FAIL_NOT_TLS},
+        {"WRONG_VERSION_NUMBER", IMF_TLS_FAIL_NOT_TLS},
+        {"UNEXPECTED_RECORD", IMF_TLS_FAIL_NOT_TLS},
+        {"RECORD_TOO_LARGE", IMF_TLS_FAIL_NOT_TLS},
+    };
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (strstr(reason, map[i].needle) != NULL)
+            return map[i].bucket;
+    return IMF_TLS_FAIL_OTHER;
+}
+
 const char *imf_tls_failure_reason(SSL *ssl, struct imf_tls_io *io)
 {
     unsigned long e = ERR_peek_error();

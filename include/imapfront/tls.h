@@ -40,6 +40,22 @@ SSL *imf_tls_conn_new(SSL_CTX *ctx, struct imf_tls_io *io);
  * the library's reason, the alert, or "eof". */
 const char *imf_tls_failure_reason(SSL *ssl, struct imf_tls_io *io);
 
+/* Why handshakes fail, in a few buckets fit for a metrics label. */
+enum imf_tls_failure {
+    IMF_TLS_FAIL_TIMEOUT,          /* handshake_timeout passed */
+    IMF_TLS_FAIL_CLIENT_CLOSED,    /* the client went away */
+    IMF_TLS_FAIL_NO_ALPN,          /* offered ALPN without "imap" */
+    IMF_TLS_FAIL_PROTOCOL_VERSION, /* no common TLS version (e.g. TLS 1.0 only) */
+    IMF_TLS_FAIL_NO_SHARED_CIPHER, /* no common cipher suite */
+    IMF_TLS_FAIL_NOT_TLS,          /* the bytes were not TLS (plain IMAP, HTTP...) */
+    IMF_TLS_FAIL_OTHER,
+    IMF_TLS_FAIL_COUNT
+};
+extern const char *const imf_tls_failure_names[IMF_TLS_FAIL_COUNT];
+
+/* The bucket of a reason string from imf_tls_failure_reason(). */
+enum imf_tls_failure imf_tls_classify_failure(const char *reason);
+
 /* The ALPN protocol we speak. */
 #define IMF_TLS_ALPN "imap"
 

@@ -17,6 +17,16 @@
 struct imf_session;
 struct imf_worker;
 
+#define IMF_STATS_REASONS_MAX 32 /* >= IMF_CLOSE_REASON_COUNT, checked in session.c */
+#define IMF_STATS_TLS_KINDS_MAX 16
+
+/* Sessions established per TLS version and cipher (a handful of pairs). */
+struct imf_tls_kind {
+    const char *version; /* static strings from BoringSSL */
+    const char *cipher;
+    _Atomic uint64_t sessions;
+};
+
 /* Counters of one worker: written by its thread only, read by any. */
 struct imf_worker_stats {
     _Atomic uint64_t sessions_active;
@@ -32,6 +42,10 @@ struct imf_worker_stats {
     _Atomic uint64_t literals_converted; /* literal_plus sync: {N+} sent as {N} */
     _Atomic uint64_t crlf_splits;        /* literal ends written apart from their CRLF */
     _Atomic uint64_t longest_queue;      /* most bytes queued behind a held command */
+    _Atomic uint64_t closes[IMF_STATS_REASONS_MAX];           /* by enum imf_close_reason */
+    _Atomic uint64_t handshake_failures[IMF_STATS_REASONS_MAX]; /* by enum imf_tls_failure */
+    struct imf_tls_kind tls_kinds[IMF_STATS_TLS_KINDS_MAX];
+    _Atomic unsigned tls_kinds_len; /* entries published so far */
     struct imf_chain_counters chain;
 };
 
@@ -47,6 +61,8 @@ struct imf_listener {
     struct imf_worker *worker;
     size_t index; /* into cfg->listeners */
     bool open;
+    _Atomic uint64_t sessions_active;
+    _Atomic uint64_t sessions_total;
 };
 
 struct imf_worker {

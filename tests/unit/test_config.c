@@ -147,7 +147,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->idle_timeout_ms, 30 * 60000);
     assert_int_equal(cfg->buffer_limit, 256 * KiB);
 
-    assert_int_equal(cfg->admin_address.len, 0); /* not implemented yet: off */
+    assert_int_equal(cfg->admin_address.len, 0); /* off unless set */
     imf_config_unref(cfg);
 }
 
@@ -682,7 +682,6 @@ static void test_not_yet(void **state)
         {"[listen.b]\nproxy_protocol = v2\n", "t.ini:9: proxy_protocol: v2 is not supported yet"},
         {"[listen.b]\nproxy_protocol = any\n", "t.ini:9: proxy_protocol: any is not supported yet"},
         {"[listen.b]\nproxy_protocol_from = 10.0.0.0/8\n", "t.ini:9: proxy_protocol_from: not supported yet"},
-        {"[admin]\naddress = 127.0.0.1:9100\n", "t.ini:9: address: not supported yet"},
         /* A bad value is reported as bad, not as "not supported yet". */
         {"[listen.b]\nmode = tls\n", "t.ini:9: mode: \"tls\" is not one of implicit-tls, starttls"},
         {"[admin]\naddress = nowhere\n",

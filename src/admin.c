@@ -1,0 +1,130 @@
+/* admin: see include/imapfront/admin.h. */
+#include "imapfront/admin.h"
+
+#include <errno.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "imapfront/backend.h"
+#include "imapfront/log.h"
+
+struct imf_admin {
+    struct MHD_Daemon *daemon;
+    const struct imf_admin_view *view;
+};
+
+bool imf_admin_ready(const struct imf_admin_view *view)
+{
+    if (atomic_load(view->draining))
+        return false;
+    struct imf_config *cfg = view->config_ref(view->arg);
+    bool up = imf_backend_any_up(cfg);
+    imf_config_unref(cfg);
+    return up;
+}
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
+                             char *body, size_t len, bool owned)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        len, body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (r == NULL) {
+        if (owned)
+            free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    enum MHD_Result rc = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    struct imf_admin *a = cls;
+    static const char text[] = "text/plain; charset=utf-8";
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
+        static char msg[] = "method not allowed\n";
+        return reply(c, MHD_HTTP_METHOD_NOT_ALLOWED, text, msg, sizeof(msg) - 1, false);
+    }
+    if (*upload_data_size != 0) {
+        /* A GET with a body: not ours to read. */
+        static char msg[] = "bad request\n";
+        *upload_data_size = 0;
+        return reply(c, MHD_HTTP_BAD_REQUEST, text, msg, sizeof(msg) - 1, false);
+    }
+    if (strcmp(url, "/metrics") == 0) {
+        size_t len;
+        char *body = imf_metrics_render(a->view, &len);
+        if (body == NULL) {
+            static char msg[] = "out of memory\n";
+            return reply(c, MHD_HTTP_INTERNAL_SERVER_ERROR, text, msg, sizeof(msg) - 1, false);
+        }
+        return reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body, len, true);
+    }
+    if (strcmp(url, "/healthz") == 0) {
+        static char msg[] = "ok\n";
+        return reply(c, MHD_HTTP_OK, text, msg, sizeof(msg) - 1, false);
+    }
+    if (strcmp(url, "/readyz") == 0) {
+        static char ok[] = "ready\n";
+        static char no[] = "not ready\n";
+        if (imf_admin_ready(a->view))
+            return reply(c, MHD_HTTP_OK, text, ok, sizeof(ok) - 1, false);
+        return reply(c, MHD_HTTP_SERVICE_UNAVAILABLE, text, no, sizeof(no) - 1, false);
+    }
+    static char msg[] = "not found\n";
+    return reply(c, MHD_HTTP_NOT_FOUND, text, msg, sizeof(msg) - 1, false);
+}
+
+int imf_admin_start(const struct imf_sockaddr *addr, const struct imf_admin_view *view,
+                    struct imf_admin **out_admin, char *err, size_t err_len)
+{
+    struct imf_admin *a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        snprintf(err, err_len, "out of memory");
+        return -ENOMEM;
+    }
+    a->view = view;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
+    if (addr->ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    /* A small memory limit per connection: a request with oversized
+     * headers is refused by MHD and the connection closed. */
+    a->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a, MHD_OPTION_SOCK_ADDR,
+                                 (const struct sockaddr *)&addr->ss, MHD_OPTION_CONNECTION_LIMIT,
+                                 (unsigned)64, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384,
+                                 MHD_OPTION_END);
+    if (a->daemon == NULL) {
+        snprintf(err, err_len, "[admin] address: cannot listen on %s", addr->text);
+        free(a);
+        return -EADDRINUSE;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(a->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    char where[160];
+    snprintf(where, sizeof(where), "%s", addr->text);
+    if (info != NULL) {
+        /* With port 0 the kernel chose: log the real one. */
+        char *colon = strrchr(where, ':');
+        if (colon != NULL)
+            snprintf(colon + 1, sizeof(where) - (size_t)(colon + 1 - where), "%u",
+                     (unsigned)info->port);
+    }
+    imf_log_kv(IMF_LOG_INFO, "admin", "listening", "address", where, NULL);
+    *out_admin = a;
+    return 0;
+}
+
+void imf_admin_stop(struct imf_admin *a)
+{
+    if (a == NULL)
+        return;
+    MHD_stop_daemon(a->daemon);
+    free(a);
+}

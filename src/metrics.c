@@ -1,0 +1,228 @@
+/* metrics: the Prometheus text exposition of the workers' counters. Read
+ * from the admin thread: every value is an atomic load; sums over workers
+ * may mix instants a few microseconds apart, which scraping tolerates. */
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "imapfront/admin.h"
+#include "imapfront/backend.h"
+#include "imapfront/session.h"
+#include "imapfront/tls.h"
+
+struct out {
+    char *buf;
+    size_t len, cap;
+    bool failed;
+};
+
+static void emit(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void emit(struct out *o, const char *fmt, ...)
+{
+    if (o->failed)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            o->failed = true;
+            return;
+        }
+        if ((size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        size_t cap = o->cap * 2 + (size_t)n;
+        char *nb = realloc(o->buf, cap);
+        if (nb == NULL) {
+            o->failed = true;
+            return;
+        }
+        o->buf = nb;
+        o->cap = cap;
+    }
+}
+
+static void head(struct out *o, const char *name, const char *type, const char *help)
+{
+    emit(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Label values here are our own names, addresses and BoringSSL's cipher
+ * names: none has a quote, backslash or newline, but escape anyway. */
+static const char *label(const char *v, char *buf, size_t len)
+{
+    size_t j = 0;
+    for (size_t i = 0; v[i] != '\0' && j + 3 < len; i++) {
+        if (v[i] == '"' || v[i] == '\\') {
+            buf[j++] = '\\';
+            buf[j++] = v[i];
+        } else if (v[i] == '\n') {
+            buf[j++] = '\\';
+            buf[j++] = 'n';
+        } else {
+            buf[j++] = v[i];
+        }
+    }
+    buf[j] = '\0';
+    return buf;
+}
+
+/* The sum over workers of the counter at offset off in their stats. */
+static uint64_t sum_at(const struct imf_admin_view *view, size_t off)
+{
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < view->workers_len; i++)
+        sum += atomic_load((_Atomic uint64_t *)((char *)&view->workers[i].stats + off));
+    return sum;
+}
+#define SUM(view, field) sum_at((view), offsetof(struct imf_worker_stats, field))
+#define SUM_AT(view, array, i)                                                                     \
+    sum_at((view), offsetof(struct imf_worker_stats, array) + (size_t)(i) * sizeof(_Atomic uint64_t))
+
+static void scalar(struct out *o, const char *name, const char *type, const char *help,
+                   uint64_t v)
+{
+    head(o, name, type, help);
+    emit(o, "%s %" PRIu64 "\n", name, v);
+}
+
+char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
+{
+    struct out o = {.cap = 16384};
+    o.buf = malloc(o.cap);
+    if (o.buf == NULL)
+        return NULL;
+    char l1[256], l2[256];
+    struct imf_config *cfg = view->config_ref(view->arg);
+
+    head(&o, "imapfront_sessions_active", "gauge", "Client sessions open now, per listener.");
+    for (size_t li = 0; li < cfg->listeners_len; li++) {
+        uint64_t n = 0;
+        for (unsigned w = 0; w < view->workers_len; w++)
+            if (li < view->workers[w].listeners_len)
+                n += atomic_load(&view->workers[w].listeners[li].sessions_active);
+        emit(&o, "imapfront_sessions_active{listener=\"%s\"} %" PRIu64 "\n",
+             label(cfg->listeners[li].name, l1, sizeof(l1)), n);
+    }
+    head(&o, "imapfront_sessions_total", "counter", "Client sessions accepted, per listener.");
+    for (size_t li = 0; li < cfg->listeners_len; li++) {
+        uint64_t n = 0;
+        for (unsigned w = 0; w < view->workers_len; w++)
+            if (li < view->workers[w].listeners_len)
+                n += atomic_load(&view->workers[w].listeners[li].sessions_total);
+        emit(&o, "imapfront_sessions_total{listener=\"%s\"} %" PRIu64 "\n",
+             label(cfg->listeners[li].name, l1, sizeof(l1)), n);
+    }
+    scalar(&o, "imapfront_client_bytes_received_total", "counter",
+           "Plaintext bytes received from clients.", SUM(view, bytes_from_clients));
+    scalar(&o, "imapfront_client_bytes_sent_total", "counter", "Plaintext bytes sent to clients.",
+           SUM(view, bytes_to_clients));
+    scalar(&o, "imapfront_connections_refused_total", "counter",
+           "Connections refused by max_connections.", SUM(view, connections_refused));
+
+    scalar(&o, "imapfront_tls_handshakes_total", "counter", "TLS handshakes completed.",
+           SUM(view, handshakes_ok));
+    head(&o, "imapfront_tls_handshake_failures_total", "counter",
+         "TLS handshakes that failed, by reason.");
+    for (int r = 0; r < IMF_TLS_FAIL_COUNT; r++)
+        emit(&o, "imapfront_tls_handshake_failures_total{reason=\"%s\"} %" PRIu64 "\n",
+             imf_tls_failure_names[r], SUM_AT(view, handshake_failures, r));
+    head(&o, "imapfront_tls_sessions_total", "counter",
+         "TLS sessions established, by protocol version and cipher.");
+    for (unsigned w = 0; w < view->workers_len; w++) {
+        /* Per worker: the same pair may appear once per worker; Prometheus
+         * wants one line per label set, so only the first worker having
+         * a pair prints it, with the sum over all workers. */
+        const struct imf_worker_stats *st = &view->workers[w].stats;
+        unsigned n = atomic_load_explicit(&st->tls_kinds_len, memory_order_acquire);
+        for (unsigned k = 0; k < n; k++) {
+            const char *ver = st->tls_kinds[k].version, *ciph = st->tls_kinds[k].cipher;
+            bool seen = false;
+            for (unsigned pw = 0; pw < w && !seen; pw++) {
+                const struct imf_worker_stats *ps = &view->workers[pw].stats;
+                unsigned pn = atomic_load_explicit(&ps->tls_kinds_len, memory_order_acquire);
+                for (unsigned pk = 0; pk < pn; pk++)
+                    if (ps->tls_kinds[pk].version == ver && ps->tls_kinds[pk].cipher == ciph)
+                        seen = true;
+            }
+            if (seen)
+                continue;
+            uint64_t sum = 0;
+            for (unsigned aw = w; aw < view->workers_len; aw++) {
+                const struct imf_worker_stats *as = &view->workers[aw].stats;
+                unsigned an = atomic_load_explicit(&as->tls_kinds_len, memory_order_acquire);
+                for (unsigned ak = 0; ak < an; ak++)
+                    if (as->tls_kinds[ak].version == ver && as->tls_kinds[ak].cipher == ciph)
+                        sum += atomic_load(&as->tls_kinds[ak].sessions);
+            }
+            emit(&o, "imapfront_tls_sessions_total{version=\"%s\",cipher=\"%s\"} %" PRIu64 "\n",
+                 label(ver, l1, sizeof(l1)), label(ciph, l2, sizeof(l2)), sum);
+        }
+    }
+
+    struct imf_backend_info info[IMF_BACKEND_MAX];
+    size_t nb = imf_backend_info(cfg, info, IMF_BACKEND_MAX);
+    head(&o, "imapfront_backend_connects_total", "counter",
+         "Connects to backend servers, by server and result.");
+    for (size_t i = 0; i < nb; i++) {
+        label(info[i].address, l1, sizeof(l1));
+        emit(&o, "imapfront_backend_connects_total{server=\"%s\",result=\"ok\"} %" PRIu64 "\n", l1,
+             info[i].connects_ok);
+        emit(&o,
+             "imapfront_backend_connects_total{server=\"%s\",result=\"failed\"} %" PRIu64 "\n",
+             l1, info[i].connects_failed);
+    }
+    head(&o, "imapfront_backend_up", "gauge",
+         "1 unless the server is marked down by passive health checks.");
+    for (size_t i = 0; i < nb; i++)
+        emit(&o, "imapfront_backend_up{server=\"%s\"} %d\n", label(info[i].address, l1, sizeof(l1)),
+             info[i].down ? 0 : 1);
+
+    int64_t cbytes = 0, clinks = 0;
+    for (unsigned w = 0; w < view->workers_len; w++) {
+        cbytes += atomic_load(&view->workers[w].stats.chain.bytes);
+        clinks += atomic_load(&view->workers[w].stats.chain.links);
+    }
+    head(&o, "imapfront_chain_bytes", "gauge", "Bytes held in buffer chains.");
+    emit(&o, "imapfront_chain_bytes %" PRId64 "\n", cbytes);
+    head(&o, "imapfront_chain_links", "gauge", "Buffer blocks held in chains.");
+    emit(&o, "imapfront_chain_links %" PRId64 "\n", clinks);
+
+    scalar(&o, "imapfront_shield_commands_held_total", "counter",
+           "Commands held back because one was in flight (pipelining = off).",
+           SUM(view, commands_held));
+    scalar(&o, "imapfront_shield_literals_converted_total", "counter",
+           "Non-synchronising literals sent as synchronising (literal_plus = sync).",
+           SUM(view, literals_converted));
+    scalar(&o, "imapfront_shield_crlf_splits_total", "counter",
+           "Literal ends written apart from what follows (literal_crlf_split = on).",
+           SUM(view, crlf_splits));
+    uint64_t longest = 0;
+    for (unsigned w = 0; w < view->workers_len; w++)
+        if (atomic_load(&view->workers[w].stats.longest_queue) > longest)
+            longest = atomic_load(&view->workers[w].stats.longest_queue);
+    scalar(&o, "imapfront_shield_longest_queue_bytes", "gauge",
+           "Most bytes seen queued behind a held command.", longest);
+
+    head(&o, "imapfront_session_closes_total", "counter", "Sessions ended, by reason.");
+    for (int r = 1; r < IMF_CLOSE_REASON_COUNT; r++)
+        emit(&o, "imapfront_session_closes_total{reason=\"%s\"} %" PRIu64 "\n",
+             imf_close_reason_names[r], SUM_AT(view, closes, r));
+
+    scalar(&o, "imapfront_workers", "gauge", "Worker threads.", view->workers_len);
+    scalar(&o, "imapfront_draining", "gauge", "1 while shutting down.",
+           atomic_load(view->draining) ? 1 : 0);
+    imf_config_unref(cfg);
+    if (o.failed) {
+        free(o.buf);
+        return NULL;
+    }
+    *out_len = o.len;
+    return o.buf;
+}
