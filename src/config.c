@@ -11,6 +11,7 @@
  * INI_HANDLER_LINENO), see every section header even when the section has no
  * keys, and refuse over-long lines instead of letting them be cut. */
 #include "imapfront/config.h"
+#include "imapfront/proxy_proto.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -112,9 +113,9 @@ static const struct imf_choice listen_mode_choices[] = {
 };
 static const struct imf_choice proxy_protocol_choices[] = {
     {"off", IMF_PROXY_PROTOCOL_OFF, true},
-    {"v1", IMF_PROXY_PROTOCOL_V1, false},
-    {"v2", IMF_PROXY_PROTOCOL_V2, false},
-    {"any", IMF_PROXY_PROTOCOL_ANY, false},
+    {"v1", IMF_PROXY_PROTOCOL_V1, true},
+    {"v2", IMF_PROXY_PROTOCOL_V2, true},
+    {"any", IMF_PROXY_PROTOCOL_ANY, true},
     {NULL, 0, false},
 };
 static const struct imf_choice tls_version_choices[] = {
@@ -166,8 +167,8 @@ static const struct imf_choice forward_ip_choices[] = {
 static const struct imf_option imf_options[] = {
     OPT("proxy", "workers", UINT, workers, "auto", 1, 64, NULL, IMF_CF_AUTO),
     OPT("proxy", "max_connections", UINT, max_connections, "10000", 1, 1000000, NULL, 0),
-    OPT("proxy", "max_connections_per_ip", UINT, max_connections_per_ip, "0", 0, 1000000, NULL, IMF_CF_NOT_YET),
-    OPT("proxy", "user", STRING, user, "", 0, 0, NULL, IMF_CF_NOT_YET),
+    OPT("proxy", "max_connections_per_ip", UINT, max_connections_per_ip, "0", 0, 1000000, NULL, 0),
+    OPT("proxy", "user", STRING, user, "", 0, 0, NULL, 0),
     OPT("proxy", "log_level", ENUM, log_level, "info", 0, 0, log_level_choices, 0),
     OPT("proxy", "log_format", ENUM, log_format, "text", 0, 0, log_format_choices, 0),
     OPT("proxy", "drain_timeout", DURATION, drain_timeout_ms, "30s", 0, WEEK, NULL, 0),
@@ -192,6 +193,7 @@ static const struct imf_option imf_options[] = {
     OPT("imap", "preauth_timeout", DURATION, preauth_timeout_ms, "60s", 1, WEEK, NULL, 0),
     OPT("imap", "idle_timeout", DURATION, idle_timeout_ms, "30m", SEC, WEEK, NULL, 0),
     OPT("imap", "buffer_limit", SIZE, buffer_limit, "256k", 16 * KiB, GiB, NULL, 0),
+    OPT("imap", "compress", BOOL, compress, "off", 0, 0, NULL, IMF_CF_NOT_YET),
     OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, 0),
 };
 
@@ -201,7 +203,7 @@ static const struct imf_option imf_listen_options[] = {
     LOPT("listen.NAME", "mode", ENUM, mode, "implicit-tls", 0, 0, listen_mode_choices, 0),
     LOPT("listen.NAME", "require_tls", BOOL, require_tls, "yes", 0, 0, NULL, 0),
     LOPT("listen.NAME", "proxy_protocol", ENUM, proxy_protocol, "off", 0, 0, proxy_protocol_choices, 0),
-    LOPT("listen.NAME", "proxy_protocol_from", STRING, proxy_protocol_from, "", 0, 0, NULL, IMF_CF_NOT_YET),
+    LOPT("listen.NAME", "proxy_protocol_from", STRING, proxy_protocol_from, "", 0, 0, NULL, 0),
 };
 
 /* The keys of every [certificate.NAME] section: more certificates, chosen
@@ -1142,6 +1144,32 @@ static void check_whole(struct parse_ctx *ctx)
             }
         }
     }
+    /* PROXY headers are taken only from the balancers named. */
+    size_t pp_row = 3, from_row = 4; /* proxy_protocol, proxy_protocol_from */
+    for (size_t li = 0; li < cfg->listeners_len; li++) {
+        struct imf_listen_config *l = &cfg->listeners[li];
+        const struct named_meta *lm = &ctx->meta[NAMED_LISTEN][li];
+        if (l->proxy_protocol_from != NULL) {
+            const char *bad = NULL;
+            size_t bad_len = 0;
+            int n = imf_cidr_parse_list(l->proxy_protocol_from, l->proxy_from,
+                                        IMF_PROXY_FROM_MAX, &bad, &bad_len);
+            if (n < 0) {
+                fail(ctx, -EINVAL, lm->key_lines[from_row], "proxy_protocol_from",
+                     "\"%.*s\" is not an address or CIDR range (at most %d entries)",
+                     (int)bad_len, bad, IMF_PROXY_FROM_MAX);
+                return;
+            }
+            l->proxy_from_len = (size_t)n;
+        }
+        if (l->proxy_protocol != IMF_PROXY_PROTOCOL_OFF && l->proxy_from_len == 0) {
+            snprintf(what, sizeof(what), "[listen.%s] proxy_protocol_from", l->name);
+            fail(ctx, -EINVAL, lm->key_lines[pp_row] ? lm->key_lines[pp_row] : lm->header_line,
+                 what, "required when proxy_protocol is on (the load balancers to trust)");
+            return;
+        }
+    }
+
     size_t admin_row = option_index("admin", "address");
     for (size_t a = 0; a < cfg->listeners_len; a++) {
         if (same_endpoint(&cfg->listeners[a].address, &cfg->admin_address)) {

@@ -1,6 +1,9 @@
 /* main: command line, signals, listeners and workers. Nothing else. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/resource.h>
 #include <inttypes.h>
 #include <openssl/ssl.h>
 #include <signal.h>
@@ -209,6 +212,52 @@ static void format_sockaddr(const struct sockaddr_storage *ss, char *out, size_t
     }
 }
 
+/* Each session may hold two sockets; add room for listeners, the admin
+ * endpoint and the odd file. Raises the soft limit (and the hard one when
+ * we may); warns when the limit stays below that. */
+static void raise_fd_limit(const struct imf_config *cfg, unsigned workers)
+{
+    rlim_t need = (rlim_t)cfg->max_connections * 2 + cfg->listeners_len * workers + 64;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= need)
+        return;
+    struct rlimit want = {need, rl.rlim_max > need ? rl.rlim_max : need};
+    if (setrlimit(RLIMIT_NOFILE, &want) != 0) {
+        want.rlim_cur = rl.rlim_max;
+        want.rlim_max = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &want);
+    }
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < need)
+        imf_warn("main",
+                 "open files limit is %llu, below the %llu that max_connections = %u needs; "
+                 "raise it (ulimit -n, LimitNOFILE=) or lower max_connections",
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)need, cfg->max_connections);
+}
+
+/* [proxy] user: drop root once every socket is bound. */
+static int drop_privileges(const char *user)
+{
+    struct passwd *pw = getpwnam(user);
+    if (pw == NULL) {
+        imf_error("main", "[proxy] user: no such user: %s", user);
+        return -1;
+    }
+    if (getuid() == pw->pw_uid)
+        return 0;
+    if (initgroups(pw->pw_name, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
+        setuid(pw->pw_uid) != 0) {
+        imf_error("main", "[proxy] user: cannot switch to %s: %s", user, strerror(errno));
+        return -1;
+    }
+    if (setuid(0) == 0) { /* must be impossible now */
+        imf_error("main", "[proxy] user: root privileges could be regained; refusing to run");
+        return -1;
+    }
+    imf_info("main", "running as %s (uid %u)", pw->pw_name, (unsigned)pw->pw_uid);
+    return 0;
+}
+
 /* Binds every listener for every worker. The first socket of a listener
  * decides the real address (port 0 lets the kernel choose); the other
  * workers bind that same address with SO_REUSEPORT. fds is
@@ -305,6 +354,7 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < m.workers_len * m.cfg->listeners_len; i++)
         fds[i] = -1;
+    raise_fd_limit(m.cfg, m.workers_len);
     rc = bind_listeners(&m, fds);
     if (rc != 0)
         return 1;
@@ -340,6 +390,8 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    if (m.cfg->user != NULL && drop_privileges(m.cfg->user) != 0)
+        return 1;
     for (unsigned w = 0; w < m.workers_len; w++) {
         rc = imf_worker_start(&m.workers[w]);
         if (rc != 0) {

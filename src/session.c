@@ -34,6 +34,8 @@
 #include "imapfront/chain.h"
 #include "imapfront/imap.h"
 #include "imapfront/imap_framer.h"
+#include "imapfront/iplimit.h"
+#include "imapfront/proxy_proto.h"
 #include "imapfront/log.h"
 #include "imapfront/tls.h"
 #include "imapfront/util.h"
@@ -57,12 +59,14 @@ const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT] = {
     "refused",
     "preauth-timeout",
     "idle-timeout",
+    "proxy-protocol",
 };
 static_assert(IMF_ARRAY_LEN(imf_close_reason_names) == IMF_CLOSE_REASON_COUNT, "reason names");
 static_assert(IMF_CLOSE_REASON_COUNT <= IMF_STATS_REASONS_MAX, "close reasons fit the stats");
 static_assert(IMF_TLS_FAIL_COUNT <= IMF_STATS_REASONS_MAX, "TLS failures fit the stats");
 
 enum sess_state {
+    SESS_PROXY_HEADER, /* reading the load balancer's PROXY header */
     SESS_HANDSHAKE,  /* TLS handshake with the client (the backend may be up) */
     SESS_CONNECTING, /* connecting to the backend */
     SESS_RELAY,      /* both sides up (before STARTTLS: in plaintext) */
@@ -71,7 +75,7 @@ enum sess_state {
     SESS_STATE_COUNT
 };
 static const char *const sess_state_names[SESS_STATE_COUNT] = {
-    "handshake", "connecting", "relay", "closing", "closed",
+    "proxy-header", "handshake", "connecting", "relay", "closing", "closed",
 };
 static_assert(IMF_ARRAY_LEN(sess_state_names) == SESS_STATE_COUNT, "state names");
 
@@ -181,6 +185,9 @@ struct imf_session {
     char tls_cipher[64];
     char peer_ip[INET6_ADDRSTRLEN];
     int peer_port;
+    struct sockaddr_storage peer_addr; /* the client (after a PROXY header: the real one) */
+    bool ip_counted;                   /* holds one max_connections_per_ip slot */
+    const char *refusal;               /* BYE text instead of a backend, once TLS is up */
 };
 
 /* Tag of the ID command the proxy sends on the client's behalf. */
@@ -188,6 +195,7 @@ struct imf_session {
 
 static void session_pump(struct imf_session *s);
 static void session_close(struct imf_session *s, enum imf_close_reason reason, bool graceful);
+static void read_proxy_header(struct imf_session *s);
 
 struct imf_session *imf_session_next(struct imf_session *s)
 {
@@ -330,6 +338,8 @@ static void session_free(struct imf_session *s)
         w->sessions = s->next;
     if (s->next != NULL)
         s->next->prev = s->prev;
+    if (s->ip_counted)
+        imf_iplimit_release((struct sockaddr *)&s->peer_addr);
     imf_stat_add(&w->stats.sessions_active, -1);
     imf_stat_add(&s->listener->sessions_active, -1);
     imf_stat_add(&w->stats.closes[s->reason], 1);
@@ -1178,6 +1188,12 @@ static void count_tls_kind(struct imf_worker_stats *st, const char *version, con
 static void on_handshake_timeout(uv_timer_t *t)
 {
     struct imf_session *s = t->data;
+    if (s->state == SESS_PROXY_HEADER) {
+        imf_log_kv(IMF_LOG_WARN, "session", "PROXY header refused", "client", s->peer, "reason",
+                   "timeout", NULL);
+        session_close(s, IMF_CLOSE_PROXY_PROTOCOL, false);
+        return;
+    }
     if (s->state != SESS_HANDSHAKE)
         return;
     handshake_failed(s, "handshake timeout");
@@ -1198,6 +1214,10 @@ static void do_handshake(struct imf_session *s)
         imf_debug("tls", "client=%s handshake done %s %s", s->peer, s->tls_version,
                   s->tls_cipher);
         uv_timer_stop(&s->timer);
+        if (s->refusal != NULL) {
+            bye(s, IMF_CLOSE_REFUSED, s->refusal);
+            return;
+        }
         if (s->backend_up) {
             /* After STARTTLS: the session goes on as an implicit-TLS one. */
             set_state(s, SESS_RELAY);
@@ -1277,6 +1297,15 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     s->last_client_ms = uv_now(&s->worker->loop);
+    if (s->state == SESS_PROXY_HEADER) {
+        if (nread < 0) {
+            s->client_eof = true;
+            session_close(s, IMF_CLOSE_CLIENT_EOF, false);
+        } else {
+            read_proxy_header(s);
+        }
+        return;
+    }
     if (s->ssl == NULL && nread > 0) {
         s->bytes_in += (uint64_t)nread;
         imf_stat_add(&s->worker->stats.bytes_from_clients, nread);
@@ -1469,6 +1498,88 @@ static void session_pump(struct imf_session *s)
 
 /* ---- accept ------------------------------------------------------------ */
 
+static void set_peer(struct imf_session *s, const struct sockaddr_storage *ss)
+{
+    if (ss != &s->peer_addr)
+        memcpy(&s->peer_addr, ss, sizeof(*ss));
+    format_addr(ss, s->peer, sizeof(s->peer));
+    if (ss->ss_family == AF_INET6) {
+        uv_ip6_name((const struct sockaddr_in6 *)ss, s->peer_ip, sizeof(s->peer_ip));
+        s->peer_port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+    } else {
+        uv_ip4_name((const struct sockaddr_in *)ss, s->peer_ip, sizeof(s->peer_ip));
+        s->peer_port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
+    }
+}
+
+/* The client's address is known: apply the limits, then start the
+ * protocol. A client over a limit is told so politely: in plaintext on a
+ * STARTTLS listener, after the handshake on an implicit-TLS one (it could
+ * not read a plaintext BYE). */
+static void admit(struct imf_session *s)
+{
+    struct imf_worker *w = s->worker;
+    uint64_t active = atomic_load_explicit(&w->stats.sessions_active, memory_order_relaxed);
+    if (s->cfg->max_connections != 0 && active > s->cfg->max_connections) {
+        s->refusal = "[UNAVAILABLE] Too many connections";
+    } else if (!imf_iplimit_acquire((struct sockaddr *)&s->peer_addr,
+                                    s->cfg->max_connections_per_ip)) {
+        s->refusal = "[UNAVAILABLE] Too many connections from your address";
+    } else {
+        s->ip_counted = true;
+    }
+    if (s->refusal != NULL) {
+        imf_stat_add(&w->stats.connections_refused, 1);
+        imf_log_kv(IMF_LOG_WARN, "listener", "connection refused", "client", s->peer, "reason",
+                   s->refusal, NULL);
+    }
+    if (s->lcfg->mode == IMF_LISTEN_STARTTLS) {
+        if (s->refusal != NULL) {
+            bye(s, IMF_CLOSE_REFUSED, s->refusal);
+            return;
+        }
+        /* The backend's greeting, with STARTTLS announced, is the first
+         * thing the client sees; TLS starts when it asks. */
+        connect_backend(s);
+        if (s->state == SESS_CONNECTING)
+            update_reading(s);
+        return;
+    }
+    if (begin_tls(s) != 0) {
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+        return;
+    }
+    session_pump(s); /* bytes after a PROXY header may be the ClientHello */
+}
+
+/* Reads the PROXY header from c_rx; the bytes after it stay for TLS/IMAP. */
+static void read_proxy_header(struct imf_session *s)
+{
+    uint8_t buf[IMF_PP_MAX];
+    size_t n = imf_chain_copy_out(&s->c_rx, buf, sizeof(buf));
+    struct imf_pp_info info;
+    size_t hlen = 0;
+    const char *why = NULL;
+    enum imf_pp_result r = imf_pp_parse(buf, n, s->lcfg->proxy_protocol, &info, &hlen, &why);
+    if (r == IMF_PP_NEED_MORE && n < sizeof(buf))
+        return;
+    if (r != IMF_PP_DONE) {
+        imf_log_kv(IMF_LOG_WARN, "session", "PROXY header refused", "client", s->peer, "reason",
+                   why != NULL ? why : "header too long", NULL);
+        session_close(s, IMF_CLOSE_PROXY_PROTOCOL, false);
+        return;
+    }
+    imf_chain_consume(&s->c_rx, hlen);
+    uv_timer_stop(&s->timer);
+    if (!info.local) {
+        char via[64];
+        snprintf(via, sizeof(via), "%s", s->peer);
+        set_peer(s, &info.src);
+        imf_debug("session", "client=%s via PROXY header from %s", s->peer, via);
+    }
+    admit(s);
+}
+
 void imf_session_accept(struct imf_listener *l)
 {
     struct imf_worker *w = l->worker;
@@ -1518,40 +1629,25 @@ void imf_session_accept(struct imf_listener *l)
         session_close(s, IMF_CLOSE_CLIENT_ERROR, false);
         return;
     }
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&ss, &len) == 0) {
-        format_addr(&ss, s->peer, sizeof(s->peer));
-        if (ss.ss_family == AF_INET6) {
-            uv_ip6_name((struct sockaddr_in6 *)&ss, s->peer_ip, sizeof(s->peer_ip));
-            s->peer_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        } else {
-            uv_ip4_name((struct sockaddr_in *)&ss, s->peer_ip, sizeof(s->peer_ip));
-            s->peer_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        }
-    }
+    int len = sizeof(s->peer_addr);
+    if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&s->peer_addr, &len) == 0)
+        set_peer(s, &s->peer_addr);
     s->last_client_ms = s->start_ms;
-    uint64_t active = atomic_load_explicit(&w->stats.sessions_active, memory_order_relaxed);
-    if (s->cfg->max_connections != 0 && active > s->cfg->max_connections) {
-        imf_stat_add(&w->stats.connections_refused, 1);
-        imf_log_kv(IMF_LOG_WARN, "listener", "connection refused: max_connections reached",
-                   "client", s->peer, NULL);
-        session_close(s, IMF_CLOSE_REFUSED, false);
-        return;
-    }
     uv_tcp_nodelay(&s->client, 1);
     imf_debug("session", "client=%s accepted on %s", s->peer, s->lcfg->name);
-    if (s->lcfg->mode == IMF_LISTEN_STARTTLS) {
-        /* The backend's greeting, with STARTTLS announced, is the first
-         * thing the client sees; TLS starts when it asks. */
-        connect_backend(s);
-        if (s->state == SESS_CONNECTING)
-            update_reading(s);
+    if (s->lcfg->proxy_protocol != IMF_PROXY_PROTOCOL_OFF) {
+        if (!imf_cidr_match(s->lcfg->proxy_from, s->lcfg->proxy_from_len,
+                            (struct sockaddr *)&s->peer_addr)) {
+            imf_log_kv(IMF_LOG_WARN, "session", "PROXY header refused", "client", s->peer,
+                       "reason", "peer not in proxy_protocol_from", NULL);
+            session_close(s, IMF_CLOSE_PROXY_PROTOCOL, false);
+            return;
+        }
+        /* The client's real address comes first; everything else waits. */
+        set_state(s, SESS_PROXY_HEADER);
+        uv_timer_start(&s->timer, on_handshake_timeout, s->cfg->handshake_timeout_ms, 0);
+        update_reading(s);
         return;
     }
-    if (begin_tls(s) != 0) {
-        session_close(s, IMF_CLOSE_NO_MEMORY, false);
-        return;
-    }
-    update_reading(s);
+    admit(s);
 }

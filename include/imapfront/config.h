@@ -55,6 +55,15 @@ struct imf_sockaddr {
     socklen_t len;
 };
 
+#define IMF_PROXY_FROM_MAX 32
+
+/* One range of proxy_protocol_from (see proxy_proto.h for the matcher). */
+struct imf_config_cidr {
+    int family; /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    unsigned prefix;
+};
+
 struct imf_listen_config {
     char name[64]; /* NAME of [listen.NAME] */
     struct imf_sockaddr address;
@@ -62,6 +71,8 @@ struct imf_listen_config {
     bool require_tls;
     enum imf_proxy_protocol proxy_protocol;
     char *proxy_protocol_from; /* as written; NULL when empty */
+    struct imf_config_cidr proxy_from[IMF_PROXY_FROM_MAX]; /* parsed */
+    size_t proxy_from_len;
 };
 
 /* [certificate.NAME]: another certificate, served to clients whose SNI
@@ -120,6 +131,7 @@ struct imf_config {
     uint64_t preauth_timeout_ms;
     uint64_t idle_timeout_ms;
     uint64_t buffer_limit;
+    bool compress; /* COMPRESS=DEFLATE terminated at the proxy (not built yet) */
 
     /* [admin] */
     struct imf_sockaddr admin_address; /* admin_address.len == 0: off */

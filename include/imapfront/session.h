@@ -24,6 +24,7 @@ enum imf_close_reason {
     IMF_CLOSE_REFUSED,
     IMF_CLOSE_PREAUTH_TIMEOUT,
     IMF_CLOSE_IDLE_TIMEOUT,
+    IMF_CLOSE_PROXY_PROTOCOL,
     IMF_CLOSE_REASON_COUNT
 };
 extern const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT];

@@ -659,37 +659,46 @@ static void test_not_yet(void **state)
 {
     (void)state;
     /* The default value, written out, is accepted (also in another spelling). */
-    struct imf_config *cfg =
-        parse_base("[proxy]\nmax_connections_per_ip = 0\nuser =\n"
-                   "[listen.b]\naddress = 127.0.0.1:0\nrequire_tls = on\nproxy_protocol = off\n"
-                   "proxy_protocol_from =\nmode = implicit-tls\n"
-                   "[imap]\nhide_capabilities =\n[admin]\naddress =\n");
-    assert_int_equal(cfg->listeners_len, 2);
-    imf_config_unref(cfg);
-    cfg = parse_ok("[backend]\nservers = 127.0.0.1:1\nbalance = first\nquirks = none\n"
-                   "pipelining = yes\nliteral_plus = pass\nliteral_crlf_split = no\n"
-                   "forward_client_ip = off\n"
-                   "[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n");
+    struct imf_config *cfg = parse_base("[imap]\ncompress = no\n");
+    assert_false(cfg->compress);
     imf_config_unref(cfg);
 
     static const struct {
         const char *text;
         const char *want;
     } cases[] = {
-        {"[proxy]\nmax_connections_per_ip = 5\n", "t.ini:9: max_connections_per_ip: not supported yet"},
-        {"[proxy]\nuser = nobody\n", "t.ini:9: user: not supported yet"},
-        {"[listen.b]\nproxy_protocol = v1\n", "t.ini:9: proxy_protocol: v1 is not supported yet"},
-        {"[listen.b]\nproxy_protocol = v2\n", "t.ini:9: proxy_protocol: v2 is not supported yet"},
-        {"[listen.b]\nproxy_protocol = any\n", "t.ini:9: proxy_protocol: any is not supported yet"},
-        {"[listen.b]\nproxy_protocol_from = 10.0.0.0/8\n", "t.ini:9: proxy_protocol_from: not supported yet"},
+        {"[imap]\ncompress = on\n", "t.ini:9: compress: not supported yet"},
         /* A bad value is reported as bad, not as "not supported yet". */
+        {"[imap]\ncompress = maybe\n", "t.ini:9: compress: \"maybe\" is not a boolean (use yes/no, on/off, true/false or 1/0)"},
         {"[listen.b]\nmode = tls\n", "t.ini:9: mode: \"tls\" is not one of implicit-tls, starttls"},
         {"[admin]\naddress = nowhere\n",
          "t.ini:9: address: \"nowhere\" is not an address (use IPv4:port or [IPv6]:port)"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         expect_base_error(cases[i].text, cases[i].want);
+}
 
+/* PROXY protocol listeners name the balancers they trust; limits and the
+ * user to run as are plain values. */
+static void test_operations_keys(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_base("[listen.lb]\naddress = 127.0.0.1:0\nproxy_protocol = any\n"
+                                        "proxy_protocol_from = 10.0.0.0/8, 192.0.2.7 2001:db8::/32\n"
+                                        "[proxy]\nmax_connections_per_ip = 5\nuser = nobody\n");
+    assert_int_equal(cfg->listeners[1].proxy_protocol, IMF_PROXY_PROTOCOL_ANY);
+    assert_int_equal(cfg->listeners[1].proxy_from_len, 3);
+    assert_int_equal(cfg->listeners[1].proxy_from[2].prefix, 32);
+    assert_int_equal(cfg->max_connections_per_ip, 5);
+    assert_string_equal(cfg->user, "nobody");
+    imf_config_unref(cfg);
+    expect_base_error("[listen.lb]\naddress = 127.0.0.1:0\nproxy_protocol = v2\n",
+                      "t.ini:10: [listen.lb] proxy_protocol_from: required when proxy_protocol is on "
+                      "(the load balancers to trust)");
+    expect_base_error("[listen.lb]\naddress = 127.0.0.1:0\nproxy_protocol = v1\n"
+                      "proxy_protocol_from = 10.0.0.0/33\n",
+                      "t.ini:11: proxy_protocol_from: \"10.0.0.0/33\" is not an address or CIDR "
+                      "range (at most 32 entries)");
 }
 
 /* The front-door keys (STARTTLS listeners, capability hiding, client-IP
@@ -867,6 +876,7 @@ int main(void)
         cmocka_unit_test(test_required),
         cmocka_unit_test(test_not_yet),
         cmocka_unit_test(test_front_door_keys),
+        cmocka_unit_test(test_operations_keys),
         cmocka_unit_test(test_quirks_preset),
         cmocka_unit_test(test_certificate_sections),
         cmocka_unit_test(test_cross_checks),

@@ -1,0 +1,21 @@
+/* iplimit: sessions open per client IP address, across all workers, for
+ * [proxy] max_connections_per_ip. Touched once when a session starts and
+ * once when it ends, under one lock. */
+#ifndef IMAPFRONT_IPLIMIT_H
+#define IMAPFRONT_IPLIMIT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Counts one more session from addr's IP unless that makes more than max
+ * (0 = no limit: always counts). Returns false when refused. */
+bool imf_iplimit_acquire(const struct sockaddr *addr, uint32_t max);
+
+/* Undoes one successful acquire for addr's IP. */
+void imf_iplimit_release(const struct sockaddr *addr);
+
+/* Sessions counted for addr's IP now (tests). */
+uint32_t imf_iplimit_count(const struct sockaddr *addr);
+
+#endif
