@@ -62,14 +62,16 @@ static bool word_at(const uint8_t *p, const uint8_t *end, const char *word)
 /* Finds where the capability names of the line start and end. */
 static bool find_list(const uint8_t *line, size_t len, size_t *out_start, size_t *out_end)
 {
+    /* The line ending: LF, or CRLF (nothing else is trimmed). */
     const uint8_t *end = line + len;
-    while (end > line && (end[-1] == '\n' || end[-1] == '\r'))
+    if (end > line && end[-1] == '\n')
+        end--;
+    if (end > line && end[-1] == '\r')
         end--;
     const uint8_t *p = line;
     if (end - p >= 2 && p[0] == '*' && p[1] == ' ') {
         p += 2;
-        if (word_at(p, end, "CAPABILITY") &&
-            (p + 10 == end || p[10] == ' ')) {
+        if (word_at(p, end, "CAPABILITY") && (p + 10 == end || p[10] == ' ')) {
             *out_start = (size_t)(p + 10 - line);
             *out_end = (size_t)(end - line);
             return true;
@@ -114,21 +116,24 @@ bool imf_capability_rewrite(const uint8_t *line, size_t len, const struct imf_ca
         return false;
     size_t pos = 0;
     put(out, &pos, line, start);
-    bool has_literal_plus = false;
     const uint8_t *p = line + start, *stop = line + end;
     while (p < stop) {
-        while (p < stop && *p == ' ')
+        /* Names are atoms: runs of bytes above SP. Anything else (SP, a
+         * stray CR or other control byte) separates them. */
+        while (p < stop && *p <= ' ')
             p++;
         const uint8_t *name = p;
-        while (p < stop && *p != ' ')
+        while (p < stop && *p > ' ')
             p++;
         size_t n = (size_t)(p - name);
         if (n == 0)
             break;
         if (imf_capability_hidden((const char *)name, n, pol))
             continue;
-        if (name_is((const char *)name, n, "LITERAL+"))
-            has_literal_plus = true;
+        /* What the proxy adds goes last, in a fixed order, so a list
+         * rewritten twice comes out the same. */
+        if (pol->add_literal_plus && name_is((const char *)name, n, "LITERAL+"))
+            continue;
         out[pos++] = ' ';
         put(out, &pos, name, n);
     }
@@ -136,7 +141,7 @@ bool imf_capability_rewrite(const uint8_t *line, size_t len, const struct imf_ca
         put(out, &pos, " STARTTLS", 9);
     if (!pol->tls_active && pol->login_disabled)
         put(out, &pos, " LOGINDISABLED", 14);
-    if (pol->add_literal_plus && !has_literal_plus)
+    if (pol->add_literal_plus)
         put(out, &pos, " LITERAL+", 9);
     put(out, &pos, line + end, len - end);
     *out_len = pos;

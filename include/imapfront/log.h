@@ -30,7 +30,8 @@ int imf_log_enabled(enum imf_log_level level);
  * is printf-formatted text; in JSON it becomes the "msg" field. */
 void imf_log(enum imf_log_level level, const char *subsys, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-void imf_logv(enum imf_log_level level, const char *subsys, const char *fmt, va_list ap);
+void imf_logv(enum imf_log_level level, const char *subsys, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 /* A structured line: a message followed by key/value pairs (NULL-terminated
  * list of const char * key, const char * value). Values are quoted in text

@@ -92,6 +92,28 @@ static void test_not_a_list(void **state)
     check(&after_tls, "", NULL);
 }
 
+/* Found by fuzz_capability: with LITERAL+ already announced, a second
+ * rewrite moved it behind STARTTLS/LOGINDISABLED. Rewriting is idempotent. */
+static void test_rewrite_is_idempotent(void **state)
+{
+    (void)state;
+    struct imf_cap_policy pol = {.offer_starttls = true, .login_disabled = true,
+                                 .add_literal_plus = true};
+    const char *in = "a1 OK [CAPABILITY] done\r\n";
+    uint8_t once[128], twice[192];
+    size_t once_len, twice_len;
+    assert_true(imf_capability_rewrite((const uint8_t *)in, strlen(in), &pol, once, sizeof(once),
+                                       &once_len));
+    assert_true(imf_capability_rewrite(once, once_len, &pol, twice, sizeof(twice), &twice_len));
+    assert_int_equal(once_len, twice_len);
+    assert_memory_equal(once, twice, once_len);
+    assert_memory_equal(once, "a1 OK [CAPABILITY STARTTLS LOGINDISABLED LITERAL+] done\r\n",
+                        once_len);
+    /* Also found by the fuzzer: a stray CR inside the list is a separator,
+     * not a name. */
+    check(&after_tls, "* CAPABILITY IL* \r \n", "* CAPABILITY IL*\n");
+}
+
 /* The output never exceeds the stated growth, whatever the policy. */
 static void test_growth_bound(void **state)
 {
@@ -119,6 +141,7 @@ int main(void)
         cmocka_unit_test(test_hide_list_and_literal_plus),
         cmocka_unit_test(test_not_a_list),
         cmocka_unit_test(test_growth_bound),
+        cmocka_unit_test(test_rewrite_is_idempotent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
