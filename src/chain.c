@@ -219,6 +219,43 @@ void imf_chain_consume(struct imf_chain *c, size_t len)
     }
 }
 
+int imf_chain_splice(struct imf_chain *dst, struct imf_chain *src, size_t len)
+{
+    imf_assert(len <= src->bytes);
+    while (len > 0) {
+        struct imf_block *b = src->head;
+        size_t avail = b->end - b->start;
+        if (avail == 0) {
+            drop_head(src);
+            continue;
+        }
+        if (avail <= len && avail >= IMF_SPLICE_MIN) {
+            /* The whole rest of the block goes: relink it. */
+            src->head = b->next;
+            if (src->head == NULL)
+                src->tail = NULL;
+            src->links--;
+            src->bytes -= avail;
+            count(src, -(int64_t)avail, -1);
+            b->next = NULL;
+            if (dst->tail != NULL && dst->tail->start == dst->tail->end && dst->head == dst->tail)
+                drop_head(dst); /* an empty block left by a reservation */
+            link_block(dst, b);
+            dst->bytes += avail;
+            count(dst, (int64_t)avail, 0);
+            len -= avail;
+            continue;
+        }
+        size_t n = avail < len ? avail : len;
+        int rc = imf_chain_append(dst, b->data + b->start, n);
+        if (rc != 0)
+            return rc;
+        imf_chain_consume(src, n);
+        len -= n;
+    }
+    return 0;
+}
+
 unsigned imf_chain_iov(const struct imf_chain *c, struct imf_iovec *iov, unsigned max, size_t limit,
                        size_t *out_bytes)
 {

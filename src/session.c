@@ -724,9 +724,12 @@ static void process_commands(struct imf_session *s)
             line_reset(&s->cline, &s->cline_len, &s->cline_cap);
             break;
         case IMF_EV_LITERAL:
-            if (!s->discarding)
-                to_backend(s, p, n);
-            break;
+            if (s->discarding)
+                break;
+            /* Literal payloads move by block, not by copy. */
+            if (imf_chain_splice(&s->b_tx, in, n) != 0)
+                session_close(s, IMF_CLOSE_NO_MEMORY, false);
+            continue;
         case IMF_EV_LITERAL_END:
             if (s->cfg->literal_crlf_split && !s->discarding) {
                 /* Everything up to the literal's last octet leaves first;
@@ -944,8 +947,12 @@ static void process_responses(struct imf_session *s)
             s->rline_streaming = false;
             break;
         case IMF_EV_LITERAL:
-            to_client(s, p, n);
-            break;
+            /* FETCH bodies move by block, not by copy. */
+            if (imf_chain_splice(&s->p_tx, &s->b_rx, n) != 0) {
+                session_close(s, IMF_CLOSE_NO_MEMORY, false);
+                return;
+            }
+            continue;
         case IMF_EV_LITERAL_END:
             break;
         default:

@@ -73,6 +73,14 @@ size_t imf_chain_copy_out(const struct imf_chain *c, void *out, size_t len);
 /* Drops len bytes (<= c->bytes) from the front, releasing emptied blocks. */
 void imf_chain_consume(struct imf_chain *c, size_t len);
 
+/* Moves the first len (<= src->bytes) bytes of src to the end of dst.
+ * Blocks holding at least IMF_SPLICE_MIN of them are relinked, not copied
+ * (the relay's literal payloads then cost no copy); smaller runs are copied
+ * so that chains stay densely packed. Returns 0 or UV_ENOMEM (then nothing
+ * of the failed step has moved). */
+#define IMF_SPLICE_MIN (IMF_BLOCK_DATA / 4)
+int imf_chain_splice(struct imf_chain *dst, struct imf_chain *src, size_t len);
+
 /* Fills up to max buffers (base, len) describing the first bytes of the
  * chain, at most limit bytes; returns the number used and sets *out_bytes.
  * The bytes stay in the chain: consume them when the write completes. */

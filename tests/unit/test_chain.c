@@ -91,9 +91,10 @@ static void check_counters(const struct imf_chain_counters *k, struct imf_chain 
     for (size_t i = 0; i < n; i++) {
         bytes += (int64_t)chains[i].bytes;
         links += chains[i].links;
-        /* Blocks stay densely packed: reads waste at most IMF_READ_MIN - 1
-         * bytes per block, plus the partly used blocks at each end. */
-        assert_true(chains[i].links <= chains[i].bytes / (IMF_BLOCK_DATA - IMF_READ_MIN) + 2);
+        /* Blocks stay densely packed: every block but the two ends holds at
+         * least IMF_SPLICE_MIN bytes (reads leave at most IMF_READ_MIN - 1
+         * unused, splices relink only blocks holding IMF_SPLICE_MIN). */
+        assert_true(chains[i].links <= chains[i].bytes / IMF_SPLICE_MIN + 2);
     }
     assert_true(atomic_load(&k->bytes) >= 0);
     assert_true(atomic_load(&k->links) >= 0);
@@ -108,8 +109,8 @@ static void fill(uint8_t *p, size_t n)
 }
 
 /* Random appends, reserve/commit pairs (including empty commits, as a read
- * that returns nothing), consumes and clears across four chains that share
- * one set of counters. */
+ * that returns nothing), consumes, splices and clears across four chains
+ * that share one set of counters. */
 static void test_random_operations(void **state)
 {
     (void)state;
@@ -160,6 +161,15 @@ static void test_random_operations(void **state)
             if (rnd_below(20) == 0) {
                 imf_chain_clear(&c[i]);
                 m[i].len = 0;
+            } else {
+                /* Splice a prefix to another chain, as the relay does with
+                 * literal payloads. */
+                int j = (int)((i + 1 + (int)rnd_below(CHAINS - 1)) % CHAINS);
+                size_t take = rnd_below(m[i].len + 1);
+                assert_int_equal(imf_chain_splice(&c[j], &c[i], take), 0);
+                model_push(&m[j], m[i].data, take);
+                model_pop(&m[i], take);
+                check_same(&c[j], &m[j]);
             }
             break;
         }
