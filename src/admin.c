@@ -42,9 +42,8 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     struct imf_admin *a = cls;
     static const char text[] = "text/plain; charset=utf-8";
@@ -99,8 +98,7 @@ int imf_admin_start(const struct imf_sockaddr *addr, const struct imf_admin_view
     a->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a, MHD_OPTION_SOCK_ADDR,
                                  (const struct sockaddr *)&addr->ss, MHD_OPTION_CONNECTION_LIMIT,
                                  (unsigned)64, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384,
-                                 MHD_OPTION_END);
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384, MHD_OPTION_END);
     if (a->daemon == NULL) {
         snprintf(err, err_len, "[admin] address: cannot listen on %s", addr->text);
         free(a);

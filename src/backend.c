@@ -15,8 +15,8 @@
 
 struct health {
     char address[128];
-    _Atomic uint32_t fails;       /* consecutive failed connects */
-    _Atomic uint64_t down_until;  /* imf_clock_ms() until which it is skipped */
+    _Atomic uint32_t fails;      /* consecutive failed connects */
+    _Atomic uint64_t down_until; /* imf_clock_ms() until which it is skipped */
     _Atomic uint64_t connects_ok;
     _Atomic uint64_t connects_failed;
 };

@@ -123,7 +123,7 @@ bool imf_capability_rewrite(const uint8_t *line, size_t len, const struct imf_ca
         while (p < stop && *p <= ' ')
             p++;
         const uint8_t *name = p;
-        while (p < stop && *p > ' ')
+        while (p<stop && * p> ' ')
             p++;
         size_t n = (size_t)(p - name);
         if (n == 0)

@@ -40,14 +40,14 @@
 #define IMF_CONFIG_MAX_FILE (1024 * 1024)
 /* How much of a bad value is quoted back in an error message, and of a
  * section name (room for "listen." and the longest valid listener name). */
-#define IMF_CONFIG_QUOTE_MAX 64
+#define IMF_CONFIG_QUOTE_MAX   64
 #define IMF_CONFIG_SECTION_MAX 80
 
-#define KiB (UINT64_C(1024))
-#define MiB (KiB * 1024)
-#define GiB (MiB * 1024)
-#define SEC (UINT64_C(1000))
-#define MIN (SEC * 60)
+#define KiB  (UINT64_C(1024))
+#define MiB  (KiB * 1024)
+#define GiB  (MiB * 1024)
+#define SEC  (UINT64_C(1000))
+#define MIN  (SEC * 60)
 #define HOUR (MIN * 60)
 #define WEEK (HOUR * 24 * 7)
 
@@ -70,8 +70,8 @@ enum imf_opt_type {
 
 /* Row flags. */
 #define IMF_CF_REQUIRED 0x1u /* must be set to a non-empty value */
-#define IMF_CF_NOT_YET 0x2u  /* accepted only with its default value (feature not built yet) */
-#define IMF_CF_AUTO 0x4u     /* UINT that also accepts "auto", stored as 0 */
+#define IMF_CF_NOT_YET  0x2u /* accepted only with its default value (feature not built yet) */
+#define IMF_CF_AUTO     0x4u /* UINT that also accepts "auto", stored as 0 */
 
 /* One value of an enum key. Flip `supported` when the feature lands. */
 struct imf_choice {
@@ -218,7 +218,7 @@ static const struct imf_option imf_cert_options[] = {
 /* The sections that are not [listen.NAME], in file order. */
 static const char *const imf_main_sections[] = {"proxy", "tls", "backend", "imap", "admin"};
 
-#define IMF_OPTIONS_LEN ARRAY_SIZE(imf_options)
+#define IMF_OPTIONS_LEN        ARRAY_SIZE(imf_options)
 #define IMF_LISTEN_OPTIONS_LEN ARRAY_SIZE(imf_listen_options)
 
 /* Sections written any number of times as [PREFIX.NAME]: each is an array
@@ -236,9 +236,8 @@ static const struct named_section named_sections[NAMED_COUNT] = {
     {"listen.", imf_listen_options, ARRAY_SIZE(imf_listen_options),
      sizeof(struct imf_listen_config), offsetof(struct imf_config, listeners),
      offsetof(struct imf_config, listeners_len)},
-    {"certificate.", imf_cert_options, ARRAY_SIZE(imf_cert_options),
-     sizeof(struct imf_cert_config), offsetof(struct imf_config, certs),
-     offsetof(struct imf_config, certs_len)},
+    {"certificate.", imf_cert_options, ARRAY_SIZE(imf_cert_options), sizeof(struct imf_cert_config),
+     offsetof(struct imf_config, certs), offsetof(struct imf_config, certs_len)},
 };
 #define NAMED_KEYS_MAX 8
 static_assert(ARRAY_SIZE(imf_listen_options) <= NAMED_KEYS_MAX, "named keys");
@@ -399,7 +398,10 @@ int imf_config_parse_size(const char *text, uint64_t *out_bytes)
 int imf_config_parse_duration(const char *text, uint64_t *out_ms)
 {
     static const struct imf_unit units[] = {
-        {"ms", 1}, {"s", SEC}, {"m", MIN}, {"h", HOUR},
+        {"ms", 1},
+        {"s", SEC},
+        {"m", MIN},
+        {"h", HOUR},
     };
     uint64_t v;
     int rc = parse_with_unit(text, units, ARRAY_SIZE(units), SEC, &v);
@@ -602,7 +604,8 @@ static int set_list(const struct imf_option *opt, void *base, const char *value,
         if (!ok) {
             char tmp[IMF_CONFIG_QUOTE_MAX + 4];
             int shown = ilen < IMF_CONFIG_QUOTE_MAX ? (int)ilen : IMF_CONFIG_QUOTE_MAX;
-            snprintf(tmp, sizeof(tmp), "%.*s%s", shown, p, ilen > IMF_CONFIG_QUOTE_MAX ? "..." : "");
+            snprintf(tmp, sizeof(tmp), "%.*s%s", shown, p,
+                     ilen > IMF_CONFIG_QUOTE_MAX ? "..." : "");
             snprintf(q, sizeof(q), "\"%s\"", tmp);
             snprintf(why, why_len, "%s is not an address (use IPv4:port or [IPv6]:port)", q);
             free(list);
@@ -810,8 +813,8 @@ struct parse_ctx {
     size_t section; /* index in imf_main_sections, or listener index */
     unsigned section_lines[ARRAY_SIZE(imf_main_sections)];
     unsigned key_lines[IMF_OPTIONS_LEN];
-    enum named_kind named;                  /* with SECTION_NAMED: which kind */
-    struct named_meta *meta[NAMED_COUNT];   /* parallel to each kind's array */
+    enum named_kind named;                /* with SECTION_NAMED: which kind */
+    struct named_meta *meta[NAMED_COUNT]; /* parallel to each kind's array */
 
     int rc; /* first error, 0 while none */
     char *err;
@@ -820,9 +823,8 @@ struct parse_ctx {
 
 /* Records the first error: "FILE:LINE: what: reason", or "FILE: what:
  * reason" when line is 0. Later errors are dropped. */
-__attribute__((format(printf, 5, 6))) static void fail(struct parse_ctx *ctx, int rc,
-                                                       unsigned line, const char *what,
-                                                       const char *fmt, ...)
+__attribute__((format(printf, 5, 6))) static void fail(struct parse_ctx *ctx, int rc, unsigned line,
+                                                       const char *what, const char *fmt, ...)
 {
     if (ctx->rc != 0)
         return;
@@ -1049,8 +1051,7 @@ static int on_key(void *user, const char *section, const char *key, const char *
     }
     const struct imf_option *opt = &table[i];
     if (lines[i] != 0) {
-        fail(ctx, -EINVAL, ctx->line, key, "set twice in %s (first on line %u)", secname,
-             lines[i]);
+        fail(ctx, -EINVAL, ctx->line, key, "set twice in %s (first on line %u)", secname, lines[i]);
         return 0;
     }
     lines[i] = ctx->line;
@@ -1114,8 +1115,8 @@ static void check_whole(struct parse_ctx *ctx)
             for (size_t i = 0; i < ns->options_len; i++) {
                 const struct imf_option *opt = &ns->options[i];
                 if ((opt->flags & IMF_CF_REQUIRED) && ctx->meta[k][e].key_lines[i] == 0) {
-                    snprintf(what, sizeof(what), "[%s%s] %s", ns->prefix,
-                             named_elem(cfg, ns, e), opt->key);
+                    snprintf(what, sizeof(what), "[%s%s] %s", ns->prefix, named_elem(cfg, ns, e),
+                             opt->key);
                     fail(ctx, -EINVAL, ctx->meta[k][e].header_line, what, "required");
                     return;
                 }
@@ -1152,12 +1153,12 @@ static void check_whole(struct parse_ctx *ctx)
         if (l->proxy_protocol_from != NULL) {
             const char *bad = NULL;
             size_t bad_len = 0;
-            int n = imf_cidr_parse_list(l->proxy_protocol_from, l->proxy_from,
-                                        IMF_PROXY_FROM_MAX, &bad, &bad_len);
+            int n = imf_cidr_parse_list(l->proxy_protocol_from, l->proxy_from, IMF_PROXY_FROM_MAX,
+                                        &bad, &bad_len);
             if (n < 0) {
                 fail(ctx, -EINVAL, lm->key_lines[from_row], "proxy_protocol_from",
-                     "\"%.*s\" is not an address or CIDR range (at most %d entries)",
-                     (int)bad_len, bad, IMF_PROXY_FROM_MAX);
+                     "\"%.*s\" is not an address or CIDR range (at most %d entries)", (int)bad_len,
+                     bad, IMF_PROXY_FROM_MAX);
                 return;
             }
             l->proxy_from_len = (size_t)n;

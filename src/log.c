@@ -82,8 +82,7 @@ static void put_prefix(char *buf, size_t *pos, enum imf_log_level level, const c
     gmtime_r(&tv.tv_sec, &tm);
     char ts[64];
     snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (int)(tv.tv_usec / 1000));
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
     if (atomic_load_explicit(&log_format, memory_order_relaxed) == IMF_LOG_JSON)
         put(buf, pos, "{\"ts\":\"%s\",\"level\":\"%s\",\"subsys\":\"%s\",\"msg\":\"", ts,
             imf_log_level_names[level], subsys);

@@ -34,8 +34,8 @@ struct imf_main {
     uv_async_t workers_done;
     const char *path;
     bool stopping;
-    _Atomic bool draining;  /* for /readyz and /metrics */
-    uv_mutex_t cfg_lock;    /* guards cfg against the admin thread */
+    _Atomic bool draining; /* for /readyz and /metrics */
+    uv_mutex_t cfg_lock;   /* guards cfg against the admin thread */
     struct imf_admin_view admin_view;
     struct imf_admin *admin;
 };
@@ -105,8 +105,7 @@ static bool same_listeners(const struct imf_config *a, const struct imf_config *
 static bool same_admin(const struct imf_config *a, const struct imf_config *b)
 {
     return a->admin_address.len == b->admin_address.len &&
-           (a->admin_address.len == 0 ||
-            strcmp(a->admin_address.text, b->admin_address.text) == 0);
+           (a->admin_address.len == 0 || strcmp(a->admin_address.text, b->admin_address.text) == 0);
 }
 
 /* SIGHUP: a new snapshot of the file and the certificates it names, for new
@@ -126,8 +125,9 @@ static void reload(struct imf_main *m)
         return;
     }
     if (!same_listeners(m->cfg, cfg)) {
-        imf_error("main", "reload refused, the running configuration stays: %s: the "
-                          "[listen.NAME] sections (names, addresses) changed; restart to apply",
+        imf_error("main",
+                  "reload refused, the running configuration stays: %s: the "
+                  "[listen.NAME] sections (names, addresses) changed; restart to apply",
                   m->path);
         SSL_CTX_free(ctx);
         imf_config_unref(cfg);
@@ -284,8 +284,8 @@ static int bind_listeners(struct imf_main *m, int *fds)
         }
         char text[80];
         format_sockaddr(&real, text, sizeof(text));
-        imf_log_kv(IMF_LOG_INFO, "listener", "listening", "name", lc->name, "address", text,
-                   "mode", imf_listen_mode_names[lc->mode], NULL);
+        imf_log_kv(IMF_LOG_INFO, "listener", "listening", "name", lc->name, "address", text, "mode",
+                   imf_listen_mode_names[lc->mode], NULL);
     }
     return 0;
 }

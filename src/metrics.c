@@ -82,11 +82,11 @@ static uint64_t sum_at(const struct imf_admin_view *view, size_t off)
     return sum;
 }
 #define SUM(view, field) sum_at((view), offsetof(struct imf_worker_stats, field))
-#define SUM_AT(view, array, i)                                                                     \
-    sum_at((view), offsetof(struct imf_worker_stats, array) + (size_t)(i) * sizeof(_Atomic uint64_t))
+#define SUM_AT(view, array, i) \
+    sum_at((view),             \
+           offsetof(struct imf_worker_stats, array) + (size_t)(i) * sizeof(_Atomic uint64_t))
 
-static void scalar(struct out *o, const char *name, const char *type, const char *help,
-                   uint64_t v)
+static void scalar(struct out *o, const char *name, const char *type, const char *help, uint64_t v)
 {
     head(o, name, type, help);
     emit(o, "%s %" PRIu64 "\n", name, v);
@@ -174,8 +174,7 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
         label(info[i].address, l1, sizeof(l1));
         emit(&o, "imapfront_backend_connects_total{server=\"%s\",result=\"ok\"} %" PRIu64 "\n", l1,
              info[i].connects_ok);
-        emit(&o,
-             "imapfront_backend_connects_total{server=\"%s\",result=\"failed\"} %" PRIu64 "\n",
+        emit(&o, "imapfront_backend_connects_total{server=\"%s\",result=\"failed\"} %" PRIu64 "\n",
              l1, info[i].connects_failed);
     }
     head(&o, "imapfront_backend_up", "gauge",

@@ -67,11 +67,11 @@ static_assert(IMF_TLS_FAIL_COUNT <= IMF_STATS_REASONS_MAX, "TLS failures fit the
 
 enum sess_state {
     SESS_PROXY_HEADER, /* reading the load balancer's PROXY header */
-    SESS_HANDSHAKE,  /* TLS handshake with the client (the backend may be up) */
-    SESS_CONNECTING, /* connecting to the backend */
-    SESS_RELAY,      /* both sides up (before STARTTLS: in plaintext) */
-    SESS_CLOSING,    /* backend gone; flushing the last bytes and close_notify */
-    SESS_CLOSED,     /* handles closing; freed when the last one has */
+    SESS_HANDSHAKE,    /* TLS handshake with the client (the backend may be up) */
+    SESS_CONNECTING,   /* connecting to the backend */
+    SESS_RELAY,        /* both sides up (before STARTTLS: in plaintext) */
+    SESS_CLOSING,      /* backend gone; flushing the last bytes and close_notify */
+    SESS_CLOSED,       /* handles closing; freed when the last one has */
     SESS_STATE_COUNT
 };
 static const char *const sess_state_names[SESS_STATE_COUNT] = {
@@ -85,8 +85,8 @@ static_assert(IMF_ARRAY_LEN(sess_state_names) == SESS_STATE_COUNT, "state names"
 #define LINGER_MS 5000
 /* Response lines are held whole (for policy) up to this size, then streamed. */
 #define RESPONSE_LINE_HOLD (64 * 1024)
-#define WRITE_IOV_MAX 16
-#define WRITE_BYTES_MAX (256 * 1024)
+#define WRITE_IOV_MAX      16
+#define WRITE_BYTES_MAX    (256 * 1024)
 
 struct imf_session {
     struct imf_session *prev, *next; /* worker's list */
@@ -106,19 +106,19 @@ struct imf_session {
     unsigned open_handles;
 
     /* Flag bits of the two sockets. */
-    bool backend_inited;   /* backend handle initialised (must be closed) */
-    bool backend_up;       /* connected */
-    bool client_reading;   /* uv_read_start active */
-    bool backend_reading;  /* idem */
-    bool client_blocked;   /* upstream over the high mark: not reading */
-    bool backend_blocked;  /* downstream over the high mark: not reading */
-    bool client_eof;       /* client sent EOF or close_notify */
-    bool backend_eof;      /* backend closed */
-    bool client_closing;   /* uv_close called on the client */
-    bool backend_closing;  /* uv_close called on the backend */
-    bool shutdown_sent;    /* close_notify queued */
-    size_t client_wlen;    /* bytes of c_tx in the client write (0 = none) */
-    size_t backend_wlen;   /* bytes of b_tx in the backend write (0 = none) */
+    bool backend_inited;  /* backend handle initialised (must be closed) */
+    bool backend_up;      /* connected */
+    bool client_reading;  /* uv_read_start active */
+    bool backend_reading; /* idem */
+    bool client_blocked;  /* upstream over the high mark: not reading */
+    bool backend_blocked; /* downstream over the high mark: not reading */
+    bool client_eof;      /* client sent EOF or close_notify */
+    bool backend_eof;     /* backend closed */
+    bool client_closing;  /* uv_close called on the client */
+    bool backend_closing; /* uv_close called on the backend */
+    bool shutdown_sent;   /* close_notify queued */
+    size_t client_wlen;   /* bytes of c_tx in the client write (0 = none) */
+    size_t backend_wlen;  /* bytes of b_tx in the backend write (0 = none) */
 
     SSL *ssl;
     struct imf_tls_io tio;
@@ -147,20 +147,20 @@ struct imf_session {
     size_t rewrite_cap;
 
     /* Policy state. */
-    bool authenticated;   /* a LOGIN/AUTHENTICATE succeeded, or PREAUTH */
+    bool authenticated;             /* a LOGIN/AUTHENTICATE succeeded, or PREAUTH */
     char auth_tag[IMF_TAG_MAX + 1]; /* tag of the LOGIN/AUTHENTICATE in flight */
-    bool id_pending;      /* our ID command's answer is still to be swallowed */
-    uint64_t last_client_ms; /* last time the client sent anything */
+    bool id_pending;                /* our ID command's answer is still to be swallowed */
+    uint64_t last_client_ms;        /* last time the client sent anything */
     uint64_t discarded_after_starttls;
 
     /* Shields for fragile backends. */
-    bool inflight;        /* pipelining off: a command awaits its tagged completion */
+    bool inflight; /* pipelining off: a command awaits its tagged completion */
     char inflight_tag[IMF_TAG_MAX + 1];
-    bool holding;         /* a complete next command is being held back */
-    bool client_cont;     /* the backend asked for a continuation line (AUTHENTICATE, IDLE) */
-    bool lit_wait;        /* literal_plus sync: waiting for the backend's "+" */
-    bool split_wait;      /* crlf split: the literal's end must leave before the rest */
-    bool upstream_kick;   /* a shield opened: pump the client side again */
+    bool holding;       /* a complete next command is being held back */
+    bool client_cont;   /* the backend asked for a continuation line (AUTHENTICATE, IDLE) */
+    bool lit_wait;      /* literal_plus sync: waiting for the backend's "+" */
+    bool split_wait;    /* crlf split: the literal's end must leave before the rest */
+    bool upstream_kick; /* a shield opened: pump the client side again */
     bool split_timer_inited;
     unsigned split_polls;
     uv_timer_t split_timer;
@@ -312,8 +312,8 @@ static void log_summary(struct imf_session *s)
                "tls", s->tls_version[0] ? s->tls_version : "-", "cipher",
                s->tls_cipher[0] ? s->tls_cipher : "-", "backend",
                s->backend_name[0] ? s->backend_name : "-", "bytes_in", in, "bytes_out", out,
-               "duration_ms", dur, "held", held, "literals_converted", conv, "crlf_splits",
-               splits, "reason", imf_close_reason_names[s->reason], NULL);
+               "duration_ms", dur, "held", held, "literals_converted", conv, "crlf_splits", splits,
+               "reason", imf_close_reason_names[s->reason], NULL);
 }
 
 static void session_free(struct imf_session *s)
@@ -637,8 +637,8 @@ static void on_command_line(struct imf_session *s, const struct imf_framer_ev *e
             bye(s, IMF_CLOSE_LITERAL_TOO_BIG, "[TOOBIG] Literal too big");
             return;
         }
-        imf_log_kv(IMF_LOG_INFO, "session", "literal too big", "client", s->peer, "tag",
-                   s->cmd.tag, "command", s->cmd.name, NULL);
+        imf_log_kv(IMF_LOG_INFO, "session", "literal too big", "client", s->peer, "tag", s->cmd.tag,
+                   "command", s->cmd.name, NULL);
         if (!(ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS))) {
             /* Synchronising: refuse before the client sends it (RFC 7888). */
             imf_framer_skip_literal(&s->cfr);
@@ -713,8 +713,7 @@ static void process_commands(struct imf_session *s)
         case IMF_EV_NEED_MORE:
             return;
         case IMF_EV_TEXT:
-            if (!s->discarding &&
-                line_append(&s->cline, &s->cline_len, &s->cline_cap, p, n) != 0) {
+            if (!s->discarding && line_append(&s->cline, &s->cline_len, &s->cline_cap, p, n) != 0) {
                 session_close(s, IMF_CLOSE_NO_MEMORY, false);
                 return;
             }
@@ -853,8 +852,8 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
                 s->upstream_kick = true;
             }
             if (r.status != IMF_STATUS_OK)
-                imf_log_kv(IMF_LOG_WARN, "backend", "ID with the client address refused",
-                           "client", s->peer, "backend", s->backend_name, NULL);
+                imf_log_kv(IMF_LOG_WARN, "backend", "ID with the client address refused", "client",
+                           s->peer, "backend", s->backend_name, NULL);
             return;
         }
         if (r.kind == IMF_RESP_UNTAGGED && s->rline_len >= 5 &&
@@ -872,8 +871,7 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
         /* A "+" after a complete command asks for a line of data (SASL,
          * IDLE). Before TLS on a require_tls listener nothing the client
          * sends may skip the command checks. */
-        if (imf_framer_at_message_start(&s->cfr) &&
-            !(s->ssl == NULL && s->lcfg->require_tls)) {
+        if (imf_framer_at_message_start(&s->cfr) && !(s->ssl == NULL && s->lcfg->require_tls)) {
             s->client_cont = true;
             s->idling = s->cmd.cmd == IMF_CMD_IDLE;
         }
@@ -1170,8 +1168,7 @@ static void handshake_failed(struct imf_session *s, const char *reason)
 {
     imf_stat_add(&s->worker->stats.handshakes_failed, 1);
     imf_stat_add(&s->worker->stats.handshake_failures[imf_tls_classify_failure(reason)], 1);
-    imf_log_kv(IMF_LOG_WARN, "tls", "handshake failed", "client", s->peer, "reason", reason,
-               NULL);
+    imf_log_kv(IMF_LOG_WARN, "tls", "handshake failed", "client", s->peer, "reason", reason, NULL);
 }
 
 /* Counts an established session under its TLS version and cipher. */
@@ -1218,8 +1215,7 @@ static void do_handshake(struct imf_session *s)
         count_tls_kind(&s->worker->stats, version, cipher);
         snprintf(s->tls_version, sizeof(s->tls_version), "%s", version);
         snprintf(s->tls_cipher, sizeof(s->tls_cipher), "%s", cipher);
-        imf_debug("tls", "client=%s handshake done %s %s", s->peer, s->tls_version,
-                  s->tls_cipher);
+        imf_debug("tls", "client=%s handshake done %s %s", s->peer, s->tls_version, s->tls_cipher);
         uv_timer_stop(&s->timer);
         if (s->refusal != NULL) {
             bye(s, IMF_CLOSE_REFUSED, s->refusal);
@@ -1377,8 +1373,8 @@ static void update_reading(struct imf_session *s)
     else if (s->backend_blocked && down <= s->low)
         s->backend_blocked = false;
 
-    bool want_client = !s->client_closing && !s->client_eof && !s->client_blocked &&
-                       s->state <= SESS_RELAY;
+    bool want_client =
+        !s->client_closing && !s->client_eof && !s->client_blocked && s->state <= SESS_RELAY;
     if (want_client && !s->client_reading) {
         if (uv_read_start((uv_stream_t *)&s->client, on_client_alloc, on_client_read) == 0)
             s->client_reading = true;
@@ -1401,7 +1397,7 @@ static void update_reading(struct imf_session *s)
  * kernel's send queue before sending what follows anyway. TCP cannot promise
  * the receiver separate reads; waiting for an empty queue makes coalescing
  * rare without stalling a session on a peer that does not ACK. */
-#define SPLIT_POLL_MS 1
+#define SPLIT_POLL_MS   1
 #define SPLIT_POLLS_MAX 50
 
 static void on_split_timer(uv_timer_t *t)
@@ -1460,8 +1456,7 @@ static void session_pump(struct imf_session *s)
                     to_client(s, s->rline, s->rline_len);
                     s->rline_len = 0;
                 }
-                session_close(s, s->logout_sent ? IMF_CLOSE_LOGOUT : IMF_CLOSE_BACKEND_EOF,
-                              true);
+                session_close(s, s->logout_sent ? IMF_CLOSE_LOGOUT : IMF_CLOSE_BACKEND_EOF, true);
                 return; /* session_close pumps again in CLOSING */
             }
         }
@@ -1645,8 +1640,8 @@ void imf_session_accept(struct imf_listener *l)
     if (s->lcfg->proxy_protocol != IMF_PROXY_PROTOCOL_OFF) {
         if (!imf_cidr_match(s->lcfg->proxy_from, s->lcfg->proxy_from_len,
                             (struct sockaddr *)&s->peer_addr)) {
-            imf_log_kv(IMF_LOG_WARN, "session", "PROXY header refused", "client", s->peer,
-                       "reason", "peer not in proxy_protocol_from", NULL);
+            imf_log_kv(IMF_LOG_WARN, "session", "PROXY header refused", "client", s->peer, "reason",
+                       "peer not in proxy_protocol_from", NULL);
             session_close(s, IMF_CLOSE_PROXY_PROTOCOL, false);
             return;
         }

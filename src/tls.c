@@ -332,8 +332,8 @@ SSL *imf_tls_conn_new(SSL_CTX *ctx, struct imf_tls_io *io)
 }
 
 const char *const imf_tls_failure_names[IMF_TLS_FAIL_COUNT] = {
-    "timeout", "client_closed", "no_alpn", "protocol_version", "no_shared_cipher", "not_tls",
-    "other",
+    "timeout",          "client_closed", "no_alpn", "protocol_version",
+    "no_shared_cipher", "not_tls",       "other",
 };
 
 enum imf_tls_failure imf_tls_classify_failure(const char *reason)

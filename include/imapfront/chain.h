@@ -40,8 +40,8 @@ struct imf_chain_counters {
 struct imf_chain {
     struct imf_block *head;
     struct imf_block *tail;
-    size_t bytes;    /* unconsumed bytes */
-    uint32_t links;  /* blocks in the list */
+    size_t bytes;                        /* unconsumed bytes */
+    uint32_t links;                      /* blocks in the list */
     struct imf_chain_counters *counters; /* borrowed; may be NULL */
 };
 
@@ -56,10 +56,9 @@ int imf_chain_append(struct imf_chain *c, const void *data, size_t len);
 
 /* Free space at the end of the chain, at least min(want, IMF_BLOCK_DATA)
  * bytes (a block is added if the tail has less: at most want - 1 bytes of
- * the old tail stay unused, so want bounds the waste per block). The caller writes there and then calls
- * imf_chain_commit(). Returns 0 or UV_ENOMEM. A reservation that is not
- * committed costs at most one empty block, released by the next consume or
- * clear. */
+ * the old tail stay unused, so want bounds the waste per block). The caller writes there and then
+ * calls imf_chain_commit(). Returns 0 or UV_ENOMEM. A reservation that is not committed costs at
+ * most one empty block, released by the next consume or clear. */
 int imf_chain_reserve(struct imf_chain *c, size_t want, uint8_t **out_ptr, size_t *out_len);
 void imf_chain_commit(struct imf_chain *c, size_t len);
 

@@ -10,35 +10,15 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-enum imf_listen_mode {
-    IMF_LISTEN_IMPLICIT_TLS,
-    IMF_LISTEN_STARTTLS,
-    IMF_LISTEN_MODE_COUNT
-};
+enum imf_listen_mode { IMF_LISTEN_IMPLICIT_TLS, IMF_LISTEN_STARTTLS, IMF_LISTEN_MODE_COUNT };
 
-enum imf_balance {
-    IMF_BALANCE_FIRST,
-    IMF_BALANCE_ROUNDROBIN,
-    IMF_BALANCE_COUNT
-};
+enum imf_balance { IMF_BALANCE_FIRST, IMF_BALANCE_ROUNDROBIN, IMF_BALANCE_COUNT };
 
-enum imf_quirks {
-    IMF_QUIRKS_NONE,
-    IMF_QUIRKS_EXCHANGE55,
-    IMF_QUIRKS_COUNT
-};
+enum imf_quirks { IMF_QUIRKS_NONE, IMF_QUIRKS_EXCHANGE55, IMF_QUIRKS_COUNT };
 
-enum imf_literal_plus {
-    IMF_LITERAL_PLUS_PASS,
-    IMF_LITERAL_PLUS_SYNC,
-    IMF_LITERAL_PLUS_COUNT
-};
+enum imf_literal_plus { IMF_LITERAL_PLUS_PASS, IMF_LITERAL_PLUS_SYNC, IMF_LITERAL_PLUS_COUNT };
 
-enum imf_forward_ip {
-    IMF_FORWARD_IP_OFF,
-    IMF_FORWARD_IP_ID,
-    IMF_FORWARD_IP_COUNT
-};
+enum imf_forward_ip { IMF_FORWARD_IP_OFF, IMF_FORWARD_IP_ID, IMF_FORWARD_IP_COUNT };
 
 enum imf_proxy_protocol {
     IMF_PROXY_PROTOCOL_OFF,
@@ -70,7 +50,7 @@ struct imf_listen_config {
     enum imf_listen_mode mode;
     bool require_tls;
     enum imf_proxy_protocol proxy_protocol;
-    char *proxy_protocol_from; /* as written; NULL when empty */
+    char *proxy_protocol_from;                             /* as written; NULL when empty */
     struct imf_config_cidr proxy_from[IMF_PROXY_FROM_MAX]; /* parsed */
     size_t proxy_from_len;
 };

@@ -82,8 +82,8 @@ struct imf_framer {
     uint64_t brace_at;  /* line offset of the "{" (or "~{") the scanner follows */
     uint64_t line_len;  /* bytes of the current line consumed so far */
     uint64_t literal_left;
-    uint64_t max_line;    /* 0 = unlimited */
-    uint64_t max_literal; /* 0 = unlimited */
+    uint64_t max_line;              /* 0 = unlimited */
+    uint64_t max_literal;           /* 0 = unlimited */
     struct imf_framer_ev last_line; /* the LINE_END owed or last delivered */
 };
 

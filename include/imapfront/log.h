@@ -13,11 +13,7 @@ enum imf_log_level {
     IMF_LOG_LEVEL_COUNT
 };
 
-enum imf_log_format {
-    IMF_LOG_TEXT,
-    IMF_LOG_JSON,
-    IMF_LOG_FORMAT_COUNT
-};
+enum imf_log_format { IMF_LOG_TEXT, IMF_LOG_JSON, IMF_LOG_FORMAT_COUNT };
 
 extern const char *const imf_log_level_names[IMF_LOG_LEVEL_COUNT];
 extern const char *const imf_log_format_names[IMF_LOG_FORMAT_COUNT];
@@ -39,12 +35,12 @@ void imf_logv(enum imf_log_level level, const char *subsys, const char *fmt, va_
 void imf_log_kv(enum imf_log_level level, const char *subsys, const char *msg, ...);
 
 #define imf_error(sub, ...) imf_log(IMF_LOG_ERROR, sub, __VA_ARGS__)
-#define imf_warn(sub, ...) imf_log(IMF_LOG_WARN, sub, __VA_ARGS__)
-#define imf_info(sub, ...) imf_log(IMF_LOG_INFO, sub, __VA_ARGS__)
-#define imf_debug(sub, ...)                                                                        \
-    do {                                                                                           \
-        if (imf_log_enabled(IMF_LOG_DEBUG))                                                        \
-            imf_log(IMF_LOG_DEBUG, sub, __VA_ARGS__);                                              \
+#define imf_warn(sub, ...)  imf_log(IMF_LOG_WARN, sub, __VA_ARGS__)
+#define imf_info(sub, ...)  imf_log(IMF_LOG_INFO, sub, __VA_ARGS__)
+#define imf_debug(sub, ...)                           \
+    do {                                              \
+        if (imf_log_enabled(IMF_LOG_DEBUG))           \
+            imf_log(IMF_LOG_DEBUG, sub, __VA_ARGS__); \
     } while (0)
 
 #endif

@@ -23,7 +23,7 @@ enum imf_pp_result {
 #define IMF_PP_MAX 1024
 
 struct imf_pp_info {
-    bool local; /* LOCAL (v2) or UNKNOWN (v1): the balancer speaks for itself */
+    bool local;                  /* LOCAL (v2) or UNKNOWN (v1): the balancer speaks for itself */
     struct sockaddr_storage src; /* the client, unless local */
     struct sockaddr_storage dst;
 };

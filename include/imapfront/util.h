@@ -8,12 +8,12 @@
 /* imf_assert: an impossible state. Aborts in debug builds; in release builds
  * it is a no-op, the caller having a safe path anyway. */
 #ifdef IMF_DEBUG
-#define imf_assert(cond)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #cond);           \
-            abort();                                                                               \
-        }                                                                                          \
+#define imf_assert(cond)                                                                 \
+    do {                                                                                 \
+        if (!(cond)) {                                                                   \
+            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #cond); \
+            abort();                                                                     \
+        }                                                                                \
     } while (0)
 #else
 #define imf_assert(cond) ((void)0)

@@ -17,7 +17,7 @@
 struct imf_session;
 struct imf_worker;
 
-#define IMF_STATS_REASONS_MAX 32 /* >= IMF_CLOSE_REASON_COUNT, checked in session.c */
+#define IMF_STATS_REASONS_MAX   32 /* >= IMF_CLOSE_REASON_COUNT, checked in session.c */
 #define IMF_STATS_TLS_KINDS_MAX 16
 
 /* Sessions established per TLS version and cipher (a handful of pairs). */
@@ -38,11 +38,11 @@ struct imf_worker_stats {
     _Atomic uint64_t bytes_from_clients;
     _Atomic uint64_t bytes_to_clients;
     _Atomic uint64_t connections_refused;
-    _Atomic uint64_t commands_held;      /* pipelining off: commands held back */
-    _Atomic uint64_t literals_converted; /* literal_plus sync: {N+} sent as {N} */
-    _Atomic uint64_t crlf_splits;        /* literal ends written apart from their CRLF */
-    _Atomic uint64_t longest_queue;      /* most bytes queued behind a held command */
-    _Atomic uint64_t closes[IMF_STATS_REASONS_MAX];           /* by enum imf_close_reason */
+    _Atomic uint64_t commands_held;                 /* pipelining off: commands held back */
+    _Atomic uint64_t literals_converted;            /* literal_plus sync: {N+} sent as {N} */
+    _Atomic uint64_t crlf_splits;                   /* literal ends written apart from their CRLF */
+    _Atomic uint64_t longest_queue;                 /* most bytes queued behind a held command */
+    _Atomic uint64_t closes[IMF_STATS_REASONS_MAX]; /* by enum imf_close_reason */
     _Atomic uint64_t handshake_failures[IMF_STATS_REASONS_MAX]; /* by enum imf_tls_failure */
     struct imf_tls_kind tls_kinds[IMF_STATS_TLS_KINDS_MAX];
     _Atomic unsigned tls_kinds_len; /* entries published so far */
@@ -78,7 +78,7 @@ struct imf_worker {
     uv_mutex_t pending_lock;
     struct imf_config *pending_cfg;
     SSL_CTX *pending_ctx;
-    uv_async_t *done;       /* the main loop's, sent when this worker's loop ends */
+    uv_async_t *done; /* the main loop's, sent when this worker's loop ends */
     struct imf_listener *listeners;
     size_t listeners_len;
     struct imf_session *sessions; /* doubly linked through the sessions */

@@ -51,7 +51,7 @@ static void check_no_forbidden(const uint8_t *out, size_t len, const struct imf_
         while (cap < stop && *cap <= ' ')
             cap++;
         const uint8_t *name = cap;
-        while (cap < stop && *cap > ' ')
+        while (cap<stop && * cap> ' ')
             cap++;
         size_t n = (size_t)(cap - name);
         if (n == 0)

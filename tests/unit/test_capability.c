@@ -16,8 +16,8 @@ static void check(const struct imf_cap_policy *pol, const char *in, const char *
 {
     uint8_t out[1024];
     size_t out_len = 0;
-    bool changed = imf_capability_rewrite((const uint8_t *)in, strlen(in), pol, out, sizeof(out),
-                                          &out_len);
+    bool changed =
+        imf_capability_rewrite((const uint8_t *)in, strlen(in), pol, out, sizeof(out), &out_len);
     if (want == NULL) {
         if (changed)
             fail_msg("rewrote %s into %.*s", in, (int)out_len, out);
@@ -34,7 +34,8 @@ static const struct imf_cap_policy after_tls = {.tls_active = true};
 static void test_untagged_after_tls(void **state)
 {
     (void)state;
-    check(&after_tls, "* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED AUTH=PLAIN COMPRESS=DEFLATE IDLE\r\n",
+    check(&after_tls,
+          "* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED AUTH=PLAIN COMPRESS=DEFLATE IDLE\r\n",
           "* CAPABILITY IMAP4rev1 AUTH=PLAIN IDLE\r\n");
     /* Case does not matter, nor does a bare LF. */
     check(&after_tls, "* capability imap4rev1 starttls compress=deflate\n",
@@ -68,8 +69,8 @@ static void test_before_tls(void **state)
 static void test_hide_list_and_literal_plus(void **state)
 {
     (void)state;
-    struct imf_cap_policy pol = {.tls_active = true, .hide = "QUOTA, X-*  NOTIFY CONTEXT=*",
-                                 .add_literal_plus = true};
+    struct imf_cap_policy pol = {
+        .tls_active = true, .hide = "QUOTA, X-*  NOTIFY CONTEXT=*", .add_literal_plus = true};
     check(&pol, "* CAPABILITY IMAP4rev1 QUOTA X-* NOTIFY CONTEXT=SEARCH CONTEXT=SORT IDLE\r\n",
           "* CAPABILITY IMAP4rev1 IDLE LITERAL+\r\n");
     check(&pol, "* CAPABILITY IMAP4rev1 LITERAL+\r\n", "* CAPABILITY IMAP4rev1 LITERAL+\r\n");
@@ -97,8 +98,8 @@ static void test_not_a_list(void **state)
 static void test_rewrite_is_idempotent(void **state)
 {
     (void)state;
-    struct imf_cap_policy pol = {.offer_starttls = true, .login_disabled = true,
-                                 .add_literal_plus = true};
+    struct imf_cap_policy pol = {
+        .offer_starttls = true, .login_disabled = true, .add_literal_plus = true};
     const char *in = "a1 OK [CAPABILITY] done\r\n";
     uint8_t once[128], twice[192];
     size_t once_len, twice_len;
@@ -118,8 +119,8 @@ static void test_rewrite_is_idempotent(void **state)
 static void test_growth_bound(void **state)
 {
     (void)state;
-    struct imf_cap_policy pol = {.offer_starttls = true, .login_disabled = true,
-                                 .add_literal_plus = true};
+    struct imf_cap_policy pol = {
+        .offer_starttls = true, .login_disabled = true, .add_literal_plus = true};
     const char *in = "* CAPABILITY\r\n";
     uint8_t out[64];
     size_t out_len;

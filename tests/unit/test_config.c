@@ -25,13 +25,13 @@
 #endif
 
 /* The smallest valid file: 7 lines, so text appended to it starts at line 8. */
-#define BASE                                                                                       \
-    "[listen.a]\n"                                                                                 \
-    "address = 127.0.0.1:0\n"                                                                      \
-    "[tls]\n"                                                                                      \
-    "certificate = c.pem\n"                                                                        \
-    "private_key = k.pem\n"                                                                        \
-    "[backend]\n"                                                                                  \
+#define BASE                  \
+    "[listen.a]\n"            \
+    "address = 127.0.0.1:0\n" \
+    "[tls]\n"                 \
+    "certificate = c.pem\n"   \
+    "private_key = k.pem\n"   \
+    "[backend]\n"             \
     "servers = 127.0.0.1:143\n"
 
 #define KiB (UINT64_C(1024))
@@ -167,9 +167,8 @@ static void test_bool(void **state)
         const char *text;
         bool value;
     } good[] = {
-        {"yes", true}, {"no", false},  {"on", true}, {"off", false},
-        {"true", true}, {"false", false}, {"1", true}, {"0", false},
-        {"YES", true}, {"Off", false},
+        {"yes", true},    {"no", false}, {"on", true}, {"off", false}, {"true", true},
+        {"false", false}, {"1", true},   {"0", false}, {"YES", true},  {"Off", false},
     };
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         char text[512];
@@ -185,9 +184,8 @@ static void test_bool(void **state)
     expect_error("[tls]\nsession_tickets = maybe\n",
                  "t.ini:2: session_tickets: \"maybe\" is not a boolean "
                  "(use yes/no, on/off, true/false or 1/0)");
-    expect_error("[tls]\nsession_tickets =\n",
-                 "t.ini:2: session_tickets: \"\" is not a boolean "
-                 "(use yes/no, on/off, true/false or 1/0)");
+    expect_error("[tls]\nsession_tickets =\n", "t.ini:2: session_tickets: \"\" is not a boolean "
+                                               "(use yes/no, on/off, true/false or 1/0)");
 }
 
 static void test_uint(void **state)
@@ -281,8 +279,7 @@ static void test_parse_size_edges(void **state)
 static void test_duration(void **state)
 {
     (void)state;
-    struct imf_config *cfg =
-        parse_base("[imap]\npreauth_timeout = 1500ms\nidle_timeout = 1s\n");
+    struct imf_config *cfg = parse_base("[imap]\npreauth_timeout = 1500ms\nidle_timeout = 1s\n");
     assert_int_equal(cfg->preauth_timeout_ms, 1500);
     assert_int_equal(cfg->idle_timeout_ms, 1000);
     imf_config_unref(cfg);
@@ -378,11 +375,24 @@ static void test_sockaddr(void **state)
     assert_int_equal(imf_config_parse_sockaddr("[2001:db8::ffff:1.2.3.4]:143", &a), 0);
 
     static const char *const bad[] = {
-        "",           "127.0.0.1",      "127.0.0.1:",      "127.0.0.1:65536",
-        ":993",       "localhost:993",  "::1:993",         "[::1]993",
-        "[::1]",      "[]:1",           "[127.0.0.1]:1",   "1.2.3.4:-1",
-        "1.2.3.4:+1", "1.2.3.4:0x10",   "1.2.3.256:1",     "1.2.3.4:1 ",
-        "[::1]:1:2",  "[::1]:000000001",
+        "",
+        "127.0.0.1",
+        "127.0.0.1:",
+        "127.0.0.1:65536",
+        ":993",
+        "localhost:993",
+        "::1:993",
+        "[::1]993",
+        "[::1]",
+        "[]:1",
+        "[127.0.0.1]:1",
+        "1.2.3.4:-1",
+        "1.2.3.4:+1",
+        "1.2.3.4:0x10",
+        "1.2.3.256:1",
+        "1.2.3.4:1 ",
+        "[::1]:1:2",
+        "[::1]:000000001",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         if (imf_config_parse_sockaddr(bad[i], &a) != -EINVAL)
@@ -602,8 +612,9 @@ static void test_listener_names(void **state)
              "and -)",
              name63);
     expect_error(text, want);
-    expect_error("[listen.]\n",
-                 "t.ini:1: [listen.]: invalid section name (use 1 to 63 of A-Z, a-z, 0-9, _ and -)");
+    expect_error(
+        "[listen.]\n",
+        "t.ini:1: [listen.]: invalid section name (use 1 to 63 of A-Z, a-z, 0-9, _ and -)");
     expect_error("[listen.a b]\n",
                  "t.ini:1: [listen.a b]: invalid section name (use 1 to 63 of A-Z, a-z, 0-9, _ "
                  "and -)");
@@ -669,7 +680,8 @@ static void test_not_yet(void **state)
     } cases[] = {
         {"[imap]\ncompress = on\n", "t.ini:9: compress: not supported yet"},
         /* A bad value is reported as bad, not as "not supported yet". */
-        {"[imap]\ncompress = maybe\n", "t.ini:9: compress: \"maybe\" is not a boolean (use yes/no, on/off, true/false or 1/0)"},
+        {"[imap]\ncompress = maybe\n",
+         "t.ini:9: compress: \"maybe\" is not a boolean (use yes/no, on/off, true/false or 1/0)"},
         {"[listen.b]\nmode = tls\n", "t.ini:9: mode: \"tls\" is not one of implicit-tls, starttls"},
         {"[admin]\naddress = nowhere\n",
          "t.ini:9: address: \"nowhere\" is not an address (use IPv4:port or [IPv6]:port)"},
@@ -683,18 +695,20 @@ static void test_not_yet(void **state)
 static void test_operations_keys(void **state)
 {
     (void)state;
-    struct imf_config *cfg = parse_base("[listen.lb]\naddress = 127.0.0.1:0\nproxy_protocol = any\n"
-                                        "proxy_protocol_from = 10.0.0.0/8, 192.0.2.7 2001:db8::/32\n"
-                                        "[proxy]\nmax_connections_per_ip = 5\nuser = nobody\n");
+    struct imf_config *cfg =
+        parse_base("[listen.lb]\naddress = 127.0.0.1:0\nproxy_protocol = any\n"
+                   "proxy_protocol_from = 10.0.0.0/8, 192.0.2.7 2001:db8::/32\n"
+                   "[proxy]\nmax_connections_per_ip = 5\nuser = nobody\n");
     assert_int_equal(cfg->listeners[1].proxy_protocol, IMF_PROXY_PROTOCOL_ANY);
     assert_int_equal(cfg->listeners[1].proxy_from_len, 3);
     assert_int_equal(cfg->listeners[1].proxy_from[2].prefix, 32);
     assert_int_equal(cfg->max_connections_per_ip, 5);
     assert_string_equal(cfg->user, "nobody");
     imf_config_unref(cfg);
-    expect_base_error("[listen.lb]\naddress = 127.0.0.1:0\nproxy_protocol = v2\n",
-                      "t.ini:10: [listen.lb] proxy_protocol_from: required when proxy_protocol is on "
-                      "(the load balancers to trust)");
+    expect_base_error(
+        "[listen.lb]\naddress = 127.0.0.1:0\nproxy_protocol = v2\n",
+        "t.ini:10: [listen.lb] proxy_protocol_from: required when proxy_protocol is on "
+        "(the load balancers to trust)");
     expect_base_error("[listen.lb]\naddress = 127.0.0.1:0\nproxy_protocol = v1\n"
                       "proxy_protocol_from = 10.0.0.0/33\n",
                       "t.ini:11: proxy_protocol_from: \"10.0.0.0/33\" is not an address or CIDR "
@@ -725,10 +739,11 @@ static void test_front_door_keys(void **state)
 static void test_certificate_sections(void **state)
 {
     (void)state;
-    struct imf_config *cfg = parse_base("[certificate.one]\ncertificate = 1.pem\nprivate_key = 1.key\n"
-                                        "server_names = a.test, *.b.test\n"
-                                        "[certificate.two]\ncertificate = 2.pem\nprivate_key = 2.key\n"
-                                        "server_names = c.test\n");
+    struct imf_config *cfg =
+        parse_base("[certificate.one]\ncertificate = 1.pem\nprivate_key = 1.key\n"
+                   "server_names = a.test, *.b.test\n"
+                   "[certificate.two]\ncertificate = 2.pem\nprivate_key = 2.key\n"
+                   "server_names = c.test\n");
     assert_int_equal(cfg->certs_len, 2);
     assert_string_equal(cfg->certs[0].name, "one");
     assert_string_equal(cfg->certs[0].server_names, "a.test, *.b.test");
@@ -809,8 +824,7 @@ static void test_load_errors(void **state)
     fclose(f);
     assert_int_equal(imf_config_load(path, &cfg, err, sizeof(err)), -EINVAL);
     char want[600];
-    snprintf(want, sizeof(want), "%s:5: buffer_limit: \"12q\" is not a size (use k, M or G)",
-             path);
+    snprintf(want, sizeof(want), "%s:5: buffer_limit: \"12q\" is not a size (use k, M or G)", path);
     assert_string_equal(err, want);
 
     f = fopen(path, "w");

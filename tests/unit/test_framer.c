@@ -19,7 +19,7 @@
 #include "framer_corpus/framer_check.h"
 
 #define RANDOM_SPLITS 200
-#define MAX_EVENTS 4096
+#define MAX_EVENTS    4096
 
 struct stream {
     const char *name;
@@ -30,39 +30,66 @@ struct stream {
 };
 
 /* Setups: mode, max_line, max_literal, skip TOO_BIG synchronising literals. */
-#define CMD {IMF_FRAMER_COMMANDS, 0, 0, false}
-#define RSP {IMF_FRAMER_RESPONSES, 0, 0, false}
-#define CMD_LIM(line, lit) {IMF_FRAMER_COMMANDS, (line), (lit), false}
-#define RSP_LIM(line, lit) {IMF_FRAMER_RESPONSES, (line), (lit), false}
-#define CMD_SKIP(lit) {IMF_FRAMER_COMMANDS, 0, (lit), true}
+#define CMD                              \
+    {                                    \
+        IMF_FRAMER_COMMANDS, 0, 0, false \
+    }
+#define RSP                               \
+    {                                     \
+        IMF_FRAMER_RESPONSES, 0, 0, false \
+    }
+#define CMD_LIM(line, lit)                        \
+    {                                             \
+        IMF_FRAMER_COMMANDS, (line), (lit), false \
+    }
+#define RSP_LIM(line, lit)                         \
+    {                                              \
+        IMF_FRAMER_RESPONSES, (line), (lit), false \
+    }
+#define CMD_SKIP(lit)                       \
+    {                                       \
+        IMF_FRAMER_COMMANDS, 0, (lit), true \
+    }
 
 /* A stream as bytes with an explicit length (the literal's own NUL excluded). */
 #define S(str) (str), sizeof(str) - 1
 
 /* Expected events after merging adjacent TEXT / LITERAL spans. */
-#define TX(n) {.kind = IMF_EV_TEXT, .len = (n)}
-#define LIT(n) {.kind = IMF_EV_LITERAL, .len = (n)}
-#define LEND {.kind = IMF_EV_LITERAL_END}
+#define TX(n)                           \
+    {                                   \
+        .kind = IMF_EV_TEXT, .len = (n) \
+    }
+#define LIT(n)                             \
+    {                                      \
+        .kind = IMF_EV_LITERAL, .len = (n) \
+    }
+#define LEND                       \
+    {                              \
+        .kind = IMF_EV_LITERAL_END \
+    }
 /* A line that completes the command/response. */
-#define EOL(ll, first)                                                                             \
-    {.kind = IMF_EV_LINE_END, .line_len = (ll), .first_line = (first), .message_end = true}
+#define EOL(ll, first)                                                                        \
+    {                                                                                         \
+        .kind = IMF_EV_LINE_END, .line_len = (ll), .first_line = (first), .message_end = true \
+    }
 /* A line that announces a literal: size, IMF_LIT_* flags, announce_len. */
-#define EOLL(ll, first, size, flags, ann)                                                          \
-    {.kind = IMF_EV_LINE_END,                                                                      \
-     .line_len = (ll),                                                                             \
-     .literal_size = (size),                                                                       \
-     .literal_flags = (flags),                                                                     \
-     .announce_len = (ann),                                                                        \
-     .first_line = (first)}
-#define ERR(code) {.kind = IMF_EV_ERROR, .error = IMF_FRAMER_##code}
+#define EOLL(ll, first, size, flags, ann)                                      \
+    {                                                                          \
+        .kind = IMF_EV_LINE_END, .line_len = (ll), .literal_size = (size),     \
+        .literal_flags = (flags), .announce_len = (ann), .first_line = (first) \
+    }
+#define ERR(code)                                        \
+    {                                                    \
+        .kind = IMF_EV_ERROR, .error = IMF_FRAMER_##code \
+    }
 #define EXPECT(...) ((const struct fc_ev[]){__VA_ARGS__, {.kind = FC_END}})
-#define NO_EVENTS ((const struct fc_ev[]){{.kind = FC_END}})
-#define NONE NULL
+#define NO_EVENTS   ((const struct fc_ev[]){{.kind = FC_END}})
+#define NONE        NULL
 
-#define P IMF_LIT_PRESENT
-#define NS IMF_LIT_NONSYNC
-#define MI IMF_LIT_MINUS
-#define BI IMF_LIT_BINARY
+#define P   IMF_LIT_PRESENT
+#define NS  IMF_LIT_NONSYNC
+#define MI  IMF_LIT_MINUS
+#define BI  IMF_LIT_BINARY
 #define BIG IMF_LIT_TOO_BIG
 
 static const struct stream corpus[] = {
@@ -179,11 +206,9 @@ static const struct stream corpus[] = {
      EXPECT(TX(44), EOL(44, 1))},
     {"fetch-body-with-ok-lines", RSP,
      S("* 1 FETCH (BODY[] {28}\r\n* OK fake\r\nA1 OK fake done\r\n)\r\nA1 OK FETCH completed\r\n"),
-     EXPECT(TX(24), EOLL(24, 1, 28, P, 6), LIT(28), LEND, TX(3), EOL(3, 0), TX(23),
-            EOL(23, 1))},
+     EXPECT(TX(24), EOLL(24, 1, 28, P, 6), LIT(28), LEND, TX(3), EOL(3, 0), TX(23), EOL(23, 1))},
     {"fetch-binary", RSP, S("* 2 FETCH (BINARY[] ~{3}\r\n\xff\x01\x80)\r\na1 OK done\r\n"),
-     EXPECT(TX(26), EOLL(26, 1, 3, P | BI, 6), LIT(3), LEND, TX(3), EOL(3, 0), TX(12),
-            EOL(12, 1))},
+     EXPECT(TX(26), EOLL(26, 1, 3, P | BI, 6), LIT(3), LEND, TX(3), EOL(3, 0), TX(12), EOL(12, 1))},
     {"continuation", RSP, S("+ ready for literal\r\nA1 OK APPEND completed\r\n"),
      EXPECT(TX(21), EOL(21, 1), TX(24), EOL(24, 1))},
     {"responses-malformed-is-text", RSP, S("* OK weird {1x}\r\n* OK {}\r\n* OK { 5}\r\n"),
@@ -367,8 +392,8 @@ static void test_long_lines_near_limit(void **state)
             memset(buf + st.len, 'z', fill);
             st.len += fill;
             /* The literal's octets are "}" CRLF, then the command ends. */
-            st.len += (size_t)snprintf(buf + st.len, sizeof(buf) - st.len, "{3}%s}\r\n%s",
-                                       ends[e], ends[e]);
+            st.len += (size_t)snprintf(buf + st.len, sizeof(buf) - st.len, "{3}%s}\r\n%s", ends[e],
+                                       ends[e]);
         }
         check_stream(&st);
 

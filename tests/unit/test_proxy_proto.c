@@ -64,10 +64,11 @@ static void test_v2(void **state)
 {
     (void)state;
     struct imf_pp_info info;
-    uint8_t h[64] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
-                     0x21, 0x11, 0x00, 0x0F, /* v2 PROXY, TCP over IPv4, 12 + 3 bytes */
-                     198, 51, 100, 7, 192, 0, 2, 1, 0xC8, 0x22, 0x03, 0xE1,
-                     0x04, 0x00, 0x00}; /* a TLV (NOOP) the parser skips */
+    uint8_t h[64] = {
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51,
+        0x55, 0x49, 0x54, 0x0A, 0x21, 0x11, 0x00, 0x0F, /* v2 PROXY, TCP over IPv4, 12 + 3 bytes */
+        198,  51,   100,  7,    192,  0,    2,    1,
+        0xC8, 0x22, 0x03, 0xE1, 0x04, 0x00, 0x00}; /* a TLV (NOOP) the parser skips */
     parse_all_prefixes(h, 16 + 15, IMF_PROXY_PROTOCOL_V2, &info);
     check_v4(&info.src, "198.51.100.7", 0xC822);
     check_v4(&info.dst, "192.0.2.1", 993);
@@ -101,14 +102,14 @@ static void test_malformed(void **state)
     expect_error("\x0D\x0A\x0D\x0A\x00\x0D\x0A\x51\x55\x49\x54\x0A", 12, IMF_PROXY_PROTOCOL_V1,
                  "no PROXY");
     static const char *bad_v1[] = {
-        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",           /* no CR */
-        "PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n",         /* protocol */
-        "PROXY TCP4 1.2.3.999 5.6.7.8 1 2\r\n",       /* address */
-        "PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n",     /* port */
-        "PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",        /* leading zero */
-        "PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",           /* a field short */
-        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n",       /* a field too many */
-        "PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n",         /* family mismatch */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",       /* no CR */
+        "PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n",     /* protocol */
+        "PROXY TCP4 1.2.3.999 5.6.7.8 1 2\r\n",   /* address */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n", /* port */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",    /* leading zero */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",       /* a field short */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n",   /* a field too many */
+        "PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n",     /* family mismatch */
     };
     for (size_t i = 0; i < sizeof(bad_v1) / sizeof(bad_v1[0]); i++)
         expect_error(bad_v1[i], strlen(bad_v1[i]), IMF_PROXY_PROTOCOL_ANY, "PROXY v1");
@@ -127,7 +128,7 @@ static void test_malformed(void **state)
     v2[14] = 0xFF; /* 65292 bytes announced */
     expect_error(v2, 16, IMF_PROXY_PROTOCOL_V2, "too long");
     uint8_t shortaddr[16 + 4] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49,
-                                 0x54, 0x0A, 0x21, 0x11, 0x00, 0x04, 1, 2, 3, 4};
+                                 0x54, 0x0A, 0x21, 0x11, 0x00, 0x04, 1,    2,    3,    4};
     expect_error(shortaddr, sizeof(shortaddr), IMF_PROXY_PROTOCOL_V2, "truncated");
     shortaddr[13] = 0x12; /* UDP */
     expect_error(shortaddr, sizeof(shortaddr), IMF_PROXY_PROTOCOL_V2, "not a TCP");
@@ -160,8 +161,9 @@ static void test_cidr(void **state)
         const char *ip;
         bool in;
     } cases[] = {
-        {"10.1.2.3", true},         {"11.0.0.1", false},        {"192.0.2.7", true},
-        {"192.0.2.8", false},       {"2001:db8:1::5", true},    {"2001:db9::1", false},
+        {"10.1.2.3", true},        {"11.0.0.1", false},
+        {"192.0.2.7", true},       {"192.0.2.8", false},
+        {"2001:db8:1::5", true},   {"2001:db9::1", false},
         {"::ffff:10.9.9.9", true}, /* IPv4-mapped */ {"127.0.0.1", true},
         {"127.0.0.2", false},
     };
@@ -206,7 +208,7 @@ static void test_iplimit(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_v1),     cmocka_unit_test(test_v2),
+        cmocka_unit_test(test_v1),        cmocka_unit_test(test_v2),
         cmocka_unit_test(test_malformed), cmocka_unit_test(test_cidr),
         cmocka_unit_test(test_iplimit),
     };
