@@ -134,6 +134,8 @@ bool imf_capability_rewrite(const uint8_t *line, size_t len, const struct imf_ca
          * rewritten twice comes out the same. */
         if (pol->add_literal_plus && name_is((const char *)name, n, "LITERAL+"))
             continue;
+        if (pol->add_idle && name_is((const char *)name, n, "IDLE"))
+            continue;
         out[pos++] = ' ';
         put(out, &pos, name, n);
     }
@@ -143,6 +145,8 @@ bool imf_capability_rewrite(const uint8_t *line, size_t len, const struct imf_ca
         put(out, &pos, " LOGINDISABLED", 14);
     if (pol->add_literal_plus)
         put(out, &pos, " LITERAL+", 9);
+    if (pol->add_idle)
+        put(out, &pos, " IDLE", 5);
     put(out, &pos, line + end, len - end);
     *out_len = pos;
     return true;

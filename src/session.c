@@ -74,6 +74,14 @@ enum sess_state {
     SESS_CLOSED,       /* handles closing; freed when the last one has */
     SESS_STATE_COUNT
 };
+enum idle_phase {
+    IDLE_OFF,          /* no IDLE in progress */
+    IDLE_ON,           /* client and backend idling (idle = pass) */
+    IDLE_REFRESH_DONE, /* we sent the backend DONE; its completion is ours */
+    IDLE_REFRESH_PLUS, /* we re-sent IDLE; its "+" is ours */
+    IDLE_POLLING,      /* idle = poll: the proxy answered IDLE and polls with NOOP */
+};
+
 static const char *const sess_state_names[SESS_STATE_COUNT] = {
     "proxy-header", "handshake", "connecting", "relay", "closing", "closed",
 };
@@ -166,9 +174,17 @@ struct imf_session {
     uv_timer_t split_timer;
     uint32_t held, converted, splits; /* for the summary line */
 
+    /* The IDLE keeper: keep-alives to the client, refreshes or polls
+     * towards the backend, all invisible to the client. */
+    enum idle_phase idle_phase;
+    char idle_tag[IMF_TAG_MAX + 1]; /* the client's IDLE */
+    bool idle_timer_inited;
+    bool poll_inflight; /* a NOOP of ours awaits its completion */
+    uv_timer_t idle_timer;
+    uint64_t next_keepalive_ms, next_backend_ms; /* deadlines, loop time */
+
     /* Draining (SIGTERM): BYE as soon as no command is in progress. */
     bool draining;
-    bool idling;          /* the client's IDLE is running: BYE may interrupt it */
     uint32_t outstanding; /* commands relayed and not yet completed */
 
     /* Backend choice: the servers to try, in order. */
@@ -190,8 +206,10 @@ struct imf_session {
     const char *refusal;               /* BYE text instead of a backend, once TLS is up */
 };
 
-/* Tag of the ID command the proxy sends on the client's behalf. */
-#define PROXY_ID_TAG "imapfront-id"
+/* Tags of the commands the proxy sends on its own: the ID for the client's
+ * address, the NOOPs that stand in for IDLE (idle = poll). */
+#define PROXY_ID_TAG   "imapfront-id"
+#define PROXY_POLL_TAG "imapfront-poll"
 
 static void session_pump(struct imf_session *s);
 static void session_close(struct imf_session *s, enum imf_close_reason reason, bool graceful);
@@ -363,6 +381,10 @@ static void close_handle(struct imf_session *s, uv_handle_t *h)
 
 static void close_backend(struct imf_session *s)
 {
+    if (s->idle_timer_inited) {
+        s->idle_timer_inited = false;
+        close_handle(s, (uv_handle_t *)&s->idle_timer);
+    }
     if (s->split_timer_inited) {
         s->split_timer_inited = false;
         close_handle(s, (uv_handle_t *)&s->split_timer);
@@ -423,7 +445,8 @@ static void session_close(struct imf_session *s, enum imf_close_reason reason, b
  * A running IDLE counts as quiet (RFC 9051 lets the server end it). */
 static bool session_quiet(const struct imf_session *s)
 {
-    return s->state == SESS_RELAY && (s->outstanding == 0 || s->idling) && !s->lit_wait &&
+    bool idling = s->idle_phase == IDLE_ON || s->idle_phase == IDLE_POLLING;
+    return s->state == SESS_RELAY && (s->outstanding == 0 || idling) && !s->lit_wait &&
            !s->discarding && s->cline_len == 0 && s->c_plain.bytes == 0 &&
            (s->ssl == NULL ? s->c_rx.bytes == 0 : true) && imf_framer_at_message_start(&s->cfr);
 }
@@ -529,6 +552,86 @@ static void on_backend_written(uv_write_t *req, int status)
 
 static void start_tls(struct imf_session *s);
 
+/* ---- the IDLE keeper ------------------------------------------------------ */
+
+static void on_idle_timer(uv_timer_t *t);
+
+/* Sets the timer for the nearest deadline: a keep-alive to the client, and
+ * a refresh or a poll towards the backend. */
+static void idle_arm(struct imf_session *s)
+{
+    uint64_t now = uv_now(&s->worker->loop);
+    uint64_t next = UINT64_MAX;
+    if (s->cfg->idle_keepalive_ms != 0)
+        next = s->next_keepalive_ms;
+    if ((s->idle_phase == IDLE_ON && s->cfg->idle_refresh_ms != 0) || s->idle_phase == IDLE_POLLING)
+        next = s->next_backend_ms < next ? s->next_backend_ms : next;
+    if (next == UINT64_MAX) {
+        if (s->idle_timer_inited)
+            uv_timer_stop(&s->idle_timer);
+        return;
+    }
+    if (!s->idle_timer_inited) {
+        uv_timer_init(&s->worker->loop, &s->idle_timer);
+        s->idle_timer.data = s;
+        s->idle_timer_inited = true;
+        s->open_handles++;
+    }
+    uv_timer_start(&s->idle_timer, on_idle_timer, next > now ? next - now : 0, 0);
+}
+
+static void idle_begin(struct imf_session *s, enum idle_phase phase)
+{
+    uint64_t now = uv_now(&s->worker->loop);
+    s->idle_phase = phase;
+    s->next_keepalive_ms = now + s->cfg->idle_keepalive_ms;
+    s->next_backend_ms =
+        now + (phase == IDLE_POLLING ? s->cfg->poll_interval_ms : s->cfg->idle_refresh_ms);
+    idle_arm(s);
+}
+
+static void idle_end(struct imf_session *s)
+{
+    s->idle_phase = IDLE_OFF;
+    if (s->idle_timer_inited)
+        uv_timer_stop(&s->idle_timer);
+}
+
+static void on_idle_timer(uv_timer_t *t)
+{
+    struct imf_session *s = t->data;
+    if (s->state != SESS_RELAY || s->idle_phase == IDLE_OFF)
+        return;
+    uint64_t now = uv_now(&s->worker->loop);
+    /* Only between whole responses: never inside a line or a literal. */
+    bool client_side_clear = imf_framer_at_message_start(&s->rfr) && s->rline_len == 0;
+    if (s->cfg->idle_keepalive_ms != 0 && now >= s->next_keepalive_ms) {
+        if (client_side_clear)
+            to_client_str(s, "* OK Still here\r\n");
+        s->next_keepalive_ms = now + s->cfg->idle_keepalive_ms;
+    }
+    if (now >= s->next_backend_ms) {
+        if (s->idle_phase == IDLE_ON && s->cfg->idle_refresh_ms != 0 && s->cline_len == 0) {
+            /* Before the backend's own IDLE timeout: DONE now, IDLE again
+             * when it has answered (both answers are ours). */
+            to_backend(s, "DONE\r\n", 6);
+            s->idle_phase = IDLE_REFRESH_DONE;
+        } else if (s->idle_phase == IDLE_POLLING && !s->poll_inflight &&
+                   (s->cfg->pipelining || !s->inflight)) {
+            to_backend(s, PROXY_POLL_TAG " NOOP\r\n", sizeof(PROXY_POLL_TAG " NOOP\r\n") - 1);
+            s->poll_inflight = true;
+            if (!s->cfg->pipelining) {
+                s->inflight = true;
+                snprintf(s->inflight_tag, sizeof(s->inflight_tag), "%s", PROXY_POLL_TAG);
+            }
+        }
+        s->next_backend_ms = now + (s->idle_phase == IDLE_POLLING ? s->cfg->poll_interval_ms
+                                                                  : s->cfg->idle_refresh_ms);
+    }
+    idle_arm(s);
+    session_pump(s);
+}
+
 /* Answers the command whose first line just ended, without relaying it. A
  * literal the line announces is refused too: a synchronising one is never
  * sent by the client, a non-synchronising one is swallowed with the rest of
@@ -576,6 +679,15 @@ static bool intercept_command(struct imf_session *s, const struct imf_framer_ev 
          * announced, so a client asking anyway gets a clean refusal. */
         refuse(s, ev, "NO [CANNOT] COMPRESS is not available through this proxy");
         return true;
+    case IMF_CMD_IDLE:
+        if (s->cfg->idle_mode != IMF_IDLE_POLL || (ev->literal_flags & IMF_LIT_PRESENT))
+            return false;
+        /* The backend cannot IDLE: we do, and poll it for news. */
+        to_client_str(s, "+ idling\r\n");
+        snprintf(s->idle_tag, sizeof(s->idle_tag), "%s", s->cmd.tag);
+        s->client_cont = true;
+        idle_begin(s, IDLE_POLLING);
+        return true;
     case IMF_CMD_LOGOUT:
         s->logout_sent = true;
         snprintf(s->logout_tag, sizeof(s->logout_tag), "%s", s->cmd.tag);
@@ -619,9 +731,17 @@ static void forward_line(struct imf_session *s, const struct imf_framer_ev *ev)
 static void on_command_line(struct imf_session *s, const struct imf_framer_ev *ev)
 {
     if (ev->first_line && s->client_cont) {
+        s->client_cont = false;
+        if (s->idle_phase == IDLE_POLLING) {
+            /* The end of an IDLE we emulate: answer it ourselves. */
+            bool done = s->cline_len >= 4 && strncasecmp((const char *)s->cline, "DONE", 4) == 0 &&
+                        (s->cline_len == 4 || s->cline[4] == '\r' || s->cline[4] == '\n');
+            tagged(s, s->idle_tag, done ? "OK IDLE terminated" : "BAD Expected DONE");
+            idle_end(s);
+            return;
+        }
         /* The answer to the backend's "+" (a SASL response, IDLE's DONE):
          * data for the command in progress, never parsed or logged. */
-        s->client_cont = false;
         forward_line(s, ev);
         return;
     }
@@ -701,7 +821,11 @@ static void process_commands(struct imf_session *s)
 {
     /* Before STARTTLS the client's bytes are plaintext already. */
     struct imf_chain *in = s->ssl != NULL ? &s->c_plain : &s->c_rx;
-    while (s->state == SESS_RELAY && s->b_tx.bytes < s->high && !s->lit_wait && !s->split_wait) {
+    /* During an IDLE refresh the client's DONE waits until the backend
+     * idles again. */
+    bool refreshing = s->idle_phase == IDLE_REFRESH_DONE || s->idle_phase == IDLE_REFRESH_PLUS;
+    while (s->state == SESS_RELAY && s->b_tx.bytes < s->high && !s->lit_wait && !s->split_wait &&
+           !refreshing) {
         size_t avail;
         const uint8_t *p = imf_chain_peek(in, &avail);
         if (hold_next_command(s, avail))
@@ -805,6 +929,7 @@ static void cap_policy(const struct imf_session *s, struct imf_cap_policy *out)
     out->login_disabled = s->lcfg->require_tls;
     out->hide = s->cfg->hide_capabilities;
     out->add_literal_plus = s->cfg->literal_plus == IMF_LITERAL_PLUS_SYNC;
+    out->add_idle = s->cfg->idle_mode == IMF_IDLE_POLL;
 }
 
 /* Relays a held response line, rewriting a capability list in it. */
@@ -860,6 +985,31 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
             strncasecmp((const char *)s->rline, "* ID ", 5) == 0)
             return;
     }
+    if (r.kind == IMF_RESP_CONTINUATION && s->idle_phase == IDLE_REFRESH_PLUS) {
+        /* The backend idles again; the client never stopped. */
+        s->idle_phase = IDLE_ON;
+        s->upstream_kick = true;
+        idle_arm(s);
+        return;
+    }
+    if (r.kind == IMF_RESP_TAGGED && s->idle_phase == IDLE_REFRESH_DONE &&
+        strcmp(r.tag, s->idle_tag) == 0) {
+        /* The completion of the DONE we sent: swallow it, idle again. */
+        char line[IMF_TAG_MAX + 16];
+        snprintf(line, sizeof(line), "%s IDLE\r\n", s->idle_tag);
+        to_backend(s, line, strlen(line));
+        s->idle_phase = IDLE_REFRESH_PLUS;
+        return;
+    }
+    if (r.kind == IMF_RESP_TAGGED && s->poll_inflight && strcmp(r.tag, PROXY_POLL_TAG) == 0) {
+        /* Our NOOP's completion: its untagged news went to the client. */
+        s->poll_inflight = false;
+        if (s->inflight && strcmp(s->inflight_tag, PROXY_POLL_TAG) == 0) {
+            s->inflight = false;
+            s->upstream_kick = true;
+        }
+        return;
+    }
     if (r.kind == IMF_RESP_CONTINUATION) {
         if (s->lit_wait) {
             /* The "+" for a literal we made synchronising: the client sent
@@ -873,12 +1023,17 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
          * sends may skip the command checks. */
         if (imf_framer_at_message_start(&s->cfr) && !(s->ssl == NULL && s->lcfg->require_tls)) {
             s->client_cont = true;
-            s->idling = s->cmd.cmd == IMF_CMD_IDLE;
+            if (s->cmd.cmd == IMF_CMD_IDLE && s->idle_phase == IDLE_OFF) {
+                snprintf(s->idle_tag, sizeof(s->idle_tag), "%s", s->cmd.tag);
+                idle_begin(s, IDLE_ON);
+            }
         }
     }
     if (r.kind == IMF_RESP_TAGGED) {
         s->client_cont = false;
-        s->idling = false;
+        if (s->idle_phase != IDLE_OFF && s->idle_phase != IDLE_POLLING &&
+            strcmp(r.tag, s->idle_tag) == 0)
+            idle_end(s); /* the client's IDLE ended (or the backend refused to resume it) */
         if (s->outstanding > 0)
             s->outstanding--;
         if (s->lit_wait && strcmp(r.tag, s->cmd.tag) == 0) {

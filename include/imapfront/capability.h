@@ -18,6 +18,7 @@ struct imf_cap_policy {
     bool offer_starttls;   /* before TLS on a STARTTLS listener: announce STARTTLS */
     bool login_disabled;   /* before TLS with require_tls: LOGINDISABLED, no AUTH= */
     bool add_literal_plus; /* the proxy provides LITERAL+ itself */
+    bool add_idle;         /* the proxy provides IDLE itself (idle = poll) */
     const char *hide;      /* extra names to hide, separated by spaces or commas;
                               "NAME=*" hides every NAME=value; may be NULL */
 };

@@ -20,6 +20,12 @@ enum imf_literal_plus { IMF_LITERAL_PLUS_PASS, IMF_LITERAL_PLUS_SYNC, IMF_LITERA
 
 enum imf_forward_ip { IMF_FORWARD_IP_OFF, IMF_FORWARD_IP_ID, IMF_FORWARD_IP_COUNT };
 
+enum imf_idle_mode {
+    IMF_IDLE_PASS, /* relay IDLE to the backend */
+    IMF_IDLE_POLL, /* the backend lacks IDLE: the proxy emulates it with NOOPs */
+    IMF_IDLE_MODE_COUNT
+};
+
 enum imf_proxy_protocol {
     IMF_PROXY_PROTOCOL_OFF,
     IMF_PROXY_PROTOCOL_V1,
@@ -103,6 +109,9 @@ struct imf_config {
     enum imf_literal_plus literal_plus;
     bool literal_crlf_split;
     enum imf_forward_ip forward_client_ip;
+    enum imf_idle_mode idle_mode;
+    uint64_t idle_refresh_ms;  /* 0 = never: re-issue a client's IDLE to the backend this often */
+    uint64_t poll_interval_ms; /* idle = poll: NOOP this often */
 
     /* [imap] */
     uint64_t max_line_length;
@@ -111,7 +120,8 @@ struct imf_config {
     uint64_t preauth_timeout_ms;
     uint64_t idle_timeout_ms;
     uint64_t buffer_limit;
-    bool compress; /* COMPRESS=DEFLATE terminated at the proxy (not built yet) */
+    bool compress;              /* COMPRESS=DEFLATE terminated at the proxy (not built yet) */
+    uint64_t idle_keepalive_ms; /* 0 = off: "* OK Still here" to an IDLE client this often */
 
     /* [admin] */
     struct imf_sockaddr admin_address; /* admin_address.len == 0: off */
