@@ -147,6 +147,8 @@ bool imf_capability_rewrite(const uint8_t *line, size_t len, const struct imf_ca
         put(out, &pos, " LITERAL+", 9);
     if (pol->add_idle)
         put(out, &pos, " IDLE", 5);
+    if (pol->add_compress)
+        put(out, &pos, " COMPRESS=DEFLATE", 17);
     put(out, &pos, line + end, len - end);
     *out_len = pos;
     return true;

@@ -143,6 +143,12 @@ static const struct imf_choice idle_mode_choices[] = {
     {"poll", IMF_IDLE_POLL, true},
     {NULL, 0, false},
 };
+static const struct imf_choice check_choices[] = {
+    {"off", IMF_CHECK_OFF, true},
+    {"banner", IMF_CHECK_BANNER, false},
+    {"login", IMF_CHECK_LOGIN, false},
+    {NULL, 0, false},
+};
 static const struct imf_choice forward_ip_choices[] = {
     {"off", IMF_FORWARD_IP_OFF, true},
     {"id", IMF_FORWARD_IP_ID, true},
@@ -193,6 +199,7 @@ static const struct imf_option imf_options[] = {
     OPT("backend", "literal_crlf_split", BOOL, literal_crlf_split, "off", 0, 0, NULL, 0),
     OPT("backend", "forward_client_ip", ENUM, forward_client_ip, "off", 0, 0, forward_ip_choices, 0),
     OPT("backend", "idle", ENUM, idle_mode, "pass", 0, 0, idle_mode_choices, 0),
+    OPT("backend", "check", ENUM, check, "off", 0, 0, check_choices, 0),
     OPT("backend", "idle_refresh", DURATION, idle_refresh_ms, "0", 0, WEEK, NULL, 0),
     OPT("backend", "poll_interval", DURATION, poll_interval_ms, "30s", 100, HOUR, NULL, 0),
     OPT("imap", "max_line_length", SIZE, max_line_length, "64k", KiB, 16 * MiB, NULL, 0),
@@ -201,7 +208,7 @@ static const struct imf_option imf_options[] = {
     OPT("imap", "preauth_timeout", DURATION, preauth_timeout_ms, "60s", 1, WEEK, NULL, 0),
     OPT("imap", "idle_timeout", DURATION, idle_timeout_ms, "30m", SEC, WEEK, NULL, 0),
     OPT("imap", "buffer_limit", SIZE, buffer_limit, "256k", 16 * KiB, GiB, NULL, 0),
-    OPT("imap", "compress", BOOL, compress, "off", 0, 0, NULL, IMF_CF_NOT_YET),
+    OPT("imap", "compress", BOOL, compress, "off", 0, 0, NULL, 0),
     OPT("imap", "idle_keepalive", DURATION, idle_keepalive_ms, "0", 0, HOUR, NULL, 0),
     OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, 0),
 };

@@ -209,6 +209,17 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
     scalar(&o, "imapfront_shield_longest_queue_bytes", "gauge",
            "Most bytes seen queued behind a held command.", longest);
 
+    head(&o, "imapfront_compress_bytes_total", "counter",
+         "COMPRESS=DEFLATE at the proxy: bytes by direction, compressed (wire) and not (plain).");
+    emit(&o, "imapfront_compress_bytes_total{direction=\"in\",stage=\"wire\"} %" PRIu64 "\n",
+         SUM(view, compress_in_wire));
+    emit(&o, "imapfront_compress_bytes_total{direction=\"in\",stage=\"plain\"} %" PRIu64 "\n",
+         SUM(view, compress_in_plain));
+    emit(&o, "imapfront_compress_bytes_total{direction=\"out\",stage=\"plain\"} %" PRIu64 "\n",
+         SUM(view, compress_out_plain));
+    emit(&o, "imapfront_compress_bytes_total{direction=\"out\",stage=\"wire\"} %" PRIu64 "\n",
+         SUM(view, compress_out_wire));
+
     head(&o, "imapfront_session_closes_total", "counter", "Sessions ended, by reason.");
     for (int r = 1; r < IMF_CLOSE_REASON_COUNT; r++)
         emit(&o, "imapfront_session_closes_total{reason=\"%s\"} %" PRIu64 "\n",

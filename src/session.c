@@ -23,6 +23,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
+#include <zlib.h>
 #include <openssl/err.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,6 +184,15 @@ struct imf_session {
     uv_timer_t idle_timer;
     uint64_t next_keepalive_ms, next_backend_ms; /* deadlines, loop time */
 
+    /* COMPRESS=DEFLATE terminated here (RFC 4978): the client's bytes are
+     * inflated between TLS and the framer, ours deflated between the
+     * policy and TLS; the backend never sees compression. */
+    z_stream *zin, *zout; /* both set once active */
+    bool zout_pending;    /* input since the last sync flush */
+    bool zin_full;        /* inflate filled its output: it may hold more */
+    struct imf_chain c_z; /* decrypted client bytes, still compressed */
+    struct imf_chain p_z; /* deflated, not yet encrypted */
+
     /* Draining (SIGTERM): BYE as soon as no command is in progress. */
     bool draining;
     uint32_t outstanding; /* commands relayed and not yet completed */
@@ -213,6 +223,7 @@ struct imf_session {
 
 static void session_pump(struct imf_session *s);
 static void session_close(struct imf_session *s, enum imf_close_reason reason, bool graceful);
+static void arm_inactivity_timer(struct imf_session *s);
 static void read_proxy_header(struct imf_session *s);
 
 struct imf_session *imf_session_next(struct imf_session *s)
@@ -344,6 +355,16 @@ static void session_free(struct imf_session *s)
     imf_chain_clear(&s->b_rx);
     imf_chain_clear(&s->p_tx);
     imf_chain_clear(&s->c_tx);
+    imf_chain_clear(&s->c_z);
+    imf_chain_clear(&s->p_z);
+    if (s->zin != NULL) {
+        inflateEnd(s->zin);
+        free(s->zin);
+    }
+    if (s->zout != NULL) {
+        deflateEnd(s->zout);
+        free(s->zout);
+    }
     free(s->cline);
     free(s->rline);
     free(s->rewrite);
@@ -632,6 +653,46 @@ static void on_idle_timer(uv_timer_t *t)
     session_pump(s);
 }
 
+static void encrypt_downstream(struct imf_session *s);
+static void encrypt_all(struct imf_session *s);
+
+/* "tag COMPRESS DEFLATE" (any case, nothing after it). */
+static bool compress_arg_is_deflate(const struct imf_session *s)
+{
+    const uint8_t *p = memchr(s->cline, ' ', s->cline_len); /* after the tag */
+    if (p == NULL)
+        return false;
+    const uint8_t *end = s->cline + s->cline_len;
+    while (end > p && (end[-1] == '\n' || end[-1] == '\r'))
+        end--;
+    static const char want[] = " COMPRESS DEFLATE";
+    return (size_t)(end - p) == sizeof(want) - 1 &&
+           strncasecmp((const char *)p, want, sizeof(want) - 1) == 0;
+}
+
+/* COMPRESS DEFLATE accepted: the OK leaves uncompressed, then both
+ * directions are compressed. What the client sent after its command line
+ * is compressed already. */
+static void start_compress(struct imf_session *s)
+{
+    tagged(s, s->cmd.tag, "OK DEFLATE active");
+    encrypt_all(s);
+    s->zin = calloc(1, sizeof(*s->zin));
+    s->zout = calloc(1, sizeof(*s->zout));
+    if (s->zin == NULL || s->zout == NULL || inflateInit2(s->zin, -15) != Z_OK ||
+        deflateInit2(s->zout, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) !=
+            Z_OK) {
+        /* The stream state is unknown to the client now: end it. */
+        free(s->zin);
+        free(s->zout);
+        s->zin = s->zout = NULL;
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+        return;
+    }
+    imf_chain_splice(&s->c_z, &s->c_plain, s->c_plain.bytes);
+    imf_debug("session", "client=%s COMPRESS DEFLATE active", s->peer);
+}
+
 /* Answers the command whose first line just ended, without relaying it. A
  * literal the line announces is refused too: a synchronising one is never
  * sent by the client, a non-synchronising one is swallowed with the rest of
@@ -675,9 +736,20 @@ static bool intercept_command(struct imf_session *s, const struct imf_framer_ev 
         snprintf(s->auth_tag, sizeof(s->auth_tag), "%s", s->cmd.tag);
         return false;
     case IMF_CMD_COMPRESS:
-        /* A compressed stream cannot be re-framed; COMPRESS is never
-         * announced, so a client asking anyway gets a clean refusal. */
-        refuse(s, ev, "NO [CANNOT] COMPRESS is not available through this proxy");
+        /* The backend's COMPRESS is never used: the proxy must see every
+         * command. With [imap] compress the proxy offers its own. */
+        if (!s->cfg->compress || !tls)
+            refuse(s, ev, "NO [CANNOT] COMPRESS is not available through this proxy");
+        else if (s->zout != NULL)
+            refuse(s, ev, "NO [COMPRESSIONACTIVE] DEFLATE is active already");
+        else if (!s->authenticated)
+            refuse(s, ev, "BAD COMPRESS is valid only after login");
+        else if (!compress_arg_is_deflate(s))
+            refuse(s, ev, "BAD Unknown compression algorithm");
+        else if (ev->literal_flags & IMF_LIT_PRESENT)
+            refuse(s, ev, "BAD COMPRESS takes no literal");
+        else
+            start_compress(s);
         return true;
     case IMF_CMD_IDLE:
         if (s->cfg->idle_mode != IMF_IDLE_POLL || (ev->literal_flags & IMF_LIT_PRESENT))
@@ -875,6 +947,38 @@ static void process_commands(struct imf_session *s)
     }
 }
 
+/* Inflates compressed client bytes from c_z into c_plain. Returns 1 on
+ * progress, 0 when it needs more input, -1 when the session ended. */
+static int inflate_step(struct imf_session *s)
+{
+    size_t avail;
+    const uint8_t *in = imf_chain_peek(&s->c_z, &avail);
+    uint8_t *out;
+    size_t room;
+    if (imf_chain_reserve(&s->c_plain, TLS_RECORD_MAX, &out, &room) != 0) {
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+        return -1;
+    }
+    s->zin->next_in = (Bytef *)in;
+    s->zin->avail_in = (uInt)avail;
+    s->zin->next_out = out;
+    s->zin->avail_out = (uInt)room;
+    int rc = inflate(s->zin, Z_SYNC_FLUSH);
+    size_t used = avail - s->zin->avail_in, made = room - s->zin->avail_out;
+    imf_chain_commit(&s->c_plain, made);
+    imf_chain_consume(&s->c_z, used);
+    s->zin_full = s->zin->avail_out == 0;
+    imf_stat_add(&s->worker->stats.compress_in_wire, (int64_t)used);
+    imf_stat_add(&s->worker->stats.compress_in_plain, (int64_t)made);
+    if (rc != Z_OK && rc != Z_BUF_ERROR) {
+        /* Corrupt data, or the client ended its stream: nothing after
+         * it can be read any more. */
+        bye(s, IMF_CLOSE_CLIENT_ERROR, "Compression error");
+        return -1;
+    }
+    return used > 0 || made > 0;
+}
+
 /* Decrypts what the client sent into c_plain and relays it. */
 static void pump_upstream(struct imf_session *s)
 {
@@ -886,22 +990,30 @@ static void pump_upstream(struct imf_session *s)
         process_commands(s);
         if (s->state != SESS_RELAY || s->c_plain.bytes > 0 || s->client_eof)
             return;
+        if (s->zin != NULL && (s->c_z.bytes > 0 || s->zin_full)) {
+            int r = inflate_step(s);
+            if (r < 0)
+                return;
+            if (r > 0)
+                continue;
+        }
         if (s->c_rx.bytes == 0 && !s->tio.in_eof && SSL_pending(s->ssl) == 0)
             return;
+        struct imf_chain *into = s->zin != NULL ? &s->c_z : &s->c_plain;
         uint8_t *dst;
         size_t room;
-        if (imf_chain_reserve(&s->c_plain, TLS_RECORD_MAX, &dst, &room) != 0) {
+        if (imf_chain_reserve(into, TLS_RECORD_MAX, &dst, &room) != 0) {
             session_close(s, IMF_CLOSE_NO_MEMORY, false);
             return;
         }
         int n = SSL_read(s->ssl, dst, room > INT32_MAX ? INT32_MAX : (int)room);
         if (n > 0) {
-            imf_chain_commit(&s->c_plain, (size_t)n);
+            imf_chain_commit(into, (size_t)n);
             s->bytes_in += (uint64_t)n;
             imf_stat_add(&s->worker->stats.bytes_from_clients, n);
             continue;
         }
-        imf_chain_commit(&s->c_plain, 0);
+        imf_chain_commit(into, 0);
         int err = SSL_get_error(s->ssl, n);
         if (err == SSL_ERROR_WANT_READ)
             return;
@@ -930,6 +1042,7 @@ static void cap_policy(const struct imf_session *s, struct imf_cap_policy *out)
     out->hide = s->cfg->hide_capabilities;
     out->add_literal_plus = s->cfg->literal_plus == IMF_LITERAL_PLUS_SYNC;
     out->add_idle = s->cfg->idle_mode == IMF_IDLE_POLL;
+    out->add_compress = s->cfg->compress && s->authenticated && s->ssl != NULL && s->zout == NULL;
 }
 
 /* Relays a held response line, rewriting a capability list in it. */
@@ -1053,8 +1166,10 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
     if (r.status == IMF_STATUS_PREAUTH)
         s->authenticated = true;
     if (r.kind == IMF_RESP_TAGGED && s->auth_tag[0] != '\0' && strcmp(r.tag, s->auth_tag) == 0) {
-        if (r.status == IMF_STATUS_OK)
+        if (r.status == IMF_STATUS_OK) {
             s->authenticated = true;
+            arm_inactivity_timer(s); /* idle_timeout from now on */
+        }
         s->auth_tag[0] = '\0';
     }
     relay_response_line(s);
@@ -1118,6 +1233,44 @@ static void process_responses(struct imf_session *s)
     }
 }
 
+/* Deflates p_tx into p_z, and sync-flushes once p_tx is empty so that no
+ * response waits in the compressor for more output. */
+static void deflate_downstream(struct imf_session *s)
+{
+    for (;;) {
+        size_t avail = 0;
+        const uint8_t *in = imf_chain_peek(&s->p_tx, &avail);
+        bool flush = avail == 0;
+        if ((flush && !s->zout_pending) || s->p_z.bytes >= s->high)
+            return;
+        uint8_t *out;
+        size_t room;
+        if (imf_chain_reserve(&s->p_z, TLS_RECORD_MAX, &out, &room) != 0) {
+            session_close(s, IMF_CLOSE_NO_MEMORY, false);
+            return;
+        }
+        s->zout->next_in = (Bytef *)in;
+        s->zout->avail_in = (uInt)avail;
+        s->zout->next_out = out;
+        s->zout->avail_out = (uInt)room;
+        int rc = deflate(s->zout, flush ? Z_SYNC_FLUSH : Z_NO_FLUSH);
+        size_t used = avail - s->zout->avail_in, made = room - s->zout->avail_out;
+        imf_chain_commit(&s->p_z, made);
+        imf_chain_consume(&s->p_tx, used);
+        imf_stat_add(&s->worker->stats.compress_out_plain, (int64_t)used);
+        imf_stat_add(&s->worker->stats.compress_out_wire, (int64_t)made);
+        if (rc != Z_OK && rc != Z_BUF_ERROR) {
+            session_close(s, IMF_CLOSE_NO_MEMORY, false);
+            return;
+        }
+        if (used > 0)
+            s->zout_pending = true;
+        /* A flush is complete when deflate left output room unused. */
+        if (flush && s->zout->avail_out != 0)
+            s->zout_pending = false;
+    }
+}
+
 /* Moves queued plaintext towards the client: as is before STARTTLS,
  * encrypted one record at a time once TLS is up, not at all during the
  * handshake. */
@@ -1139,9 +1292,12 @@ static void encrypt_downstream(struct imf_session *s)
     }
     if (!SSL_is_init_finished(s->ssl))
         return;
-    while (s->p_tx.bytes > 0 && s->c_tx.bytes < s->high) {
+    if (s->zout != NULL)
+        deflate_downstream(s);
+    struct imf_chain *src = s->zout != NULL ? &s->p_z : &s->p_tx;
+    while (src->bytes > 0 && s->c_tx.bytes < s->high) {
         size_t avail;
-        const uint8_t *p = imf_chain_peek(&s->p_tx, &avail);
+        const uint8_t *p = imf_chain_peek(src, &avail);
         if (avail > TLS_RECORD_MAX)
             avail = TLS_RECORD_MAX;
         int n = SSL_write(s->ssl, p, (int)avail);
@@ -1151,10 +1307,20 @@ static void encrypt_downstream(struct imf_session *s)
             session_close(s, IMF_CLOSE_TLS_ERROR, false);
             return;
         }
-        imf_chain_consume(&s->p_tx, (size_t)n);
+        imf_chain_consume(src, (size_t)n);
         s->bytes_out += (uint64_t)n;
         imf_stat_add(&s->worker->stats.bytes_to_clients, n);
     }
+}
+
+/* Encrypts everything queued, whatever the watermark: used once, for the
+ * last uncompressed bytes before COMPRESS takes effect. */
+static void encrypt_all(struct imf_session *s)
+{
+    size_t high = s->high;
+    s->high = SIZE_MAX;
+    encrypt_downstream(s);
+    s->high = high;
 }
 
 /* ---- handshake and backend connection ---------------------------------- */
@@ -1263,6 +1429,12 @@ static void on_inactivity_timer(uv_timer_t *t)
     if (s->state != SESS_RELAY)
         return;
     uint64_t now = uv_now(&s->worker->loop);
+    bool idling = s->idle_phase == IDLE_ON || s->idle_phase == IDLE_POLLING;
+    if (s->outstanding > 0 && !idling) {
+        /* A command is in progress (a long FETCH to a slow client, say):
+         * that is not inactivity. */
+        s->last_client_ms = now;
+    }
     if (now - s->last_client_ms < inactivity_limit(s)) {
         /* The client was active since the timer was set: wait the rest. */
         arm_inactivity_timer(s);
@@ -1588,67 +1760,73 @@ static bool split_drained(struct imf_session *s)
     return true;
 }
 
-/* Moves everything that can move. Called after every event. */
+/* Moves everything that can move. Called after every event.
+ *
+ * A pass may stop a direction at its high mark; writes free that room, and
+ * a write that completes at once (uv_try_write) brings no callback to say
+ * so. So when a pass wrote synchronously, go round again: the loop is
+ * bounded by what is already buffered, since no socket is read here. */
 static void session_pump(struct imf_session *s)
 {
-    if (s->state == SESS_CLOSED)
-        return;
-    if (s->state == SESS_HANDSHAKE)
-        do_handshake(s);
-    if (s->state == SESS_RELAY) {
-        pump_upstream(s);
+    for (;;) {
+        if (s->state == SESS_CLOSED)
+            return;
+        if (s->state == SESS_HANDSHAKE)
+            do_handshake(s);
         if (s->state == SESS_RELAY) {
-            process_responses(s);
-            if (s->upstream_kick && s->state == SESS_RELAY) {
-                s->upstream_kick = false;
-                pump_upstream(s);
-            }
-            if (s->draining && session_quiet(s))
-                bye(s, IMF_CLOSE_SHUTDOWN, "[UNAVAILABLE] Server shutting down");
-            if (s->backend_eof && s->b_rx.bytes == 0 && s->state == SESS_RELAY) {
-                /* The client gets what the backend sent, then the close. */
-                if (s->rline_len > 0) {
-                    to_client(s, s->rline, s->rline_len);
-                    s->rline_len = 0;
+            pump_upstream(s);
+            if (s->state == SESS_RELAY) {
+                process_responses(s);
+                if (s->upstream_kick && s->state == SESS_RELAY) {
+                    s->upstream_kick = false;
+                    pump_upstream(s);
                 }
-                session_close(s, s->logout_sent ? IMF_CLOSE_LOGOUT : IMF_CLOSE_BACKEND_EOF, true);
-                return; /* session_close pumps again in CLOSING */
+                if (s->draining && session_quiet(s))
+                    bye(s, IMF_CLOSE_SHUTDOWN, "[UNAVAILABLE] Server shutting down");
+                if (s->backend_eof && s->b_rx.bytes == 0 && s->state == SESS_RELAY) {
+                    /* The client gets what the backend sent, then the close. */
+                    if (s->rline_len > 0) {
+                        to_client(s, s->rline, s->rline_len);
+                        s->rline_len = 0;
+                    }
+                    session_close(s, s->logout_sent ? IMF_CLOSE_LOGOUT : IMF_CLOSE_BACKEND_EOF,
+                                  true);
+                    return; /* session_close pumps again in CLOSING */
+                }
             }
         }
-    }
-    if (s->state == SESS_CLOSING) {
         encrypt_downstream(s);
-        if (s->ssl != NULL && SSL_is_init_finished(s->ssl) && s->p_tx.bytes == 0 &&
-            !s->shutdown_sent) {
+        if (s->state == SESS_CLOSING && s->ssl != NULL && SSL_is_init_finished(s->ssl) &&
+            s->p_tx.bytes == 0 && s->p_z.bytes == 0 && !s->shutdown_sent) {
             s->shutdown_sent = true;
             SSL_shutdown(s->ssl); /* queues close_notify into c_tx */
         }
-    } else {
-        encrypt_downstream(s);
-    }
-    if (s->state == SESS_CLOSED)
-        return;
-    if (!s->client_closing)
-        start_write(s, (uv_stream_t *)&s->client, &s->client_wreq, &s->c_tx, &s->client_wlen,
-                    on_client_written);
-    if (s->state == SESS_CLOSED)
-        return;
-    if (s->backend_up && !s->backend_closing)
-        start_write(s, (uv_stream_t *)&s->backend, &s->backend_wreq, &s->b_tx, &s->backend_wlen,
-                    on_backend_written);
-    if (s->state == SESS_CLOSED)
-        return;
-    if (s->split_wait && s->b_tx.bytes == 0 && s->backend_wlen == 0 && s->state == SESS_RELAY &&
-        split_drained(s)) {
-        session_pump(s); /* the rest of the command may go now */
-        return;
-    }
-    if (s->state == SESS_CLOSING && s->c_tx.bytes == 0 && s->client_wlen == 0 &&
-        (s->shutdown_sent || s->ssl == NULL || !SSL_is_init_finished(s->ssl))) {
-        set_state(s, SESS_CLOSED);
-        close_client(s);
-        close_handle(s, (uv_handle_t *)&s->timer);
-        return;
+        if (s->state == SESS_CLOSED)
+            return;
+        size_t c_before = s->c_tx.bytes, b_before = s->b_tx.bytes;
+        if (!s->client_closing)
+            start_write(s, (uv_stream_t *)&s->client, &s->client_wreq, &s->c_tx, &s->client_wlen,
+                        on_client_written);
+        if (s->state == SESS_CLOSED)
+            return;
+        if (s->backend_up && !s->backend_closing)
+            start_write(s, (uv_stream_t *)&s->backend, &s->backend_wreq, &s->b_tx, &s->backend_wlen,
+                        on_backend_written);
+        if (s->state == SESS_CLOSED)
+            return;
+        bool again = s->c_tx.bytes < c_before || s->b_tx.bytes < b_before;
+        if (s->split_wait && s->b_tx.bytes == 0 && s->backend_wlen == 0 && s->state == SESS_RELAY &&
+            split_drained(s))
+            again = true; /* the rest of the command may go now */
+        if (s->state == SESS_CLOSING && s->c_tx.bytes == 0 && s->client_wlen == 0 &&
+            (s->shutdown_sent || s->ssl == NULL || !SSL_is_init_finished(s->ssl))) {
+            set_state(s, SESS_CLOSED);
+            close_client(s);
+            close_handle(s, (uv_handle_t *)&s->timer);
+            return;
+        }
+        if (!again)
+            break;
     }
     update_reading(s);
 }
@@ -1758,6 +1936,8 @@ void imf_session_accept(struct imf_listener *l)
     imf_chain_init(&s->b_rx, &w->stats.chain);
     imf_chain_init(&s->p_tx, &w->stats.chain);
     imf_chain_init(&s->c_tx, &w->stats.chain);
+    imf_chain_init(&s->c_z, &w->stats.chain);
+    imf_chain_init(&s->p_z, &w->stats.chain);
     imf_framer_init(&s->cfr, IMF_FRAMER_COMMANDS, s->cfg->max_line_length,
                     s->cfg->max_literal_size);
     imf_framer_init(&s->rfr, IMF_FRAMER_RESPONSES, 0, 0);

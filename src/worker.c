@@ -26,7 +26,9 @@ int imf_listen_socket(const struct sockaddr *addr, socklen_t len)
     }
     if (addr->sa_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(fd, addr, len) != 0) {
+    /* Listen now: the caller logs "listening" right after, and a client
+     * that connects on seeing it must not be refused. */
+    if (bind(fd, addr, len) != 0 || listen(fd, 1024) != 0) {
         int e = -errno;
         close(fd);
         return e;

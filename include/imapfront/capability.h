@@ -19,6 +19,7 @@ struct imf_cap_policy {
     bool login_disabled;   /* before TLS with require_tls: LOGINDISABLED, no AUTH= */
     bool add_literal_plus; /* the proxy provides LITERAL+ itself */
     bool add_idle;         /* the proxy provides IDLE itself (idle = poll) */
+    bool add_compress;     /* the proxy provides COMPRESS=DEFLATE itself */
     const char *hide;      /* extra names to hide, separated by spaces or commas;
                               "NAME=*" hides every NAME=value; may be NULL */
 };

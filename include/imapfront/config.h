@@ -26,6 +26,13 @@ enum imf_idle_mode {
     IMF_IDLE_MODE_COUNT
 };
 
+enum imf_check {
+    IMF_CHECK_OFF,
+    IMF_CHECK_BANNER, /* greet the backend periodically */
+    IMF_CHECK_LOGIN,  /* and log in with a service account */
+    IMF_CHECK_COUNT
+};
+
 enum imf_proxy_protocol {
     IMF_PROXY_PROTOCOL_OFF,
     IMF_PROXY_PROTOCOL_V1,
@@ -110,6 +117,7 @@ struct imf_config {
     bool literal_crlf_split;
     enum imf_forward_ip forward_client_ip;
     enum imf_idle_mode idle_mode;
+    enum imf_check check;
     uint64_t idle_refresh_ms;  /* 0 = never: re-issue a client's IDLE to the backend this often */
     uint64_t poll_interval_ms; /* idle = poll: NOOP this often */
 

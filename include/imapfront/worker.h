@@ -42,6 +42,10 @@ struct imf_worker_stats {
     _Atomic uint64_t literals_converted;            /* literal_plus sync: {N+} sent as {N} */
     _Atomic uint64_t crlf_splits;                   /* literal ends written apart from their CRLF */
     _Atomic uint64_t longest_queue;                 /* most bytes queued behind a held command */
+    _Atomic uint64_t compress_in_wire;              /* COMPRESS: compressed bytes from clients */
+    _Atomic uint64_t compress_in_plain;             /* ... and what they inflated to */
+    _Atomic uint64_t compress_out_plain;            /* bytes to clients before deflate */
+    _Atomic uint64_t compress_out_wire;             /* ... and after */
     _Atomic uint64_t closes[IMF_STATS_REASONS_MAX]; /* by enum imf_close_reason */
     _Atomic uint64_t handshake_failures[IMF_STATS_REASONS_MAX]; /* by enum imf_tls_failure */
     struct imf_tls_kind tls_kinds[IMF_STATS_TLS_KINDS_MAX];

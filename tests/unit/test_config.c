@@ -670,15 +670,18 @@ static void test_not_yet(void **state)
 {
     (void)state;
     /* The default value, written out, is accepted (also in another spelling). */
-    struct imf_config *cfg = parse_base("[imap]\ncompress = no\n");
-    assert_false(cfg->compress);
+    struct imf_config *cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\n"
+                                      "private_key = k\n[backend]\nservers = 127.0.0.1:1\n"
+                                      "check = OFF\n");
+    assert_int_equal(cfg->check, IMF_CHECK_OFF);
     imf_config_unref(cfg);
 
     static const struct {
         const char *text;
         const char *want;
     } cases[] = {
-        {"[imap]\ncompress = on\n", "t.ini:9: compress: not supported yet"},
+        {"[imap]\ncompress = sometimes\n",
+         "t.ini:9: compress: \"sometimes\" is not a boolean (use yes/no, on/off, true/false or 1/0)"},
         /* A bad value is reported as bad, not as "not supported yet". */
         {"[imap]\ncompress = maybe\n",
          "t.ini:9: compress: \"maybe\" is not a boolean (use yes/no, on/off, true/false or 1/0)"},
@@ -688,6 +691,8 @@ static void test_not_yet(void **state)
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         expect_base_error(cases[i].text, cases[i].want);
+    expect_error("[backend]\nservers = 127.0.0.1:1\ncheck = login\n",
+                 "t.ini:3: check: login is not supported yet");
 }
 
 /* PROXY protocol listeners name the balancers they trust; limits and the
