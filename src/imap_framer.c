@@ -314,6 +314,15 @@ void imf_framer_skip_literal(struct imf_framer *fr)
         start_line(fr, false);
 }
 
+bool imf_framer_in_literal(const struct imf_framer *fr, uint64_t *out_size, uint64_t *out_left)
+{
+    if (fr->state != FR_LITERAL || fr->literal_left == 0)
+        return false;
+    *out_size = fr->last_line.literal_size;
+    *out_left = fr->literal_left;
+    return true;
+}
+
 bool imf_framer_at_message_start(const struct imf_framer *fr)
 {
     return fr->state == FR_TEXT && fr->line_len == 0 && !fr->cont_line;

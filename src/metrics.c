@@ -85,6 +85,11 @@ static uint64_t sum_at(const struct imf_admin_view *view, size_t off)
 #define SUM_AT(view, array, i) \
     sum_at((view),             \
            offsetof(struct imf_worker_stats, array) + (size_t)(i) * sizeof(_Atomic uint64_t))
+/* The telemetry arrays, flattened: [command][bucket] is command * (B + 1) + bucket. */
+#define TEL_OFF(member)                                                                            \
+    (offsetof(struct imf_worker_stats, telemetry) + offsetof(struct imf_telemetry_stats, member))
+#define SUM_TEL(view, member, i)                                                                   \
+    sum_at((view), TEL_OFF(member) + (size_t)(i) * sizeof(_Atomic uint64_t))
 
 static void scalar(struct out *o, const char *name, const char *type, const char *help, uint64_t v)
 {
@@ -219,6 +224,34 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
          SUM(view, compress_out_plain));
     emit(&o, "imapfront_compress_bytes_total{direction=\"out\",stage=\"wire\"} %" PRIu64 "\n",
          SUM(view, compress_out_wire));
+
+    head(&o, "imapfront_command_duration_seconds", "histogram",
+         "Time from a command's first line to its tagged completion, by command name.");
+    for (int c = 0; c < IMF_TCMD_COUNT; c++) {
+        uint64_t cum = 0;
+        for (int b = 0; b <= IMF_LAT_BUCKETS; b++) {
+            cum += SUM_TEL(view, lat_buckets, (size_t)c * (IMF_LAT_BUCKETS + 1) + (size_t)b);
+            if (b < IMF_LAT_BUCKETS)
+                emit(&o,
+                     "imapfront_command_duration_seconds_bucket{command=\"%s\",le=\"%g\"} "
+                     "%" PRIu64 "\n",
+                     imf_tcmd_names[c], (double)imf_lat_bounds_us[b] / 1e6, cum);
+            else
+                emit(&o,
+                     "imapfront_command_duration_seconds_bucket{command=\"%s\",le=\"+Inf\"} "
+                     "%" PRIu64 "\n",
+                     imf_tcmd_names[c], cum);
+        }
+        emit(&o, "imapfront_command_duration_seconds_sum{command=\"%s\"} %.6f\n", imf_tcmd_names[c],
+             (double)SUM_TEL(view, lat_sum_us, c) / 1e6);
+        emit(&o, "imapfront_command_duration_seconds_count{command=\"%s\"} %" PRIu64 "\n",
+             imf_tcmd_names[c], cum);
+    }
+    head(&o, "imapfront_anomalies_total", "counter",
+         "Odd things seen on the stream (never changed by them), by kind.");
+    for (int a = 0; a < IMF_ANOMALY_COUNT; a++)
+        emit(&o, "imapfront_anomalies_total{kind=\"%s\"} %" PRIu64 "\n", imf_anomaly_names[a],
+             SUM_TEL(view, anomalies, a));
 
     head(&o, "imapfront_session_closes_total", "counter", "Sessions ended, by reason.");
     for (int r = 1; r < IMF_CLOSE_REASON_COUNT; r++)

@@ -37,6 +37,7 @@
 #include "imapfront/imap_framer.h"
 #include "imapfront/iplimit.h"
 #include "imapfront/proxy_proto.h"
+#include "imapfront/telemetry.h"
 #include "imapfront/log.h"
 #include "imapfront/tls.h"
 #include "imapfront/util.h"
@@ -192,6 +193,10 @@ struct imf_session {
     bool zin_full;        /* inflate filled its output: it may hold more */
     struct imf_chain c_z; /* decrypted client bytes, still compressed */
     struct imf_chain p_z; /* deflated, not yet encrypted */
+
+    /* Telemetry: commands in flight, for latency and anomaly detectors. */
+    struct imf_tracker tracker;
+    bool stall_reported; /* the client's current literal was reported stalled */
 
     /* Draining (SIGTERM): BYE as soon as no command is in progress. */
     bool draining;
@@ -861,6 +866,8 @@ static void on_command_line(struct imf_session *s, const struct imf_framer_ev *e
         return;
     if (ev->first_line) {
         s->outstanding++;
+        imf_telemetry_sent(&s->tracker, s->cmd.tag, s->cmd.name, s->cline, s->cline_len,
+                           uv_hrtime() / 1000);
         if (!s->cfg->pipelining) {
             s->inflight = true;
             snprintf(s->inflight_tag, sizeof(s->inflight_tag), "%s", s->cmd.tag);
@@ -1123,6 +1130,12 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
         }
         return;
     }
+    if (r.kind == IMF_RESP_CONTINUATION && s->rline_len <= 3) {
+        /* "+\r\n": RFC 9051 wants text (or base64) after "+ ". */
+        imf_stat_add(&s->worker->stats.telemetry.anomalies[IMF_ANOMALY_BARE_PLUS], 1);
+        imf_log_kv(IMF_LOG_INFO, "backend", "bare continuation request", "client", s->peer,
+                   "backend", s->backend_name, NULL);
+    }
     if (r.kind == IMF_RESP_CONTINUATION) {
         if (s->lit_wait) {
             /* The "+" for a literal we made synchronising: the client sent
@@ -1143,6 +1156,10 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
         }
     }
     if (r.kind == IMF_RESP_TAGGED) {
+        if (!imf_telemetry_tagged(&s->tracker, &s->worker->stats.telemetry, r.tag,
+                                  uv_hrtime() / 1000))
+            imf_log_kv(IMF_LOG_WARN, "backend", "tagged response for no command in flight",
+                       "client", s->peer, "backend", s->backend_name, "tag", r.tag, NULL);
         s->client_cont = false;
         if (s->idle_phase != IDLE_OFF && s->idle_phase != IDLE_POLLING &&
             strcmp(r.tag, s->idle_tag) == 0)
@@ -1210,6 +1227,15 @@ static void process_responses(struct imf_session *s)
             }
             break;
         case IMF_EV_LINE_END:
+            if ((ev.literal_flags & IMF_LIT_PRESENT) &&
+                imf_telemetry_response_literal(&s->tracker, &s->worker->stats.telemetry,
+                                               ev.literal_size)) {
+                char size[24];
+                snprintf(size, sizeof(size), "%" PRIu64, ev.literal_size);
+                imf_log_kv(IMF_LOG_WARN, "backend",
+                           "FETCH literal larger than the partial range asked for", "client",
+                           s->peer, "backend", s->backend_name, "size", size, NULL);
+            }
             on_response_line(s, &ev);
             line_reset(&s->rline, &s->rline_len, &s->rline_cap);
             s->rline_streaming = false;
@@ -1415,10 +1441,24 @@ static uint64_t inactivity_limit(const struct imf_session *s)
     return s->authenticated ? s->cfg->idle_timeout_ms : s->cfg->preauth_timeout_ms;
 }
 
+/* The client announced a literal and owes octets: the literal-stall
+ * detector's deadline applies (UINT64_MAX when none). */
+static uint64_t stall_deadline(const struct imf_session *s)
+{
+    uint64_t size, left;
+    if (s->cfg->literal_stall_ms == 0 || s->stall_reported ||
+        !imf_framer_in_literal(&s->cfr, &size, &left))
+        return UINT64_MAX;
+    return s->last_client_ms + s->cfg->literal_stall_ms;
+}
+
 static void arm_inactivity_timer(struct imf_session *s)
 {
     uint64_t now = uv_now(&s->worker->loop);
     uint64_t deadline = s->last_client_ms + inactivity_limit(s);
+    uint64_t stall = stall_deadline(s);
+    if (stall < deadline)
+        deadline = stall;
     uv_timer_stop(&s->timer);
     uv_timer_start(&s->timer, on_inactivity_timer, deadline > now ? deadline - now : 0, 0);
 }
@@ -1430,7 +1470,19 @@ static void on_inactivity_timer(uv_timer_t *t)
         return;
     uint64_t now = uv_now(&s->worker->loop);
     bool idling = s->idle_phase == IDLE_ON || s->idle_phase == IDLE_POLLING;
-    if (s->outstanding > 0 && !idling) {
+    uint64_t size, left;
+    bool owes = imf_framer_in_literal(&s->cfr, &size, &left);
+    if (owes && now >= stall_deadline(s)) {
+        char a[24], b[24], ms[24];
+        snprintf(a, sizeof(a), "%" PRIu64, size);
+        snprintf(b, sizeof(b), "%" PRIu64, size - left);
+        snprintf(ms, sizeof(ms), "%" PRIu64, now - s->last_client_ms);
+        imf_log_kv(IMF_LOG_WARN, "session", "client literal stalled", "client", s->peer, "tag",
+                   s->cmd.tag, "announced", a, "received", b, "stalled_ms", ms, NULL);
+        imf_stat_add(&s->worker->stats.telemetry.anomalies[IMF_ANOMALY_LITERAL_STALL], 1);
+        s->stall_reported = true;
+    }
+    if (s->outstanding > 0 && !idling && !owes) {
         /* A command is in progress (a long FETCH to a slow client, say):
          * that is not inactivity. */
         s->last_client_ms = now;
@@ -1627,6 +1679,7 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     s->last_client_ms = uv_now(&s->worker->loop);
+    s->stall_reported = false;
     if (s->state == SESS_PROXY_HEADER) {
         if (nread < 0) {
             s->client_eof = true;

@@ -130,6 +130,7 @@ struct imf_config {
     uint64_t buffer_limit;
     bool compress;              /* COMPRESS=DEFLATE terminated at the proxy (not built yet) */
     uint64_t idle_keepalive_ms; /* 0 = off: "* OK Still here" to an IDLE client this often */
+    uint64_t literal_stall_ms;  /* 0 = off: report a client literal without progress this long */
 
     /* [admin] */
     struct imf_sockaddr admin_address; /* admin_address.len == 0: off */

@@ -104,6 +104,10 @@ size_t imf_framer_next(struct imf_framer *fr, const uint8_t *data, size_t len,
  * framer then expects the start of a new command. */
 void imf_framer_skip_literal(struct imf_framer *fr);
 
+/* True while literal octets are still owed: sets the announced size and
+ * how many are yet to come. */
+bool imf_framer_in_literal(const struct imf_framer *fr, uint64_t *out_size, uint64_t *out_left);
+
 /* True when the framer is between messages (a new command/response starts
  * with the next byte). */
 bool imf_framer_at_message_start(const struct imf_framer *fr);

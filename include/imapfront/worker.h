@@ -13,6 +13,7 @@
 
 #include "imapfront/chain.h"
 #include "imapfront/config.h"
+#include "imapfront/telemetry.h"
 
 struct imf_session;
 struct imf_worker;
@@ -50,6 +51,7 @@ struct imf_worker_stats {
     _Atomic uint64_t handshake_failures[IMF_STATS_REASONS_MAX]; /* by enum imf_tls_failure */
     struct imf_tls_kind tls_kinds[IMF_STATS_TLS_KINDS_MAX];
     _Atomic unsigned tls_kinds_len; /* entries published so far */
+    struct imf_telemetry_stats telemetry;
     struct imf_chain_counters chain;
 };
 
