@@ -1297,6 +1297,16 @@ static int parse_text(const char *name, const char *text, size_t text_len,
         if (ctx.rc == 0)
             check_whole(&ctx);
     }
+    if (ctx.rc == 0) {
+        /* Lines of the keys that name files: errors found when the files
+         * are read (TLS) can then say FILE:LINE: key. */
+        ctx.cfg->certificate_line = ctx.key_lines[option_index("tls", "certificate")];
+        ctx.cfg->private_key_line = ctx.key_lines[option_index("tls", "private_key")];
+        for (size_t i = 0; i < ctx.cfg->certs_len; i++) {
+            ctx.cfg->certs[i].certificate_line = ctx.meta[NAMED_CERT][i].key_lines[0];
+            ctx.cfg->certs[i].private_key_line = ctx.meta[NAMED_CERT][i].key_lines[1];
+        }
+    }
     for (int k = 0; k < NAMED_COUNT; k++)
         free(ctx.meta[k]);
     if (ctx.rc != 0) {

@@ -120,7 +120,7 @@ static void reload(struct imf_main *m)
         return;
     }
     if (imf_tls_ctx_new(cfg, &ctx, err, sizeof(err)) != 0) {
-        imf_error("main", "reload failed, the running configuration stays: %s: %s", m->path, err);
+        imf_error("main", "reload failed, the running configuration stays: %s", err);
         imf_config_unref(cfg);
         return;
     }
@@ -330,7 +330,7 @@ int main(int argc, char **argv)
     imf_log_setup((enum imf_log_level)m.cfg->log_level, (enum imf_log_format)m.cfg->log_format);
     rc = imf_tls_ctx_new(m.cfg, &m.ssl_ctx, err, sizeof(err));
     if (rc != 0) {
-        fprintf(stderr, "%s: %s\n", path, err);
+        fprintf(stderr, "%s\n", err);
         imf_config_unref(m.cfg);
         return 1;
     }

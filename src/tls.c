@@ -136,8 +136,26 @@ static void err_from_queue(char *err, size_t err_len, const char *what, const ch
 }
 
 /* Settings shared by the default context and every SNI one. */
-static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg, const char *cert,
-                         const char *key, char *err, size_t err_len)
+/* Where a certificate and its key were configured, for error messages:
+ * "proxy.ini:12: certificate: cannot load /etc/...: reason". */
+struct cert_source {
+    const char *cert, *key;
+    unsigned cert_line, key_line;
+};
+
+static void file_error(char *err, size_t err_len, const struct imf_config *cfg, unsigned line,
+                       const char *key, const char *what, const char *file)
+{
+    unsigned long e = ERR_get_error();
+    const char *reason = e != 0 ? ERR_reason_error_string(e) : NULL;
+    if (reason == NULL)
+        reason = errno != 0 ? strerror(errno) : "unknown error";
+    snprintf(err, err_len, "%s:%u: %s: %s %s: %s", cfg->path, line, key, what, file, reason);
+    ERR_clear_error();
+}
+
+static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg,
+                         const struct cert_source *src, char *err, size_t err_len)
 {
     if (!SSL_CTX_set_min_proto_version(ctx, cfg->min_version) ||
         !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION)) {
@@ -148,16 +166,19 @@ static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg, const char 
         err_from_queue(err, err_len, "cipher list", NULL);
         return -EINVAL;
     }
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
-        err_from_queue(err, err_len, "cannot load the certificate chain", cert);
+    errno = 0;
+    if (SSL_CTX_use_certificate_chain_file(ctx, src->cert) != 1) {
+        file_error(err, err_len, cfg, src->cert_line, "certificate", "cannot load", src->cert);
         return -EINVAL;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-        err_from_queue(err, err_len, "cannot load the private key", key);
+    errno = 0;
+    if (SSL_CTX_use_PrivateKey_file(ctx, src->key, SSL_FILETYPE_PEM) != 1) {
+        file_error(err, err_len, cfg, src->key_line, "private_key", "cannot load", src->key);
         return -EINVAL;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
-        err_from_queue(err, err_len, "the private key does not match the certificate", key);
+        file_error(err, err_len, cfg, src->key_line, "private_key",
+                   "does not match the certificate:", src->key);
         return -EINVAL;
     }
     /* No renegotiation is BoringSSL's default for servers. Tickets: BoringSSL
@@ -265,12 +286,11 @@ int imf_tls_ctx_new(const struct imf_config *cfg, SSL_CTX **out_ctx, char *err, 
         snprintf(err, err_len, "cannot create a TLS context");
         return -ENOMEM;
     }
-    char sub[512];
-    int rc = ctx_configure(ctx, cfg, cfg->certificate, cfg->private_key, sub, sizeof(sub));
-    if (rc != 0) {
-        snprintf(err, err_len, "[tls] %s", sub);
+    struct cert_source main_src = {cfg->certificate, cfg->private_key, cfg->certificate_line,
+                                   cfg->private_key_line};
+    int rc = ctx_configure(ctx, cfg, &main_src, err, err_len);
+    if (rc != 0)
         goto fail;
-    }
     if (cfg->certs_len > 0) {
         struct sni_table *t = calloc(1, sizeof(*t) + cfg->certs_len * sizeof(t->entries[0]));
         if (t == NULL || !SSL_CTX_set_ex_data(ctx, sni_index, t)) {
@@ -294,11 +314,11 @@ int imf_tls_ctx_new(const struct imf_config *cfg, SSL_CTX **out_ctx, char *err, 
             }
             e->names = e->names_copy;
             t->len = i + 1;
-            rc = ctx_configure(e->ctx, cfg, cc->certificate, cc->private_key, sub, sizeof(sub));
-            if (rc != 0) {
-                snprintf(err, err_len, "[certificate.%s] %s", cc->name, sub);
+            struct cert_source src = {cc->certificate, cc->private_key, cc->certificate_line,
+                                      cc->private_key_line};
+            rc = ctx_configure(e->ctx, cfg, &src, err, err_len);
+            if (rc != 0)
                 goto fail;
-            }
         }
         SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
         SSL_CTX_set_tlsext_servername_arg(ctx, t);

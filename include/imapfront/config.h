@@ -75,6 +75,7 @@ struct imf_cert_config {
     char *certificate;
     char *private_key;
     char *server_names; /* as written: names separated by commas or spaces */
+    unsigned certificate_line, private_key_line; /* where they were written */
 };
 
 struct imf_config {
@@ -100,6 +101,7 @@ struct imf_config {
     /* [tls] */
     char *certificate;
     char *private_key;
+    unsigned certificate_line, private_key_line; /* where they were written, for errors */
     uint16_t min_version; /* TLS1_2_VERSION or TLS1_3_VERSION */
     bool session_tickets;
     uint64_t handshake_timeout_ms;

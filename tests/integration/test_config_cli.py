@@ -1,0 +1,107 @@
+"""The command line: `imapfront -t -c FILE` checks a file (exit 0 / 1, errors
+as "FILE:LINE: key: reason"), `imapfront -V` prints the version."""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+import imapfront_harness as h
+
+
+def check(path):
+    return subprocess.run([h.BIN, "-t", "-c", path], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=30)
+
+
+def write(dir_, name, text):
+    path = os.path.join(dir_, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def good_ini(cert, extra_lines=""):
+    return ("[proxy]\n"
+            "workers = 1\n"
+            "\n"
+            "[listen.imaps]\n"
+            "address = 127.0.0.1:10993\n"
+            "mode = implicit-tls\n"
+            "\n"
+            "[tls]\n"
+            "certificate = %s\n"
+            "private_key = %s\n"
+            "\n"
+            "[backend]\n"
+            "servers = 127.0.0.1:11143\n"
+            "\n"
+            "[imap]\n"
+            "max_literal_size = 64M\n"
+            "buffer_limit = 256k\n"
+            "%s" % (cert[0], cert[1], extra_lines))
+
+
+def line_of(text, needle):
+    """1-based number of the first line containing needle."""
+    for i, line in enumerate(text.splitlines(), 1):
+        if needle in line:
+            return i
+    raise AssertionError("%r not in config text" % needle)
+
+
+@pytest.fixture
+def d(tmp_path):
+    return str(tmp_path)
+
+
+def test_good_file_exits_0(need_bin, cert, d):
+    path = write(d, "good.ini", good_ini(cert))
+    r = check(path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_unknown_key_exits_1_with_file_line_key(need_bin, cert, d):
+    text = good_ini(cert).replace("workers = 1\n", "workers = 1\nfrobnicate = yes\n")
+    path = write(d, "unknown.ini", text)
+    r = check(path)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    prefix = "%s:%d: frobnicate:" % (path, line_of(text, "frobnicate"))
+    assert r.stderr.startswith(prefix), r.stderr
+
+
+def test_bad_size_exits_1_with_file_line_key(need_bin, cert, d):
+    text = good_ini(cert).replace("buffer_limit = 256k", "buffer_limit = 12 parsecs")
+    path = write(d, "badsize.ini", text)
+    r = check(path)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    prefix = "%s:%d: buffer_limit:" % (path, line_of(text, "buffer_limit"))
+    assert r.stderr.startswith(prefix), r.stderr
+
+
+def test_missing_certificate_file_exits_1(need_bin, cert, d):
+    missing = os.path.join(d, "no-such-cert.pem")
+    text = good_ini(cert).replace("certificate = %s" % cert[0], "certificate = %s" % missing)
+    path = write(d, "nocert.ini", text)
+    r = check(path)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    prefix = "%s:%d: certificate:" % (path, line_of(text, "certificate ="))
+    assert r.stderr.startswith(prefix), r.stderr
+
+
+def test_absent_certificate_key_exits_1(need_bin, cert, d):
+    """An implicit-TLS listener without [tls] certificate cannot work."""
+    text = good_ini(cert).replace("certificate = %s\n" % cert[0], "")
+    path = write(d, "nocertkey.ini", text)
+    r = check(path)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.startswith(path + ":"), r.stderr
+    assert "certificate" in r.stderr, r.stderr
+
+
+def test_version(need_bin):
+    r = subprocess.run([h.BIN, "-V"], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\bimapfront\b.*\b\d+\.\d+\.\d+", r.stdout + r.stderr), r.stdout
