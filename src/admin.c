@@ -51,11 +51,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         static char msg[] = "method not allowed\n";
         return reply(c, MHD_HTTP_METHOD_NOT_ALLOWED, text, msg, sizeof(msg) - 1, false);
     }
-    if (*upload_data_size != 0) {
-        /* A GET with a body: not ours to read. */
-        static char msg[] = "bad request\n";
+    /* A request with a body is not one of ours (MHD hands the body over in
+     * later calls; the headers already say it is coming). */
+    if (*upload_data_size != 0 ||
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH) != NULL ||
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING) !=
+            NULL) {
+        static char msg[] = "bad request: no body expected\n";
         *upload_data_size = 0;
-        return reply(c, MHD_HTTP_BAD_REQUEST, text, msg, sizeof(msg) - 1, false);
+        struct MHD_Response *r =
+            MHD_create_response_from_buffer(sizeof(msg) - 1, msg, MHD_RESPMEM_PERSISTENT);
+        if (r == NULL)
+            return MHD_NO;
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+        enum MHD_Result rc = MHD_queue_response(c, MHD_HTTP_BAD_REQUEST, r);
+        MHD_destroy_response(r);
+        return rc;
     }
     if (strcmp(url, "/metrics") == 0) {
         size_t len;

@@ -86,9 +86,9 @@ static uint64_t sum_at(const struct imf_admin_view *view, size_t off)
     sum_at((view),             \
            offsetof(struct imf_worker_stats, array) + (size_t)(i) * sizeof(_Atomic uint64_t))
 /* The telemetry arrays, flattened: [command][bucket] is command * (B + 1) + bucket. */
-#define TEL_OFF(member)                                                                            \
+#define TEL_OFF(member) \
     (offsetof(struct imf_worker_stats, telemetry) + offsetof(struct imf_telemetry_stats, member))
-#define SUM_TEL(view, member, i)                                                                   \
+#define SUM_TEL(view, member, i) \
     sum_at((view), TEL_OFF(member) + (size_t)(i) * sizeof(_Atomic uint64_t))
 
 static void scalar(struct out *o, const char *name, const char *type, const char *help, uint64_t v)
@@ -129,7 +129,8 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
     scalar(&o, "imapfront_client_bytes_sent_total", "counter", "Plaintext bytes sent to clients.",
            SUM(view, bytes_to_clients));
     scalar(&o, "imapfront_connections_refused_total", "counter",
-           "Connections refused by max_connections.", SUM(view, connections_refused));
+           "Connections refused by max_connections or max_connections_per_ip.",
+           SUM(view, connections_refused));
 
     scalar(&o, "imapfront_tls_handshakes_total", "counter", "TLS handshakes completed.",
            SUM(view, handshakes_ok));

@@ -64,6 +64,10 @@ const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT] = {
     "proxy-protocol",
 };
 static_assert(IMF_ARRAY_LEN(imf_close_reason_names) == IMF_CLOSE_REASON_COUNT, "reason names");
+
+/* Sessions open in the whole process, for max_connections: the only
+ * counter every worker writes (one locked add per session start and end). */
+static _Atomic uint64_t sessions_open;
 static_assert(IMF_CLOSE_REASON_COUNT <= IMF_STATS_REASONS_MAX, "close reasons fit the stats");
 static_assert(IMF_TLS_FAIL_COUNT <= IMF_STATS_REASONS_MAX, "TLS failures fit the stats");
 
@@ -218,6 +222,7 @@ struct imf_session {
     int peer_port;
     struct sockaddr_storage peer_addr; /* the client (after a PROXY header: the real one) */
     bool ip_counted;                   /* holds one max_connections_per_ip slot */
+    bool counted_open;                 /* counted in sessions_open */
     const char *refusal;               /* BYE text instead of a backend, once TLS is up */
 };
 
@@ -384,6 +389,8 @@ static void session_free(struct imf_session *s)
         s->next->prev = s->prev;
     if (s->ip_counted)
         imf_iplimit_release((struct sockaddr *)&s->peer_addr);
+    if (s->counted_open)
+        atomic_fetch_sub(&sessions_open, 1);
     imf_stat_add(&w->stats.sessions_active, -1);
     imf_stat_add(&s->listener->sessions_active, -1);
     imf_stat_add(&w->stats.closes[s->reason], 1);
@@ -1682,8 +1689,12 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     s->stall_reported = false;
     if (s->state == SESS_PROXY_HEADER) {
         if (nread < 0) {
+            if (s->c_rx.bytes > 0)
+                imf_log_kv(IMF_LOG_WARN, "session", "PROXY header refused", "client", s->peer,
+                           "reason", "truncated: the connection closed inside the header", NULL);
             s->client_eof = true;
-            session_close(s, IMF_CLOSE_CLIENT_EOF, false);
+            session_close(s, s->c_rx.bytes > 0 ? IMF_CLOSE_PROXY_PROTOCOL : IMF_CLOSE_CLIENT_EOF,
+                          false);
         } else {
             read_proxy_header(s);
         }
@@ -1907,7 +1918,8 @@ static void set_peer(struct imf_session *s, const struct sockaddr_storage *ss)
 static void admit(struct imf_session *s)
 {
     struct imf_worker *w = s->worker;
-    uint64_t active = atomic_load_explicit(&w->stats.sessions_active, memory_order_relaxed);
+    s->counted_open = true;
+    uint64_t active = atomic_fetch_add(&sessions_open, 1) + 1;
     if (s->cfg->max_connections != 0 && active > s->cfg->max_connections) {
         s->refusal = "[UNAVAILABLE] Too many connections";
     } else if (!imf_iplimit_acquire((struct sockaddr *)&s->peer_addr,
