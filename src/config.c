@@ -197,6 +197,7 @@ static const struct imf_option imf_options[] = {
     OPT("backend", "pipelining", BOOL, pipelining, "on", 0, 0, NULL, 0),
     OPT("backend", "literal_plus", ENUM, literal_plus, "pass", 0, 0, literal_plus_choices, 0),
     OPT("backend", "literal_crlf_split", BOOL, literal_crlf_split, "off", 0, 0, NULL, 0),
+    OPT("backend", "literal_crlf_split_delay", DURATION, literal_crlf_split_delay_ms, "5ms", 0, SEC, NULL, 0),
     OPT("backend", "forward_client_ip", ENUM, forward_client_ip, "off", 0, 0, forward_ip_choices, 0),
     OPT("backend", "idle", ENUM, idle_mode, "pass", 0, 0, idle_mode_choices, 0),
     OPT("backend", "check", ENUM, check, "off", 0, 0, check_choices, 0),

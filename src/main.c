@@ -399,6 +399,9 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    if (m.cfg->literal_crlf_split && m.cfg->pipelining)
+        imf_warn("main", "[backend] literal_crlf_split works only with pipelining = off: a "
+                         "backend busy with earlier commands reads the two writes at once");
     imf_info("main", "imapfront %s started: %u worker%s, backend %s", IMF_VERSION, m.workers_len,
              m.workers_len == 1 ? "" : "s", m.cfg->servers[0].text);
     uv_run(m.loop, UV_RUN_DEFAULT);

@@ -208,6 +208,9 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
     scalar(&o, "imapfront_shield_crlf_splits_total", "counter",
            "Literal ends written apart from what follows (literal_crlf_split = on).",
            SUM(view, crlf_splits));
+    scalar(&o, "imapfront_shield_crlf_split_timeouts_total", "counter",
+           "Splits that sent what follows without seeing the backend read the literal's end.",
+           SUM(view, crlf_split_timeouts));
     uint64_t longest = 0;
     for (unsigned w = 0; w < view->workers_len; w++)
         if (atomic_load(&view->workers[w].stats.longest_queue) > longest)

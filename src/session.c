@@ -19,10 +19,8 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sys/ioctl.h>
 #include <zlib.h>
 #include <openssl/err.h>
 #include <stdio.h>
@@ -37,6 +35,7 @@
 #include "imapfront/imap_framer.h"
 #include "imapfront/iplimit.h"
 #include "imapfront/proxy_proto.h"
+#include "imapfront/sockq.h"
 #include "imapfront/telemetry.h"
 #include "imapfront/log.h"
 #include "imapfront/tls.h"
@@ -176,7 +175,8 @@ struct imf_session {
     bool split_wait;    /* crlf split: the literal's end must leave before the rest */
     bool upstream_kick; /* a shield opened: pump the client side again */
     bool split_timer_inited;
-    unsigned split_polls;
+    uint64_t split_since_ms;  /* when the literal's end was written (monotonic), 0 = not yet */
+    uint32_t peer_window_max; /* widest receive window the backend advertised */
     uv_timer_t split_timer;
     uint32_t held, converted, splits; /* for the summary line */
 
@@ -1540,6 +1540,15 @@ static void on_backend_connected(uv_connect_t *req, int status)
         return;
     }
     imf_backend_report(s->cfg, s->plan[s->plan_pos], true);
+    if (s->cfg->literal_crlf_split) {
+        /* The backend has read nothing yet: its window now is a fair
+         * "all read" reference for the split's window check. */
+        int fd = -1;
+        struct imf_sendq q;
+        if (uv_fileno((uv_handle_t *)&s->backend, &fd) == 0 && imf_sendq_probe(fd, &q) == 0 &&
+            q.window_known)
+            s->peer_window_max = q.peer_window;
+    }
     imf_stat_add(&s->worker->stats.backend_connect_ok, 1);
     s->backend_up = true;
     uv_tcp_nodelay(&s->backend, 1);
@@ -1784,12 +1793,21 @@ static void update_reading(struct imf_session *s)
     }
 }
 
-/* literal_crlf_split: how long we wait for the literal's end to leave the
- * kernel's send queue before sending what follows anyway. TCP cannot promise
- * the receiver separate reads; waiting for an empty queue makes coalescing
- * rare without stalling a session on a peer that does not ACK. */
-#define SPLIT_POLL_MS   1
-#define SPLIT_POLLS_MAX 50
+/* literal_crlf_split. TCP cannot promise the backend separate reads; what
+ * we can do is wait until the backend has most likely read the literal's
+ * end before what follows goes out:
+ *  - the end has left our socket (its "not sent" queue is empty: waiting
+ *    for ACKs instead would add a delayed ACK's 40 ms for nothing);
+ *  - the backend's advertised receive window has reopened to within a few
+ *    KiB of the widest seen, i.e. it has read what it had buffered (a slow
+ *    reader of a large literal keeps the end in its buffer for a while);
+ *  - [backend] literal_crlf_split_delay has passed (on the monotonic clock)
+ *    for its reader to run.
+ * Bounded: after SPLIT_WAIT_MAX_MS more we send anyway rather than stall on
+ * a peer that reads nothing. */
+#define SPLIT_POLL_MS      1
+#define SPLIT_WAIT_MAX_MS  200
+#define SPLIT_WINDOW_SLACK (8 * 1024)
 
 static void on_split_timer(uv_timer_t *t)
 {
@@ -1797,28 +1815,41 @@ static void on_split_timer(uv_timer_t *t)
     session_pump(s);
 }
 
-/* True when the split is complete: the queue is empty and at least one
- * poll tick has passed (an empty queue only says the backend's kernel has
- * the bytes; the tick lets the backend's reader run before more arrive), or
- * we waited long enough. Otherwise arms a short poll. */
+/* True when the split is complete; otherwise arms a short poll. */
 static bool split_drained(struct imf_session *s)
 {
-    int fd = -1, queued = 0;
-    if (uv_fileno((uv_handle_t *)&s->backend, &fd) != 0 || ioctl(fd, SIOCOUTQ, &queued) != 0)
-        queued = 0;
-    if ((queued > 0 || s->split_polls == 0) && s->split_polls < SPLIT_POLLS_MAX) {
+    uint64_t now_ms = uv_hrtime() / 1000000;
+    if (s->split_since_ms == 0)
+        s->split_since_ms = now_ms; /* the literal's end was just written */
+    int fd = -1;
+    struct imf_sendq q = {0};
+    if (uv_fileno((uv_handle_t *)&s->backend, &fd) != 0 || imf_sendq_probe(fd, &q) != 0)
+        q.window_known = false;
+    if (q.window_known && q.peer_window > s->peer_window_max)
+        s->peer_window_max = q.peer_window;
+    bool read_up = !q.window_known || q.peer_window + SPLIT_WINDOW_SLACK >= s->peer_window_max;
+    uint64_t waited = now_ms - s->split_since_ms;
+    uint64_t settle = s->cfg->literal_crlf_split_delay_ms;
+    bool settled = q.unsent == 0 && read_up && waited >= settle;
+    if (!settled && waited < settle + SPLIT_WAIT_MAX_MS) {
         if (!s->split_timer_inited) {
             uv_timer_init(&s->worker->loop, &s->split_timer);
             s->split_timer.data = s;
             s->split_timer_inited = true;
             s->open_handles++;
         }
-        s->split_polls++;
-        uv_timer_start(&s->split_timer, on_split_timer, SPLIT_POLL_MS, 0);
+        uint64_t delay = SPLIT_POLL_MS;
+        if (q.unsent == 0 && read_up && settle > waited)
+            delay = settle - waited;
+        /* The loop's cached time may be stale: timers count from now. */
+        uv_update_time(&s->worker->loop);
+        uv_timer_start(&s->split_timer, on_split_timer, delay, 0);
         return false;
     }
+    if (!settled)
+        imf_stat_add(&s->worker->stats.crlf_split_timeouts, 1);
     s->split_wait = false;
-    s->split_polls = 0;
+    s->split_since_ms = 0;
     s->splits++;
     imf_stat_add(&s->worker->stats.crlf_splits, 1);
     return true;

@@ -117,6 +117,7 @@ struct imf_config {
     bool pipelining;
     enum imf_literal_plus literal_plus;
     bool literal_crlf_split;
+    uint64_t literal_crlf_split_delay_ms; /* settle time between the two writes */
     enum imf_forward_ip forward_client_ip;
     enum imf_idle_mode idle_mode;
     enum imf_check check;

@@ -14,6 +14,17 @@ each switchable:
                          delivers more than N complete command lines, the
                          connection is dropped at once, without BYE.
 
+Two more knobs make it an older server still, for the proxy's literal shield:
+
+  --no-literal-plus      LITERAL+ is not announced and "{N+}" is not
+                         understood: a line ending in it is a malformed
+                         command (tagged BAD) and the octets after it are read
+                         as commands, as such a server would.
+  --max-append N         an APPEND whose synchronising literal is announced
+                         bigger than N octets is refused with
+                         "TAG NO [TOOBIG] ..." instead of "+"; a bigger
+                         non-synchronising one is read, then refused the same.
+
 Everything else is meant to be a correct (if small) IMAP4rev1 server with a
 real on-disk store, so that curl, mbsync and imaplib work against it.
 Python 3 standard library only.
@@ -38,6 +49,10 @@ import time
 CAPS = b"IMAP4rev1 LITERAL+ IDLE UIDPLUS NAMESPACE ID"
 CAPS_FULL = CAPS + b" AUTH=PLAIN"
 GREETING = b"* OK [CAPABILITY " + CAPS + b"] legacy emulator ready\r\n"
+# --no-literal-plus
+CAPS_NO_LP = CAPS.replace(b" LITERAL+", b"")
+CAPS_FULL_NO_LP = CAPS_NO_LP + b" AUTH=PLAIN"
+GREETING_NO_LP = b"* OK [CAPABILITY " + CAPS_NO_LP + b"] legacy emulator ready\r\n"
 
 # At least 64 KiB so that a literal's end and its CRLF can arrive together
 # (the precondition of the Q239082 bug) and a 16 MiB APPEND takes few calls.
@@ -57,6 +72,7 @@ MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun",
           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 LITERAL_END_RE = re.compile(rb"\{(\d{1,20})(\+?)\}\r?\n\Z")
+APPEND_HEAD_RE = re.compile(rb"^[^ ]+ +APPEND ", re.IGNORECASE)
 
 
 class ProtocolError(Exception):
@@ -152,7 +168,8 @@ class Framer:
     LINE, LITERAL = 0, 1
 
     def __init__(self, on_continuation, bug_crlf=False, on_bug_drop=None,
-                 max_line=MAX_LINE, max_literal=MAX_LITERAL):
+                 max_line=MAX_LINE, max_literal=MAX_LITERAL, literal_plus=True,
+                 max_append=None):
         self.buf = bytearray()  # bytes not yet framed (lines, small literals)
         self.pos = 0            # first unconsumed byte of buf
         self.scan = 0           # where to look for the next LF
@@ -169,6 +186,8 @@ class Framer:
         self.bug_crlf = bug_crlf
         self.max_line = max_line
         self.max_literal = max_literal
+        self.literal_plus = literal_plus
+        self.max_append = max_append
 
     def feed(self, data):
         self.completed_in_chunk = 0
@@ -257,6 +276,21 @@ class Framer:
             size = int(m.group(1))
             sync = m.group(2) != b"+"
             self.parts.append(line[:m.start()])
+            refusal = None
+            if not sync and not self.literal_plus:
+                # "{N+}" means nothing to a server without LITERAL+: the line
+                # ends the command, and what follows is the next command.
+                refusal = "nonsync"
+            elif (sync and self.max_append is not None and size > self.max_append
+                  and APPEND_HEAD_RE.match(self.parts[0])):
+                # Refused before "+": the client will not send the octets.
+                refusal = "toobig"
+            if refusal is not None:
+                self.units.append(Unit(self.parts, error=refusal))
+                self.parts = []
+                if nl >= self.chunk_start:
+                    self.completed_in_chunk += 1
+                continue
             if size > self.max_literal:
                 if not sync:
                     raise ProtocolError("literal-too-big")
@@ -863,7 +897,9 @@ class Conn:
         os.set_blocking(self.wake_w, False)
         bug = server.bug_tls_crlf if is_tls else server.bug_coalesce
         self.framer = Framer(self._continuation, bug_crlf=bug,
-                             on_bug_drop=self._bug_drop)
+                             on_bug_drop=self._bug_drop,
+                             literal_plus=server.literal_plus,
+                             max_append=server.max_append)
 
     def log(self, text):
         self.server.log.write("conn %d %s" % (self.id, text))
@@ -1094,7 +1130,7 @@ class Session:
 
     # --- main loop
     def run(self):
-        self.send(GREETING)
+        self.send(GREETING if self.server.literal_plus else GREETING_NO_LP)
         self.conn.flush()
         while self.state != LOGOUT:
             unit = self.conn.next_unit()
@@ -1118,6 +1154,8 @@ class Session:
         try:
             if unit.error == "toobig":
                 raise NoCommand("[TOOBIG] literal too big")
+            if unit.error == "nonsync":
+                raise BadCommand("invalid literal: LITERAL+ is not supported")
             if not name:
                 raise BadCommand("missing or invalid command name")
             args = Args(tokenize([first[m.end(2):]] + unit.parts[1:]))
@@ -1141,7 +1179,8 @@ class Session:
     # --- any state
     def cmd_capability(self, tag, args):
         args.end()
-        self.send(b"* CAPABILITY " + CAPS_FULL + b"\r\n")
+        caps = CAPS_FULL if self.server.literal_plus else CAPS_FULL_NO_LP
+        self.send(b"* CAPABILITY " + caps + b"\r\n")
         self.tagged(tag, b"OK", "CAPABILITY completed")
 
     def cmd_noop(self, tag, args):
@@ -1380,6 +1419,9 @@ class Session:
         if kind != "lit":
             raise BadCommand("APPEND expects a literal")
         args.end()
+        limit = self.server.max_append
+        if limit is not None and len(data) > limit:
+            raise NoCommand("[TOOBIG] message bigger than %d octets" % limit)
         if date is None:
             now = time.time()
             date = (int(now), 0)
@@ -1853,6 +1895,8 @@ class Server:
         self.bug_tls_crlf = opts.bug_tls_crlf
         self.bug_coalesce = opts.bug_coalesce
         self.bug_chain = opts.bug_chain
+        self.literal_plus = not opts.no_literal_plus
+        self.max_append = opts.max_append
         self.log = EventLog(opts.log)
         self.tls_ctx = None
         if opts.tls:
@@ -1988,6 +2032,10 @@ def main(argv=None):
     ap.add_argument("--bug-tls-crlf", type=on_off, default=True, metavar="on|off")
     ap.add_argument("--bug-coalesce", type=on_off, default=False, metavar="on|off")
     ap.add_argument("--bug-chain", type=int, default=0, metavar="N")
+    ap.add_argument("--no-literal-plus", action="store_true",
+                    help="do not announce LITERAL+; answer {N+} with BAD")
+    ap.add_argument("--max-append", type=int, default=None, metavar="N",
+                    help="refuse APPENDs over N octets with NO [TOOBIG] (before '+')")
     ap.add_argument("--ready-file", metavar="FILE")
     ap.add_argument("--log", metavar="FILE")
     opts = ap.parse_args(argv)
@@ -1995,6 +2043,8 @@ def main(argv=None):
         ap.error("--tls needs --cert and --key")
     if opts.bug_chain < 0:
         ap.error("--bug-chain must be >= 0")
+    if opts.max_append is not None and opts.max_append < 0:
+        ap.error("--max-append must be >= 0")
 
     server = Server(opts)
 
