@@ -47,6 +47,12 @@ def unavailable_reason():
             pwd.getpwnam(user)
         except KeyError:
             return "system user %r missing (it comes with dovecot-core)" % user
+    # Dovecot's auth and login processes run unprivileged and must reach
+    # their files from "/": a root directory without the x bit for others
+    # (a chroot made by mktemp -d, for one) stops them.
+    if not os.stat("/").st_mode & 0o001:
+        return "the filesystem root is not traversable by other users (mode %o)" % (
+            os.stat("/").st_mode & 0o777)
     return None
 
 
