@@ -151,7 +151,7 @@ static void scan_span(struct imf_framer *fr, const uint8_t *p, size_t n)
     const uint8_t *end = p + n;
     const uint8_t *brace;
 
-    if (n == 0)
+    if (n == 0 || p == NULL)
         return;
     brace = memrchr(p, '{', n);
     if (brace != NULL) {

@@ -348,6 +348,20 @@ class Proxy(_Child):
             raise HarnessError("%s; last stats: %r" % (e, last)) from None
         return last
 
+    # What AddressSanitizer, LeakSanitizer and UBSan print: a sanitized
+    # build (./dev test runs one) turns any of these into a test failure.
+    SANITIZER_REPORT = re.compile(
+        r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: |SUMMARY: UndefinedBehavior")
+
+    def stop(self):
+        rc = _Child.stop(self)
+        m = self.SANITIZER_REPORT.search(self.log.text())
+        if m:
+            text = self.log.text()
+            raise HarnessError("imapfront's log has a sanitizer report:\n%s"
+                               % text[max(0, m.start() - 200):m.start() + 3000])
+        return rc
+
     def rss_kib(self):
         """VmRSS of the imapfront process in KiB."""
         with open("/proc/%d/status" % self.pid) as f:
