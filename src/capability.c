@@ -1,6 +1,8 @@
 /* capability: see include/imapfront/capability.h. */
 #include "imapfront/capability.h"
 
+#include "imapfront/util.h"
+
 #include <string.h>
 #include <strings.h>
 
@@ -20,16 +22,9 @@ static bool in_list(const char *list, const char *name, size_t len)
 {
     if (list == NULL)
         return false;
-    const char *p = list;
-    while (*p != '\0') {
-        while (*p == ' ' || *p == ',' || *p == '\t')
-            p++;
-        const char *start = p;
-        while (*p != '\0' && *p != ' ' && *p != ',' && *p != '\t')
-            p++;
-        size_t n = (size_t)(p - start);
-        if (n == 0)
-            break;
+    const char *p = list, *start;
+    size_t n;
+    while (imf_list_next(&p, &start, &n)) {
         if (n >= 2 && start[n - 1] == '*' && start[n - 2] == '=') {
             if (len >= n - 1 && strncasecmp(name, start, n - 1) == 0)
                 return true;

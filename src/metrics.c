@@ -97,6 +97,25 @@ static void scalar(struct out *o, const char *name, const char *type, const char
     emit(o, "%s %" PRIu64 "\n", name, v);
 }
 
+/* A counter of struct imf_listener (at offset off), summed over workers,
+ * one line per listener. */
+static void per_listener(struct out *o, const struct imf_admin_view *view,
+                         const struct imf_config *cfg, const char *name, const char *type,
+                         const char *help, size_t off)
+{
+    char l1[256];
+    head(o, name, type, help);
+    for (size_t li = 0; li < cfg->listeners_len; li++) {
+        uint64_t n = 0;
+        for (unsigned w = 0; w < view->workers_len; w++)
+            if (li < view->workers[w].listeners_len)
+                n += atomic_load(
+                    (_Atomic uint64_t *)((char *)&view->workers[w].listeners[li] + off));
+        emit(o, "%s{listener=\"%s\"} %" PRIu64 "\n", name,
+             label(cfg->listeners[li].name, l1, sizeof(l1)), n);
+    }
+}
+
 char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
 {
     struct out o = {.cap = 16384};
@@ -106,24 +125,12 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
     char l1[256], l2[256];
     struct imf_config *cfg = view->config_ref(view->arg);
 
-    head(&o, "imapfront_sessions_active", "gauge", "Client sessions open now, per listener.");
-    for (size_t li = 0; li < cfg->listeners_len; li++) {
-        uint64_t n = 0;
-        for (unsigned w = 0; w < view->workers_len; w++)
-            if (li < view->workers[w].listeners_len)
-                n += atomic_load(&view->workers[w].listeners[li].sessions_active);
-        emit(&o, "imapfront_sessions_active{listener=\"%s\"} %" PRIu64 "\n",
-             label(cfg->listeners[li].name, l1, sizeof(l1)), n);
-    }
-    head(&o, "imapfront_sessions_total", "counter", "Client sessions accepted, per listener.");
-    for (size_t li = 0; li < cfg->listeners_len; li++) {
-        uint64_t n = 0;
-        for (unsigned w = 0; w < view->workers_len; w++)
-            if (li < view->workers[w].listeners_len)
-                n += atomic_load(&view->workers[w].listeners[li].sessions_total);
-        emit(&o, "imapfront_sessions_total{listener=\"%s\"} %" PRIu64 "\n",
-             label(cfg->listeners[li].name, l1, sizeof(l1)), n);
-    }
+    per_listener(&o, view, cfg, "imapfront_sessions_active", "gauge",
+                 "Client sessions open now, per listener.",
+                 offsetof(struct imf_listener, sessions_active));
+    per_listener(&o, view, cfg, "imapfront_sessions_total", "counter",
+                 "Client sessions accepted, per listener.",
+                 offsetof(struct imf_listener, sessions_total));
     scalar(&o, "imapfront_client_bytes_received_total", "counter",
            "Plaintext bytes received from clients.", SUM(view, bytes_from_clients));
     scalar(&o, "imapfront_client_bytes_sent_total", "counter", "Plaintext bytes sent to clients.",

@@ -1,6 +1,8 @@
 /* proxy_proto: see include/imapfront/proxy_proto.h. */
 #include "imapfront/proxy_proto.h"
 
+#include "imapfront/util.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <string.h>
@@ -189,17 +191,9 @@ enum imf_pp_result imf_pp_parse(const uint8_t *data, size_t len, enum imf_proxy_
 int imf_cidr_parse_list(const char *text, struct imf_cidr *out, size_t max, const char **out_bad,
                         size_t *out_bad_len)
 {
-    size_t n = 0;
-    const char *p = text;
-    while (*p != '\0') {
-        while (*p == ' ' || *p == ',' || *p == '\t')
-            p++;
-        const char *start = p;
-        while (*p != '\0' && *p != ' ' && *p != ',' && *p != '\t')
-            p++;
-        size_t len = (size_t)(p - start);
-        if (len == 0)
-            break;
+    size_t n = 0, len;
+    const char *p = text, *start;
+    while (imf_list_next(&p, &start, &len)) {
         *out_bad = start;
         *out_bad_len = len;
         char buf[64];

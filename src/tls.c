@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "imapfront/log.h"
+#include "imapfront/util.h"
 
 /* TLS 1.2 suites: ECDHE only (forward secrecy), AEAD only. TLS 1.3 suites
  * are all AEAD and not configurable in BoringSSL. */
@@ -154,8 +155,8 @@ static void file_error(char *err, size_t err_len, const struct imf_config *cfg, 
     ERR_clear_error();
 }
 
-static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg,
-                         const struct cert_source *src, char *err, size_t err_len)
+static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg, const struct cert_source *src,
+                         char *err, size_t err_len)
 {
     if (!SSL_CTX_set_min_proto_version(ctx, cfg->min_version) ||
         !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION)) {
@@ -233,16 +234,9 @@ bool imf_tls_name_matches(const char *list, const char *host)
     size_t hlen = strlen(host);
     if (hlen > 0 && host[hlen - 1] == '.')
         hlen--; /* a fully qualified name with its root dot */
-    const char *p = list;
-    while (*p != '\0') {
-        while (*p == ' ' || *p == ',' || *p == '\t')
-            p++;
-        const char *start = p;
-        while (*p != '\0' && *p != ' ' && *p != ',' && *p != '\t')
-            p++;
-        size_t n = (size_t)(p - start);
-        if (n == 0)
-            break;
+    const char *p = list, *start;
+    size_t n;
+    while (imf_list_next(&p, &start, &n)) {
         if (n > 2 && start[0] == '*' && start[1] == '.') {
             const char *dot = memchr(host, '.', hlen);
             size_t suffix = n - 1; /* ".example.org" */

@@ -21,4 +21,24 @@
 
 #define IMF_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Walks a config list ("a, b c,d": entries separated by commas, spaces or
+ * tabs). Each call sets the next entry (not NUL-terminated) and advances
+ * *pos; returns false when there is none left. */
+static inline bool imf_list_next(const char **pos, const char **out_item, size_t *out_len)
+{
+    const char *p = *pos;
+    while (*p == ' ' || *p == ',' || *p == '\t')
+        p++;
+    const char *start = p;
+    while (*p != '\0' && *p != ' ' && *p != ',' && *p != '\t')
+        p++;
+    *pos = p;
+    *out_item = start;
+    *out_len = (size_t)(p - start);
+    return p > start;
+}
+
 #endif
