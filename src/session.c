@@ -1728,6 +1728,12 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     session_pump(s);
+    /* A literal the client is sending: the stall detector's deadline
+     * follows its progress (the timer otherwise only wakes for idleness). */
+    uint64_t size, left;
+    if (s->state == SESS_RELAY && s->cfg->literal_stall_ms != 0 &&
+        imf_framer_in_literal(&s->cfr, &size, &left))
+        arm_inactivity_timer(s);
 }
 
 static void on_backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
