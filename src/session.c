@@ -130,6 +130,7 @@ struct imf_session {
     bool client_closing;  /* uv_close called on the client */
     bool backend_closing; /* uv_close called on the backend */
     bool shutdown_sent;   /* close_notify queued */
+    bool tls_failed;      /* the TLS connection failed: only its alert may still go out */
     size_t client_wlen;   /* bytes of c_tx in the client write (0 = none) */
     size_t backend_wlen;  /* bytes of b_tx in the backend write (0 = none) */
 
@@ -1040,7 +1041,10 @@ static void pump_upstream(struct imf_session *s)
         }
         imf_log_kv(IMF_LOG_INFO, "tls", "read failed", "client", s->peer, "reason",
                    imf_tls_failure_reason(s->ssl, &s->tio), NULL);
-        session_close(s, IMF_CLOSE_TLS_ERROR, false);
+        /* The library queued a fatal alert: it must reach the client
+         * (RFC 8446, 6.2) before the close; nothing else can go out. */
+        s->tls_failed = true;
+        session_close(s, IMF_CLOSE_TLS_ERROR, true);
         return;
     }
 }
@@ -1323,7 +1327,7 @@ static void encrypt_downstream(struct imf_session *s)
         }
         return;
     }
-    if (!SSL_is_init_finished(s->ssl))
+    if (!SSL_is_init_finished(s->ssl) || s->tls_failed)
         return;
     if (s->zout != NULL)
         deflate_downstream(s);
@@ -1898,7 +1902,7 @@ static void session_pump(struct imf_session *s)
         }
         encrypt_downstream(s);
         if (s->state == SESS_CLOSING && s->ssl != NULL && SSL_is_init_finished(s->ssl) &&
-            s->p_tx.bytes == 0 && s->p_z.bytes == 0 && !s->shutdown_sent) {
+            !s->tls_failed && s->p_tx.bytes == 0 && s->p_z.bytes == 0 && !s->shutdown_sent) {
             s->shutdown_sent = true;
             SSL_shutdown(s->ssl); /* queues close_notify into c_tx */
         }
@@ -1920,7 +1924,8 @@ static void session_pump(struct imf_session *s)
             split_drained(s))
             again = true; /* the rest of the command may go now */
         if (s->state == SESS_CLOSING && s->c_tx.bytes == 0 && s->client_wlen == 0 &&
-            (s->shutdown_sent || s->ssl == NULL || !SSL_is_init_finished(s->ssl))) {
+            (s->shutdown_sent || s->tls_failed || s->ssl == NULL ||
+             !SSL_is_init_finished(s->ssl))) {
             set_state(s, SESS_CLOSED);
             close_client(s);
             close_handle(s, (uv_handle_t *)&s->timer);

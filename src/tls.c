@@ -186,6 +186,9 @@ static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg, const struc
      * rotates its own ticket keys; off means full handshakes only. */
     if (!cfg->session_tickets)
         SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    /* Our order (AES-GCM, then ChaCha20, all forward-secret AEAD) wins over
+     * the client's. */
+    SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_sess_set_cache_size(ctx, 20000);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
