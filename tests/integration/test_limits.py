@@ -186,6 +186,10 @@ def ids_of(pid):
 def test_user_drops_privileges_and_still_serves(emulator, cert, need_bin):
     if os.geteuid() != 0:
         pytest.skip("needs root to switch users")
+    if not os.stat("/").st_mode & 0o001:
+        # A chroot made by mktemp -d (mode 0700): no unprivileged process
+        # can reach its files, whatever imapfront does.
+        pytest.skip("the filesystem root is not traversable by other users")
     import pwd
     try:
         nobody = pwd.getpwnam("nobody")
