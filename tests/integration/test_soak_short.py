@@ -13,9 +13,9 @@ import pytest
 
 import imapfront_harness as h
 
-if os.environ.get("IMAPFRONT_SANITIZED"):
-    pytest.skip("the soak's RSS bounds do not hold under AddressSanitizer's shadow memory "
-                "(it runs on the normal build)", allow_module_level=True)
+pytestmark = pytest.mark.skipif(bool(os.environ.get("IMAPFRONT_SANITIZED")),
+                                reason="the soak's RSS bounds do not hold under AddressSanitizer's shadow memory "
+                "(it runs on the normal build)")
 
 sys.path.insert(0, os.path.join(h.SRC, "tests", "soak"))
 

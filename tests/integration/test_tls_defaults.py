@@ -26,8 +26,8 @@ import time
 
 import pytest
 
-if os.environ.get("IMAPFRONT_SANITIZED"):
-    pytest.skip('the TLS configuration scans gain nothing from sanitizers (they run on the normal build)', allow_module_level=True)
+pytestmark = pytest.mark.skipif(bool(os.environ.get("IMAPFRONT_SANITIZED")),
+                                reason='the TLS configuration scans gain nothing from sanitizers (they run on the normal build)')
 
 import imapfront_harness as h
 from dovecot import PlainClient, listener_port
