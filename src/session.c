@@ -1679,16 +1679,23 @@ static void start_tls(struct imf_session *s)
 
 /* ---- reading ----------------------------------------------------------- */
 
-static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+/* A socket read goes straight into the tail of its chain (a zero-length
+ * buffer when there is no memory: libuv then reports UV_ENOBUFS). */
+static void read_into(struct imf_chain *c, uv_buf_t *buf)
 {
-    struct imf_session *s = h->data;
     uint8_t *p;
     size_t room;
-    if (imf_chain_reserve(&s->c_rx, IMF_READ_MIN, &p, &room) != 0) {
+    if (imf_chain_reserve(c, IMF_READ_MIN, &p, &room) != 0) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
     *buf = uv_buf_init((char *)p, (unsigned)room);
+}
+
+static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct imf_session *s = h->data;
+    read_into(&s->c_rx, buf);
 }
 
 static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
@@ -1743,13 +1750,7 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 static void on_backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct imf_session *s = h->data;
-    uint8_t *p;
-    size_t room;
-    if (imf_chain_reserve(&s->b_rx, IMF_READ_MIN, &p, &room) != 0) {
-        *buf = uv_buf_init(NULL, 0);
-        return;
-    }
-    *buf = uv_buf_init((char *)p, (unsigned)room);
+    read_into(&s->b_rx, buf);
 }
 
 static void on_backend_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
