@@ -102,7 +102,7 @@ struct imf_config {
     char *certificate;
     char *private_key;
     unsigned certificate_line, private_key_line; /* where they were written, for errors */
-    uint16_t min_version; /* TLS1_2_VERSION or TLS1_3_VERSION */
+    uint16_t min_version;                        /* TLS1_2_VERSION or TLS1_3_VERSION */
     bool session_tickets;
     uint64_t handshake_timeout_ms;
 

@@ -43,7 +43,7 @@ struct imf_worker_stats {
     _Atomic uint64_t literals_converted;            /* literal_plus sync: {N+} sent as {N} */
     _Atomic uint64_t crlf_splits;                   /* literal ends written apart from their CRLF */
     _Atomic uint64_t longest_queue;                 /* most bytes queued behind a held command */
-    _Atomic uint64_t crlf_split_timeouts; /* splits that gave up waiting for the reader */
+    _Atomic uint64_t crlf_split_timeouts;           /* splits that gave up waiting for the reader */
     _Atomic uint64_t compress_in_wire;              /* COMPRESS: compressed bytes from clients */
     _Atomic uint64_t compress_in_plain;             /* ... and what they inflated to */
     _Atomic uint64_t compress_out_plain;            /* bytes to clients before deflate */

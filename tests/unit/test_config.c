@@ -680,8 +680,8 @@ static void test_not_yet(void **state)
         const char *text;
         const char *want;
     } cases[] = {
-        {"[imap]\ncompress = sometimes\n",
-         "t.ini:9: compress: \"sometimes\" is not a boolean (use yes/no, on/off, true/false or 1/0)"},
+        {"[imap]\ncompress = sometimes\n", "t.ini:9: compress: \"sometimes\" is not a boolean (use "
+                                           "yes/no, on/off, true/false or 1/0)"},
         /* A bad value is reported as bad, not as "not supported yet". */
         {"[imap]\ncompress = maybe\n",
          "t.ini:9: compress: \"maybe\" is not a boolean (use yes/no, on/off, true/false or 1/0)"},
