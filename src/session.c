@@ -131,6 +131,8 @@ struct imf_session {
     bool backend_closing; /* uv_close called on the backend */
     bool shutdown_sent;   /* close_notify queued */
     bool tls_failed;      /* the TLS connection failed: only its alert may still go out */
+    bool linger;          /* on close: FIN first, then read and discard until EOF */
+    bool lingering;       /* ... doing so now (bounded by the linger timer) */
     size_t client_wlen;   /* bytes of c_tx in the client write (0 = none) */
     size_t backend_wlen;  /* bytes of b_tx in the backend write (0 = none) */
 
@@ -322,6 +324,12 @@ static void to_backend(struct imf_session *s, const void *p, size_t n)
 /* Sends "* BYE text" and closes gracefully with reason. */
 static void bye(struct imf_session *s, enum imf_close_reason reason, const char *text)
 {
+    /* A client refused for what it sends may still be sending: closing on
+     * unread input makes the kernel send RST, which can destroy the BYE in
+     * flight. Those closes linger (see session_pump). */
+    if (reason == IMF_CLOSE_LINE_TOO_LONG || reason == IMF_CLOSE_LITERAL_MALFORMED ||
+        reason == IMF_CLOSE_LITERAL_TOO_BIG)
+        s->linger = true;
     char line[256];
     snprintf(line, sizeof(line), "* BYE %s\r\n", text);
     to_client_str(s, line);
@@ -1705,6 +1713,15 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         imf_chain_commit(&s->c_rx, nread > 0 ? (size_t)nread : 0);
     if (nread == 0)
         return;
+    if (s->lingering) {
+        imf_chain_consume(&s->c_rx, s->c_rx.bytes);
+        if (nread < 0) {
+            set_state(s, SESS_CLOSED);
+            close_client(s);
+            close_handle(s, (uv_handle_t *)&s->timer);
+        }
+        return;
+    }
     s->last_client_ms = uv_now(&s->worker->loop);
     s->stall_reported = false;
     if (s->state == SESS_PROXY_HEADER) {
@@ -1927,6 +1944,19 @@ static void session_pump(struct imf_session *s)
         if (s->state == SESS_CLOSING && s->c_tx.bytes == 0 && s->client_wlen == 0 &&
             (s->shutdown_sent || s->tls_failed || s->ssl == NULL ||
              !SSL_is_init_finished(s->ssl))) {
+            int fd = -1;
+            if (s->linger && !s->lingering && !s->client_eof &&
+                uv_fileno((uv_handle_t *)&s->client, &fd) == 0 && shutdown(fd, SHUT_WR) == 0) {
+                /* Our last bytes and a FIN are on their way; drain what the
+                 * client still sends until it closes or the linger timer
+                 * (already running) ends it. */
+                s->lingering = true;
+                imf_chain_consume(&s->c_rx, s->c_rx.bytes);
+                if (!s->client_reading &&
+                    uv_read_start((uv_stream_t *)&s->client, on_client_alloc, on_client_read) == 0)
+                    s->client_reading = true;
+                return;
+            }
             set_state(s, SESS_CLOSED);
             close_client(s);
             close_handle(s, (uv_handle_t *)&s->timer);
