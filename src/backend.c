@@ -19,6 +19,12 @@ struct health {
     _Atomic uint64_t down_until; /* imf_clock_ms() until which it is skipped */
     _Atomic uint64_t connects_ok;
     _Atomic uint64_t connects_failed;
+    /* Active checks ([backend] check): out of rotation while failing. */
+    _Atomic uint32_t check_fails; /* consecutive failed checks */
+    _Atomic bool check_down;      /* failed down_after checks in a row, none passed since */
+    _Atomic uint64_t checks_ok;
+    _Atomic uint64_t checks_failed;
+    _Atomic uint64_t check_us; /* how long the last check took */
 };
 
 static struct health slots[SLOTS];
@@ -58,7 +64,8 @@ static struct health *slot_of(const char *address)
 
 static bool is_down(struct health *h, uint64_t now)
 {
-    return h != NULL && atomic_load_explicit(&h->down_until, memory_order_relaxed) > now;
+    return h != NULL && (atomic_load_explicit(&h->down_until, memory_order_relaxed) > now ||
+                         atomic_load_explicit(&h->check_down, memory_order_relaxed));
 }
 
 size_t imf_backend_plan(const struct imf_config *cfg, unsigned *out_order)
@@ -122,6 +129,39 @@ bool imf_backend_any_up(const struct imf_config *cfg)
     return false;
 }
 
+int imf_backend_check_report(const struct imf_config *cfg, size_t index, bool ok,
+                             uint64_t duration_us)
+{
+    struct health *h = slot_of(cfg->servers[index].text);
+    if (h == NULL)
+        return 0;
+    atomic_store(&h->check_us, duration_us);
+    if (ok) {
+        atomic_fetch_add(&h->checks_ok, 1);
+        atomic_store(&h->check_fails, 0);
+        /* A passing check also answers for connects: it just made one. */
+        atomic_store(&h->fails, 0);
+        atomic_store(&h->down_until, 0);
+        return atomic_exchange(&h->check_down, false) ? -1 : 0;
+    }
+    atomic_fetch_add(&h->checks_failed, 1);
+    uint32_t fails = atomic_fetch_add(&h->check_fails, 1) + 1;
+    if (fails < cfg->backend_down_after)
+        return 0;
+    return atomic_exchange(&h->check_down, true) ? 0 : 1;
+}
+
+void imf_backend_check_clear(const struct imf_config *cfg)
+{
+    for (size_t i = 0; i < cfg->servers_len; i++) {
+        struct health *h = slot_of(cfg->servers[i].text);
+        if (h != NULL) {
+            atomic_store(&h->check_fails, 0);
+            atomic_store(&h->check_down, false);
+        }
+    }
+}
+
 size_t imf_backend_info(const struct imf_config *cfg, struct imf_backend_info *out, size_t max)
 {
     uint64_t now = imf_clock_ms();
@@ -132,6 +172,10 @@ size_t imf_backend_info(const struct imf_config *cfg, struct imf_backend_info *o
         out[n].connects_ok = h != NULL ? atomic_load(&h->connects_ok) : 0;
         out[n].connects_failed = h != NULL ? atomic_load(&h->connects_failed) : 0;
         out[n].down = is_down(h, now);
+        out[n].check_down = h != NULL && atomic_load(&h->check_down);
+        out[n].checks_ok = h != NULL ? atomic_load(&h->checks_ok) : 0;
+        out[n].checks_failed = h != NULL ? atomic_load(&h->checks_failed) : 0;
+        out[n].check_us = h != NULL ? atomic_load(&h->check_us) : 0;
         n++;
     }
     return n;

@@ -145,8 +145,8 @@ static const struct imf_choice idle_mode_choices[] = {
 };
 static const struct imf_choice check_choices[] = {
     {"off", IMF_CHECK_OFF, true},
-    {"banner", IMF_CHECK_BANNER, false},
-    {"login", IMF_CHECK_LOGIN, false},
+    {"banner", IMF_CHECK_BANNER, true},
+    {"login", IMF_CHECK_LOGIN, true},
     {NULL, 0, false},
 };
 static const struct imf_choice forward_ip_choices[] = {
@@ -201,6 +201,11 @@ static const struct imf_option imf_options[] = {
     OPT("backend", "forward_client_ip", ENUM, forward_client_ip, "off", 0, 0, forward_ip_choices, 0),
     OPT("backend", "idle", ENUM, idle_mode, "pass", 0, 0, idle_mode_choices, 0),
     OPT("backend", "check", ENUM, check, "off", 0, 0, check_choices, 0),
+    OPT("backend", "check_interval", DURATION, check_interval_ms, "10s", 100, HOUR, NULL, 0),
+    OPT("backend", "check_timeout", DURATION, check_timeout_ms, "5s", 10, HOUR, NULL, 0),
+    OPT("backend", "check_user", STRING, check_user, "", 0, 0, NULL, 0),
+    OPT("backend", "check_password", STRING, check_password, "", 0, 0, NULL, 0),
+    OPT("backend", "check_mailbox", STRING, check_mailbox, "INBOX", 0, 0, NULL, 0),
     OPT("backend", "idle_refresh", DURATION, idle_refresh_ms, "0", 0, WEEK, NULL, 0),
     OPT("backend", "poll_interval", DURATION, poll_interval_ms, "30s", 100, HOUR, NULL, 0),
     OPT("imap", "max_line_length", SIZE, max_line_length, "64k", KiB, 16 * MiB, NULL, 0),
@@ -1212,6 +1217,37 @@ static void check_whole(struct parse_ctx *ctx)
              blame_ml ? "max_line_length" : "buffer_limit",
              "max_line_length (%s) must not exceed buffer_limit (%s)", a, b);
         return;
+    }
+
+    /* check = login sends these in quoted strings: they must be quotable
+     * (RFC 9051: no CR, LF or NUL; 8-bit text would need a literal, which
+     * an old server may refuse). The value itself is never echoed: it may
+     * be the password. */
+    if (cfg->check == IMF_CHECK_LOGIN) {
+        static const char *const keys[] = {"check_user", "check_password", "check_mailbox"};
+        const char *values[] = {cfg->check_user, cfg->check_password, cfg->check_mailbox};
+        for (size_t k = 0; k < ARRAY_SIZE(keys); k++) {
+            size_t row = option_index("backend", keys[k]);
+            unsigned line = ctx->key_lines[row];
+            if (values[k] == NULL) {
+                fail(ctx, -EINVAL,
+                     line != 0 ? line : ctx->key_lines[option_index("backend", "check")], keys[k],
+                     "required by check = login");
+                return;
+            }
+            if (strlen(values[k]) > 1000) {
+                fail(ctx, -EINVAL, line, keys[k], "longer than 1000 characters");
+                return;
+            }
+            for (const unsigned char *p = (const unsigned char *)values[k]; *p != '\0'; p++) {
+                if (*p == '\r' || *p == '\n' || *p >= 0x80) {
+                    fail(ctx, -EINVAL, line, keys[k],
+                         "holds CR, LF or an 8-bit character, which an IMAP quoted string "
+                         "cannot carry");
+                    return;
+                }
+            }
+        }
     }
 
     /* quirks is a preset of the shields; a shield's own key, when written,

@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "imapfront/admin.h"
+#include "imapfront/check.h"
 #include "imapfront/config.h"
 #include "imapfront/log.h"
 #include "imapfront/tls.h"
@@ -38,6 +39,7 @@ struct imf_main {
     uv_mutex_t cfg_lock;   /* guards cfg against the admin thread */
     struct imf_admin_view admin_view;
     struct imf_admin *admin;
+    struct imf_checker *checker; /* [backend] check, on this loop */
 };
 
 /* For the admin thread: the current snapshot, referenced. */
@@ -139,6 +141,7 @@ static void reload(struct imf_main *m)
     imf_log_setup((enum imf_log_level)cfg->log_level, (enum imf_log_format)cfg->log_format);
     for (unsigned i = 0; i < m->workers_len; i++)
         imf_worker_reload(&m->workers[i], cfg, ctx);
+    imf_checker_reload(m->checker, cfg);
     if (!same_admin(m->cfg, cfg))
         imf_warn("main", "reload: [admin] address changed; that needs a restart (still %s)",
                  m->cfg->admin_address.len != 0 ? m->cfg->admin_address.text : "off");
@@ -186,6 +189,7 @@ static void on_worker_done(uv_async_t *a)
     uv_close((uv_handle_t *)&m->sig_usr1, NULL);
     uv_close((uv_handle_t *)&m->sig_hup, NULL);
     uv_close((uv_handle_t *)&m->workers_done, NULL);
+    imf_checker_stop(m->checker);
 }
 
 static int watch_signal(struct imf_main *m, uv_signal_t *h, int signum)
@@ -398,6 +402,11 @@ int main(int argc, char **argv)
             imf_error("worker", "cannot start worker thread %u: %s", w, uv_strerror(rc));
             return 1;
         }
+    }
+    rc = imf_checker_start(m.loop, m.cfg, &m.checker);
+    if (rc != 0) {
+        imf_error("backend", "cannot start the health checks: %s", uv_strerror(rc));
+        return 1;
     }
     if (m.cfg->literal_crlf_split && m.cfg->pipelining)
         imf_warn("main", "[backend] literal_crlf_split works only with pipelining = off: a "

@@ -191,10 +191,32 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
              l1, info[i].connects_failed);
     }
     head(&o, "imapfront_backend_up", "gauge",
-         "1 unless the server is marked down by passive health checks.");
+         "1 unless the server is out of rotation (failed connects or failed checks).");
     for (size_t i = 0; i < nb; i++)
         emit(&o, "imapfront_backend_up{server=\"%s\"} %d\n", label(info[i].address, l1, sizeof(l1)),
              info[i].down ? 0 : 1);
+    if (cfg->check != IMF_CHECK_OFF) {
+        head(&o, "imapfront_backend_checks_total", "counter",
+             "Active health checks of backend servers, by server and result.");
+        for (size_t i = 0; i < nb; i++) {
+            label(info[i].address, l1, sizeof(l1));
+            emit(&o, "imapfront_backend_checks_total{server=\"%s\",result=\"ok\"} %" PRIu64 "\n",
+                 l1, info[i].checks_ok);
+            emit(&o,
+                 "imapfront_backend_checks_total{server=\"%s\",result=\"failed\"} %" PRIu64 "\n",
+                 l1, info[i].checks_failed);
+        }
+        head(&o, "imapfront_backend_check_failing", "gauge",
+             "1 while the server is out of rotation because its checks fail.");
+        for (size_t i = 0; i < nb; i++)
+            emit(&o, "imapfront_backend_check_failing{server=\"%s\"} %d\n",
+                 label(info[i].address, l1, sizeof(l1)), info[i].check_down ? 1 : 0);
+        head(&o, "imapfront_backend_check_seconds", "gauge",
+             "How long the server's last check took.");
+        for (size_t i = 0; i < nb; i++)
+            emit(&o, "imapfront_backend_check_seconds{server=\"%s\"} %.6f\n",
+                 label(info[i].address, l1, sizeof(l1)), (double)info[i].check_us / 1e6);
+    }
 
     int64_t cbytes = 0, clinks = 0;
     for (unsigned w = 0; w < view->workers_len; w++) {

@@ -121,8 +121,13 @@ struct imf_config {
     enum imf_forward_ip forward_client_ip;
     enum imf_idle_mode idle_mode;
     enum imf_check check;
-    uint64_t idle_refresh_ms;  /* 0 = never: re-issue a client's IDLE to the backend this often */
-    uint64_t poll_interval_ms; /* idle = poll: NOOP this often */
+    uint64_t check_interval_ms; /* a check of every server this often */
+    uint64_t check_timeout_ms;  /* a check taking longer fails */
+    char *check_user;           /* check = login: the service account */
+    char *check_password;       /* never logged */
+    char *check_mailbox;        /* check = login: EXAMINEd by the check */
+    uint64_t idle_refresh_ms;   /* 0 = never: re-issue a client's IDLE to the backend this often */
+    uint64_t poll_interval_ms;  /* idle = poll: NOOP this often */
 
     /* [imap] */
     uint64_t max_line_length;
@@ -131,7 +136,7 @@ struct imf_config {
     uint64_t preauth_timeout_ms;
     uint64_t idle_timeout_ms;
     uint64_t buffer_limit;
-    bool compress;              /* COMPRESS=DEFLATE terminated at the proxy (not built yet) */
+    bool compress;              /* COMPRESS=DEFLATE terminated at the proxy */
     uint64_t idle_keepalive_ms; /* 0 = off: "* OK Still here" to an IDLE client this often */
     uint64_t literal_stall_ms;  /* 0 = off: report a client literal without progress this long */
 

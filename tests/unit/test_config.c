@@ -691,8 +691,38 @@ static void test_not_yet(void **state)
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         expect_base_error(cases[i].text, cases[i].want);
-    expect_error("[backend]\nservers = 127.0.0.1:1\ncheck = login\n",
-                 "t.ini:3: check: login is not supported yet");
+}
+
+/* Deep health checks: login needs its account, and every value it sends
+ * must fit an IMAP quoted string; the password is never quoted back. */
+static void test_check_keys(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_base("check = login\ncheck_user = svc\n"
+                                        "check_password = a \"b\" \\c\ncheck_timeout = 2s\n");
+    assert_int_equal(cfg->check, IMF_CHECK_LOGIN);
+    assert_string_equal(cfg->check_password, "a \"b\" \\c");
+    assert_string_equal(cfg->check_mailbox, "INBOX");
+    assert_int_equal(cfg->check_interval_ms, 10000);
+    assert_int_equal(cfg->check_timeout_ms, 2000);
+    imf_config_unref(cfg);
+    cfg = parse_base("check = banner\n"); /* banner needs no account */
+    assert_int_equal(cfg->check, IMF_CHECK_BANNER);
+    imf_config_unref(cfg);
+
+    expect_base_error("check = login\ncheck_password = pw\n",
+                      "t.ini:8: check_user: required by check = login");
+    expect_base_error("check = login\ncheck_user = svc\n",
+                      "t.ini:8: check_password: required by check = login");
+    expect_base_error("check = login\ncheck_user = svc\ncheck_password = pw\ncheck_mailbox =\n",
+                      "t.ini:11: check_mailbox: required by check = login");
+    expect_base_error("check = login\ncheck_user = svc\ncheck_password = p\xc3\xa4ss\n",
+                      "t.ini:10: check_password: holds CR, LF or an 8-bit character, which an "
+                      "IMAP quoted string cannot carry");
+    expect_base_error("check_interval = 10ms\n",
+                      "t.ini:8: check_interval: \"10ms\" is out of range (100ms..1h)");
+    expect_base_error("check = deep\n",
+                      "t.ini:8: check: \"deep\" is not one of off, banner, login");
 }
 
 /* PROXY protocol listeners name the balancers they trust; limits and the
@@ -899,6 +929,7 @@ int main(void)
         cmocka_unit_test(test_quirks_preset),
         cmocka_unit_test(test_certificate_sections),
         cmocka_unit_test(test_cross_checks),
+        cmocka_unit_test(test_check_keys),
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_err_buffers),
         cmocka_unit_test(test_refcount),

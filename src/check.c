@@ -1,0 +1,531 @@
+/* check: see include/imapfront/check.h. */
+#include "imapfront/check.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "imapfront/backend.h"
+#include "imapfront/log.h"
+
+/* A response line kept for parsing; longer lines keep their start (where
+ * the tag and status are) and lose the rest. */
+#define LINE_MAX_KEPT 1024
+/* The login line: tag, two quoted strings of at most 1000 characters each
+ * (config.c's bound), doubled by escaping in the worst case. */
+#define OUT_MAX 4200
+
+enum probe_step {
+    STEP_CONNECT,
+    STEP_GREETING,
+    STEP_LOGIN,
+    STEP_EXAMINE,
+    STEP_NOOP,
+    STEP_LOGOUT, /* the outcome is known: saying goodbye */
+    STEP_COUNT
+};
+
+static const char *const step_names[STEP_COUNT] = {"connect", "greeting", "LOGIN",
+                                                   "EXAMINE", "NOOP",     "LOGOUT"};
+
+/* One tag per step, so a late answer to an earlier step is never taken
+ * for the current one. */
+static const char *const step_tags[STEP_COUNT] = {"",          "",          "imfcheck1",
+                                                  "imfcheck2", "imfcheck3", "imfcheck4"};
+
+struct probe {
+    struct probe *next;
+    struct imf_checker *ck;
+    struct imf_config *cfg; /* the snapshot it started with (one reference) */
+    size_t index;           /* into cfg->servers */
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_connect_t connect_req;
+    uv_write_t write_req;
+    unsigned open_handles;
+    enum probe_step step;
+    bool reported;     /* the outcome went to the health table */
+    bool closing;      /* uv_close called */
+    bool in_literal;   /* skipping literal octets of a response */
+    bool continuation; /* the line being read continues one that had a literal */
+    bool truncated;    /* the line being read went past LINE_MAX_KEPT */
+    uint64_t literal_left;
+    uint64_t start_ns;
+    size_t line_len;
+    char line[LINE_MAX_KEPT + 1];
+    char bye[160]; /* text of a BYE the server sent, for the reason */
+    char out[OUT_MAX];
+};
+
+struct imf_checker {
+    uv_loop_t *loop;
+    uv_timer_t tick;
+    struct imf_config *cfg; /* current snapshot (one reference) */
+    struct probe *probes;
+    bool running; /* the tick timer is started */
+    bool stopping;
+    bool tick_closed;
+};
+
+static void probe_start(struct imf_checker *ck, size_t index);
+static void probe_close(struct probe *p);
+
+size_t imf_check_login_line(char *out, size_t out_len, const char *tag, const char *user,
+                            const char *password)
+{
+    size_t n = 0;
+    const char *parts[] = {tag, " LOGIN \"", user, "\" \"", password, "\"\r\n"};
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        bool quoted = i == 2 || i == 4;
+        for (const char *c = parts[i]; *c != '\0'; c++) {
+            if (quoted && (*c == '"' || *c == '\\')) {
+                if (n + 1 >= out_len)
+                    return 0;
+                out[n++] = '\\';
+            }
+            if (n + 1 >= out_len)
+                return 0;
+            out[n++] = *c;
+        }
+    }
+    out[n] = '\0';
+    return n;
+}
+
+static const char *server_of(const struct probe *p)
+{
+    return p->cfg->servers[p->index].text;
+}
+
+static uint64_t elapsed_us(const struct probe *p)
+{
+    return (uv_hrtime() - p->start_ns) / 1000;
+}
+
+/* Copies a server's text for a log line: printable ASCII, bounded. */
+static void printable(char *out, size_t out_len, const char *text, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len && n + 1 < out_len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        out[n++] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+    }
+    out[n] = '\0';
+}
+
+/* The outcome, once per probe: into the health table, and a log line when
+ * the server leaves or rejoins the rotation (a failure that does not yet
+ * take it out is logged at debug level, so a dead server does not flood
+ * the log). */
+static void report(struct probe *p, bool ok, const char *reason)
+{
+    /* Nothing is recorded once stopping, or once a reload turned checks
+     * off (the table was cleared then). */
+    if (p->reported || p->ck->stopping || p->ck->cfg->check == IMF_CHECK_OFF)
+        return;
+    p->reported = true;
+    uint64_t us = elapsed_us(p);
+    int change = imf_backend_check_report(p->cfg, p->index, ok, us);
+    char took[32];
+    snprintf(took, sizeof(took), "%" PRIu64 "ms", us / 1000);
+    if (change > 0)
+        imf_log_kv(IMF_LOG_WARN, "backend", "server failed its check, out of rotation", "backend",
+                   server_of(p), "step", step_names[p->step], "reason", reason, NULL);
+    else if (change < 0)
+        imf_log_kv(IMF_LOG_INFO, "backend", "server passed its check, back in rotation", "backend",
+                   server_of(p), "took", took, NULL);
+    else if (!ok && imf_log_enabled(IMF_LOG_DEBUG))
+        imf_log_kv(IMF_LOG_DEBUG, "backend", "check failed", "backend", server_of(p), "step",
+                   step_names[p->step], "reason", reason, NULL);
+}
+
+static void fail(struct probe *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void fail(struct probe *p, const char *fmt, ...)
+{
+    char reason[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
+    report(p, false, reason);
+    probe_close(p);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    struct probe *p = h->data;
+    if (--p->open_handles > 0)
+        return;
+    struct imf_checker *ck = p->ck;
+    for (struct probe **pp = &ck->probes; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    imf_config_unref(p->cfg);
+    free(p);
+    if (ck->stopping && ck->tick_closed && ck->probes == NULL) {
+        imf_config_unref(ck->cfg);
+        free(ck);
+    }
+}
+
+static void probe_close(struct probe *p)
+{
+    if (p->closing)
+        return;
+    p->closing = true;
+    uv_close((uv_handle_t *)&p->tcp, on_closed);
+    uv_close((uv_handle_t *)&p->timer, on_closed);
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    struct probe *p = req->data;
+    if (p->closing)
+        return;
+    if (status < 0) {
+        fail(p, "cannot send %s: %s", step_names[p->step], uv_strerror(status));
+        return;
+    }
+    if (p->step == STEP_LOGOUT) /* nothing more to learn from it */
+        probe_close(p);
+}
+
+static void send_line(struct probe *p, enum probe_step step, size_t len)
+{
+    p->step = step;
+    uv_buf_t buf = uv_buf_init(p->out, (unsigned)len);
+    p->write_req.data = p;
+    int rc = uv_write(&p->write_req, (uv_stream_t *)&p->tcp, &buf, 1, on_written);
+    if (rc < 0)
+        fail(p, "cannot send %s: %s", step_names[step], uv_strerror(rc));
+}
+
+static void send_command(struct probe *p, enum probe_step step, const char *args)
+{
+    int n = snprintf(p->out, sizeof(p->out), "%s %s\r\n", step_tags[step], args);
+    send_line(p, step, (size_t)n);
+}
+
+/* Passed: say LOGOUT (old servers log an abrupt close as an error) and
+ * close once it is written. */
+static void pass(struct probe *p)
+{
+    report(p, true, NULL);
+    send_command(p, STEP_LOGOUT, "LOGOUT");
+}
+
+static void send_examine(struct probe *p)
+{
+    /* The mailbox is quoted; config.c allows only quotable characters. */
+    char args[2100];
+    size_t n = 0;
+    const char *m = p->cfg->check_mailbox;
+    n += (size_t)snprintf(args, sizeof(args), "EXAMINE \"");
+    for (; *m != '\0' && n + 3 < sizeof(args); m++) {
+        if (*m == '"' || *m == '\\')
+            args[n++] = '\\';
+        args[n++] = *m;
+    }
+    args[n++] = '"';
+    args[n] = '\0';
+    send_command(p, STEP_EXAMINE, args);
+}
+
+static bool starts_with(const char *line, const char *prefix)
+{
+    return strncasecmp(line, prefix, strlen(prefix)) == 0;
+}
+
+/* The first part of a response line (up to CRLF or a literal's {N}). */
+static void on_line(struct probe *p, const char *line)
+{
+    char text[160];
+    if (p->step == STEP_GREETING) {
+        bool preauth = starts_with(line, "* PREAUTH");
+        if (!starts_with(line, "* OK") && !preauth) {
+            printable(text, sizeof(text), line, strlen(line));
+            fail(p, "not an IMAP greeting: %s", text);
+            return;
+        }
+        if (p->cfg->check == IMF_CHECK_BANNER) {
+            pass(p);
+        } else if (preauth) {
+            send_examine(p);
+        } else {
+            size_t n = imf_check_login_line(p->out, sizeof(p->out), step_tags[STEP_LOGIN],
+                                            p->cfg->check_user, p->cfg->check_password);
+            send_line(p, STEP_LOGIN, n);
+        }
+        return;
+    }
+    if (p->step == STEP_LOGOUT)
+        return;
+    if (starts_with(line, "* BYE")) {
+        printable(p->bye, sizeof(p->bye), line, strlen(line));
+        return;
+    }
+    const char *tag = step_tags[p->step];
+    size_t tl = strlen(tag);
+    if (strncmp(line, tag, tl) != 0 || line[tl] != ' ')
+        return; /* untagged data, or a continuation request we do not need */
+    const char *status = line + tl + 1;
+    if (!starts_with(status, "OK")) {
+        printable(text, sizeof(text), status, strlen(status));
+        fail(p, "%s refused: %s", step_names[p->step], text);
+        return;
+    }
+    switch (p->step) {
+    case STEP_LOGIN:
+        send_examine(p);
+        break;
+    case STEP_EXAMINE:
+        send_command(p, STEP_NOOP, "NOOP");
+        break;
+    case STEP_NOOP:
+        pass(p);
+        break;
+    default:
+        break;
+    }
+}
+
+/* A literal announced at the end of a line: "{N}" or "{N+}". */
+static bool literal_size(const char *line, size_t len, uint64_t *out_size)
+{
+    if (len < 3 || line[len - 1] != '}')
+        return false;
+    size_t i = len - 2;
+    if (line[i] == '+')
+        i--;
+    uint64_t n = 0, mult = 1;
+    size_t digits = 0;
+    while (i > 0 && line[i] >= '0' && line[i] <= '9' && digits < 19) {
+        n += (uint64_t)(line[i] - '0') * mult;
+        mult *= 10;
+        digits++;
+        i--;
+    }
+    if (digits == 0 || line[i] != '{')
+        return false;
+    *out_size = n;
+    return true;
+}
+
+/* Splits what the server sent into lines, skipping literal octets. */
+static void on_data(struct probe *p, const char *data, size_t len)
+{
+    while (len > 0 && !p->closing) {
+        if (p->in_literal) {
+            size_t skip = p->literal_left < len ? (size_t)p->literal_left : len;
+            p->literal_left -= skip;
+            data += skip;
+            len -= skip;
+            if (p->literal_left == 0)
+                p->in_literal = false;
+            continue;
+        }
+        const char *lf = memchr(data, '\n', len);
+        size_t take = lf != NULL ? (size_t)(lf - data) + 1 : len;
+        size_t room = LINE_MAX_KEPT - p->line_len;
+        size_t keep = take < room ? take : room;
+        memcpy(p->line + p->line_len, data, keep);
+        p->line_len += keep;
+        if (keep < take)
+            p->truncated = true;
+        data += take;
+        len -= take;
+        if (lf == NULL)
+            return;
+        size_t n = p->line_len;
+        if (!p->truncated && n > 0 && p->line[n - 1] == '\n')
+            n--;
+        if (!p->truncated && n > 0 && p->line[n - 1] == '\r')
+            n--;
+        p->line[n] = '\0';
+        uint64_t lit = 0;
+        bool has_literal = !p->truncated && literal_size(p->line, n, &lit);
+        if (!p->continuation)
+            on_line(p, p->line);
+        p->continuation = has_literal;
+        p->in_literal = has_literal && lit > 0;
+        p->literal_left = lit;
+        p->line_len = 0;
+        p->truncated = false;
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    static char scratch[16384]; /* the main loop is single-threaded; data is consumed at once */
+    (void)h;
+    *buf = uv_buf_init(scratch, sizeof(scratch));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct probe *p = s->data;
+    if (p->closing)
+        return;
+    if (nread > 0) {
+        on_data(p, buf->base, (size_t)nread);
+        return;
+    }
+    if (nread == 0)
+        return;
+    if (p->step == STEP_LOGOUT) {
+        probe_close(p);
+        return;
+    }
+    if (p->bye[0] != '\0')
+        fail(p, "closed by the server during %s: %s", step_names[p->step], p->bye);
+    else if (nread == UV_EOF)
+        fail(p, "closed by the server during %s", step_names[p->step]);
+    else
+        fail(p, "read failed during %s: %s", step_names[p->step], uv_strerror((int)nread));
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    struct probe *p = req->data;
+    if (p->closing)
+        return;
+    if (status < 0) {
+        fail(p, "connect failed: %s", uv_strerror(status));
+        return;
+    }
+    p->step = STEP_GREETING;
+    int rc = uv_read_start((uv_stream_t *)&p->tcp, on_alloc, on_read);
+    if (rc < 0)
+        fail(p, "cannot read: %s", uv_strerror(rc));
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    struct probe *p = t->data;
+    if (p->step == STEP_LOGOUT) { /* the outcome is in: just stop waiting */
+        probe_close(p);
+        return;
+    }
+    char limit[32];
+    snprintf(limit, sizeof(limit), "%" PRIu64 "ms", p->cfg->check_timeout_ms);
+    if (p->step == STEP_CONNECT)
+        fail(p, "connect not done within %s", limit);
+    else
+        fail(p, "no answer to %s within %s", step_names[p->step], limit);
+}
+
+static bool probing(const struct imf_checker *ck, const char *address)
+{
+    for (const struct probe *p = ck->probes; p != NULL; p = p->next)
+        if (strcmp(server_of(p), address) == 0)
+            return true;
+    return false;
+}
+
+static void probe_start(struct imf_checker *ck, size_t index)
+{
+    struct probe *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        imf_warn("backend", "check of %s skipped: out of memory", ck->cfg->servers[index].text);
+        return;
+    }
+    p->ck = ck;
+    p->cfg = imf_config_ref(ck->cfg);
+    p->index = index;
+    p->start_ns = uv_hrtime();
+    p->step = STEP_CONNECT;
+    p->next = ck->probes;
+    ck->probes = p;
+    uv_tcp_init(ck->loop, &p->tcp);
+    uv_timer_init(ck->loop, &p->timer);
+    p->tcp.data = p->timer.data = p->connect_req.data = p;
+    p->open_handles = 2;
+    uv_timer_start(&p->timer, on_timeout, p->cfg->check_timeout_ms, 0);
+    const struct imf_sockaddr *a = &p->cfg->servers[index];
+    int rc =
+        uv_tcp_connect(&p->connect_req, &p->tcp, (const struct sockaddr *)&a->ss, on_connected);
+    if (rc < 0)
+        fail(p, "connect failed: %s", uv_strerror(rc));
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    struct imf_checker *ck = t->data;
+    for (size_t i = 0; i < ck->cfg->servers_len; i++)
+        if (!probing(ck, ck->cfg->servers[i].text))
+            probe_start(ck, i);
+}
+
+/* Starts, restarts or stops the tick for ck->cfg. A newly started tick
+ * fires at once, so a broken server is found without waiting an interval. */
+static void schedule(struct imf_checker *ck, bool interval_changed)
+{
+    if (ck->cfg->check == IMF_CHECK_OFF) {
+        if (ck->running)
+            uv_timer_stop(&ck->tick);
+        ck->running = false;
+        imf_backend_check_clear(ck->cfg);
+        return;
+    }
+    if (ck->running && !interval_changed)
+        return;
+    uv_timer_start(&ck->tick, on_tick, 0, ck->cfg->check_interval_ms);
+    ck->running = true;
+}
+
+int imf_checker_start(uv_loop_t *loop, struct imf_config *cfg, struct imf_checker **out_ck)
+{
+    struct imf_checker *ck = calloc(1, sizeof(*ck));
+    if (ck == NULL)
+        return UV_ENOMEM;
+    int rc = uv_timer_init(loop, &ck->tick);
+    if (rc < 0) {
+        free(ck);
+        return rc;
+    }
+    ck->loop = loop;
+    ck->tick.data = ck;
+    ck->cfg = imf_config_ref(cfg);
+    schedule(ck, false);
+    *out_ck = ck;
+    return 0;
+}
+
+void imf_checker_reload(struct imf_checker *ck, struct imf_config *cfg)
+{
+    struct imf_config *old = ck->cfg;
+    ck->cfg = imf_config_ref(cfg);
+    if (old->check != IMF_CHECK_OFF && cfg->check == IMF_CHECK_OFF)
+        imf_backend_check_clear(old);
+    schedule(ck, old->check_interval_ms != cfg->check_interval_ms);
+    imf_config_unref(old);
+}
+
+static void on_tick_closed(uv_handle_t *h)
+{
+    struct imf_checker *ck = h->data;
+    ck->tick_closed = true;
+    if (ck->probes == NULL) {
+        imf_config_unref(ck->cfg);
+        free(ck);
+    }
+}
+
+void imf_checker_stop(struct imf_checker *ck)
+{
+    if (ck == NULL || ck->stopping)
+        return;
+    ck->stopping = true;
+    for (struct probe *p = ck->probes; p != NULL; p = p->next)
+        probe_close(p);
+    uv_close((uv_handle_t *)&ck->tick, on_tick_closed);
+}

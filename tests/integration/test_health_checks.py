@@ -1,0 +1,260 @@
+"""Deep health checks ([backend] check = banner | login): the proxy greets
+every server periodically and, with login, logs in with a service account,
+EXAMINEs a canary mailbox and sends NOOP, all within check_timeout. A
+server that fails is taken out of rotation and put back when a check
+passes; /readyz, /metrics and the log show it.
+
+The failing servers are played by the test: one accepts connections and
+never says a word, one greets and then never answers LOGIN. Each can be
+switched to a healthy script while the proxy runs."""
+
+import threading
+
+import pytest
+
+import imapfront_harness as h
+import ops_support as ops
+from dovecot import dovecot_factory  # noqa: F401
+
+PASSWORD = "s3cr\"et\\pw"  # a quote and a backslash: must arrive quoted
+
+
+class ScriptedBackend:
+    """A plain IMAP server with a switchable behaviour:
+
+    * "silent": accepts and never sends a byte;
+    * "hang_login": greets, then never answers LOGIN;
+    * "healthy": answers LOGIN, EXAMINE, NOOP and LOGOUT with OK.
+
+    Every line it receives is kept in .lines (in order)."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.lines = []
+        self.lock = threading.Lock()
+        self.fake = h.FakeBackend(self._serve, accept_timeout=120)
+        self.port = self.fake.port
+
+    def _serve(self, conn):
+        mode = self.mode  # a connection keeps the behaviour it was accepted with
+        if mode == "silent":
+            while not self.fake.stopping.is_set() and conn.recv(4096):
+                pass
+            return
+        conn.sendall(b"* OK scripted IMAP server ready\r\n")
+        while not self.fake.stopping.is_set():
+            line = h.recv_line(conn)
+            if not line:
+                return
+            with self.lock:
+                self.lines.append(line)
+            tag, _, rest = line.decode("ascii", "replace").partition(" ")
+            verb = rest.split(" ", 1)[0].strip().upper()
+            if mode == "hang_login" and verb == "LOGIN":
+                continue
+            if verb == "LOGOUT":
+                conn.sendall(b"* BYE bye\r\n%s OK LOGOUT done\r\n" % tag.encode())
+                return
+            conn.sendall(b"%s OK %s done\r\n" % (tag.encode(), verb.encode()))
+
+    def received(self, verb):
+        with self.lock:
+            return [ln for ln in self.lines if (b" " + verb + b" ") in ln or ln.endswith(
+                b" " + verb + b"\r\n")]
+
+    def stop(self):
+        self.fake.stop()
+
+
+@pytest.fixture
+def scripted():
+    made = []
+
+    def make(mode):
+        b = ScriptedBackend(mode)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture
+def emulator_at(workdir):
+    """emulator_at(users=...) starts an emulator with those accounts; all
+    stop at teardown."""
+    made = []
+
+    def make(users):
+        e = ops.EmulatorAt(workdir, users=users)
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        e.stop()
+
+
+def addr(port):
+    return "127.0.0.1:%d" % port
+
+
+def checks(mode, servers, **more):
+    section = {"servers": ", ".join(servers), "balance": "first", "check": mode,
+               "check_interval": "200ms", "check_timeout": "600ms", "down_after": "1"}
+    if mode == "login":
+        section.update({"check_user": "svc", "check_password": PASSWORD,
+                        "check_mailbox": "Canary"})
+    section.update(more)
+    return {"backend": section}
+
+
+def session_backend(proxy, ctx):
+    """One client session; returns the backend its summary line names."""
+    mark = proxy.log.mark()
+    with h.TLSClient(proxy.port, ctx) as c:
+        h.login(c)
+        c.command("Z", "LOGOUT")
+        c.expect_eof()
+    m = proxy.log.wait_for(r"\bsession: closed (.*)$", since=mark, timeout=5)
+    return h.parse_kv(m.group(1))["backend"]
+
+
+def test_login_hangs_out_of_rotation_and_back(scripted, emulator_at, proxy_factory, ctx):
+    a = scripted("hang_login")
+    b = emulator_at(users="demo:demo,svc:" + PASSWORD)
+    A, B = addr(a.port), addr(b.port)
+    proxy = ops.start_proxy(proxy_factory, b.port,
+                            extra=checks("login", [A, B], check_mailbox="INBOX"))
+    proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
+                       r"backend=%s step=LOGIN reason=\"no answer to LOGIN within 600ms\"$" % A,
+                       timeout=10, alive=proxy.check_alive)
+    m = ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_checks_total", server=B,
+                                                  result="ok") >= 1,
+                         timeout=10, what="a passing check of B")
+    assert m.value("imapfront_backend_up", server=A) == 0
+    assert m.value("imapfront_backend_check_failing", server=A) == 1
+    assert m.value("imapfront_backend_up", server=B) == 1
+    assert m.value("imapfront_backend_check_failing", server=B) == 0
+    assert m.value("imapfront_backend_checks_total", server=A, result="failed") >= 1
+    assert ops.http_get(proxy.admin, "/readyz").status == 200  # B carries the load
+
+    # A accepts connections, so passive health alone would keep sending
+    # clients into its hanging LOGIN; the check keeps them on B.
+    assert session_backend(proxy, ctx) == B
+    assert session_backend(proxy, ctx) == B
+
+    # The check's LOGIN was quoted (a quote and a backslash escaped) and
+    # the password never reached the log.
+    assert a.received(b"LOGIN") and a.received(b"LOGIN")[0].endswith(
+        b' LOGIN "svc" "s3cr\\"et\\\\pw"\r\n')
+    assert "s3cr" not in proxy.log.text()
+
+    a.mode = "healthy"
+    mark = proxy.log.mark()
+    proxy.log.wait_for(r"\binfo backend: server passed its check, back in rotation "
+                       r"backend=%s took=\d+ms$" % A, since=mark, timeout=10,
+                       alive=proxy.check_alive)
+    assert ops.scrape(proxy).value("imapfront_backend_up", server=A) == 1
+    # The healthy check went all the way: EXAMINE of the canary, NOOP, LOGOUT.
+    assert any(ln.endswith(b' EXAMINE "INBOX"\r\n') for ln in a.lines)
+    assert a.received(b"NOOP") and a.received(b"LOGOUT")
+
+
+def test_silent_backend_banner_check_and_readyz(scripted, proxy_factory, ctx):
+    a = scripted("silent")
+    A = addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, a.port, extra=checks("banner", [A]))
+    proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
+                       r"backend=%s step=greeting reason=\"no answer to greeting within 600ms\"$"
+                       % A, timeout=10, alive=proxy.check_alive)
+    # The only server is out: not ready, so a load balancer sends clients
+    # elsewhere.
+    assert ops.http_get(proxy.admin, "/readyz").status == 503
+    assert ops.scrape(proxy).value("imapfront_backend_up", server=A) == 0
+
+    a.mode = "healthy"
+    ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_up", server=A) == 1,
+                     timeout=10, what="a passing banner check")
+    assert ops.http_get(proxy.admin, "/readyz").status == 200
+    # A banner check greets and leaves: it never logs in.
+    assert not a.received(b"LOGIN")
+    assert a.received(b"LOGOUT")
+
+
+def test_refused_login_names_the_reason(emulator, proxy_factory):
+    B = addr(emulator.plain_port)
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port,
+                            extra=checks("login", [B], check_user="demo",
+                                         check_password="wrong"))
+    m = proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
+                           r"backend=%s step=LOGIN reason=\"LOGIN refused: (NO .*)\"$" % B,
+                           timeout=10, alive=proxy.check_alive)
+    assert "wrong" not in proxy.log.text()
+    assert ops.http_get(proxy.admin, "/readyz").status == 503
+    assert m.group(1)
+
+
+def test_missing_canary_mailbox(emulator, proxy_factory):
+    """The canary mailbox was never created: EXAMINE fails, and says so."""
+    B = addr(emulator.plain_port)
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port,
+                            extra=checks("login", [B], check_user="demo", check_password="demo",
+                                         check_mailbox="No Such Canary"))
+    proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
+                       r"backend=%s step=EXAMINE reason=\"EXAMINE refused: NO .*\"$" % B,
+                       timeout=10, alive=proxy.check_alive)
+
+
+def test_down_after_counts_failed_checks(scripted, proxy_factory):
+    """down_after = 3: two failed checks leave the server in rotation."""
+    a = scripted("silent")
+    A = addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, a.port,
+                            extra=checks("banner", [A], down_after="3", check_timeout="300ms"))
+    m = ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_checks_total", server=A,
+                                                  result="failed") >= 1,
+                         timeout=10, what="a first failed check")
+    if m.value("imapfront_backend_checks_total", server=A, result="failed") < 3:
+        assert m.value("imapfront_backend_up", server=A) == 1
+    ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_up", server=A) == 0,
+                     timeout=10, what="the third failed check")
+    assert ops.scrape(proxy).value("imapfront_backend_checks_total", server=A,
+                                   result="failed") >= 3
+
+
+def test_reload_turns_checks_off(scripted, proxy_factory):
+    a = scripted("silent")
+    A = addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, a.port, extra=checks("banner", [A]))
+    ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_up", server=A) == 0,
+                     timeout=10, what="the failed check")
+    ops.rewrite_ini(proxy, {"backend": {"check": "off"}})
+    ops.sighup(proxy, expect="configuration reloaded")
+    m = ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_up", server=A) == 1,
+                         timeout=5, what="checks off: the server back")
+    assert m.get("imapfront_backend_checks_total", server=A, result="failed") is None
+    assert ops.http_get(proxy.admin, "/readyz").status == 200
+
+
+def test_login_check_against_dovecot(dovecot_factory, proxy_factory, ctx):  # noqa: F811
+    d = dovecot_factory()
+    D = addr(d.port)
+    mark = d.log.mark()
+    proxy = ops.start_proxy(proxy_factory, d.port,
+                            extra=checks("login", [D], check_user="alice",
+                                         check_password="secret", check_mailbox="INBOX"))
+    ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_checks_total", server=D,
+                                              result="ok") >= 2,
+                     timeout=15, what="two passing checks against Dovecot")
+    assert any(li.get("user") == "alice" for li in d.logins(mark))
+    m = ops.scrape(proxy)
+    assert m.value("imapfront_backend_up", server=D) == 1
+    assert m.value("imapfront_backend_checks_total", server=D, result="failed") == 0
+    assert 0 < m.value("imapfront_backend_check_seconds", server=D) < 0.6
+    assert "secret" not in proxy.log.text()
+    # Clients are relayed as usual.
+    with h.TLSClient(proxy.port, ctx) as c:
+        c.read_line()
+        assert c.command("a", "LOGIN demo demo")[-1].startswith(b"a OK")
