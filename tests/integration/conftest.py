@@ -5,6 +5,7 @@ import os
 import pytest
 
 import imapfront_harness as h
+import ops_support as ops
 
 
 def pytest_report_header(config):
@@ -49,6 +50,23 @@ def emulator_factory(workdir, cert):
     yield start
     for emu in started:
         emu.stop()
+
+
+@pytest.fixture
+def backends(workdir):
+    """backends(port=0, users="demo:demo") starts a plain-only emulator
+    whose port stays the same across kill()/start(); all stop at
+    teardown."""
+    started = []
+
+    def start(port=0, users="demo:demo"):
+        e = ops.EmulatorAt(workdir, port=port, users=users)
+        started.append(e)
+        return e
+
+    yield start
+    for e in started:
+        e.stop()
 
 
 @pytest.fixture

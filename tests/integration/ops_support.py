@@ -55,6 +55,22 @@ def listener_port(proxy, name, timeout=5.0):
     return int(m.group(1))
 
 
+def addr(port):
+    return "127.0.0.1:%d" % port
+
+
+def session_backend(proxy, ctx):
+    """One client session (LOGIN demo, LOGOUT); returns the backend its
+    summary line names."""
+    mark = proxy.log.mark()
+    with h.TLSClient(proxy.port, ctx) as c:
+        h.login(c)
+        c.command("Z", "LOGOUT")
+        c.expect_eof()
+    m = proxy.log.wait_for(r"\bsession: closed (.*)$", since=mark, timeout=5)
+    return h.parse_kv(m.group(1))["backend"]
+
+
 # ------------------------------------------------------------------ HTTP ----
 
 class HTTPReply:

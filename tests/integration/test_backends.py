@@ -6,58 +6,25 @@ tests kill a backend and start it again on the same port."""
 
 import socket
 
-import pytest
 
 import imapfront_harness as h
 import ops_support as ops
 
 
-@pytest.fixture
-def backends(workdir):
-    """backends() starts an emulator whose port stays the same across
-    kill()/start(); all stop at teardown."""
-    started = []
-
-    def start(port=0):
-        e = ops.EmulatorAt(workdir, port=port)
-        started.append(e)
-        return e
-
-    yield start
-    for e in started:
-        e.stop()
-
-
-def addr(port):
-    return "127.0.0.1:%d" % port
-
-
-def session(proxy, ctx):
-    """One session (LOGIN then LOGOUT); returns the backend its summary
-    line names."""
-    mark = proxy.log.mark()
-    with h.TLSClient(proxy.port, ctx) as c:
-        h.login(c)
-        c.command("Z", "LOGOUT")
-        c.expect_eof()
-    m = proxy.log.wait_for(r"\bsession: closed (.*)$", since=mark, timeout=5)
-    return h.parse_kv(m.group(1))["backend"]
-
-
 def test_failover_marked_down_and_back(backends, proxy_factory, ctx):
     a, b = backends(), backends()
-    A, B = addr(a.port), addr(b.port)
+    A, B = ops.addr(a.port), ops.addr(b.port)
     proxy = ops.start_proxy(proxy_factory, a.port, extra={"backend": {
         "servers": "%s, %s" % (A, B), "balance": "first", "down_after": "2",
         "retry_after": "1500ms", "connect_timeout": "2s"}})
-    assert session(proxy, ctx) == A
+    assert ops.session_backend(proxy, ctx) == A
 
     a.kill()
     mark = proxy.log.mark()
-    assert session(proxy, ctx) == B  # A refused once: failed over
+    assert ops.session_backend(proxy, ctx) == B  # A refused once: failed over
     assert proxy.log.find(r"\bwarn backend: connect failed .*backend=%s" % A, mark)
     assert not proxy.log.find(r"server marked down", mark)
-    assert session(proxy, ctx) == B  # twice: marked down
+    assert ops.session_backend(proxy, ctx) == B  # twice: marked down
     proxy.log.wait_for(r"\bwarn backend: server marked down backend=%s failures=2$" % A,
                        since=mark, timeout=5)
     m = ops.scrape(proxy)
@@ -67,7 +34,7 @@ def test_failover_marked_down_and_back(backends, proxy_factory, ctx):
     assert ops.http_get(proxy.admin, "/readyz").status == 200  # B is up
 
     # While down, A is not tried first: no new failure is counted.
-    assert session(proxy, ctx) == B
+    assert ops.session_backend(proxy, ctx) == B
     m = ops.scrape(proxy)
     assert m.value("imapfront_backend_connects_total", server=A, result="failed") == 2
     assert m.value("imapfront_backend_connects_total", server=B, result="ok") == 3
@@ -76,7 +43,7 @@ def test_failover_marked_down_and_back(backends, proxy_factory, ctx):
     ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_up", server=A) == 1,
                      timeout=10, what="retry_after to pass")
     mark = proxy.log.mark()
-    assert session(proxy, ctx) == A
+    assert ops.session_backend(proxy, ctx) == A
     assert proxy.log.find(r"\binfo backend: server is back backend=%s$" % A, mark)
     m = ops.scrape(proxy)
     assert m.value("imapfront_backend_connects_total", server=A, result="ok") == 2
@@ -84,7 +51,7 @@ def test_failover_marked_down_and_back(backends, proxy_factory, ctx):
 
 def test_every_server_down_bye_and_not_ready(backends, proxy_factory, ctx):
     ports = [h.free_port(), h.free_port()]
-    servers = [addr(p) for p in ports]
+    servers = [ops.addr(p) for p in ports]
     proxy = ops.start_proxy(proxy_factory, ports[0], extra={"backend": {
         "servers": ", ".join(servers), "down_after": "1", "retry_after": "60s"}})
     assert ops.http_get(proxy.admin, "/readyz").status == 200
@@ -112,7 +79,7 @@ def test_every_server_down_bye_and_not_ready(backends, proxy_factory, ctx):
     # first one to come back serves at once and is marked up again.
     e = backends(port=ports[1])
     mark = proxy.log.mark()
-    assert session(proxy, ctx) == servers[1]
+    assert ops.session_backend(proxy, ctx) == servers[1]
     assert proxy.log.find(r"\binfo backend: server is back backend=%s$" % servers[1], mark)
     assert ops.http_get(proxy.admin, "/readyz").status == 200
     assert e.opens_since(0) == 1
@@ -121,8 +88,8 @@ def test_every_server_down_bye_and_not_ready(backends, proxy_factory, ctx):
 def test_roundrobin_alternates(backends, proxy_factory, ctx):
     a, b = backends(), backends()
     proxy = proxy_factory(a.port, extra={"backend": {
-        "servers": "%s, %s" % (addr(a.port), addr(b.port)), "balance": "roundrobin"}})
-    seen = [session(proxy, ctx) for _ in range(6)]
+        "servers": "%s, %s" % (ops.addr(a.port), ops.addr(b.port)), "balance": "roundrobin"}})
+    seen = [ops.session_backend(proxy, ctx) for _ in range(6)]
     assert all(x != y for x, y in zip(seen, seen[1:])), seen
     assert a.opens_since(0) == 3 and b.opens_since(0) == 3, (a.opens_since(0), b.opens_since(0))
 
@@ -130,14 +97,14 @@ def test_roundrobin_alternates(backends, proxy_factory, ctx):
 def test_roundrobin_skips_a_dead_server(backends, proxy_factory, ctx):
     a, b = backends(), backends()
     proxy = ops.start_proxy(proxy_factory, a.port, extra={"backend": {
-        "servers": "%s, %s" % (addr(a.port), addr(b.port)), "balance": "roundrobin",
+        "servers": "%s, %s" % (ops.addr(a.port), ops.addr(b.port)), "balance": "roundrobin",
         "down_after": "1", "retry_after": "60s"}})
     a.kill()
-    seen = [session(proxy, ctx) for _ in range(4)]
-    assert seen == [addr(b.port)] * 4, seen
+    seen = [ops.session_backend(proxy, ctx) for _ in range(4)]
+    assert seen == [ops.addr(b.port)] * 4, seen
     m = ops.scrape(proxy)
     # Marked down at the first failure, then never tried first again.
-    assert m.value("imapfront_backend_connects_total", server=addr(a.port), result="failed") == 1
+    assert m.value("imapfront_backend_connects_total", server=ops.addr(a.port), result="failed") == 1
 
 
 def test_connect_timeout_fails_over(backends, proxy_factory, ctx):
@@ -157,12 +124,12 @@ def test_connect_timeout_fails_over(backends, proxy_factory, ctx):
             f.connect_ex(("127.0.0.1", port))
             fillers.append(f)
         proxy = ops.start_proxy(proxy_factory, b.port, extra={"backend": {
-            "servers": "%s, %s" % (addr(port), addr(b.port)), "connect_timeout": "300ms"}})
+            "servers": "%s, %s" % (ops.addr(port), ops.addr(b.port)), "connect_timeout": "300ms"}})
         mark = proxy.log.mark()
-        assert session(proxy, ctx) == addr(b.port)
-        assert proxy.log.find(r"\bwarn backend: connect failed .*backend=%s" % addr(port), mark)
+        assert ops.session_backend(proxy, ctx) == ops.addr(b.port)
+        assert proxy.log.find(r"\bwarn backend: connect failed .*backend=%s" % ops.addr(port), mark)
         m = ops.scrape(proxy)
-        assert m.value("imapfront_backend_connects_total", server=addr(port), result="failed") \
+        assert m.value("imapfront_backend_connects_total", server=ops.addr(port), result="failed") \
             == 1
     finally:
         for f in fillers:

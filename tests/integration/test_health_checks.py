@@ -80,26 +80,6 @@ def scripted():
         b.stop()
 
 
-@pytest.fixture
-def emulator_at(workdir):
-    """emulator_at(users=...) starts an emulator with those accounts; all
-    stop at teardown."""
-    made = []
-
-    def make(users):
-        e = ops.EmulatorAt(workdir, users=users)
-        made.append(e)
-        return e
-
-    yield make
-    for e in made:
-        e.stop()
-
-
-def addr(port):
-    return "127.0.0.1:%d" % port
-
-
 def checks(mode, servers, **more):
     section = {"servers": ", ".join(servers), "balance": "first", "check": mode,
                "check_interval": "200ms", "check_timeout": "600ms", "down_after": "1"}
@@ -110,21 +90,10 @@ def checks(mode, servers, **more):
     return {"backend": section}
 
 
-def session_backend(proxy, ctx):
-    """One client session; returns the backend its summary line names."""
-    mark = proxy.log.mark()
-    with h.TLSClient(proxy.port, ctx) as c:
-        h.login(c)
-        c.command("Z", "LOGOUT")
-        c.expect_eof()
-    m = proxy.log.wait_for(r"\bsession: closed (.*)$", since=mark, timeout=5)
-    return h.parse_kv(m.group(1))["backend"]
-
-
-def test_login_hangs_out_of_rotation_and_back(scripted, emulator_at, proxy_factory, ctx):
+def test_login_hangs_out_of_rotation_and_back(scripted, backends, proxy_factory, ctx):
     a = scripted("hang_login")
-    b = emulator_at(users="demo:demo,svc:" + PASSWORD)
-    A, B = addr(a.port), addr(b.port)
+    b = backends(users="demo:demo,svc:" + PASSWORD)
+    A, B = ops.addr(a.port), ops.addr(b.port)
     proxy = ops.start_proxy(proxy_factory, b.port,
                             extra=checks("login", [A, B], check_mailbox="INBOX"))
     proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
@@ -142,8 +111,8 @@ def test_login_hangs_out_of_rotation_and_back(scripted, emulator_at, proxy_facto
 
     # A accepts connections, so passive health alone would keep sending
     # clients into its hanging LOGIN; the check keeps them on B.
-    assert session_backend(proxy, ctx) == B
-    assert session_backend(proxy, ctx) == B
+    assert ops.session_backend(proxy, ctx) == B
+    assert ops.session_backend(proxy, ctx) == B
 
     # The check's LOGIN was quoted (a quote and a backslash escaped) and
     # the password never reached the log.
@@ -164,7 +133,7 @@ def test_login_hangs_out_of_rotation_and_back(scripted, emulator_at, proxy_facto
 
 def test_silent_backend_banner_check_and_readyz(scripted, proxy_factory, ctx):
     a = scripted("silent")
-    A = addr(a.port)
+    A = ops.addr(a.port)
     proxy = ops.start_proxy(proxy_factory, a.port, extra=checks("banner", [A]))
     proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
                        r"backend=%s step=greeting reason=\"no answer to greeting within 600ms\"$"
@@ -184,7 +153,7 @@ def test_silent_backend_banner_check_and_readyz(scripted, proxy_factory, ctx):
 
 
 def test_refused_login_names_the_reason(emulator, proxy_factory):
-    B = addr(emulator.plain_port)
+    B = ops.addr(emulator.plain_port)
     proxy = ops.start_proxy(proxy_factory, emulator.plain_port,
                             extra=checks("login", [B], check_user="demo",
                                          check_password="wrong"))
@@ -198,7 +167,7 @@ def test_refused_login_names_the_reason(emulator, proxy_factory):
 
 def test_missing_canary_mailbox(emulator, proxy_factory):
     """The canary mailbox was never created: EXAMINE fails, and says so."""
-    B = addr(emulator.plain_port)
+    B = ops.addr(emulator.plain_port)
     proxy = ops.start_proxy(proxy_factory, emulator.plain_port,
                             extra=checks("login", [B], check_user="demo", check_password="demo",
                                          check_mailbox="No Such Canary"))
@@ -210,7 +179,7 @@ def test_missing_canary_mailbox(emulator, proxy_factory):
 def test_down_after_counts_failed_checks(scripted, proxy_factory):
     """down_after = 3: two failed checks leave the server in rotation."""
     a = scripted("silent")
-    A = addr(a.port)
+    A = ops.addr(a.port)
     proxy = ops.start_proxy(proxy_factory, a.port,
                             extra=checks("banner", [A], down_after="3", check_timeout="300ms"))
     m = ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_checks_total", server=A,
@@ -226,7 +195,7 @@ def test_down_after_counts_failed_checks(scripted, proxy_factory):
 
 def test_reload_turns_checks_off(scripted, proxy_factory):
     a = scripted("silent")
-    A = addr(a.port)
+    A = ops.addr(a.port)
     proxy = ops.start_proxy(proxy_factory, a.port, extra=checks("banner", [A]))
     ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_up", server=A) == 0,
                      timeout=10, what="the failed check")
@@ -240,7 +209,7 @@ def test_reload_turns_checks_off(scripted, proxy_factory):
 
 def test_login_check_against_dovecot(dovecot_factory, proxy_factory, ctx):  # noqa: F811
     d = dovecot_factory()
-    D = addr(d.port)
+    D = ops.addr(d.port)
     mark = d.log.mark()
     proxy = ops.start_proxy(proxy_factory, d.port,
                             extra=checks("login", [D], check_user="alice",
