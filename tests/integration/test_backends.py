@@ -6,7 +6,6 @@ tests kill a backend and start it again on the same port."""
 
 import socket
 
-
 import imapfront_harness as h
 import ops_support as ops
 
