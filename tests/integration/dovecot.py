@@ -218,7 +218,7 @@ class TLSOver(h.TLSClient):
         return cls(sock, context, timeout=timeout, **kw)
 
 
-class PlainClient:
+class PlainClient(h.LineClient):
     """The plaintext phase of a STARTTLS session. Reads exactly what the
     server sent (nothing is read ahead past a line), so that at starttls()
     no byte of the server's is lost or mistaken for TLS."""
@@ -247,26 +247,6 @@ class PlainClient:
             raise h.Closed("eof")
         self.buf += data
 
-    def read_line(self, timeout=None):
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while b"\n" not in self.buf:
-            self._fill(deadline)
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line + b"\n"
-
-    def read_until_tagged(self, tag, timeout=None):
-        deadline = time.monotonic() + (timeout or self.timeout)
-        items, prefix = [], tag.encode() + b" "
-        while True:
-            line = self.read_line(max(deadline - time.monotonic(), 0.001))
-            if line.startswith(prefix):
-                return items, line
-            items.append(line)
-
-    def command(self, tag, text, timeout=None):
-        self.write(("%s %s\r\n" % (tag, text)).encode())
-        return self.read_until_tagged(tag, timeout)
-
     def expect_eof(self, timeout=5.0):
         """Everything the server sends until it closes (bounded)."""
         deadline = time.monotonic() + timeout
@@ -284,18 +264,6 @@ class PlainClient:
         if self.buf:
             raise AssertionError("plaintext after the STARTTLS OK: %r" % self.buf)
         return TLSOver(self.sock, context, timeout=self.timeout, server_hostname=server_hostname)
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def capabilities(lines):

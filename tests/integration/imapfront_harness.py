@@ -446,7 +446,61 @@ class Closed(Exception):
         self.how = how
 
 
-class TLSClient:
+class LineClient:
+    """What every test client shares: IMAP lines and literals read from
+    self.buf, which the subclass's _fill(deadline) extends (raising Closed
+    at the end), and commands sent with the subclass's write(data)."""
+
+    def read_line(self, timeout=None):
+        """One line including its CRLF (bytes)."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while b"\n" not in self.buf:
+            self._fill(deadline)
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line + b"\n"
+
+    def read_exact(self, n, timeout=None):
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while len(self.buf) < n:
+            self._fill(deadline)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_until_tagged(self, tag, timeout=None):
+        """Lines (literals inline) up to and including the tagged response
+        for tag; returns (untagged_and_literal_bytes_list, tagged_line)."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        items = []
+        prefix = tag.encode() + b" "
+        while True:
+            line = self.read_line(max(deadline - time.monotonic(), 0.001))
+            if line.startswith(prefix):
+                return items, line
+            items.append(line)
+            m = re.search(rb"\{(\d+)\}\r\n$", line)
+            if m:
+                items.append(self.read_exact(int(m.group(1)),
+                                             max(deadline - time.monotonic(), 0.001)))
+
+    def command(self, tag, text, timeout=None):
+        """Sends 'tag text CRLF' and returns read_until_tagged(tag)."""
+        self.write(("%s %s\r\n" % (tag, text)).encode())
+        return self.read_until_tagged(tag, timeout)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class TLSClient(LineClient):
     """An IMAP client over TLS built on ssl.MemoryBIO, so that a test decides
     exactly which plaintext goes into which TLS record (one write() = one
     SSL_write) and sees whether the server closed with close_notify."""
@@ -547,42 +601,6 @@ class TLSClient:
                 self.closed = "reset"
                 raise Closed(self.closed) from None
 
-    def read_line(self, timeout=None):
-        """One line including its CRLF (bytes)."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while b"\n" not in self.buf:
-            self._fill(deadline)
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line + b"\n"
-
-    def read_exact(self, n, timeout=None):
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while len(self.buf) < n:
-            self._fill(deadline)
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def read_until_tagged(self, tag, timeout=None):
-        """Lines (literals inline) up to and including the tagged response
-        for tag; returns (untagged_and_literal_bytes_list, tagged_line)."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        items = []
-        prefix = tag.encode() + b" "
-        while True:
-            line = self.read_line(max(deadline - time.monotonic(), 0.001))
-            if line.startswith(prefix):
-                return items, line
-            items.append(line)
-            m = re.search(rb"\{(\d+)\}\r\n$", line)
-            if m:
-                items.append(self.read_exact(int(m.group(1)),
-                                             max(deadline - time.monotonic(), 0.001)))
-
-    def command(self, tag, text, timeout=None):
-        """Sends 'tag text CRLF' and returns read_until_tagged(tag)."""
-        self.write(("%s %s\r\n" % (tag, text)).encode())
-        return self.read_until_tagged(tag, timeout)
-
     def expect_eof(self, timeout=5.0):
         """Reads until the server closes; returns (how, bytes_read_before)."""
         deadline = time.monotonic() + timeout
@@ -607,17 +625,6 @@ class TLSClient:
                 self.tcp_eof = True
         return True
 
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def login(client, tag="L1", user="demo", password="demo"):
