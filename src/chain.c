@@ -10,7 +10,7 @@
 /* Blocks freed by a thread are kept for its next allocation, up to a cap, so
  * the relay's steady state does no malloc. The pool is per thread because a
  * session never leaves its worker. */
-#define POOL_MAX 256
+#define POOL_MAX 64 /* 8 MiB of blocks */
 
 static _Thread_local struct imf_block *pool_head;
 static _Thread_local size_t pool_len;

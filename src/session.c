@@ -101,6 +101,21 @@ static_assert(IMF_ARRAY_LEN(sess_state_names) == SESS_STATE_COUNT, "state names"
 #define WRITE_IOV_MAX      16
 #define WRITE_BYTES_MAX    (256 * 1024)
 
+/* A client address: IPv4 or IPv6 only, so no sockaddr_storage (128 bytes)
+ * per session. */
+union sess_addr {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+};
+
+static_assert(IMF_BACKEND_MAX <= 256, "a plan entry fits a byte");
+
+/* Everything here is held for the session's whole life, idle or not: what
+ * is needed only at times (a write that did not complete at once, a
+ * connect, the telemetry of commands in flight, the IDLE keeper's and the
+ * CRLF split's timers, line buffers) is allocated when needed and freed
+ * when done, so that an idle session costs little. */
 struct imf_session {
     struct imf_session *prev, *next; /* worker's list */
     struct imf_worker *worker;
@@ -113,9 +128,6 @@ struct imf_session {
     uv_tcp_t client;
     uv_tcp_t backend;
     uv_timer_t timer;
-    uv_connect_t connect_req;
-    uv_write_t client_wreq;
-    uv_write_t backend_wreq;
     unsigned open_handles;
 
     /* Flag bits of the two sockets. */
@@ -149,7 +161,7 @@ struct imf_session {
     size_t cline_len, cline_cap;
     struct imf_imap_command cmd; /* the command being relayed */
     bool discarding;             /* swallowing a refused command's rest */
-    char discard_answer[128];    /* what to answer once it is swallowed */
+    const char *discard_answer;  /* static text to answer once it is swallowed, or NULL */
     bool logout_sent;
     char logout_tag[IMF_TAG_MAX + 1];
 
@@ -159,8 +171,6 @@ struct imf_session {
     size_t rline_len, rline_cap;
     bool rline_streaming; /* this line was too long to hold: streamed */
     bool logout_done;     /* the LOGOUT's tagged answer went to the client */
-    uint8_t *rewrite;     /* scratch for capability rewriting */
-    size_t rewrite_cap;
 
     /* Policy state. */
     bool authenticated;             /* a LOGIN/AUTHENTICATE succeeded, or PREAUTH */
@@ -180,7 +190,7 @@ struct imf_session {
     bool split_timer_inited;
     uint64_t split_since_ms;  /* when the literal's end was written (monotonic), 0 = not yet */
     uint32_t peer_window_max; /* widest receive window the backend advertised */
-    uv_timer_t split_timer;
+    uv_timer_t *split_timer;  /* allocated on first use, freed with the session */
     uint32_t held, converted, splits; /* for the summary line */
 
     /* The IDLE keeper: keep-alives to the client, refreshes or polls
@@ -188,8 +198,10 @@ struct imf_session {
     enum idle_phase idle_phase;
     char idle_tag[IMF_TAG_MAX + 1]; /* the client's IDLE */
     bool idle_timer_inited;
-    bool poll_inflight; /* a NOOP of ours awaits its completion */
-    uv_timer_t idle_timer;
+    bool batch_inited;       /* batch_check initialised (must be closed) */
+    uv_check_t *batch_check; /* relays a burst of client reads at once; see on_client_read */
+    bool poll_inflight;      /* a NOOP of ours awaits its completion */
+    uv_timer_t *idle_timer;  /* allocated on first use, freed with the session */
     uint64_t next_keepalive_ms, next_backend_ms; /* deadlines, loop time */
 
     /* COMPRESS=DEFLATE terminated here (RFC 4978): the client's bytes are
@@ -201,16 +213,18 @@ struct imf_session {
     struct imf_chain c_z; /* decrypted client bytes, still compressed */
     struct imf_chain p_z; /* deflated, not yet encrypted */
 
-    /* Telemetry: commands in flight, for latency and anomaly detectors. */
-    struct imf_tracker tracker;
+    /* Telemetry: commands in flight, for latency and anomaly detectors
+     * (NULL while none is). */
+    struct imf_tracker *tracker;
     bool stall_reported; /* the client's current literal was reported stalled */
 
     /* Draining (SIGTERM): BYE as soon as no command is in progress. */
     bool draining;
     uint32_t outstanding; /* commands relayed and not yet completed */
 
-    /* Backend choice: the servers to try, in order. */
-    unsigned plan[IMF_BACKEND_MAX];
+    /* Backend choice: the servers to try, in order (indexes into
+     * cfg->servers), allocated only while connecting. */
+    uint8_t *plan;
     uint8_t plan_len, plan_pos;
     bool connect_abandoned; /* the pending connect was given up (timeout) */
 
@@ -218,15 +232,13 @@ struct imf_session {
     uint64_t bytes_in, bytes_out; /* plaintext from / to the client */
     uint64_t start_ms;
     char peer[64];
-    char backend_name[128];
-    char tls_version[16];
-    char tls_cipher[64];
-    char peer_ip[INET6_ADDRSTRLEN];
-    int peer_port;
-    struct sockaddr_storage peer_addr; /* the client (after a PROXY header: the real one) */
-    bool ip_counted;                   /* holds one max_connections_per_ip slot */
-    bool counted_open;                 /* counted in sessions_open */
-    const char *refusal;               /* BYE text instead of a backend, once TLS is up */
+    const char *backend_name; /* the server's text in cfg, or NULL */
+    const char *tls_version;  /* static strings of the TLS library, or NULL */
+    const char *tls_cipher;
+    union sess_addr peer_addr; /* the client (after a PROXY header: the real one) */
+    bool ip_counted;           /* holds one max_connections_per_ip slot */
+    bool counted_open;         /* counted in sessions_open */
+    const char *refusal;       /* BYE text instead of a backend, once TLS is up */
 };
 
 /* Tags of the commands the proxy sends on its own: the ID for the client's
@@ -244,6 +256,12 @@ struct imf_session *imf_session_next(struct imf_session *s)
     return s->next;
 }
 
+/* For log lines: the server being tried or used, "-" before. */
+static const char *backend_label(const struct imf_session *s)
+{
+    return s->backend_name != NULL ? s->backend_name : "-";
+}
+
 static void set_state(struct imf_session *s, enum sess_state st)
 {
     if (s->state == st)
@@ -255,23 +273,31 @@ static void set_state(struct imf_session *s, enum sess_state st)
 
 /* ---- small helpers --------------------------------------------------- */
 
-static void format_addr(const struct sockaddr_storage *ss, char *out, size_t out_len)
+/* The address and port of a, as text ("?" and 0 for another family). */
+static int addr_parts(const union sess_addr *a, char *host, size_t host_len)
 {
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        uv_ip4_name(a, host, sizeof(host));
-        port = ntohs(a->sin_port);
-        snprintf(out, out_len, "%s:%d", host, port);
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        uv_ip6_name(a, host, sizeof(host));
-        port = ntohs(a->sin6_port);
-        snprintf(out, out_len, "[%s]:%d", host, port);
-    } else {
-        snprintf(out, out_len, "?");
+    snprintf(host, host_len, "?");
+    if (a->sa.sa_family == AF_INET) {
+        uv_ip4_name(&a->in, host, host_len);
+        return ntohs(a->in.sin_port);
     }
+    if (a->sa.sa_family == AF_INET6) {
+        uv_ip6_name(&a->in6, host, host_len);
+        return ntohs(a->in6.sin6_port);
+    }
+    return 0;
+}
+
+static void format_addr(const union sess_addr *a, char *out, size_t out_len)
+{
+    char host[INET6_ADDRSTRLEN];
+    int port = addr_parts(a, host, sizeof(host));
+    if (a->sa.sa_family == AF_INET)
+        snprintf(out, out_len, "%s:%d", host, port);
+    else if (a->sa.sa_family == AF_INET6)
+        snprintf(out, out_len, "[%s]:%d", host, port);
+    else
+        snprintf(out, out_len, "?");
 }
 
 /* Appends to a growable line buffer, bounded by the framer's line limit. */
@@ -290,6 +316,18 @@ static int line_append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *p
     memcpy(*buf + *len, p, n);
     *len += n;
     return 0;
+}
+
+/* Frees a line buffer holding no partial line: called when a pass is over,
+ * so a session between commands holds none, while lines framed in one pass
+ * share one allocation. */
+static void line_shed(uint8_t **buf, size_t len, size_t *cap)
+{
+    if (len == 0 && *buf != NULL) {
+        free(*buf);
+        *buf = NULL;
+        *cap = 0;
+    }
 }
 
 /* Drops a line buffer that grew large, so an idle session keeps little. */
@@ -357,9 +395,9 @@ static void log_summary(struct imf_session *s)
     snprintf(out, sizeof(out), "%" PRIu64, s->bytes_out);
     snprintf(dur, sizeof(dur), "%" PRIu64, uv_now(&s->worker->loop) - s->start_ms);
     imf_log_kv(IMF_LOG_INFO, "session", "closed", "client", s->peer, "listener", s->lcfg->name,
-               "tls", s->tls_version[0] ? s->tls_version : "-", "cipher",
-               s->tls_cipher[0] ? s->tls_cipher : "-", "backend",
-               s->backend_name[0] ? s->backend_name : "-", "bytes_in", in, "bytes_out", out,
+               "tls", s->tls_version ? s->tls_version : "-", "cipher",
+               s->tls_cipher ? s->tls_cipher : "-", "backend",
+               s->backend_name ? s->backend_name : "-", "bytes_in", in, "bytes_out", out,
                "duration_ms", dur, "held", held, "literals_converted", conv, "crlf_splits", splits,
                "reason", imf_close_reason_names[s->reason], NULL);
 }
@@ -386,7 +424,11 @@ static void session_free(struct imf_session *s)
     }
     free(s->cline);
     free(s->rline);
-    free(s->rewrite);
+    free(s->plan);
+    free(s->idle_timer);
+    free(s->batch_check);
+    free(s->split_timer);
+    imf_telemetry_free(&s->tracker);
     if (s->ssl != NULL)
         SSL_free(s->ssl);
     imf_config_unref(s->cfg);
@@ -397,7 +439,7 @@ static void session_free(struct imf_session *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     if (s->ip_counted)
-        imf_iplimit_release((struct sockaddr *)&s->peer_addr);
+        imf_iplimit_release(&s->peer_addr.sa);
     if (s->counted_open)
         atomic_fetch_sub(&sessions_open, 1);
     imf_stat_add(&w->stats.sessions_active, -1);
@@ -425,11 +467,15 @@ static void close_backend(struct imf_session *s)
 {
     if (s->idle_timer_inited) {
         s->idle_timer_inited = false;
-        close_handle(s, (uv_handle_t *)&s->idle_timer);
+        close_handle(s, (uv_handle_t *)s->idle_timer);
+    }
+    if (s->batch_inited) {
+        s->batch_inited = false;
+        close_handle(s, (uv_handle_t *)s->batch_check);
     }
     if (s->split_timer_inited) {
         s->split_timer_inited = false;
-        close_handle(s, (uv_handle_t *)&s->split_timer);
+        close_handle(s, (uv_handle_t *)s->split_timer);
     }
     if (s->backend_inited && !s->backend_closing) {
         s->backend_closing = true;
@@ -519,8 +565,11 @@ void imf_session_shutdown(struct imf_session *s)
 static void on_client_written(uv_write_t *req, int status);
 static void on_backend_written(uv_write_t *req, int status);
 
-static void start_write(struct imf_session *s, uv_stream_t *stream, uv_write_t *req,
-                        struct imf_chain *c, size_t *wlen, uv_write_cb cb)
+/* Writes the front of c. Most writes complete at once (uv_try_write); only
+ * one that does not takes a request, allocated here and freed by cb, so
+ * that a session holds none between writes. */
+static void start_write(struct imf_session *s, uv_stream_t *stream, struct imf_chain *c,
+                        size_t *wlen, uv_write_cb cb)
 {
     if (*wlen != 0 || c->bytes == 0)
         return;
@@ -537,7 +586,7 @@ static void start_write(struct imf_session *s, uv_stream_t *stream, uv_write_t *
         imf_chain_consume(c, (size_t)done);
         if ((size_t)done == total) {
             if (c->bytes > 0)
-                start_write(s, stream, req, c, wlen, cb);
+                start_write(s, stream, c, wlen, cb);
             return;
         }
         n = imf_chain_iov(c, iov, WRITE_IOV_MAX, WRITE_BYTES_MAX, &total);
@@ -550,9 +599,15 @@ static void start_write(struct imf_session *s, uv_stream_t *stream, uv_write_t *
             session_close(s, IMF_CLOSE_BACKEND_ERROR, false);
         return;
     }
+    uv_write_t *req = malloc(sizeof(*req));
+    if (req == NULL) {
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+        return;
+    }
     req->data = s;
     int rc = uv_write(req, stream, bufs, n, cb);
     if (rc != 0) {
+        free(req);
         if (stream == (uv_stream_t *)&s->client)
             session_close(s, IMF_CLOSE_CLIENT_ERROR, false);
         else
@@ -565,6 +620,7 @@ static void start_write(struct imf_session *s, uv_stream_t *stream, uv_write_t *
 static void on_client_written(uv_write_t *req, int status)
 {
     struct imf_session *s = req->data;
+    free(req);
     size_t n = s->client_wlen;
     s->client_wlen = 0;
     imf_chain_consume(&s->c_tx, n);
@@ -579,6 +635,7 @@ static void on_client_written(uv_write_t *req, int status)
 static void on_backend_written(uv_write_t *req, int status)
 {
     struct imf_session *s = req->data;
+    free(req);
     size_t n = s->backend_wlen;
     s->backend_wlen = 0;
     imf_chain_consume(&s->b_tx, n);
@@ -610,16 +667,20 @@ static void idle_arm(struct imf_session *s)
         next = s->next_backend_ms < next ? s->next_backend_ms : next;
     if (next == UINT64_MAX) {
         if (s->idle_timer_inited)
-            uv_timer_stop(&s->idle_timer);
+            uv_timer_stop(s->idle_timer);
         return;
     }
     if (!s->idle_timer_inited) {
-        uv_timer_init(&s->worker->loop, &s->idle_timer);
-        s->idle_timer.data = s;
+        if (s->idle_timer == NULL && (s->idle_timer = malloc(sizeof(*s->idle_timer))) == NULL) {
+            session_close(s, IMF_CLOSE_NO_MEMORY, false);
+            return;
+        }
+        uv_timer_init(&s->worker->loop, s->idle_timer);
+        s->idle_timer->data = s;
         s->idle_timer_inited = true;
         s->open_handles++;
     }
-    uv_timer_start(&s->idle_timer, on_idle_timer, next > now ? next - now : 0, 0);
+    uv_timer_start(s->idle_timer, on_idle_timer, next > now ? next - now : 0, 0);
 }
 
 static void idle_begin(struct imf_session *s, enum idle_phase phase)
@@ -636,7 +697,7 @@ static void idle_end(struct imf_session *s)
 {
     s->idle_phase = IDLE_OFF;
     if (s->idle_timer_inited)
-        uv_timer_stop(&s->idle_timer);
+        uv_timer_stop(s->idle_timer);
 }
 
 static void on_idle_timer(uv_timer_t *t)
@@ -717,14 +778,15 @@ static void start_compress(struct imf_session *s)
 /* Answers the command whose first line just ended, without relaying it. A
  * literal the line announces is refused too: a synchronising one is never
  * sent by the client, a non-synchronising one is swallowed with the rest of
- * the command before the answer goes out. */
+ * the command before the answer goes out (so text must be a string
+ * literal: it is kept until then). */
 static void refuse(struct imf_session *s, const struct imf_framer_ev *ev, const char *text)
 {
     imf_log_kv(IMF_LOG_INFO, "session", "command refused", "client", s->peer, "tag", s->cmd.tag,
                "command", s->cmd.name, "answer", text, NULL);
     if (ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS)) {
         s->discarding = true;
-        snprintf(s->discard_answer, sizeof(s->discard_answer), "%s", text);
+        s->discard_answer = text;
         return;
     }
     if (ev->literal_flags & IMF_LIT_PRESENT)
@@ -861,7 +923,7 @@ static void on_command_line(struct imf_session *s, const struct imf_framer_ev *e
         /* Non-synchronising: its octets follow whatever we say; swallow the
          * whole command, then answer. */
         s->discarding = true;
-        snprintf(s->discard_answer, sizeof(s->discard_answer), "BAD [TOOBIG] Literal too big");
+        s->discard_answer = "BAD [TOOBIG] Literal too big";
         return;
     }
     if (s->discarding) {
@@ -874,7 +936,7 @@ static void on_command_line(struct imf_session *s, const struct imf_framer_ev *e
             return;
         }
         s->discarding = false;
-        if (s->discard_answer[0] != '\0')
+        if (s->discard_answer != NULL)
             tagged(s, s->cmd.tag, s->discard_answer);
         return;
     }
@@ -882,8 +944,11 @@ static void on_command_line(struct imf_session *s, const struct imf_framer_ev *e
         return;
     if (ev->first_line) {
         s->outstanding++;
-        imf_telemetry_sent(&s->tracker, s->cmd.tag, s->cmd.name, s->cline, s->cline_len,
-                           uv_hrtime() / 1000);
+        if (imf_telemetry_sent(&s->tracker, s->cmd.tag, s->cmd.name, s->cline, s->cline_len,
+                               uv_hrtime() / 1000) != 0) {
+            session_close(s, IMF_CLOSE_NO_MEMORY, false);
+            return;
+        }
         if (!s->cfg->pipelining) {
             s->inflight = true;
             snprintf(s->inflight_tag, sizeof(s->inflight_tag), "%s", s->cmd.tag);
@@ -1002,6 +1067,61 @@ static int inflate_step(struct imf_session *s)
     return used > 0 || made > 0;
 }
 
+/* Decrypts records from c_rx into c_plain (c_z under COMPRESS) until the
+ * library wants more ciphertext or the tail block is full: the framer then
+ * sees what one socket read brought at once, and literal payloads leave as
+ * whole blocks in one backend write. Returns 1 on progress, 0 when nothing
+ * could be decrypted, -1 when the session ended. A failure after progress
+ * is reported on the next call (the library repeats it), so that what was
+ * decrypted before it is framed first, as it was received. */
+static int decrypt_records(struct imf_session *s)
+{
+    struct imf_chain *into = s->zin != NULL ? &s->c_z : &s->c_plain;
+    bool progress = false;
+    /* Bounded: each pass fills at least a quarter of the block. */
+    for (unsigned pass = 0; pass < IMF_BLOCK_DATA / (TLS_RECORD_MAX / 4); pass++) {
+        uint8_t *dst;
+        size_t room;
+        if (imf_chain_reserve(into, TLS_RECORD_MAX, &dst, &room) != 0) {
+            session_close(s, IMF_CLOSE_NO_MEMORY, false);
+            return -1;
+        }
+        int n = SSL_read(s->ssl, dst, room > INT32_MAX ? INT32_MAX : (int)room);
+        if (n > 0) {
+            imf_chain_commit(into, (size_t)n);
+            s->bytes_in += (uint64_t)n;
+            imf_stat_add(&s->worker->stats.bytes_from_clients, n);
+            progress = true;
+            if (room - (size_t)n < TLS_RECORD_MAX)
+                return 1; /* the block is full: frame it */
+            if (s->c_rx.bytes == 0 && SSL_pending(s->ssl) == 0)
+                return 1; /* nothing more has arrived */
+            continue;
+        }
+        imf_chain_commit(into, 0);
+        if (progress)
+            return 1;
+        int err = SSL_get_error(s->ssl, n);
+        if (err == SSL_ERROR_WANT_READ)
+            return 0;
+        if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && s->tio.in_eof)) {
+            /* close_notify or EOF: the client is gone; a half-sent command
+             * must not reach the backend's parser complete. */
+            s->client_eof = true;
+            session_close(s, IMF_CLOSE_CLIENT_EOF, false);
+            return -1;
+        }
+        imf_log_kv(IMF_LOG_INFO, "tls", "read failed", "client", s->peer, "reason",
+                   imf_tls_failure_reason(s->ssl, &s->tio), NULL);
+        /* The library queued a fatal alert: it must reach the client
+         * (RFC 8446, 6.2) before the close; nothing else can go out. */
+        s->tls_failed = true;
+        session_close(s, IMF_CLOSE_TLS_ERROR, true);
+        return -1;
+    }
+    return 1;
+}
+
 /* Decrypts what the client sent into c_plain and relays it. */
 static void pump_upstream(struct imf_session *s)
 {
@@ -1022,38 +1142,8 @@ static void pump_upstream(struct imf_session *s)
         }
         if (s->c_rx.bytes == 0 && !s->tio.in_eof && SSL_pending(s->ssl) == 0)
             return;
-        struct imf_chain *into = s->zin != NULL ? &s->c_z : &s->c_plain;
-        uint8_t *dst;
-        size_t room;
-        if (imf_chain_reserve(into, TLS_RECORD_MAX, &dst, &room) != 0) {
-            session_close(s, IMF_CLOSE_NO_MEMORY, false);
+        if (decrypt_records(s) <= 0)
             return;
-        }
-        int n = SSL_read(s->ssl, dst, room > INT32_MAX ? INT32_MAX : (int)room);
-        if (n > 0) {
-            imf_chain_commit(into, (size_t)n);
-            s->bytes_in += (uint64_t)n;
-            imf_stat_add(&s->worker->stats.bytes_from_clients, n);
-            continue;
-        }
-        imf_chain_commit(into, 0);
-        int err = SSL_get_error(s->ssl, n);
-        if (err == SSL_ERROR_WANT_READ)
-            return;
-        if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && s->tio.in_eof)) {
-            /* close_notify or EOF: the client is gone; a half-sent command
-             * must not reach the backend's parser complete. */
-            s->client_eof = true;
-            session_close(s, IMF_CLOSE_CLIENT_EOF, false);
-            return;
-        }
-        imf_log_kv(IMF_LOG_INFO, "tls", "read failed", "client", s->peer, "reason",
-                   imf_tls_failure_reason(s->ssl, &s->tio), NULL);
-        /* The library queued a fatal alert: it must reach the client
-         * (RFC 8446, 6.2) before the close; nothing else can go out. */
-        s->tls_failed = true;
-        session_close(s, IMF_CLOSE_TLS_ERROR, true);
-        return;
     }
 }
 
@@ -1076,26 +1166,23 @@ static void relay_response_line(struct imf_session *s)
 {
     struct imf_cap_policy pol;
     cap_policy(s, &pol);
+    /* Scratch on the stack for the usual short line; a long one borrows
+     * the heap for the moment. Either way the session keeps nothing. */
+    uint8_t small[2048];
+    uint8_t *out = small;
     size_t need = s->rline_len + IMF_CAP_GROWTH;
-    if (need > s->rewrite_cap) {
-        uint8_t *nb = realloc(s->rewrite, need);
-        if (nb == NULL) {
-            session_close(s, IMF_CLOSE_NO_MEMORY, false);
-            return;
-        }
-        s->rewrite = nb;
-        s->rewrite_cap = need;
+    if (need > sizeof(small) && (out = malloc(need)) == NULL) {
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+        return;
     }
+    size_t cap = out == small ? sizeof(small) : need;
     size_t out_len;
-    if (imf_capability_rewrite(s->rline, s->rline_len, &pol, s->rewrite, s->rewrite_cap, &out_len))
-        to_client(s, s->rewrite, out_len);
+    if (imf_capability_rewrite(s->rline, s->rline_len, &pol, out, cap, &out_len))
+        to_client(s, out, out_len);
     else
         to_client(s, s->rline, s->rline_len);
-    if (s->rewrite_cap > 4096) {
-        free(s->rewrite);
-        s->rewrite = NULL;
-        s->rewrite_cap = 0;
-    }
+    if (out != small)
+        free(out);
 }
 
 static void on_response_line(struct imf_session *s, const struct imf_framer_ev *ev)
@@ -1117,7 +1204,7 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
             }
             if (r.status != IMF_STATUS_OK)
                 imf_log_kv(IMF_LOG_WARN, "backend", "ID with the client address refused", "client",
-                           s->peer, "backend", s->backend_name, NULL);
+                           s->peer, "backend", backend_label(s), NULL);
             return;
         }
         if (r.kind == IMF_RESP_UNTAGGED && s->rline_len >= 5 &&
@@ -1153,7 +1240,7 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
         /* "+\r\n": RFC 9051 wants text (or base64) after "+ ". */
         imf_stat_add(&s->worker->stats.telemetry.anomalies[IMF_ANOMALY_BARE_PLUS], 1);
         imf_log_kv(IMF_LOG_INFO, "backend", "bare continuation request", "client", s->peer,
-                   "backend", s->backend_name, NULL);
+                   "backend", backend_label(s), NULL);
     }
     if (r.kind == IMF_RESP_CONTINUATION) {
         if (s->lit_wait) {
@@ -1178,7 +1265,7 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
         if (!imf_telemetry_tagged(&s->tracker, &s->worker->stats.telemetry, r.tag,
                                   uv_hrtime() / 1000))
             imf_log_kv(IMF_LOG_WARN, "backend", "tagged response for no command in flight",
-                       "client", s->peer, "backend", s->backend_name, "tag", r.tag, NULL);
+                       "client", s->peer, "backend", backend_label(s), "tag", r.tag, NULL);
         s->client_cont = false;
         if (s->idle_phase != IDLE_OFF && s->idle_phase != IDLE_POLLING &&
             strcmp(r.tag, s->idle_tag) == 0)
@@ -1191,7 +1278,7 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
              * sent or will send for that command. */
             s->lit_wait = false;
             s->discarding = true;
-            s->discard_answer[0] = '\0';
+            s->discard_answer = NULL;
             s->upstream_kick = true;
         }
         if (s->inflight && strcmp(r.tag, s->inflight_tag) == 0) {
@@ -1247,13 +1334,13 @@ static void process_responses(struct imf_session *s)
             break;
         case IMF_EV_LINE_END:
             if ((ev.literal_flags & IMF_LIT_PRESENT) &&
-                imf_telemetry_response_literal(&s->tracker, &s->worker->stats.telemetry,
+                imf_telemetry_response_literal(s->tracker, &s->worker->stats.telemetry,
                                                ev.literal_size)) {
                 char size[24];
                 snprintf(size, sizeof(size), "%" PRIu64, ev.literal_size);
                 imf_log_kv(IMF_LOG_WARN, "backend",
                            "FETCH literal larger than the partial range asked for", "client",
-                           s->peer, "backend", s->backend_name, "size", size, NULL);
+                           s->peer, "backend", backend_label(s), "size", size, NULL);
             }
             on_response_line(s, &ev);
             line_reset(&s->rline, &s->rline_len, &s->rline_cap);
@@ -1378,7 +1465,7 @@ static void on_backend_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 static void backend_unavailable(struct imf_session *s)
 {
     imf_log_kv(IMF_LOG_WARN, "backend", "no backend server reachable", "client", s->peer, NULL);
-    s->backend_name[0] = '\0';
+    s->backend_name = NULL;
     bye(s, IMF_CLOSE_BACKEND_UNAVAILABLE, "[UNAVAILABLE] Backend server unavailable");
 }
 
@@ -1419,7 +1506,7 @@ static void try_next_backend(struct imf_session *s)
         return;
     }
     const struct imf_sockaddr *srv = &s->cfg->servers[s->plan[s->plan_pos]];
-    snprintf(s->backend_name, sizeof(s->backend_name), "%s", srv->text);
+    s->backend_name = srv->text;
     int rc = uv_tcp_init(&s->worker->loop, &s->backend);
     if (rc != 0) {
         backend_unavailable(s);
@@ -1430,20 +1517,35 @@ static void try_next_backend(struct imf_session *s)
     s->open_handles++;
     s->connect_abandoned = false;
     set_state(s, SESS_CONNECTING);
-    rc = uv_tcp_connect(&s->connect_req, &s->backend, (const struct sockaddr *)&srv->ss,
-                        on_backend_connected);
+    /* Freed by on_backend_connected, which libuv calls exactly once (with
+     * UV_ECANCELED when the handle closes first). */
+    uv_connect_t *req = malloc(sizeof(*req));
+    rc = req != NULL ? uv_tcp_connect(req, &s->backend, (const struct sockaddr *)&srv->ss,
+                                      on_backend_connected)
+                     : UV_ENOMEM;
     if (rc != 0) {
+        free(req);
         backend_failed(s, uv_strerror(rc));
         return;
     }
-    s->connect_req.data = s;
+    req->data = s;
     uv_timer_stop(&s->timer);
     uv_timer_start(&s->timer, on_connect_timeout, s->cfg->connect_timeout_ms, 0);
 }
 
 static void connect_backend(struct imf_session *s)
 {
-    s->plan_len = (uint8_t)imf_backend_plan(s->cfg, s->plan);
+    unsigned order[IMF_BACKEND_MAX];
+    size_t n = imf_backend_plan(s->cfg, order);
+    free(s->plan);
+    s->plan = malloc(n > 0 ? n : 1);
+    if (s->plan == NULL) {
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        s->plan[i] = (uint8_t)order[i];
+    s->plan_len = (uint8_t)n;
     s->plan_pos = 0;
     try_next_backend(s);
 }
@@ -1522,10 +1624,11 @@ static void on_inactivity_timer(uv_timer_t *t)
  * the answer is swallowed in on_response_line(). */
 static void send_client_id(struct imf_session *s)
 {
-    char line[256];
+    char line[256], ip[INET6_ADDRSTRLEN];
+    int port = addr_parts(&s->peer_addr, ip, sizeof(ip));
     snprintf(line, sizeof(line),
-             PROXY_ID_TAG " ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%d\")\r\n",
-             s->peer_ip, s->peer_port);
+             PROXY_ID_TAG " ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%d\")\r\n", ip,
+             port);
     to_backend(s, line, strlen(line));
     s->id_pending = true;
     if (!s->cfg->pipelining) {
@@ -1544,6 +1647,7 @@ static void on_connect_timeout(uv_timer_t *t)
 static void on_backend_connected(uv_connect_t *req, int status)
 {
     struct imf_session *s = req->data;
+    free(req);
     if (s->state != SESS_CONNECTING || s->connect_abandoned)
         return; /* given up already (timeout, client gone): the handle closes */
     uv_timer_stop(&s->timer);
@@ -1552,6 +1656,8 @@ static void on_backend_connected(uv_connect_t *req, int status)
         return;
     }
     imf_backend_report(s->cfg, s->plan[s->plan_pos], true);
+    free(s->plan); /* failover is over for this session */
+    s->plan = NULL;
     if (s->cfg->literal_crlf_split) {
         /* The backend has read nothing yet: its window now is a fair
          * "all read" reference for the split's window check. */
@@ -1620,8 +1726,8 @@ static void do_handshake(struct imf_session *s)
         const SSL_CIPHER *c = SSL_get_current_cipher(s->ssl);
         const char *cipher = c != NULL ? SSL_CIPHER_standard_name(c) : "-";
         count_tls_kind(&s->worker->stats, version, cipher);
-        snprintf(s->tls_version, sizeof(s->tls_version), "%s", version);
-        snprintf(s->tls_cipher, sizeof(s->tls_cipher), "%s", cipher);
+        s->tls_version = version; /* static strings, see count_tls_kind */
+        s->tls_cipher = cipher;
         imf_debug("tls", "client=%s handshake done %s %s", s->peer, s->tls_version, s->tls_cipher);
         uv_timer_stop(&s->timer);
         if (s->refusal != NULL) {
@@ -1700,6 +1806,48 @@ static void read_into(struct imf_chain *c, uv_buf_t *buf)
     *buf = uv_buf_init((char *)p, (unsigned)room);
 }
 
+/* Relays what the client sent. */
+static void client_data_arrived(struct imf_session *s)
+{
+    if (s->batch_inited)
+        uv_check_stop(s->batch_check);
+    session_pump(s);
+    /* A literal the client is sending: the stall detector's deadline
+     * follows its progress (the timer otherwise only wakes for idleness). */
+    uint64_t size, left;
+    if (s->state == SESS_RELAY && s->cfg->literal_stall_ms != 0 &&
+        imf_framer_in_literal(&s->cfr, &size, &left))
+        arm_inactivity_timer(s);
+}
+
+static void on_batch_check(uv_check_t *c)
+{
+    struct imf_session *s = c->data;
+    uv_check_stop(c);
+    client_data_arrived(s);
+}
+
+/* A read that filled its buffer is followed at once by another read of the
+ * same burst (libuv reads on while reads come back full). Relaying after
+ * each would cost a backend write (and a wake-up of the backend) per read;
+ * relaying once the loop has run this round's I/O callbacks (a check
+ * handle runs right after them) costs one per burst, with no added wait.
+ * Bounded by the caller to half the watermark. Returns false when the
+ * handle cannot be had: then relay now. */
+static bool batch_later(struct imf_session *s)
+{
+    if (!s->batch_inited) {
+        if (s->batch_check == NULL && (s->batch_check = malloc(sizeof(*s->batch_check))) == NULL)
+            return false;
+        uv_check_init(&s->worker->loop, s->batch_check);
+        s->batch_check->data = s;
+        s->batch_inited = true;
+        s->open_handles++;
+    }
+    uv_check_start(s->batch_check, on_batch_check);
+    return true;
+}
+
 static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct imf_session *s = h->data;
@@ -1755,13 +1903,10 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         session_close(s, nread == UV_EOF ? IMF_CLOSE_CLIENT_EOF : IMF_CLOSE_CLIENT_ERROR, false);
         return;
     }
-    session_pump(s);
-    /* A literal the client is sending: the stall detector's deadline
-     * follows its progress (the timer otherwise only wakes for idleness). */
-    uint64_t size, left;
-    if (s->state == SESS_RELAY && s->cfg->literal_stall_ms != 0 &&
-        imf_framer_in_literal(&s->cfr, &size, &left))
-        arm_inactivity_timer(s);
+    if ((size_t)nread == buf->len && s->state == SESS_RELAY && s->ssl != NULL &&
+        s->c_rx.bytes < s->high / 2 && batch_later(s))
+        return;
+    client_data_arrived(s);
 }
 
 static void on_backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -1861,8 +2006,13 @@ static bool split_drained(struct imf_session *s)
     bool settled = q.unsent == 0 && read_up && waited >= settle;
     if (!settled && waited < settle + SPLIT_WAIT_MAX_MS) {
         if (!s->split_timer_inited) {
-            uv_timer_init(&s->worker->loop, &s->split_timer);
-            s->split_timer.data = s;
+            if (s->split_timer == NULL &&
+                (s->split_timer = malloc(sizeof(*s->split_timer))) == NULL) {
+                session_close(s, IMF_CLOSE_NO_MEMORY, false);
+                return false;
+            }
+            uv_timer_init(&s->worker->loop, s->split_timer);
+            s->split_timer->data = s;
             s->split_timer_inited = true;
             s->open_handles++;
         }
@@ -1871,7 +2021,7 @@ static bool split_drained(struct imf_session *s)
             delay = settle - waited;
         /* The loop's cached time may be stale: timers count from now. */
         uv_update_time(&s->worker->loop);
-        uv_timer_start(&s->split_timer, on_split_timer, delay, 0);
+        uv_timer_start(s->split_timer, on_split_timer, delay, 0);
         return false;
     }
     if (!settled)
@@ -1928,12 +2078,11 @@ static void session_pump(struct imf_session *s)
             return;
         size_t c_before = s->c_tx.bytes, b_before = s->b_tx.bytes;
         if (!s->client_closing)
-            start_write(s, (uv_stream_t *)&s->client, &s->client_wreq, &s->c_tx, &s->client_wlen,
-                        on_client_written);
+            start_write(s, (uv_stream_t *)&s->client, &s->c_tx, &s->client_wlen, on_client_written);
         if (s->state == SESS_CLOSED)
             return;
         if (s->backend_up && !s->backend_closing)
-            start_write(s, (uv_stream_t *)&s->backend, &s->backend_wreq, &s->b_tx, &s->backend_wlen,
+            start_write(s, (uv_stream_t *)&s->backend, &s->b_tx, &s->backend_wlen,
                         on_backend_written);
         if (s->state == SESS_CLOSED)
             return;
@@ -1965,23 +2114,23 @@ static void session_pump(struct imf_session *s)
         if (!again)
             break;
     }
+    line_shed(&s->cline, s->cline_len, &s->cline_cap);
+    line_shed(&s->rline, s->rline_len, &s->rline_cap);
     update_reading(s);
 }
 
 /* ---- accept ------------------------------------------------------------ */
 
-static void set_peer(struct imf_session *s, const struct sockaddr_storage *ss)
+static void set_peer(struct imf_session *s, const struct sockaddr *sa)
 {
-    if (ss != &s->peer_addr)
-        memcpy(&s->peer_addr, ss, sizeof(*ss));
-    format_addr(ss, s->peer, sizeof(s->peer));
-    if (ss->ss_family == AF_INET6) {
-        uv_ip6_name((const struct sockaddr_in6 *)ss, s->peer_ip, sizeof(s->peer_ip));
-        s->peer_port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-    } else {
-        uv_ip4_name((const struct sockaddr_in *)ss, s->peer_ip, sizeof(s->peer_ip));
-        s->peer_port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
+    if (sa != &s->peer_addr.sa) {
+        memset(&s->peer_addr, 0, sizeof(s->peer_addr));
+        if (sa->sa_family == AF_INET)
+            memcpy(&s->peer_addr.in, sa, sizeof(s->peer_addr.in));
+        else if (sa->sa_family == AF_INET6)
+            memcpy(&s->peer_addr.in6, sa, sizeof(s->peer_addr.in6));
     }
+    format_addr(&s->peer_addr, s->peer, sizeof(s->peer));
 }
 
 /* The client's address is known: apply the limits, then start the
@@ -1995,8 +2144,7 @@ static void admit(struct imf_session *s)
     uint64_t active = atomic_fetch_add(&sessions_open, 1) + 1;
     if (s->cfg->max_connections != 0 && active > s->cfg->max_connections) {
         s->refusal = "[UNAVAILABLE] Too many connections";
-    } else if (!imf_iplimit_acquire((struct sockaddr *)&s->peer_addr,
-                                    s->cfg->max_connections_per_ip)) {
+    } else if (!imf_iplimit_acquire(&s->peer_addr.sa, s->cfg->max_connections_per_ip)) {
         s->refusal = "[UNAVAILABLE] Too many connections from your address";
     } else {
         s->ip_counted = true;
@@ -2047,7 +2195,7 @@ static void read_proxy_header(struct imf_session *s)
     if (!info.local) {
         char via[64];
         snprintf(via, sizeof(via), "%s", s->peer);
-        set_peer(s, &info.src);
+        set_peer(s, (const struct sockaddr *)&info.src);
         imf_debug("session", "client=%s via PROXY header from %s", s->peer, via);
     }
     admit(s);
@@ -2105,14 +2253,13 @@ void imf_session_accept(struct imf_listener *l)
         return;
     }
     int len = sizeof(s->peer_addr);
-    if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&s->peer_addr, &len) == 0)
-        set_peer(s, &s->peer_addr);
+    if (uv_tcp_getpeername(&s->client, &s->peer_addr.sa, &len) == 0)
+        set_peer(s, &s->peer_addr.sa);
     s->last_client_ms = s->start_ms;
     uv_tcp_nodelay(&s->client, 1);
     imf_debug("session", "client=%s accepted on %s", s->peer, s->lcfg->name);
     if (s->lcfg->proxy_protocol != IMF_PROXY_PROTOCOL_OFF) {
-        if (!imf_cidr_match(s->lcfg->proxy_from, s->lcfg->proxy_from_len,
-                            (struct sockaddr *)&s->peer_addr)) {
+        if (!imf_cidr_match(s->lcfg->proxy_from, s->lcfg->proxy_from_len, &s->peer_addr.sa)) {
             imf_log_kv(IMF_LOG_WARN, "session", "PROXY header refused", "client", s->peer, "reason",
                        "peer not in proxy_protocol_from", NULL);
             session_close(s, IMF_CLOSE_PROXY_PROTOCOL, false);

@@ -2,6 +2,8 @@
 #include "imapfront/telemetry.h"
 
 #include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 const char *const imf_tcmd_names[IMF_TCMD_COUNT] = {
@@ -101,33 +103,72 @@ static uint64_t partial_max(const uint8_t *line, size_t len, bool *out_whole)
     return best;
 }
 
-void imf_telemetry_sent(struct imf_tracker *t, const char *tag, const char *name,
-                        const uint8_t *line, size_t len, uint64_t now_us)
+/* Room for one more slot: a free one, or a doubled array. Returns the
+ * free slot, or NULL when all IMF_TRACK_SLOTS are taken or growth failed. */
+static struct imf_tracked *free_slot(struct imf_tracker **tp)
 {
-    size_t tlen = strlen(tag);
-    for (unsigned i = 0; i < IMF_TRACK_SLOTS; i++) {
-        struct imf_tracked *e = &t->slots[i];
-        if (e->used)
-            continue;
-        if (tlen >= sizeof(e->tag))
-            break;
-        memcpy(e->tag, tag, tlen + 1);
-        e->cmd = (uint8_t)imf_telemetry_classify(name);
-        e->used = true;
-        e->start_us = now_us;
-        e->partial_max = 0;
-        e->fetch_whole = false;
-        if (e->cmd == IMF_TCMD_FETCH)
-            e->partial_max = partial_max(line, len, &e->fetch_whole);
-        return;
-    }
-    t->untracked++;
+    struct imf_tracker *t = *tp;
+    for (unsigned i = 0; i < t->cap; i++)
+        if (!t->slots[i].used)
+            return &t->slots[i];
+    if (t->cap >= IMF_TRACK_SLOTS)
+        return NULL;
+    unsigned ncap = t->cap * 2;
+    struct imf_tracker *n = realloc(t, sizeof(*t) + ncap * sizeof(t->slots[0]));
+    if (n == NULL)
+        return NULL;
+    memset(&n->slots[n->cap], 0, (ncap - n->cap) * sizeof(n->slots[0]));
+    struct imf_tracked *e = &n->slots[n->cap];
+    n->cap = ncap;
+    *tp = n;
+    return e;
 }
 
-bool imf_telemetry_tagged(struct imf_tracker *t, struct imf_telemetry_stats *st, const char *tag,
+int imf_telemetry_sent(struct imf_tracker **tp, const char *tag, const char *name,
+                       const uint8_t *line, size_t len, uint64_t now_us)
+{
+    if (*tp == NULL) {
+        /* Most sessions have one command in flight at a time. */
+        *tp = calloc(1, sizeof(**tp) + sizeof((*tp)->slots[0]));
+        if (*tp == NULL)
+            return -ENOMEM;
+        (*tp)->cap = 1;
+    }
+    size_t tlen = strlen(tag);
+    struct imf_tracked *e = tlen < sizeof(e->tag) ? free_slot(tp) : NULL;
+    if (e == NULL) {
+        (*tp)->untracked++;
+        return 0;
+    }
+    memcpy(e->tag, tag, tlen + 1);
+    e->cmd = (uint8_t)imf_telemetry_classify(name);
+    e->used = true;
+    e->start_us = now_us;
+    e->partial_max = 0;
+    e->fetch_whole = false;
+    if (e->cmd == IMF_TCMD_FETCH)
+        e->partial_max = partial_max(line, len, &e->fetch_whole);
+    return 0;
+}
+
+/* Frees the tracker once nothing is in flight. */
+static void release_if_empty(struct imf_tracker **tp)
+{
+    struct imf_tracker *t = *tp;
+    if (t->untracked > 0)
+        return;
+    for (unsigned i = 0; i < t->cap; i++)
+        if (t->slots[i].used)
+            return;
+    free(t);
+    *tp = NULL;
+}
+
+bool imf_telemetry_tagged(struct imf_tracker **tp, struct imf_telemetry_stats *st, const char *tag,
                           uint64_t now_us)
 {
-    for (unsigned i = 0; i < IMF_TRACK_SLOTS; i++) {
+    struct imf_tracker *t = *tp;
+    for (unsigned i = 0; t != NULL && i < t->cap; i++) {
         struct imf_tracked *e = &t->slots[i];
         if (!e->used || strcmp(e->tag, tag) != 0)
             continue;
@@ -138,23 +179,27 @@ bool imf_telemetry_tagged(struct imf_tracker *t, struct imf_telemetry_stats *st,
         add(&st->lat_buckets[e->cmd][b], 1);
         add(&st->lat_sum_us[e->cmd], us);
         e->used = false;
+        release_if_empty(tp);
         return true;
     }
-    if (t->untracked > 0) {
+    if (t != NULL && t->untracked > 0) {
         /* One of the commands we could not track: assume it was that. */
         t->untracked--;
+        release_if_empty(tp);
         return true;
     }
     add(&st->anomalies[IMF_ANOMALY_UNKNOWN_TAG], 1);
     return false;
 }
 
-bool imf_telemetry_response_literal(struct imf_tracker *t, struct imf_telemetry_stats *st,
+bool imf_telemetry_response_literal(const struct imf_tracker *t, struct imf_telemetry_stats *st,
                                     uint64_t size)
 {
+    if (t == NULL)
+        return false; /* nothing in flight asked for a range */
     uint64_t limit = 0;
     bool any_partial = false;
-    for (unsigned i = 0; i < IMF_TRACK_SLOTS; i++) {
+    for (unsigned i = 0; i < t->cap; i++) {
         const struct imf_tracked *e = &t->slots[i];
         if (!e->used || e->cmd != IMF_TCMD_FETCH)
             continue;
@@ -168,4 +213,10 @@ bool imf_telemetry_response_literal(struct imf_tracker *t, struct imf_telemetry_
         return false;
     add(&st->anomalies[IMF_ANOMALY_FETCH_OVERSIZE], 1);
     return true;
+}
+
+void imf_telemetry_free(struct imf_tracker **tp)
+{
+    free(*tp);
+    *tp = NULL;
 }

@@ -345,6 +345,10 @@ SSL *imf_tls_conn_new(SSL_CTX *ctx, struct imf_tls_io *io)
     SSL_set_bio(ssl, rb, wb);
     SSL_set_app_data(ssl, io);
     SSL_set_accept_state(ssl);
+    /* Nothing asks the connection for its configuration (certificate,
+     * cipher list...) once the handshake is done: let the library free its
+     * copy then, which an idle session would otherwise carry for life. */
+    SSL_set_shed_handshake_config(ssl, 1);
     return ssl;
 }
 

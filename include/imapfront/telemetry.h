@@ -63,29 +63,43 @@ struct imf_tracked {
     char tag[33]; /* tags longer than 32 bytes are not tracked */
     uint8_t cmd;  /* enum imf_tcmd */
     bool used;
-    uint64_t partial_max; /* FETCH <a.b>: the largest b; 0 = no partial */
     bool fetch_whole;     /* a FETCH without a partial range */
+    uint64_t partial_max; /* FETCH <a.b>: the largest b; 0 = no partial */
     uint64_t start_us;
 };
+/* A session's tracker is a pointer that is NULL while no command is in
+ * flight: most sessions are idle most of the time, and an idle session
+ * should cost no tracker at all. imf_telemetry_sent() allocates it and
+ * grows it by doubling up to IMF_TRACK_SLOTS slots; imf_telemetry_tagged()
+ * frees it when its last command completes. */
 struct imf_tracker {
-    struct imf_tracked slots[IMF_TRACK_SLOTS];
     unsigned untracked; /* commands in flight without a slot */
+    unsigned cap;       /* slots allocated (1, 2, 4 ... IMF_TRACK_SLOTS) */
+    struct imf_tracked slots[];
 };
 
 /* A command's first line went to the backend (name as imf_imap_parse_command
- * upper-cases it, "UID FETCH" included). */
-void imf_telemetry_sent(struct imf_tracker *t, const char *tag, const char *name,
-                        const uint8_t *line, size_t len, uint64_t now_us);
+ * upper-cases it, "UID FETCH" included). *t may be NULL (nothing in flight)
+ * and is allocated or grown here. Returns 0, or -ENOMEM when *t was NULL
+ * and could not be allocated (a failed growth only leaves the command
+ * unmeasured). */
+int imf_telemetry_sent(struct imf_tracker **t, const char *tag, const char *name,
+                       const uint8_t *line, size_t len, uint64_t now_us);
 
-/* A tagged response: observes the latency of its command. Returns false
+/* A tagged response: observes the latency of its command and frees *t
+ * (setting it to NULL) once no command is left in flight. Returns false
  * (and counts the anomaly) when no command in flight had that tag. */
-bool imf_telemetry_tagged(struct imf_tracker *t, struct imf_telemetry_stats *st, const char *tag,
+bool imf_telemetry_tagged(struct imf_tracker **t, struct imf_telemetry_stats *st, const char *tag,
                           uint64_t now_us);
 
 /* A literal in a response (size N). Returns true (and counts it) when
- * every FETCH in flight asked for a partial range and N exceeds them all. */
-bool imf_telemetry_response_literal(struct imf_tracker *t, struct imf_telemetry_stats *st,
+ * every FETCH in flight asked for a partial range and N exceeds them all.
+ * t may be NULL. */
+bool imf_telemetry_response_literal(const struct imf_tracker *t, struct imf_telemetry_stats *st,
                                     uint64_t size);
+
+/* Frees *t (may be NULL) and sets it to NULL: the session ended. */
+void imf_telemetry_free(struct imf_tracker **t);
 
 /* The command name's bucket. */
 enum imf_tcmd imf_telemetry_classify(const char *name);
