@@ -23,7 +23,7 @@ slows the run but does not enter the proxy's CPU time.
 Usage (from the source tree, after building):
 
   IMAPFRONT_BIN=BUILD/src/imapfront /usr/bin/python3 bench/compress.py
-  /usr/bin/python3 bench/compress.py --bin BUILD/src/imapfront --rounds 5 --fetches 8
+  /usr/bin/python3 bench/compress.py --bin BUILD/src/imapfront --rounds 5 --fetches 8 --level 6
 """
 
 import argparse
@@ -64,11 +64,11 @@ def counters(proxy):
             for d in ("in", "out") for s in ("wire", "plain")}
 
 
-def one_run(workdir, cert, key, emu, mode, corpus, fetches, label):
+def one_run(workdir, cert, key, emu, mode, level, corpus, fetches, label):
     """One proxy, one client session; returns {direction: (plain, wire, cpu_ns)}."""
     proxy = ops.start_proxy(
         lambda port, extra: h.Proxy(workdir, cert, key, port, extra=extra), emu.plain_port,
-        extra={"imap": {"compress": mode}})
+        extra={"imap": {"compress": mode, "compress_level": str(level)}})
     try:
         ctx = h.client_context(cert)
         with ZClient(proxy.port, ctx, timeout=120) as c:
@@ -108,6 +108,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", help="imapfront binary (default: IMAPFRONT_BIN or build/src/imapfront)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--level", type=int, default=1,
+                    help="[imap] compress_level of the proxy, 1..9 (default 1, its default)")
     ap.add_argument("--messages", type=int, default=100, help="corpus size (default 100)")
     ap.add_argument("--fetches", type=int, default=4,
                     help="FETCH 1:* BODY.PEEK[] of the whole corpus this many times (default 4)")
@@ -116,13 +118,16 @@ def main(argv=None):
         h.BIN = os.path.abspath(args.bin)
     if not os.access(h.BIN, os.X_OK):
         ap.error("no imapfront binary at %s (use --bin or IMAPFRONT_BIN)" % h.BIN)
+    if not 1 <= args.level <= 9:
+        ap.error("--level takes 1..9")
     if not 1 <= args.rounds <= 50 or not 1 <= args.messages <= 5000 or not 1 <= args.fetches <= 100:
         ap.error("rounds 1..50, messages 1..5000, fetches 1..100")
     rng = random.Random(100)
     corpus = [text_message(i, rng).replace(b"\n", b"\r\n") for i in range(args.messages)]
-    print("# imapfront %s; corpus %d messages, %.1f MiB; %d round(s), %d fetch(es); load %.2f"
-          % (h.BIN, len(corpus), sum(map(len, corpus)) / MiB, args.rounds, args.fetches,
-             os.getloadavg()[0]))
+    print("# imapfront %s; compress_level %d; corpus %d messages, %.1f MiB; %d round(s), "
+          "%d fetch(es); load %.2f"
+          % (h.BIN, args.level, len(corpus), sum(map(len, corpus)) / MiB, args.rounds,
+             args.fetches, os.getloadavg()[0]))
     workdir = tempfile.mkdtemp(prefix="imf-compress-bench-")
     emu = None
     results = {m: {"up": [], "down": []} for m in ("off", "on")}
@@ -132,7 +137,7 @@ def main(argv=None):
         for r in range(args.rounds):
             order = ("off", "on") if r % 2 == 0 else ("on", "off")
             for mode in order:
-                got = one_run(workdir, cert, key, emu, mode, corpus, args.fetches,
+                got = one_run(workdir, cert, key, emu, mode, args.level, corpus, args.fetches,
                               "%d%s" % (r, mode))
                 for d, v in got.items():
                     results[mode][d].append(v)

@@ -215,6 +215,7 @@ static const struct imf_option imf_options[] = {
     OPT("imap", "idle_timeout", DURATION, idle_timeout_ms, "30m", SEC, WEEK, NULL, 0),
     OPT("imap", "buffer_limit", SIZE, buffer_limit, "256k", 16 * KiB, GiB, NULL, 0),
     OPT("imap", "compress", BOOL, compress, "off", 0, 0, NULL, 0),
+    OPT("imap", "compress_level", UINT, compress_level, "1", 1, 9, NULL, 0),
     OPT("imap", "idle_keepalive", DURATION, idle_keepalive_ms, "0", 0, HOUR, NULL, 0),
     OPT("imap", "literal_stall", DURATION, literal_stall_ms, "30s", 0, WEEK, NULL, 0),
     OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, 0),

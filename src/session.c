@@ -762,8 +762,8 @@ static void start_compress(struct imf_session *s)
     s->zin = calloc(1, sizeof(*s->zin));
     s->zout = calloc(1, sizeof(*s->zout));
     if (s->zin == NULL || s->zout == NULL || inflateInit2(s->zin, -15) != Z_OK ||
-        deflateInit2(s->zout, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) !=
-            Z_OK) {
+        deflateInit2(s->zout, (int)s->cfg->compress_level, Z_DEFLATED, -15, 8,
+                     Z_DEFAULT_STRATEGY) != Z_OK) {
         /* The stream state is unknown to the client now: end it. */
         free(s->zin);
         free(s->zout);

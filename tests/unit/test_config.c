@@ -674,6 +674,7 @@ static void test_not_yet(void **state)
                                       "private_key = k\n[backend]\nservers = 127.0.0.1:1\n"
                                       "check = OFF\n");
     assert_int_equal(cfg->check, IMF_CHECK_OFF);
+    assert_int_equal(cfg->compress_level, 1); /* fast: see docs/performance.md */
     imf_config_unref(cfg);
 
     static const struct {
@@ -685,6 +686,7 @@ static void test_not_yet(void **state)
         /* A bad value is reported as bad, not as "not supported yet". */
         {"[imap]\ncompress = maybe\n",
          "t.ini:9: compress: \"maybe\" is not a boolean (use yes/no, on/off, true/false or 1/0)"},
+        {"[imap]\ncompress_level = 0\n", "t.ini:9: compress_level: \"0\" is out of range (1..9)"},
         {"[listen.b]\nmode = tls\n", "t.ini:9: mode: \"tls\" is not one of implicit-tls, starttls"},
         {"[admin]\naddress = nowhere\n",
          "t.ini:9: address: \"nowhere\" is not an address (use IPv4:port or [IPv6]:port)"},
