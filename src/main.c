@@ -359,6 +359,14 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < m.workers_len * m.cfg->listeners_len; i++)
         fds[i] = -1;
     raise_fd_limit(m.cfg, m.workers_len);
+    /* Before anything says "listening": from then on a supervisor may send
+     * SIGHUP or SIGUSR1, whose default action would end the process. The
+     * callbacks run only once the loop runs, after the set-up below. */
+    if (watch_signal(&m, &m.sig_term, SIGTERM) != 0 || watch_signal(&m, &m.sig_int, SIGINT) != 0 ||
+        watch_signal(&m, &m.sig_usr1, SIGUSR1) != 0 || watch_signal(&m, &m.sig_hup, SIGHUP) != 0) {
+        imf_error("main", "cannot install signal handlers");
+        return 1;
+    }
     rc = bind_listeners(&m, fds);
     if (rc != 0)
         return 1;
@@ -376,11 +384,6 @@ int main(int argc, char **argv)
         m.workers[w].done = &m.workers_done;
     }
     free(fds);
-    if (watch_signal(&m, &m.sig_term, SIGTERM) != 0 || watch_signal(&m, &m.sig_int, SIGINT) != 0 ||
-        watch_signal(&m, &m.sig_usr1, SIGUSR1) != 0 || watch_signal(&m, &m.sig_hup, SIGHUP) != 0) {
-        imf_error("main", "cannot install signal handlers");
-        return 1;
-    }
     uv_mutex_init(&m.cfg_lock);
     if (m.cfg->admin_address.len != 0) {
         m.admin_view = (struct imf_admin_view){.workers = m.workers,
