@@ -24,7 +24,9 @@ class ScriptedBackend:
 
     * "silent": accepts and never sends a byte;
     * "hang_login": greets, then never answers LOGIN;
-    * "healthy": answers LOGIN, EXAMINE, NOOP and LOGOUT with OK.
+    * "healthy": answers LOGIN, EXAMINE, NOOP and LOGOUT with OK;
+    * "preauth": greets with PREAUTH (already logged in), then as healthy;
+    * "bye_login": answers LOGIN with a BYE and closes.
 
     Every line it receives is kept in .lines (in order)."""
 
@@ -41,7 +43,10 @@ class ScriptedBackend:
             while not self.fake.stopping.is_set() and conn.recv(4096):
                 pass
             return
-        conn.sendall(b"* OK scripted IMAP server ready\r\n")
+        if mode == "preauth":
+            conn.sendall(b"* PREAUTH scripted IMAP server, logged in\r\n")
+        else:
+            conn.sendall(b"* OK scripted IMAP server ready\r\n")
         while not self.fake.stopping.is_set():
             line = h.recv_line(conn)
             if not line:
@@ -52,6 +57,10 @@ class ScriptedBackend:
             verb = rest.split(" ", 1)[0].strip().upper()
             if mode == "hang_login" and verb == "LOGIN":
                 continue
+            if mode == "bye_login" and verb == "LOGIN":
+                conn.sendall(b"* BYE account store offline\r\n")
+                conn.close()
+                return
             if verb == "LOGOUT":
                 conn.sendall(b"* BYE bye\r\n%s OK LOGOUT done\r\n" % tag.encode())
                 return
@@ -163,6 +172,29 @@ def test_refused_login_names_the_reason(emulator, proxy_factory):
     assert "wrong" not in proxy.log.text()
     assert ops.http_get(proxy.admin, "/readyz").status == 503
     assert m.group(1)
+
+
+def test_preauth_greeting_skips_login(scripted, proxy_factory):
+    """A server that greets with PREAUTH has logged the connection in: the
+    check goes straight to EXAMINE, and passes."""
+    a = scripted("preauth")
+    A = ops.addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, a.port, extra=checks("login", [A]))
+    ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_checks_total", server=A,
+                                              result="ok") >= 1,
+                     timeout=10, what="a passing check")
+    assert not a.received(b"LOGIN")
+    assert any(ln.endswith(b' EXAMINE "Canary"\r\n') for ln in a.lines)
+
+
+def test_bye_during_login_is_the_reason(scripted, proxy_factory):
+    a = scripted("bye_login")
+    A = ops.addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, a.port, extra=checks("login", [A]))
+    proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
+                       r"backend=%s step=LOGIN reason=\"closed by the server during LOGIN: "
+                       r"\* BYE account store offline\"$" % A, timeout=10,
+                       alive=proxy.check_alive)
 
 
 def test_missing_canary_mailbox(emulator, proxy_factory):
