@@ -71,29 +71,42 @@ struct imf_checker {
     bool tick_closed;
 };
 
-static void probe_start(struct imf_checker *ck, size_t index);
 static void probe_close(struct probe *p);
+
+/* Appends text to out at *n, as an IMAP quoted string (backslash before
+ * '"' and '\\') when quote is set, and NUL-terminates. False, with out
+ * untouched, when it does not fit. */
+static bool put(char *out, size_t out_len, size_t *n, const char *text, bool quote)
+{
+    size_t need = strlen(text);
+    if (quote) {
+        need += 2;
+        for (const char *c = text; *c != '\0'; c++)
+            need += *c == '"' || *c == '\\';
+    }
+    if (*n + need >= out_len)
+        return false;
+    if (quote)
+        out[(*n)++] = '"';
+    for (const char *c = text; *c != '\0'; c++) {
+        if (quote && (*c == '"' || *c == '\\'))
+            out[(*n)++] = '\\';
+        out[(*n)++] = *c;
+    }
+    if (quote)
+        out[(*n)++] = '"';
+    out[*n] = '\0';
+    return true;
+}
 
 size_t imf_check_login_line(char *out, size_t out_len, const char *tag, const char *user,
                             const char *password)
 {
     size_t n = 0;
-    const char *parts[] = {tag, " LOGIN \"", user, "\" \"", password, "\"\r\n"};
-    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
-        bool quoted = i == 2 || i == 4;
-        for (const char *c = parts[i]; *c != '\0'; c++) {
-            if (quoted && (*c == '"' || *c == '\\')) {
-                if (n + 1 >= out_len)
-                    return 0;
-                out[n++] = '\\';
-            }
-            if (n + 1 >= out_len)
-                return 0;
-            out[n++] = *c;
-        }
-    }
-    out[n] = '\0';
-    return n;
+    bool ok = put(out, out_len, &n, tag, false) && put(out, out_len, &n, " LOGIN ", false) &&
+              put(out, out_len, &n, user, true) && put(out, out_len, &n, " ", false) &&
+              put(out, out_len, &n, password, true) && put(out, out_len, &n, "\r\n", false);
+    return ok ? n : 0;
 }
 
 static const char *server_of(const struct probe *p)
@@ -104,17 +117,6 @@ static const char *server_of(const struct probe *p)
 static uint64_t elapsed_us(const struct probe *p)
 {
     return (uv_hrtime() - p->start_ns) / 1000;
-}
-
-/* Copies a server's text for a log line: printable ASCII, bounded. */
-static void printable(char *out, size_t out_len, const char *text, size_t len)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len && n + 1 < out_len; i++) {
-        unsigned char c = (unsigned char)text[i];
-        out[n++] = c >= 0x20 && c < 0x7f ? (char)c : '?';
-    }
-    out[n] = '\0';
 }
 
 /* The outcome, once per probe: into the health table, and a log line when
@@ -224,19 +226,13 @@ static void pass(struct probe *p)
 
 static void send_examine(struct probe *p)
 {
-    /* The mailbox is quoted; config.c allows only quotable characters. */
-    char args[2100];
+    /* config.c allows only quotable mailbox names of bounded length. */
     size_t n = 0;
-    const char *m = p->cfg->check_mailbox;
-    n += (size_t)snprintf(args, sizeof(args), "EXAMINE \"");
-    for (; *m != '\0' && n + 3 < sizeof(args); m++) {
-        if (*m == '"' || *m == '\\')
-            args[n++] = '\\';
-        args[n++] = *m;
-    }
-    args[n++] = '"';
-    args[n] = '\0';
-    send_command(p, STEP_EXAMINE, args);
+    put(p->out, sizeof(p->out), &n, step_tags[STEP_EXAMINE], false);
+    put(p->out, sizeof(p->out), &n, " EXAMINE ", false);
+    put(p->out, sizeof(p->out), &n, p->cfg->check_mailbox, true);
+    put(p->out, sizeof(p->out), &n, "\r\n", false);
+    send_line(p, STEP_EXAMINE, n);
 }
 
 static bool starts_with(const char *line, const char *prefix)
@@ -244,15 +240,15 @@ static bool starts_with(const char *line, const char *prefix)
     return strncasecmp(line, prefix, strlen(prefix)) == 0;
 }
 
-/* The first part of a response line (up to CRLF or a literal's {N}). */
+/* The first part of a response line (up to CRLF or a literal's {N}). The
+ * server's text goes into reasons as it came, bounded: the log escapes
+ * control bytes. */
 static void on_line(struct probe *p, const char *line)
 {
-    char text[160];
     if (p->step == STEP_GREETING) {
         bool preauth = starts_with(line, "* PREAUTH");
         if (!starts_with(line, "* OK") && !preauth) {
-            printable(text, sizeof(text), line, strlen(line));
-            fail(p, "not an IMAP greeting: %s", text);
+            fail(p, "not an IMAP greeting: %.120s", line);
             return;
         }
         if (p->cfg->check == IMF_CHECK_BANNER) {
@@ -269,7 +265,7 @@ static void on_line(struct probe *p, const char *line)
     if (p->step == STEP_LOGOUT)
         return;
     if (starts_with(line, "* BYE")) {
-        printable(p->bye, sizeof(p->bye), line, strlen(line));
+        snprintf(p->bye, sizeof(p->bye), "%.*s", (int)sizeof(p->bye) - 1, line);
         return;
     }
     const char *tag = step_tags[p->step];
@@ -278,8 +274,7 @@ static void on_line(struct probe *p, const char *line)
         return; /* untagged data, or a continuation request we do not need */
     const char *status = line + tl + 1;
     if (!starts_with(status, "OK")) {
-        printable(text, sizeof(text), status, strlen(status));
-        fail(p, "%s refused: %s", step_names[p->step], text);
+        fail(p, "%s refused: %.120s", step_names[p->step], status);
         return;
     }
     switch (p->step) {
@@ -362,11 +357,13 @@ static void on_data(struct probe *p, const char *data, size_t len)
     }
 }
 
+/* One buffer for every probe: the main loop is a single thread and on_data
+ * consumes what it reads at once. */
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    (void)suggested;
-    static char scratch[16384]; /* the main loop is single-threaded; data is consumed at once */
     (void)h;
+    (void)suggested;
+    static char scratch[16384];
     *buf = uv_buf_init(scratch, sizeof(scratch));
 }
 
