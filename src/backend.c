@@ -68,7 +68,7 @@ static bool is_down(struct health *h, uint64_t now)
                          atomic_load_explicit(&h->check_down, memory_order_relaxed));
 }
 
-size_t imf_backend_plan(const struct imf_config *cfg, unsigned *out_order)
+size_t imf_backend_plan(const struct imf_config *cfg, uint8_t *out_order)
 {
     size_t n = cfg->servers_len;
     size_t start = 0;
@@ -79,14 +79,14 @@ size_t imf_backend_plan(const struct imf_config *cfg, unsigned *out_order)
     /* Up servers in balance order from the front, down ones from the back
      * (reversed below so they too keep their order). */
     for (size_t k = 0; k < n; k++) {
-        unsigned i = (unsigned)((start + k) % n);
+        uint8_t i = (uint8_t)((start + k) % n);
         if (is_down(slot_of(cfg->servers[i].text), now))
             out_order[--down] = i;
         else
             out_order[up++] = i;
     }
     for (size_t a = down, b = n - 1; a < b; a++, b--) {
-        unsigned t = out_order[a];
+        uint8_t t = out_order[a];
         out_order[a] = out_order[b];
         out_order[b] = t;
     }

@@ -444,6 +444,22 @@ static int parse_port(const char *s, uint16_t *out)
     return 0;
 }
 
+void imf_format_sockaddr(const struct sockaddr *sa, char *out, size_t out_len)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        snprintf(out, out_len, "%s:%u", host, (unsigned)ntohs(a->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        snprintf(out, out_len, "[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
+    } else {
+        snprintf(out, out_len, "?");
+    }
+}
+
 int imf_config_parse_sockaddr(const char *text, struct imf_sockaddr *out_addr)
 {
     struct imf_sockaddr a;

@@ -202,20 +202,6 @@ static int watch_signal(struct imf_main *m, uv_signal_t *h, int signum)
     return rc;
 }
 
-static void format_sockaddr(const struct sockaddr_storage *ss, char *out, size_t len)
-{
-    char host[64];
-    if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        uv_ip6_name(a, host, sizeof(host));
-        snprintf(out, len, "[%s]:%d", host, ntohs(a->sin6_port));
-    } else {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        uv_ip4_name(a, host, sizeof(host));
-        snprintf(out, len, "%s:%d", host, ntohs(a->sin_port));
-    }
-}
-
 /* Each session may hold two sockets; add room for listeners, the admin
  * endpoint and the odd file. Raises the soft limit (and the hard one when
  * we may); warns when the limit stays below that. */
@@ -287,7 +273,7 @@ static int bind_listeners(struct imf_main *m, int *fds)
             }
         }
         char text[80];
-        format_sockaddr(&real, text, sizeof(text));
+        imf_format_sockaddr((const struct sockaddr *)&real, text, sizeof(text));
         imf_log_kv(IMF_LOG_INFO, "listener", "listening", "name", lc->name, "address", text, "mode",
                    imf_listen_mode_names[lc->mode], NULL);
     }

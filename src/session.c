@@ -288,18 +288,6 @@ static int addr_parts(const union sess_addr *a, char *host, size_t host_len)
     return 0;
 }
 
-static void format_addr(const union sess_addr *a, char *out, size_t out_len)
-{
-    char host[INET6_ADDRSTRLEN];
-    int port = addr_parts(a, host, sizeof(host));
-    if (a->sa.sa_family == AF_INET)
-        snprintf(out, out_len, "%s:%d", host, port);
-    else if (a->sa.sa_family == AF_INET6)
-        snprintf(out, out_len, "[%s]:%d", host, port);
-    else
-        snprintf(out, out_len, "?");
-}
-
 /* Appends to a growable line buffer, bounded by the framer's line limit. */
 static int line_append(uint8_t **buf, size_t *len, size_t *cap, const uint8_t *p, size_t n)
 {
@@ -1535,17 +1523,13 @@ static void try_next_backend(struct imf_session *s)
 
 static void connect_backend(struct imf_session *s)
 {
-    unsigned order[IMF_BACKEND_MAX];
-    size_t n = imf_backend_plan(s->cfg, order);
     free(s->plan);
-    s->plan = malloc(n > 0 ? n : 1);
+    s->plan = malloc(s->cfg->servers_len > 0 ? s->cfg->servers_len : 1);
     if (s->plan == NULL) {
         session_close(s, IMF_CLOSE_NO_MEMORY, false);
         return;
     }
-    for (size_t i = 0; i < n; i++)
-        s->plan[i] = (uint8_t)order[i];
-    s->plan_len = (uint8_t)n;
+    s->plan_len = (uint8_t)imf_backend_plan(s->cfg, s->plan);
     s->plan_pos = 0;
     try_next_backend(s);
 }
@@ -2130,7 +2114,7 @@ static void set_peer(struct imf_session *s, const struct sockaddr *sa)
         else if (sa->sa_family == AF_INET6)
             memcpy(&s->peer_addr.in6, sa, sizeof(s->peer_addr.in6));
     }
-    format_addr(&s->peer_addr, s->peer, sizeof(s->peer));
+    imf_format_sockaddr(&s->peer_addr.sa, s->peer, sizeof(s->peer));
 }
 
 /* The client's address is known: apply the limits, then start the

@@ -18,10 +18,11 @@
 
 #define IMF_BACKEND_MAX 64 /* the config allows at most this many servers */
 
-/* The order in which a new session tries cfg->servers: indexes into it,
- * servers marked down last (they are still worth a try when every server
- * is down). Returns the count (== cfg->servers_len). */
-size_t imf_backend_plan(const struct imf_config *cfg, unsigned *out_order);
+/* The order in which a new session tries cfg->servers: indexes into it (a
+ * byte each, servers_len of them), servers marked down last (they are
+ * still worth a try when every server is down). Returns the count
+ * (== cfg->servers_len). */
+size_t imf_backend_plan(const struct imf_config *cfg, uint8_t *out_order);
 
 /* Records a connect's outcome for cfg->servers[index]; logs when a server
  * goes down or comes back. */

@@ -165,6 +165,9 @@ void imf_config_unref(struct imf_config *cfg);
 int imf_config_parse_size(const char *text, uint64_t *out_bytes);
 int imf_config_parse_duration(const char *text, uint64_t *out_ms);
 int imf_config_parse_sockaddr(const char *text, struct imf_sockaddr *out_addr);
+/* The reverse for logs: "192.0.2.1:993", "[2001:db8::1]:993", "?" for
+ * another family. */
+void imf_format_sockaddr(const struct sockaddr *sa, char *out, size_t out_len);
 
 extern const char *const imf_listen_mode_names[IMF_LISTEN_MODE_COUNT];
 

@@ -182,8 +182,17 @@ class _Child:
             raise HarnessError("%s exited with status %s; log:\n%s"
                                % (self.name, self.proc.returncode, self.tail()))
 
+    stderr_path = None
+
     def tail(self):
-        return ""
+        """The end of the child's stderr file, when it has one."""
+        if self.stderr_path is None:
+            return ""
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read()[-4000:].decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
 
     def stop(self):
         if self.proc is None:
@@ -234,13 +243,6 @@ class Emulator(_Child):
             raise HarnessError("emulator said %r instead of READY" % line)
         self.plain_port = int(m.group(1))
         self.tls_port = int(m.group(2))
-
-    def tail(self):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read()[-4000:].decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
 
     def conns_since(self, mark):
         """Connection numbers opened after a log mark."""

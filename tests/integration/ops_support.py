@@ -404,13 +404,6 @@ class EmulatorAt(h._Child):
         self.proc.wait(h.STOP_TIMEOUT)
         self.proc.stdout.close()
 
-    def tail(self):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read()[-4000:].decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
     def opens_since(self, mark):
         return len(self.log.find(r"\bconn \d+ open\b", mark))
 

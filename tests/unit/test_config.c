@@ -695,6 +695,24 @@ static void test_not_yet(void **state)
         expect_base_error(cases[i].text, cases[i].want);
 }
 
+/* imf_format_sockaddr gives back what imf_config_parse_sockaddr read. */
+static void test_format_sockaddr(void **state)
+{
+    (void)state;
+    static const char *const texts[] = {"127.0.0.1:993", "[::1]:143", "[2001:db8::7]:65535"};
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        struct imf_sockaddr a;
+        char out[80];
+        assert_int_equal(imf_config_parse_sockaddr(texts[i], &a), 0);
+        imf_format_sockaddr((const struct sockaddr *)&a.ss, out, sizeof(out));
+        assert_string_equal(out, texts[i]);
+    }
+    struct sockaddr unknown = {.sa_family = AF_UNIX};
+    char out[8];
+    imf_format_sockaddr(&unknown, out, sizeof(out));
+    assert_string_equal(out, "?");
+}
+
 /* Deep health checks: login needs its account, and every value it sends
  * must fit an IMAP quoted string; the password is never quoted back. */
 static void test_check_keys(void **state)
@@ -932,6 +950,7 @@ int main(void)
         cmocka_unit_test(test_certificate_sections),
         cmocka_unit_test(test_cross_checks),
         cmocka_unit_test(test_check_keys),
+        cmocka_unit_test(test_format_sockaddr),
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_err_buffers),
         cmocka_unit_test(test_refcount),
