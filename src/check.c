@@ -132,17 +132,18 @@ static void report(struct probe *p, bool ok, const char *reason)
     p->reported = true;
     uint64_t us = elapsed_us(p);
     int change = imf_backend_check_report(p->cfg, p->index, ok, us);
-    char took[32];
-    snprintf(took, sizeof(took), "%" PRIu64 "ms", us / 1000);
-    if (change > 0)
+    if (change > 0) {
         imf_log_kv(IMF_LOG_WARN, "backend", "server failed its check, out of rotation", "backend",
                    server_of(p), "step", step_names[p->step], "reason", reason, NULL);
-    else if (change < 0)
+    } else if (change < 0) {
+        char took[32];
+        snprintf(took, sizeof(took), "%" PRIu64 "ms", us / 1000);
         imf_log_kv(IMF_LOG_INFO, "backend", "server passed its check, back in rotation", "backend",
                    server_of(p), "took", took, NULL);
-    else if (!ok && imf_log_enabled(IMF_LOG_DEBUG))
+    } else if (!ok && imf_log_enabled(IMF_LOG_DEBUG)) {
         imf_log_kv(IMF_LOG_DEBUG, "backend", "check failed", "backend", server_of(p), "step",
                    step_names[p->step], "reason", reason, NULL);
+    }
 }
 
 static void fail(struct probe *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -156,6 +157,16 @@ static void fail(struct probe *p, const char *fmt, ...)
     va_end(ap);
     report(p, false, reason);
     probe_close(p);
+}
+
+/* After imf_checker_stop: frees the checker once its tick and every probe
+ * are closed. */
+static void checker_free_when_done(struct imf_checker *ck)
+{
+    if (ck->stopping && ck->tick_closed && ck->probes == NULL) {
+        imf_config_unref(ck->cfg);
+        free(ck);
+    }
 }
 
 static void on_closed(uv_handle_t *h)
@@ -172,10 +183,7 @@ static void on_closed(uv_handle_t *h)
     }
     imf_config_unref(p->cfg);
     free(p);
-    if (ck->stopping && ck->tick_closed && ck->probes == NULL) {
-        imf_config_unref(ck->cfg);
-        free(ck);
-    }
+    checker_free_when_done(ck);
 }
 
 static void probe_close(struct probe *p)
@@ -511,10 +519,7 @@ static void on_tick_closed(uv_handle_t *h)
 {
     struct imf_checker *ck = h->data;
     ck->tick_closed = true;
-    if (ck->probes == NULL) {
-        imf_config_unref(ck->cfg);
-        free(ck);
-    }
+    checker_free_when_done(ck);
 }
 
 void imf_checker_stop(struct imf_checker *ck)
