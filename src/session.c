@@ -2077,9 +2077,15 @@ static void session_pump(struct imf_session *s)
         if (s->state == SESS_CLOSING && s->c_tx.bytes == 0 && s->client_wlen == 0 &&
             (s->shutdown_sent || s->tls_failed || s->ssl == NULL ||
              !SSL_is_init_finished(s->ssl))) {
+            /* Already draining: a pump that returns here (the BYE may have
+             * been written by a nested pump, inside the one that framed the
+             * refused input) must not close on unread input, which would
+             * send RST. on_client_read or the linger timer ends it. */
+            if (s->lingering)
+                return;
             int fd = -1;
-            if (s->linger && !s->lingering && !s->client_eof &&
-                uv_fileno((uv_handle_t *)&s->client, &fd) == 0 && shutdown(fd, SHUT_WR) == 0) {
+            if (s->linger && !s->client_eof && uv_fileno((uv_handle_t *)&s->client, &fd) == 0 &&
+                shutdown(fd, SHUT_WR) == 0) {
                 /* Our last bytes and a FIN are on their way; drain what the
                  * client still sends until it closes or the linger timer
                  * (already running) ends it. */
