@@ -25,6 +25,7 @@ struct health {
     _Atomic uint64_t checks_ok;
     _Atomic uint64_t checks_failed;
     _Atomic uint64_t check_us; /* how long the last check took */
+    _Atomic int profile;       /* what its greeting says it is (gate.h), 0 = not seen */
 };
 
 static struct health slots[SLOTS];
@@ -176,7 +177,14 @@ size_t imf_backend_info(const struct imf_config *cfg, struct imf_backend_info *o
         out[n].checks_ok = h != NULL ? atomic_load(&h->checks_ok) : 0;
         out[n].checks_failed = h != NULL ? atomic_load(&h->checks_failed) : 0;
         out[n].check_us = h != NULL ? atomic_load(&h->check_us) : 0;
+        out[n].profile = h != NULL ? atomic_load(&h->profile) : 0;
         n++;
     }
     return n;
+}
+
+bool imf_backend_note_profile(const struct imf_config *cfg, size_t index, int profile)
+{
+    struct health *h = slot_of(cfg->servers[index].text);
+    return h != NULL && atomic_exchange_explicit(&h->profile, profile, memory_order_relaxed) != profile;
 }

@@ -97,6 +97,25 @@ static bool find_list(const uint8_t *line, size_t len, size_t *out_start, size_t
     return true;
 }
 
+bool imf_capability_list_has(const uint8_t *line, size_t len, const char *want, bool *out_has)
+{
+    size_t start, end;
+    if (!find_list(line, len, &start, &end))
+        return false;
+    *out_has = false;
+    const uint8_t *p = line + start, *stop = line + end;
+    while (p < stop) {
+        while (p < stop && *p <= ' ')
+            p++;
+        const uint8_t *name = p;
+        while (p < stop && *p > ' ')
+            p++;
+        if (p > name && name_is((const char *)name, (size_t)(p - name), want))
+            *out_has = true;
+    }
+    return true;
+}
+
 static void put(uint8_t *out, size_t *pos, const void *p, size_t n)
 {
     memcpy(out + *pos, p, n);

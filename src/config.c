@@ -131,6 +131,7 @@ static const struct imf_choice balance_choices[] = {
 static const struct imf_choice quirks_choices[] = {
     {"none", IMF_QUIRKS_NONE, true},
     {"exchange55", IMF_QUIRKS_EXCHANGE55, true},
+    {"auto", IMF_QUIRKS_AUTO, true},
     {NULL, 0, false},
 };
 static const struct imf_choice literal_plus_choices[] = {
@@ -193,7 +194,7 @@ static const struct imf_option imf_options[] = {
     OPT("backend", "connect_timeout", DURATION, connect_timeout_ms, "5s", 1, WEEK, NULL, 0),
     OPT("backend", "down_after", UINT, backend_down_after, "3", 1, 1000, NULL, 0),
     OPT("backend", "retry_after", DURATION, backend_retry_after_ms, "10s", 1, WEEK, NULL, 0),
-    OPT("backend", "quirks", ENUM, quirks, "none", 0, 0, quirks_choices, 0),
+    OPT("backend", "quirks", ENUM, quirks, "auto", 0, 0, quirks_choices, 0),
     OPT("backend", "pipelining", BOOL, pipelining, "on", 0, 0, NULL, 0),
     OPT("backend", "literal_plus", ENUM, literal_plus, "pass", 0, 0, literal_plus_choices, 0),
     OPT("backend", "literal_crlf_split", BOOL, literal_crlf_split, "off", 0, 0, NULL, 0),
@@ -210,6 +211,7 @@ static const struct imf_option imf_options[] = {
     OPT("backend", "poll_interval", DURATION, poll_interval_ms, "30s", 100, HOUR, NULL, 0),
     OPT("imap", "max_line_length", SIZE, max_line_length, "64k", KiB, 16 * MiB, NULL, 0),
     OPT("imap", "max_literal_size", SIZE, max_literal_size, "64M", KiB, 4 * GiB, NULL, 0),
+    OPT("imap", "max_command_size", SIZE, max_command_size, "128M", KiB, 16 * GiB, NULL, 0),
     OPT("imap", "hide_capabilities", STRING, hide_capabilities, "", 0, 0, NULL, 0),
     OPT("imap", "preauth_timeout", DURATION, preauth_timeout_ms, "60s", 1, WEEK, NULL, 0),
     OPT("imap", "idle_timeout", DURATION, idle_timeout_ms, "30m", SEC, WEEK, NULL, 0),
@@ -1267,14 +1269,32 @@ static void check_whole(struct parse_ctx *ctx)
         }
     }
 
+    /* A whole command holds at least one literal of the largest size. */
+    size_t mc = option_index("imap", "max_command_size");
+    if (cfg->max_command_size < cfg->max_literal_size + cfg->max_line_length) {
+        if (ctx->key_lines[mc] != 0) {
+            char a[32], b[32];
+            format_value(IMF_OT_SIZE, cfg->max_command_size, a, sizeof(a));
+            format_value(IMF_OT_SIZE, cfg->max_literal_size, b, sizeof(b));
+            fail(ctx, -EINVAL, ctx->key_lines[mc], "max_command_size",
+                 "max_command_size (%s) must exceed max_literal_size (%s) by max_line_length", a,
+                 b);
+            return;
+        }
+        cfg->max_command_size = cfg->max_literal_size + cfg->max_line_length;
+    }
+
     /* quirks is a preset of the shields; a shield's own key, when written,
-     * wins over the preset. */
+     * wins over the preset (auto applies it per server, in gate.c). */
+    cfg->pipelining_set = ctx->key_lines[option_index("backend", "pipelining")] != 0;
+    cfg->literal_plus_set = ctx->key_lines[option_index("backend", "literal_plus")] != 0;
+    cfg->literal_crlf_split_set = ctx->key_lines[option_index("backend", "literal_crlf_split")] != 0;
     if (cfg->quirks == IMF_QUIRKS_EXCHANGE55) {
-        if (ctx->key_lines[option_index("backend", "pipelining")] == 0)
+        if (!cfg->pipelining_set)
             cfg->pipelining = false;
-        if (ctx->key_lines[option_index("backend", "literal_plus")] == 0)
+        if (!cfg->literal_plus_set)
             cfg->literal_plus = IMF_LITERAL_PLUS_SYNC;
-        if (ctx->key_lines[option_index("backend", "literal_crlf_split")] == 0)
+        if (!cfg->literal_crlf_split_set)
             cfg->literal_crlf_split = true;
     }
 }

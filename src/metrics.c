@@ -10,6 +10,7 @@
 
 #include "imapfront/admin.h"
 #include "imapfront/backend.h"
+#include "imapfront/gate.h"
 #include "imapfront/session.h"
 #include "imapfront/tls.h"
 
@@ -195,6 +196,14 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
     for (size_t i = 0; i < nb; i++)
         emit(&o, "imapfront_backend_up{server=\"%s\"} %d\n", label(info[i].address, l1, sizeof(l1)),
              info[i].down ? 0 : 1);
+    head(&o, "imapfront_backend_profile", "gauge",
+         "1 for what the server's greeting showed it to be (quirks = auto picks its shields).");
+    for (size_t i = 0; i < nb; i++) {
+        if (info[i].profile <= 0 || info[i].profile >= IMF_PROFILE_COUNT)
+            continue;
+        emit(&o, "imapfront_backend_profile{server=\"%s\",profile=\"%s\"} 1\n",
+             label(info[i].address, l1, sizeof(l1)), imf_gate_profile_names[info[i].profile]);
+    }
     if (cfg->check != IMF_CHECK_OFF) {
         head(&o, "imapfront_backend_checks_total", "counter",
              "Active health checks of backend servers, by server and result.");

@@ -30,6 +30,7 @@
 
 #include "imapfront/backend.h"
 #include "imapfront/capability.h"
+#include "imapfront/gate.h"
 #include "imapfront/chain.h"
 #include "imapfront/imap.h"
 #include "imapfront/imap_framer.h"
@@ -78,13 +79,6 @@ enum sess_state {
     SESS_CLOSING,      /* backend gone; flushing the last bytes and close_notify */
     SESS_CLOSED,       /* handles closing; freed when the last one has */
     SESS_STATE_COUNT
-};
-enum idle_phase {
-    IDLE_OFF,          /* no IDLE in progress */
-    IDLE_ON,           /* client and backend idling (idle = pass) */
-    IDLE_REFRESH_DONE, /* we sent the backend DONE; its completion is ours */
-    IDLE_REFRESH_PLUS, /* we re-sent IDLE; its "+" is ours */
-    IDLE_POLLING,      /* idle = poll: the proxy answered IDLE and polls with NOOP */
 };
 
 static const char *const sess_state_names[SESS_STATE_COUNT] = {
@@ -159,11 +153,6 @@ struct imf_session {
     struct imf_framer cfr;
     uint8_t *cline; /* the current command line (never a literal) */
     size_t cline_len, cline_cap;
-    struct imf_imap_command cmd; /* the command being relayed */
-    bool discarding;             /* swallowing a refused command's rest */
-    const char *discard_answer;  /* static text to answer once it is swallowed, or NULL */
-    bool logout_sent;
-    char logout_tag[IMF_TAG_MAX + 1];
 
     /* Response side. */
     struct imf_framer rfr;
@@ -172,19 +161,16 @@ struct imf_session {
     bool rline_streaming; /* this line was too long to hold: streamed */
     bool logout_done;     /* the LOGOUT's tagged answer went to the client */
 
-    /* Policy state. */
-    bool authenticated;             /* a LOGIN/AUTHENTICATE succeeded, or PREAUTH */
-    char auth_tag[IMF_TAG_MAX + 1]; /* tag of the LOGIN/AUTHENTICATE in flight */
-    bool id_pending;                /* our ID command's answer is still to be swallowed */
+    /* The IMAP policy (gate.h): every decision about what crosses. */
+    struct imf_gate gate;
+    struct imf_gate_params gate_params;
+    struct imf_chain l_tx;          /* the proxy's own answers, until a response boundary */
     uint64_t last_client_ms;        /* last time the client sent anything */
     uint64_t discarded_after_starttls;
+    uint8_t server_index;           /* cfg->servers[] of the backend, once connected */
 
     /* Shields for fragile backends. */
-    bool inflight; /* pipelining off: a command awaits its tagged completion */
-    char inflight_tag[IMF_TAG_MAX + 1];
     bool holding;       /* a complete next command is being held back */
-    bool client_cont;   /* the backend asked for a continuation line (AUTHENTICATE, IDLE) */
-    bool lit_wait;      /* literal_plus sync: waiting for the backend's "+" */
     bool split_wait;    /* crlf split: the literal's end must leave before the rest */
     bool upstream_kick; /* a shield opened: pump the client side again */
     bool split_timer_inited;
@@ -194,13 +180,11 @@ struct imf_session {
     uint32_t held, converted, splits; /* for the summary line */
 
     /* The IDLE keeper: keep-alives to the client, refreshes or polls
-     * towards the backend, all invisible to the client. */
-    enum idle_phase idle_phase;
-    char idle_tag[IMF_TAG_MAX + 1]; /* the client's IDLE */
+     * towards the backend, all invisible to the client (the gate decides
+     * what may be sent). */
     bool idle_timer_inited;
     bool batch_inited;       /* batch_check initialised (must be closed) */
     uv_check_t *batch_check; /* relays a burst of client reads at once; see on_client_read */
-    bool poll_inflight;      /* a NOOP of ours awaits its completion */
     uv_timer_t *idle_timer;  /* allocated on first use, freed with the session */
     uint64_t next_keepalive_ms, next_backend_ms; /* deadlines, loop time */
 
@@ -220,7 +204,6 @@ struct imf_session {
 
     /* Draining (SIGTERM): BYE as soon as no command is in progress. */
     bool draining;
-    uint32_t outstanding; /* commands relayed and not yet completed */
 
     /* Backend choice: the servers to try, in order (indexes into
      * cfg->servers), allocated only while connecting. */
@@ -240,11 +223,6 @@ struct imf_session {
     bool counted_open;         /* counted in sessions_open */
     const char *refusal;       /* BYE text instead of a backend, once TLS is up */
 };
-
-/* Tags of the commands the proxy sends on its own: the ID for the client's
- * address, the NOOPs that stand in for IDLE (idle = poll). */
-#define PROXY_ID_TAG   "imapfront-id"
-#define PROXY_POLL_TAG "imapfront-poll"
 
 static void session_pump(struct imf_session *s);
 static void session_close(struct imf_session *s, enum imf_close_reason reason, bool graceful);
@@ -347,9 +325,40 @@ static void to_backend(struct imf_session *s, const void *p, size_t n)
         session_close(s, IMF_CLOSE_NO_MEMORY, false);
 }
 
+/* Between two responses: nothing of one is half relayed or held. */
+static bool response_boundary(const struct imf_session *s)
+{
+    return imf_framer_at_message_start(&s->rfr) && s->rline_len == 0 && !s->rline_streaming;
+}
+
+/* The proxy's own answers go out only between responses, never inside one
+ * (a FETCH literal, say). */
+static void flush_local(struct imf_session *s)
+{
+    if (s->l_tx.bytes > 0 && response_boundary(s) &&
+        imf_chain_splice(&s->p_tx, &s->l_tx, s->l_tx.bytes) != 0)
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+}
+
+static void local_answer(struct imf_session *s, const void *p, size_t n)
+{
+    if (imf_chain_append(&s->l_tx, p, n) != 0) {
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+        return;
+    }
+    flush_local(s);
+}
+
+/* Nothing from the backend is pending and no answer of ours waits. */
+static bool backend_quiet(const struct imf_session *s)
+{
+    return s->b_rx.bytes == 0 && s->l_tx.bytes == 0 && response_boundary(s);
+}
+
 /* Sends "* BYE text" and closes gracefully with reason. */
 static void bye(struct imf_session *s, enum imf_close_reason reason, const char *text)
 {
+    flush_local(s);
     /* A client refused for what it sends may still be sending: closing on
      * unread input makes the kernel send RST, which can destroy the BYE in
      * flight. Those closes linger (see session_pump). */
@@ -362,13 +371,6 @@ static void bye(struct imf_session *s, enum imf_close_reason reason, const char 
     imf_log_kv(IMF_LOG_INFO, "session", "closing with BYE", "client", s->peer, "reason",
                imf_close_reason_names[reason], "detail", text, NULL);
     session_close(s, reason, true);
-}
-
-static void tagged(struct imf_session *s, const char *tag, const char *text)
-{
-    char line[256];
-    snprintf(line, sizeof(line), "%s %s\r\n", tag, text);
-    to_client_str(s, line);
 }
 
 /* ---- closing ----------------------------------------------------------- */
@@ -402,6 +404,8 @@ static void session_free(struct imf_session *s)
     imf_chain_clear(&s->c_tx);
     imf_chain_clear(&s->c_z);
     imf_chain_clear(&s->p_z);
+    imf_chain_clear(&s->l_tx);
+    imf_gate_cleanup(&s->gate);
     if (s->zin != NULL) {
         inflateEnd(s->zin);
         free(s->zin);
@@ -521,9 +525,8 @@ static void session_close(struct imf_session *s, enum imf_close_reason reason, b
  * A running IDLE counts as quiet (RFC 9051 lets the server end it). */
 static bool session_quiet(const struct imf_session *s)
 {
-    bool idling = s->idle_phase == IDLE_ON || s->idle_phase == IDLE_POLLING;
-    return s->state == SESS_RELAY && (s->outstanding == 0 || idling) && !s->lit_wait &&
-           !s->discarding && s->cline_len == 0 && s->c_plain.bytes == 0 &&
+    return s->state == SESS_RELAY && imf_gate_quiet(&s->gate) && s->cline_len == 0 &&
+           s->c_plain.bytes == 0 &&
            (s->ssl == NULL ? s->c_rx.bytes == 0 : true) && imf_framer_at_message_start(&s->cfr);
 }
 
@@ -647,11 +650,13 @@ static void on_idle_timer(uv_timer_t *t);
  * a refresh or a poll towards the backend. */
 static void idle_arm(struct imf_session *s)
 {
+    if (s->state >= SESS_CLOSING)
+        return; /* the timer's handle may be closing: never re-initialise it */
     uint64_t now = uv_now(&s->worker->loop);
     uint64_t next = UINT64_MAX;
     if (s->cfg->idle_keepalive_ms != 0)
         next = s->next_keepalive_ms;
-    if ((s->idle_phase == IDLE_ON && s->cfg->idle_refresh_ms != 0) || s->idle_phase == IDLE_POLLING)
+    if (s->cfg->idle_mode == IMF_IDLE_POLL || s->cfg->idle_refresh_ms != 0)
         next = s->next_backend_ms < next ? s->next_backend_ms : next;
     if (next == UINT64_MAX) {
         if (s->idle_timer_inited)
@@ -671,19 +676,22 @@ static void idle_arm(struct imf_session *s)
     uv_timer_start(s->idle_timer, on_idle_timer, next > now ? next - now : 0, 0);
 }
 
-static void idle_begin(struct imf_session *s, enum idle_phase phase)
+static uint64_t idle_backend_interval(const struct imf_session *s)
+{
+    return s->cfg->idle_mode == IMF_IDLE_POLL ? s->cfg->poll_interval_ms : s->cfg->idle_refresh_ms;
+}
+
+static void idle_begin(struct imf_session *s)
 {
     uint64_t now = uv_now(&s->worker->loop);
-    s->idle_phase = phase;
     s->next_keepalive_ms = now + s->cfg->idle_keepalive_ms;
-    s->next_backend_ms =
-        now + (phase == IDLE_POLLING ? s->cfg->poll_interval_ms : s->cfg->idle_refresh_ms);
+    uint64_t every = idle_backend_interval(s);
+    s->next_backend_ms = every != 0 ? now + every : UINT64_MAX;
     idle_arm(s);
 }
 
 static void idle_end(struct imf_session *s)
 {
-    s->idle_phase = IDLE_OFF;
     if (s->idle_timer_inited)
         uv_timer_stop(s->idle_timer);
 }
@@ -691,33 +699,25 @@ static void idle_end(struct imf_session *s)
 static void on_idle_timer(uv_timer_t *t)
 {
     struct imf_session *s = t->data;
-    if (s->state != SESS_RELAY || s->idle_phase == IDLE_OFF)
+    if (s->state != SESS_RELAY || !imf_gate_idling(&s->gate))
         return;
     uint64_t now = uv_now(&s->worker->loop);
-    /* Only between whole responses: never inside a line or a literal. */
-    bool client_side_clear = imf_framer_at_message_start(&s->rfr) && s->rline_len == 0;
     if (s->cfg->idle_keepalive_ms != 0 && now >= s->next_keepalive_ms) {
-        if (client_side_clear)
-            to_client_str(s, "* OK Still here\r\n");
+        /* Only between whole responses, and none waiting: never inside a
+         * line or a literal. */
+        if (response_boundary(s) && s->l_tx.bytes == 0)
+            local_answer(s, "* OK Still here\r\n", 17);
         s->next_keepalive_ms = now + s->cfg->idle_keepalive_ms;
     }
     if (now >= s->next_backend_ms) {
-        if (s->idle_phase == IDLE_ON && s->cfg->idle_refresh_ms != 0 && s->cline_len == 0) {
-            /* Before the backend's own IDLE timeout: DONE now, IDLE again
-             * when it has answered (both answers are ours). */
-            to_backend(s, "DONE\r\n", 6);
-            s->idle_phase = IDLE_REFRESH_DONE;
-        } else if (s->idle_phase == IDLE_POLLING && !s->poll_inflight &&
-                   (s->cfg->pipelining || !s->inflight)) {
-            to_backend(s, PROXY_POLL_TAG " NOOP\r\n", sizeof(PROXY_POLL_TAG " NOOP\r\n") - 1);
-            s->poll_inflight = true;
-            if (!s->cfg->pipelining) {
-                s->inflight = true;
-                snprintf(s->inflight_tag, sizeof(s->inflight_tag), "%s", PROXY_POLL_TAG);
-            }
-        }
-        s->next_backend_ms = now + (s->idle_phase == IDLE_POLLING ? s->cfg->poll_interval_ms
-                                                                  : s->cfg->idle_refresh_ms);
+        char line[64];
+        bool mid_line = s->cline_len > 0 || !imf_framer_at_message_start(&s->cfr);
+        size_t n = s->cfg->idle_mode == IMF_IDLE_POLL
+                       ? imf_gate_idle_poll(&s->gate, line, sizeof(line))
+                       : imf_gate_idle_refresh(&s->gate, mid_line, line, sizeof(line));
+        if (n > 0)
+            to_backend(s, line, n);
+        s->next_backend_ms = now + idle_backend_interval(s);
     }
     idle_arm(s);
     session_pump(s);
@@ -726,26 +726,12 @@ static void on_idle_timer(uv_timer_t *t)
 static void encrypt_downstream(struct imf_session *s);
 static void encrypt_all(struct imf_session *s);
 
-/* "tag COMPRESS DEFLATE" (any case, nothing after it). */
-static bool compress_arg_is_deflate(const struct imf_session *s)
-{
-    const uint8_t *p = memchr(s->cline, ' ', s->cline_len); /* after the tag */
-    if (p == NULL)
-        return false;
-    const uint8_t *end = s->cline + s->cline_len;
-    while (end > p && (end[-1] == '\n' || end[-1] == '\r'))
-        end--;
-    static const char want[] = " COMPRESS DEFLATE";
-    return (size_t)(end - p) == sizeof(want) - 1 &&
-           strncasecmp((const char *)p, want, sizeof(want) - 1) == 0;
-}
-
 /* COMPRESS DEFLATE accepted: the OK leaves uncompressed, then both
  * directions are compressed. What the client sent after its command line
  * is compressed already. */
-static void start_compress(struct imf_session *s)
+static void start_compress(struct imf_session *s, const char *ok, size_t ok_len)
 {
-    tagged(s, s->cmd.tag, "OK DEFLATE active");
+    to_client(s, ok, ok_len);
     encrypt_all(s);
     s->zin = calloc(1, sizeof(*s->zin));
     s->zout = calloc(1, sizeof(*s->zout));
@@ -763,229 +749,112 @@ static void start_compress(struct imf_session *s)
     imf_debug("session", "client=%s COMPRESS DEFLATE active", s->peer);
 }
 
-/* Answers the command whose first line just ended, without relaying it. A
- * literal the line announces is refused too: a synchronising one is never
- * sent by the client, a non-synchronising one is swallowed with the rest of
- * the command before the answer goes out (so text must be a string
- * literal: it is kept until then). */
-static void refuse(struct imf_session *s, const struct imf_framer_ev *ev, const char *text)
-{
-    imf_log_kv(IMF_LOG_INFO, "session", "command refused", "client", s->peer, "tag", s->cmd.tag,
-               "command", s->cmd.name, "answer", text, NULL);
-    if (ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS)) {
-        s->discarding = true;
-        s->discard_answer = text;
-        return;
-    }
-    if (ev->literal_flags & IMF_LIT_PRESENT)
-        imf_framer_skip_literal(&s->cfr);
-    tagged(s, s->cmd.tag, text);
-}
-
-/* The first line of a command: returns true when the policy answered it
- * (or took it over) and it must not be relayed. */
-static bool intercept_command(struct imf_session *s, const struct imf_framer_ev *ev)
-{
-    bool tls = s->ssl != NULL;
-    switch (s->cmd.cmd) {
-    case IMF_CMD_STARTTLS:
-        if (tls) {
-            refuse(s, ev, "BAD STARTTLS is not available: TLS is already active");
-        } else if (ev->literal_flags & IMF_LIT_PRESENT) {
-            refuse(s, ev, "BAD STARTTLS takes no arguments");
-        } else {
-            tagged(s, s->cmd.tag, "OK Begin TLS negotiation now");
-            start_tls(s);
-        }
-        return true;
-    case IMF_CMD_LOGIN:
-    case IMF_CMD_AUTHENTICATE:
-        if (!tls && s->lcfg->require_tls) {
-            refuse(s, ev, "NO [PRIVACYREQUIRED] Use STARTTLS first");
-            return true;
-        }
-        snprintf(s->auth_tag, sizeof(s->auth_tag), "%s", s->cmd.tag);
-        return false;
-    case IMF_CMD_COMPRESS:
-        /* The backend's COMPRESS is never used: the proxy must see every
-         * command. With [imap] compress the proxy offers its own. */
-        if (!s->cfg->compress || !tls)
-            refuse(s, ev, "NO [CANNOT] COMPRESS is not available through this proxy");
-        else if (s->zout != NULL)
-            refuse(s, ev, "NO [COMPRESSIONACTIVE] DEFLATE is active already");
-        else if (!s->authenticated)
-            refuse(s, ev, "BAD COMPRESS is valid only after login");
-        else if (!compress_arg_is_deflate(s))
-            refuse(s, ev, "BAD Unknown compression algorithm");
-        else if (ev->literal_flags & IMF_LIT_PRESENT)
-            refuse(s, ev, "BAD COMPRESS takes no literal");
-        else
-            start_compress(s);
-        return true;
-    case IMF_CMD_IDLE:
-        if (s->cfg->idle_mode != IMF_IDLE_POLL || (ev->literal_flags & IMF_LIT_PRESENT))
-            return false;
-        /* The backend cannot IDLE: we do, and poll it for news. */
-        to_client_str(s, "+ idling\r\n");
-        snprintf(s->idle_tag, sizeof(s->idle_tag), "%s", s->cmd.tag);
-        s->client_cont = true;
-        idle_begin(s, IDLE_POLLING);
-        return true;
-    case IMF_CMD_LOGOUT:
-        s->logout_sent = true;
-        snprintf(s->logout_tag, sizeof(s->logout_tag), "%s", s->cmd.tag);
-        return false;
-    default:
-        return false;
-    }
-}
-
-/* literal_plus = sync: "{N+}" / "{N-}" at the end of the held line becomes
- * "{N}", so the backend sees only synchronising literals. */
-static void make_literal_sync(struct imf_session *s)
-{
-    size_t n = s->cline_len;
-    /* The line ends in "+}\r\n", "-}\n", ...; the framer vouched for it. */
-    size_t close = n - 1;
-    while (close > 0 && s->cline[close] != '}')
-        close--;
-    imf_assert(close > 0 && (s->cline[close - 1] == '+' || s->cline[close - 1] == '-'));
-    memmove(s->cline + close - 1, s->cline + close, n - close);
-    s->cline_len = n - 1;
-}
-
-/* Sends the held line on, applying the literal shield. */
-static void forward_line(struct imf_session *s, const struct imf_framer_ev *ev)
-{
-    bool convert = (ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS)) &&
-                   s->cfg->literal_plus == IMF_LITERAL_PLUS_SYNC;
-    if (convert)
-        make_literal_sync(s);
-    to_backend(s, s->cline, s->cline_len);
-    if (convert) {
-        /* Hold the octets until the backend says "+"; that "+" is ours. */
-        s->lit_wait = true;
-        s->converted++;
-        imf_stat_add(&s->worker->stats.literals_converted, 1);
-    }
-}
-
-/* A complete command line is in cline: decide what to do with it. */
+/* Applies the gate's decision about the command line held in cline. */
 static void on_command_line(struct imf_session *s, const struct imf_framer_ev *ev)
 {
-    if (ev->first_line && s->client_cont) {
-        s->client_cont = false;
-        if (s->idle_phase == IDLE_POLLING) {
-            /* The end of an IDLE we emulate: answer it ourselves. */
-            bool done = s->cline_len >= 4 && strncasecmp((const char *)s->cline, "DONE", 4) == 0 &&
-                        (s->cline_len == 4 || s->cline[4] == '\r' || s->cline[4] == '\n');
-            tagged(s, s->idle_tag, done ? "OK IDLE terminated" : "BAD Expected DONE");
-            idle_end(s);
-            return;
-        }
-        /* The answer to the backend's "+" (a SASL response, IDLE's DONE):
-         * data for the command in progress, never parsed or logged. */
-        forward_line(s, ev);
+    struct imf_gate_decision d;
+    imf_gate_client_line(&s->gate, s->cline, s->cline_len, ev, backend_quiet(s), &d);
+    s->cline_len = d.len;
+    if (ev->first_line)
+        imf_debug("session", "client=%s command tag=%s name=%s", s->peer,
+                  imf_gate_current_tag(&s->gate), imf_gate_current_name(&s->gate));
+    if (d.log != NULL)
+        imf_log_kv(IMF_LOG_INFO, "session", "command refused", "client", s->peer, "tag",
+                   imf_gate_current_tag(&s->gate), "command", imf_gate_current_name(&s->gate),
+                   "answer", d.log, NULL);
+    if (d.actions & IMF_GATE_SKIP_LITERAL)
+        imf_framer_skip_literal(&s->cfr);
+    if (d.actions & IMF_GATE_CLOSE) {
+        /* answer is "* BYE text\r\n"; bye() writes the frame itself. */
+        char text[sizeof(d.answer)];
+        size_t n = d.answer_len > 6 ? d.answer_len - 6 : 0;
+        while (n > 0 && (d.answer[6 + n - 1] == '\r' || d.answer[6 + n - 1] == '\n'))
+            n--;
+        memcpy(text, d.answer + 6, n);
+        text[n] = '\0';
+        bye(s,
+            d.why == IMF_GATE_CLOSE_TOOBIG ? IMF_CLOSE_LITERAL_TOO_BIG : IMF_CLOSE_CLIENT_ERROR,
+            text);
         return;
     }
-    if (ev->first_line) {
-        imf_imap_parse_command(s->cline, s->cline_len, &s->cmd);
-        imf_debug("session", "client=%s command tag=%s name=%s", s->peer, s->cmd.tag,
-                  s->cmd.name[0] ? s->cmd.name : "-");
-    }
-    if (ev->literal_flags & IMF_LIT_TOO_BIG) {
-        if (!ev->first_line) {
-            /* Part of the command already went to the backend; it cannot
-             * be taken back, and the stream cannot be trusted to resync. */
-            bye(s, IMF_CLOSE_LITERAL_TOO_BIG, "[TOOBIG] Literal too big");
-            return;
-        }
-        imf_log_kv(IMF_LOG_INFO, "session", "literal too big", "client", s->peer, "tag", s->cmd.tag,
-                   "command", s->cmd.name, NULL);
-        if (!(ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS))) {
-            /* Synchronising: refuse before the client sends it (RFC 7888). */
-            imf_framer_skip_literal(&s->cfr);
-            tagged(s, s->cmd.tag, "NO [TOOBIG] Literal too big");
-            return;
-        }
-        /* Non-synchronising: its octets follow whatever we say; swallow the
-         * whole command, then answer. */
-        s->discarding = true;
-        s->discard_answer = "BAD [TOOBIG] Literal too big";
-        return;
-    }
-    if (s->discarding) {
-        if ((ev->literal_flags & IMF_LIT_PRESENT) &&
-            !(ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS))) {
-            /* A synchronising literal in a refused command: the client
-             * waits for a "+" that will not come, so the command ends. */
-            imf_framer_skip_literal(&s->cfr);
-        } else if (!ev->message_end) {
-            return;
-        }
-        s->discarding = false;
-        if (s->discard_answer != NULL)
-            tagged(s, s->cmd.tag, s->discard_answer);
-        return;
-    }
-    if (ev->first_line && intercept_command(s, ev))
-        return;
-    if (ev->first_line) {
-        s->outstanding++;
-        if (imf_telemetry_sent(&s->tracker, s->cmd.tag, s->cmd.name, s->cline, s->cline_len,
+    if (d.actions & IMF_GATE_NEW_COMMAND) {
+        if (imf_telemetry_sent(&s->tracker, imf_gate_current_tag(&s->gate),
+                               imf_gate_current_name(&s->gate), s->cline, s->cline_len,
                                uv_hrtime() / 1000) != 0) {
             session_close(s, IMF_CLOSE_NO_MEMORY, false);
             return;
         }
-        if (!s->cfg->pipelining) {
-            s->inflight = true;
-            snprintf(s->inflight_tag, sizeof(s->inflight_tag), "%s", s->cmd.tag);
+    }
+    if (d.actions & IMF_GATE_FORWARD) {
+        if (d.actions & IMF_GATE_FIX_EOL) {
+            /* A bare LF: the backend gets the CRLF it may wait for. */
+            s->cline[s->cline_len - 1] = '\r';
+            if (line_append(&s->cline, &s->cline_len, &s->cline_cap, (const uint8_t *)"\n", 1)) {
+                session_close(s, IMF_CLOSE_NO_MEMORY, false);
+                return;
+            }
+        }
+        to_backend(s, s->cline, s->cline_len);
+        if (d.actions & IMF_GATE_CONVERTED) {
+            s->converted++;
+            imf_stat_add(&s->worker->stats.literals_converted, 1);
         }
     }
-    forward_line(s, ev);
-}
-
-/* pipelining = off: true when the next command must wait for the tagged
- * completion of the one in flight. */
-static bool hold_next_command(struct imf_session *s, size_t avail)
-{
-    if (s->cfg->pipelining || !s->inflight || s->client_cont || avail == 0 ||
-        !imf_framer_at_message_start(&s->cfr))
-        return false;
-    if (!s->holding) {
-        s->holding = true;
-        s->held++;
-        imf_stat_add(&s->worker->stats.commands_held, 1);
-        uint64_t queued = s->c_rx.bytes + s->c_plain.bytes;
-        if (queued > atomic_load_explicit(&s->worker->stats.longest_queue, memory_order_relaxed))
-            atomic_store_explicit(&s->worker->stats.longest_queue, queued, memory_order_relaxed);
+    if (d.actions & IMF_GATE_STARTTLS) {
+        to_client(s, d.answer, d.answer_len);
+        start_tls(s);
+        return;
     }
-    return true;
+    if (d.actions & IMF_GATE_COMPRESS) {
+        start_compress(s, d.answer, d.answer_len);
+        return;
+    }
+    if (d.actions & IMF_GATE_ANSWER)
+        local_answer(s, d.answer, d.answer_len);
+    if (d.actions & IMF_GATE_IDLE_BEGIN)
+        idle_begin(s);
+    if (d.actions & IMF_GATE_IDLE_END)
+        idle_end(s);
 }
 
-/* Frames what the client sent and relays it, until it is all done or the
- * backend's queue is full. */
+/* Counts a command held back by pipelining = off (once per hold). */
+static void note_hold(struct imf_session *s)
+{
+    if (s->holding)
+        return;
+    s->holding = true;
+    s->held++;
+    imf_stat_add(&s->worker->stats.commands_held, 1);
+    uint64_t queued = s->c_rx.bytes + s->c_plain.bytes;
+    if (queued > atomic_load_explicit(&s->worker->stats.longest_queue, memory_order_relaxed))
+        atomic_store_explicit(&s->worker->stats.longest_queue, queued, memory_order_relaxed);
+}
+
+/* Frames what the client sent and relays it as the gate decides, until it
+ * is all done, the gate says to wait, or the backend's queue is full. */
 static void process_commands(struct imf_session *s)
 {
     /* Before STARTTLS the client's bytes are plaintext already. */
     struct imf_chain *in = s->ssl != NULL ? &s->c_plain : &s->c_rx;
-    /* During an IDLE refresh the client's DONE waits until the backend
-     * idles again. */
-    bool refreshing = s->idle_phase == IDLE_REFRESH_DONE || s->idle_phase == IDLE_REFRESH_PLUS;
-    while (s->state == SESS_RELAY && s->b_tx.bytes < s->high && !s->lit_wait && !s->split_wait &&
-           !refreshing) {
+    while (s->state == SESS_RELAY && s->b_tx.bytes < s->high && !s->split_wait) {
         size_t avail;
         const uint8_t *p = imf_chain_peek(in, &avail);
-        if (hold_next_command(s, avail))
+        bool at_start = imf_framer_at_message_start(&s->cfr) && s->cline_len == 0;
+        enum imf_gate_wait wait = imf_gate_client_wait(&s->gate, at_start);
+        if (wait != IMF_GATE_GO) {
+            if (wait == IMF_GATE_HOLD && avail > 0)
+                note_hold(s);
             return;
+        }
         s->holding = false;
         struct imf_framer_ev ev;
         size_t n = imf_framer_next(&s->cfr, p, avail, &ev);
+        bool discarding = imf_gate_discarding(&s->gate);
         switch (ev.kind) {
         case IMF_EV_NEED_MORE:
             return;
         case IMF_EV_TEXT:
-            if (!s->discarding && line_append(&s->cline, &s->cline_len, &s->cline_cap, p, n) != 0) {
+            if (!discarding && line_append(&s->cline, &s->cline_len, &s->cline_cap, p, n) != 0) {
                 session_close(s, IMF_CLOSE_NO_MEMORY, false);
                 return;
             }
@@ -995,14 +864,14 @@ static void process_commands(struct imf_session *s)
             line_reset(&s->cline, &s->cline_len, &s->cline_cap);
             break;
         case IMF_EV_LITERAL:
-            if (s->discarding)
+            if (discarding)
                 break;
             /* Literal payloads move by block, not by copy. */
             if (imf_chain_splice(&s->b_tx, in, n) != 0)
                 session_close(s, IMF_CLOSE_NO_MEMORY, false);
             continue;
         case IMF_EV_LITERAL_END:
-            if (s->cfg->literal_crlf_split && !s->discarding) {
+            if (imf_gate_shields(&s->gate)->crlf_split && !discarding) {
                 /* Everything up to the literal's last octet leaves first;
                  * what follows waits until it has left our send queue. */
                 s->split_wait = true;
@@ -1137,23 +1006,11 @@ static void pump_upstream(struct imf_session *s)
 
 /* ---- the response side (backend -> client) ---------------------------- */
 
-static void cap_policy(const struct imf_session *s, struct imf_cap_policy *out)
-{
-    memset(out, 0, sizeof(*out));
-    out->tls_active = s->ssl != NULL;
-    out->offer_starttls = s->lcfg->mode == IMF_LISTEN_STARTTLS;
-    out->login_disabled = s->lcfg->require_tls;
-    out->hide = s->cfg->hide_capabilities;
-    out->add_literal_plus = s->cfg->literal_plus == IMF_LITERAL_PLUS_SYNC;
-    out->add_idle = s->cfg->idle_mode == IMF_IDLE_POLL;
-    out->add_compress = s->cfg->compress && s->authenticated && s->ssl != NULL && s->zout == NULL;
-}
-
 /* Relays a held response line, rewriting a capability list in it. */
 static void relay_response_line(struct imf_session *s)
 {
     struct imf_cap_policy pol;
-    cap_policy(s, &pol);
+    imf_gate_cap_policy(&s->gate, &pol);
     /* Scratch on the stack for the usual short line; a long one borrows
      * the heap for the moment. Either way the session keeps nothing. */
     uint8_t small[2048];
@@ -1173,121 +1030,64 @@ static void relay_response_line(struct imf_session *s)
         free(out);
 }
 
+/* The greeting showed what the server is: say so once per server. */
+static void note_profile(struct imf_session *s)
+{
+    enum imf_gate_profile pr = imf_gate_profile(&s->gate);
+    if (!imf_backend_note_profile(s->cfg, s->server_index, (int)pr))
+        return;
+    const struct imf_gate_shields *sh = imf_gate_shields(&s->gate);
+    imf_log_kv(IMF_LOG_INFO, "backend", "server profile", "backend", backend_label(s), "profile",
+               imf_gate_profile_names[pr], "quirks",
+               s->cfg->quirks == IMF_QUIRKS_AUTO ? "auto" : "as configured", "pipelining",
+               sh->pipelining ? "on" : "off", "literal_plus", sh->literal_sync ? "sync" : "pass",
+               "literal_crlf_split", sh->crlf_split ? "on" : "off", NULL);
+}
+
 static void on_response_line(struct imf_session *s, const struct imf_framer_ev *ev)
 {
     if (!ev->first_line || s->rline_streaming) {
         to_client(s, s->rline, s->rline_len);
         return;
     }
-    struct imf_imap_response r;
-    imf_imap_parse_response(s->rline, s->rline_len, &r);
-    if (s->id_pending) {
-        /* The answer to the ID we sent for the client is ours to swallow:
-         * its untagged ID data and its tagged completion. */
-        if (r.kind == IMF_RESP_TAGGED && strcmp(r.tag, PROXY_ID_TAG) == 0) {
-            s->id_pending = false;
-            if (s->inflight && strcmp(s->inflight_tag, PROXY_ID_TAG) == 0) {
-                s->inflight = false;
-                s->upstream_kick = true;
-            }
-            if (r.status != IMF_STATUS_OK)
-                imf_log_kv(IMF_LOG_WARN, "backend", "ID with the client address refused", "client",
-                           s->peer, "backend", backend_label(s), NULL);
-            return;
-        }
-        if (r.kind == IMF_RESP_UNTAGGED && s->rline_len >= 5 &&
-            strncasecmp((const char *)s->rline, "* ID ", 5) == 0)
-            return;
-    }
-    if (r.kind == IMF_RESP_CONTINUATION && s->idle_phase == IDLE_REFRESH_PLUS) {
-        /* The backend idles again; the client never stopped. */
-        s->idle_phase = IDLE_ON;
+    struct imf_gate_response g;
+    imf_gate_response_line(&s->gate, s->rline, s->rline_len, &g);
+    unsigned fx = g.effects;
+    if (fx & IMF_GATE_R_PROFILE)
+        note_profile(s);
+    if (fx & IMF_GATE_R_ID_REFUSED)
+        imf_log_kv(IMF_LOG_WARN, "backend", "ID with the client address refused", "client",
+                   s->peer, "backend", backend_label(s), NULL);
+    if (fx & IMF_GATE_R_BACKEND)
+        to_backend(s, g.backend, g.backend_len);
+    if (fx & IMF_GATE_R_SKIP_LITERAL)
+        imf_framer_skip_literal(&s->cfr);
+    if (fx & IMF_GATE_R_KICK)
         s->upstream_kick = true;
-        idle_arm(s);
+    if (fx & IMF_GATE_R_AUTH)
+        arm_inactivity_timer(s); /* idle_timeout from now on */
+    if (fx & IMF_GATE_R_IDLE_BEGIN)
+        idle_begin(s);
+    if (fx & IMF_GATE_R_IDLE_END)
+        idle_end(s);
+    if (fx & IMF_GATE_R_SWALLOW)
         return;
-    }
-    if (r.kind == IMF_RESP_TAGGED && s->idle_phase == IDLE_REFRESH_DONE &&
-        strcmp(r.tag, s->idle_tag) == 0) {
-        /* The completion of the DONE we sent: swallow it, idle again. */
-        char line[IMF_TAG_MAX + 16];
-        snprintf(line, sizeof(line), "%s IDLE\r\n", s->idle_tag);
-        to_backend(s, line, strlen(line));
-        s->idle_phase = IDLE_REFRESH_PLUS;
-        return;
-    }
-    if (r.kind == IMF_RESP_TAGGED && s->poll_inflight && strcmp(r.tag, PROXY_POLL_TAG) == 0) {
-        /* Our NOOP's completion: its untagged news went to the client. */
-        s->poll_inflight = false;
-        if (s->inflight && strcmp(s->inflight_tag, PROXY_POLL_TAG) == 0) {
-            s->inflight = false;
-            s->upstream_kick = true;
-        }
-        return;
-    }
-    if (r.kind == IMF_RESP_CONTINUATION && s->rline_len <= 3) {
+    if (g.r.kind == IMF_RESP_CONTINUATION && s->rline_len <= 3) {
         /* "+\r\n": RFC 9051 wants text (or base64) after "+ ". */
         imf_stat_add(&s->worker->stats.telemetry.anomalies[IMF_ANOMALY_BARE_PLUS], 1);
         imf_log_kv(IMF_LOG_INFO, "backend", "bare continuation request", "client", s->peer,
                    "backend", backend_label(s), NULL);
     }
-    if (r.kind == IMF_RESP_CONTINUATION) {
-        if (s->lit_wait) {
-            /* The "+" for a literal we made synchronising: the client sent
-             * its octets already and must not see it. */
-            s->lit_wait = false;
-            s->upstream_kick = true;
-            return;
-        }
-        /* A "+" after a complete command asks for a line of data (SASL,
-         * IDLE). Before TLS on a require_tls listener nothing the client
-         * sends may skip the command checks. */
-        if (imf_framer_at_message_start(&s->cfr) && !(s->ssl == NULL && s->lcfg->require_tls)) {
-            s->client_cont = true;
-            if (s->cmd.cmd == IMF_CMD_IDLE && s->idle_phase == IDLE_OFF) {
-                snprintf(s->idle_tag, sizeof(s->idle_tag), "%s", s->cmd.tag);
-                idle_begin(s, IDLE_ON);
-            }
-        }
-    }
-    if (r.kind == IMF_RESP_TAGGED) {
-        if (!imf_telemetry_tagged(&s->tracker, &s->worker->stats.telemetry, r.tag,
-                                  uv_hrtime() / 1000))
+    if (g.r.kind == IMF_RESP_TAGGED) {
+        imf_telemetry_tagged(&s->tracker, &s->worker->stats.telemetry, g.r.tag,
+                             uv_hrtime() / 1000);
+        if (fx & IMF_GATE_R_STRAY)
             imf_log_kv(IMF_LOG_WARN, "backend", "tagged response for no command in flight",
-                       "client", s->peer, "backend", backend_label(s), "tag", r.tag, NULL);
-        s->client_cont = false;
-        if (s->idle_phase != IDLE_OFF && s->idle_phase != IDLE_POLLING &&
-            strcmp(r.tag, s->idle_tag) == 0)
-            idle_end(s); /* the client's IDLE ended (or the backend refused to resume it) */
-        if (s->outstanding > 0)
-            s->outstanding--;
-        if (s->lit_wait && strcmp(r.tag, s->cmd.tag) == 0) {
-            /* The backend refused the literal's command instead of saying
-             * "+": relay its answer and swallow the octets the client has
-             * sent or will send for that command. */
-            s->lit_wait = false;
-            s->discarding = true;
-            s->discard_answer = NULL;
-            s->upstream_kick = true;
-        }
-        if (s->inflight && strcmp(r.tag, s->inflight_tag) == 0) {
-            s->inflight = false;
-            s->upstream_kick = true;
-        }
-    }
-    if (r.status == IMF_STATUS_PREAUTH)
-        s->authenticated = true;
-    if (r.kind == IMF_RESP_TAGGED && s->auth_tag[0] != '\0' && strcmp(r.tag, s->auth_tag) == 0) {
-        if (r.status == IMF_STATUS_OK) {
-            s->authenticated = true;
-            arm_inactivity_timer(s); /* idle_timeout from now on */
-        }
-        s->auth_tag[0] = '\0';
+                       "client", s->peer, "backend", backend_label(s), "tag", g.r.tag, NULL);
     }
     relay_response_line(s);
-    if (r.kind == IMF_RESP_TAGGED && s->logout_sent && strcmp(r.tag, s->logout_tag) == 0) {
-        s->logout_done = true;
+    if (fx & IMF_GATE_R_LOGOUT)
         session_close(s, IMF_CLOSE_LOGOUT, true);
-    }
 }
 
 static void process_responses(struct imf_session *s)
@@ -1333,7 +1133,11 @@ static void process_responses(struct imf_session *s)
             on_response_line(s, &ev);
             line_reset(&s->rline, &s->rline_len, &s->rline_cap);
             s->rline_streaming = false;
-            break;
+            imf_chain_consume(&s->b_rx, n);
+            flush_local(s);
+            if (s->state == SESS_CLOSING || s->state == SESS_CLOSED)
+                return;
+            continue;
         case IMF_EV_LITERAL:
             /* FETCH bodies move by block, not by copy. */
             if (imf_chain_splice(&s->p_tx, &s->b_rx, n) != 0) {
@@ -1534,16 +1338,21 @@ static void connect_backend(struct imf_session *s)
     try_next_backend(s);
 }
 
-/* The inactivity timer of a relaying session: preauth_timeout until the
- * client has authenticated, idle_timeout after. Only the client's own
- * traffic counts as activity (RFC 9051, 5.4): a server that keeps sending
- * untagged updates does not keep an abandoned session alive, and a client
- * in IDLE is never cut before idle_timeout. */
+/* The timer of a relaying session. Before login it is a deadline:
+ * preauth_timeout from connect to a successful login, whatever the client
+ * sends meanwhile (a trickle does not extend it). After login it measures
+ * inactivity, idle_timeout: only the client's own traffic counts (RFC
+ * 9051, 5.4), so a server that keeps sending untagged updates does not
+ * keep an abandoned session alive, and a client in IDLE is never cut
+ * before idle_timeout. */
 static void on_inactivity_timer(uv_timer_t *t);
 
-static uint64_t inactivity_limit(const struct imf_session *s)
+/* When the session ends unless something happens, loop time. */
+static uint64_t session_deadline(const struct imf_session *s)
 {
-    return s->authenticated ? s->cfg->idle_timeout_ms : s->cfg->preauth_timeout_ms;
+    if (!imf_gate_authenticated(&s->gate))
+        return s->start_ms + s->cfg->preauth_timeout_ms;
+    return s->last_client_ms + s->cfg->idle_timeout_ms;
 }
 
 /* The client announced a literal and owes octets: the literal-stall
@@ -1560,7 +1369,7 @@ static uint64_t stall_deadline(const struct imf_session *s)
 static void arm_inactivity_timer(struct imf_session *s)
 {
     uint64_t now = uv_now(&s->worker->loop);
-    uint64_t deadline = s->last_client_ms + inactivity_limit(s);
+    uint64_t deadline = session_deadline(s);
     uint64_t stall = stall_deadline(s);
     if (stall < deadline)
         deadline = stall;
@@ -1574,7 +1383,6 @@ static void on_inactivity_timer(uv_timer_t *t)
     if (s->state != SESS_RELAY)
         return;
     uint64_t now = uv_now(&s->worker->loop);
-    bool idling = s->idle_phase == IDLE_ON || s->idle_phase == IDLE_POLLING;
     uint64_t size, left;
     bool owes = imf_framer_in_literal(&s->cfr, &size, &left);
     if (owes && now >= stall_deadline(s)) {
@@ -1583,21 +1391,23 @@ static void on_inactivity_timer(uv_timer_t *t)
         snprintf(b, sizeof(b), "%" PRIu64, size - left);
         snprintf(ms, sizeof(ms), "%" PRIu64, now - s->last_client_ms);
         imf_log_kv(IMF_LOG_WARN, "session", "client literal stalled", "client", s->peer, "tag",
-                   s->cmd.tag, "announced", a, "received", b, "stalled_ms", ms, NULL);
+                   imf_gate_current_tag(&s->gate), "announced", a, "received", b, "stalled_ms", ms,
+                   NULL);
         imf_stat_add(&s->worker->stats.telemetry.anomalies[IMF_ANOMALY_LITERAL_STALL], 1);
         s->stall_reported = true;
     }
-    if (s->outstanding > 0 && !idling && !owes) {
-        /* A command is in progress (a long FETCH to a slow client, say):
-         * that is not inactivity. */
+    bool authenticated = imf_gate_authenticated(&s->gate);
+    if (authenticated && imf_gate_commands(&s->gate) > 0 && !imf_gate_idling(&s->gate) && !owes) {
+        /* A command the backend is working on (a long FETCH to a slow
+         * client, say): that is not inactivity. */
         s->last_client_ms = now;
     }
-    if (now - s->last_client_ms < inactivity_limit(s)) {
+    if (now < session_deadline(s)) {
         /* The client was active since the timer was set: wait the rest. */
         arm_inactivity_timer(s);
         return;
     }
-    if (s->authenticated)
+    if (authenticated)
         bye(s, IMF_CLOSE_IDLE_TIMEOUT, "Autologout; idle for too long");
     else
         bye(s, IMF_CLOSE_PREAUTH_TIMEOUT, "Autologout; no login in time");
@@ -1605,20 +1415,14 @@ static void on_inactivity_timer(uv_timer_t *t)
 
 /* Sends the backend an ID command naming the real client, the way Dovecot
  * reads it (x-originating-ip/-port, honoured from its trusted networks);
- * the answer is swallowed in on_response_line(). */
+ * the gate swallows its answer. */
 static void send_client_id(struct imf_session *s)
 {
     char line[256], ip[INET6_ADDRSTRLEN];
     int port = addr_parts(&s->peer_addr, ip, sizeof(ip));
-    snprintf(line, sizeof(line),
-             PROXY_ID_TAG " ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%d\")\r\n", ip,
-             port);
-    to_backend(s, line, strlen(line));
-    s->id_pending = true;
-    if (!s->cfg->pipelining) {
-        s->inflight = true;
-        snprintf(s->inflight_tag, sizeof(s->inflight_tag), "%s", PROXY_ID_TAG);
-    }
+    size_t n = imf_gate_own_id(&s->gate, ip, port, line, sizeof(line));
+    if (n > 0)
+        to_backend(s, line, n);
 }
 
 static void on_connect_timeout(uv_timer_t *t)
@@ -1640,9 +1444,10 @@ static void on_backend_connected(uv_connect_t *req, int status)
         return;
     }
     imf_backend_report(s->cfg, s->plan[s->plan_pos], true);
+    s->server_index = s->plan[s->plan_pos];
     free(s->plan); /* failover is over for this session */
     s->plan = NULL;
-    if (s->cfg->literal_crlf_split) {
+    if (s->cfg->literal_crlf_split || s->cfg->quirks == IMF_QUIRKS_AUTO) {
         /* The backend has read nothing yet: its window now is a fair
          * "all read" reference for the split's window check. */
         int fd = -1;
@@ -1768,9 +1573,10 @@ static void start_tls(struct imf_session *s)
         imf_log_kv(IMF_LOG_WARN, "session", "discarded plaintext sent after STARTTLS", "client",
                    s->peer, "bytes", n, NULL);
     }
-    /* The next command starts afresh. */
+    /* The next command starts afresh, under TLS. */
     imf_framer_init(&s->cfr, IMF_FRAMER_COMMANDS, s->cfg->max_line_length,
                     s->cfg->max_literal_size);
+    imf_gate_tls_started(&s->gate);
     if (begin_tls(s) != 0)
         session_close(s, IMF_CLOSE_NO_MEMORY, false);
 }
@@ -2046,7 +1852,7 @@ static void session_pump(struct imf_session *s)
                         to_client(s, s->rline, s->rline_len);
                         s->rline_len = 0;
                     }
-                    session_close(s, s->logout_sent ? IMF_CLOSE_LOGOUT : IMF_CLOSE_BACKEND_EOF,
+                    session_close(s, imf_gate_logout_sent(&s->gate) ? IMF_CLOSE_LOGOUT : IMF_CLOSE_BACKEND_EOF,
                                   true);
                     return; /* session_close pumps again in CLOSING */
                 }
@@ -2110,6 +1916,31 @@ static void session_pump(struct imf_session *s)
 }
 
 /* ---- accept ------------------------------------------------------------ */
+
+/* What the gate follows, from the session's config snapshot. */
+static void gate_params(struct imf_session *s)
+{
+    const struct imf_config *c = s->cfg;
+    struct imf_gate_params *p = &s->gate_params;
+    p->implicit_tls = s->lcfg->mode == IMF_LISTEN_IMPLICIT_TLS;
+    p->starttls_listener = s->lcfg->mode == IMF_LISTEN_STARTTLS;
+    p->require_tls = s->lcfg->require_tls;
+    p->compress = c->compress;
+    p->idle_poll = c->idle_mode == IMF_IDLE_POLL;
+    p->idle_refresh = c->idle_refresh_ms != 0;
+    p->strip_client_id = true;
+    p->quirks = c->quirks;
+    p->pipelining = c->pipelining;
+    p->pipelining_set = c->pipelining_set;
+    p->literal_sync = c->literal_plus == IMF_LITERAL_PLUS_SYNC;
+    p->literal_sync_set = c->literal_plus_set;
+    p->crlf_split = c->literal_crlf_split;
+    p->crlf_split_set = c->literal_crlf_split_set;
+    p->max_literal = c->max_literal_size;
+    p->max_command = c->max_command_size;
+    p->hide = c->hide_capabilities;
+    imf_gate_init(&s->gate, p);
+}
 
 static void set_peer(struct imf_session *s, const struct sockaddr *sa)
 {
@@ -2214,6 +2045,8 @@ void imf_session_accept(struct imf_listener *l)
     imf_chain_init(&s->c_tx, &w->stats.chain);
     imf_chain_init(&s->c_z, &w->stats.chain);
     imf_chain_init(&s->p_z, &w->stats.chain);
+    imf_chain_init(&s->l_tx, &w->stats.chain);
+    gate_params(s);
     imf_framer_init(&s->cfr, IMF_FRAMER_COMMANDS, s->cfg->max_line_length,
                     s->cfg->max_literal_size);
     imf_framer_init(&s->rfr, IMF_FRAMER_RESPONSES, 0, 0);

@@ -51,9 +51,14 @@ struct imf_backend_info {
     uint64_t checks_ok;
     uint64_t checks_failed;
     uint64_t check_us; /* duration of the last check */
+    int profile;       /* enum imf_gate_profile its greeting showed (0: none seen) */
 };
 /* Fills out with what is known of cfg's servers; returns the count. */
 size_t imf_backend_info(const struct imf_config *cfg, struct imf_backend_info *out, size_t max);
+
+/* Records what cfg->servers[index]'s greeting showed it to be (an enum
+ * imf_gate_profile); true when that is new, so the caller logs it once. */
+bool imf_backend_note_profile(const struct imf_config *cfg, size_t index, int profile);
 
 /* Milliseconds of a clock shared by all threads (monotonic). */
 uint64_t imf_clock_ms(void);

@@ -34,6 +34,10 @@ struct imf_cap_policy {
 bool imf_capability_rewrite(const uint8_t *line, size_t len, const struct imf_cap_policy *pol,
                             uint8_t *out, size_t out_cap, size_t *out_len);
 
+/* If the line carries a capability list (as above), returns true and sets
+ * *out_has to whether it names want (case-insensitive); else false. */
+bool imf_capability_list_has(const uint8_t *line, size_t len, const char *want, bool *out_has);
+
 /* True when name (len bytes) is one the policy never shows. */
 bool imf_capability_hidden(const char *name, size_t len, const struct imf_cap_policy *pol);
 

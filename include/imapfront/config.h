@@ -14,7 +14,12 @@ enum imf_listen_mode { IMF_LISTEN_IMPLICIT_TLS, IMF_LISTEN_STARTTLS, IMF_LISTEN_
 
 enum imf_balance { IMF_BALANCE_FIRST, IMF_BALANCE_ROUNDROBIN, IMF_BALANCE_COUNT };
 
-enum imf_quirks { IMF_QUIRKS_NONE, IMF_QUIRKS_EXCHANGE55, IMF_QUIRKS_COUNT };
+enum imf_quirks {
+    IMF_QUIRKS_NONE,       /* the shields as their keys say */
+    IMF_QUIRKS_EXCHANGE55, /* the Exchange 5.5 preset, whatever the server says */
+    IMF_QUIRKS_AUTO,       /* the preset the backend's greeting calls for (gate.c) */
+    IMF_QUIRKS_COUNT
+};
 
 enum imf_literal_plus { IMF_LITERAL_PLUS_PASS, IMF_LITERAL_PLUS_SYNC, IMF_LITERAL_PLUS_COUNT };
 
@@ -117,6 +122,7 @@ struct imf_config {
     bool pipelining;
     enum imf_literal_plus literal_plus;
     bool literal_crlf_split;
+    bool pipelining_set, literal_plus_set, literal_crlf_split_set; /* written in the file */
     uint64_t literal_crlf_split_delay_ms; /* settle time between the two writes */
     enum imf_forward_ip forward_client_ip;
     enum imf_idle_mode idle_mode;
@@ -132,6 +138,7 @@ struct imf_config {
     /* [imap] */
     uint64_t max_line_length;
     uint64_t max_literal_size;
+    uint64_t max_command_size; /* a whole command: its lines and literals */
     char *hide_capabilities; /* as written (space/comma separated); NULL when empty */
     uint64_t preauth_timeout_ms;
     uint64_t idle_timeout_ms;

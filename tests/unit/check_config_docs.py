@@ -244,13 +244,18 @@ def check_docs(rows, docs, problems):
 
 
 def read_example(path):
-    """Returns {section: {key: (value, line)}} of the example's active lines."""
+    """Returns {section: {key: (value, line)}} of the example's active lines,
+    and of lines that show a key commented out as ";key = value" (keys whose
+    mere presence changes behaviour, such as a shield that would override
+    quirks = auto)."""
     sections = {}
     current = None
     with open(path, encoding="utf-8") as f:
         for lineno, raw in enumerate(f, 1):
             line = re.split(r"[ \t];", raw.rstrip("\n"), maxsplit=1)[0].strip()
-            if not line or line[0] in ";#":
+            if re.match(r";[a-z_]+ *=", line):
+                line = line[1:]
+            elif not line or line[0] in ";#":
                 continue
             m = re.fullmatch(r"\[([^\]]+)\]", line)
             if m:

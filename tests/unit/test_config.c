@@ -134,7 +134,8 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->servers_len, 1);
     assert_int_equal(cfg->balance, IMF_BALANCE_FIRST);
     assert_int_equal(cfg->connect_timeout_ms, 5000);
-    assert_int_equal(cfg->quirks, IMF_QUIRKS_NONE);
+    assert_int_equal(cfg->quirks, IMF_QUIRKS_AUTO);
+    assert_false(cfg->pipelining_set);
     assert_true(cfg->pipelining);
     assert_int_equal(cfg->literal_plus, IMF_LITERAL_PLUS_PASS);
     assert_false(cfg->literal_crlf_split);
