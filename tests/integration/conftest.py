@@ -39,11 +39,12 @@ def need_bin():
 
 @pytest.fixture
 def emulator_factory(workdir, cert):
-    """emulator_factory(flags=()) starts an emulator; all stop at teardown."""
+    """emulator_factory(flags=(), record=False) starts an emulator; all
+    stop at teardown."""
     started = []
 
-    def start(flags=()):
-        emu = h.Emulator(workdir, cert[0], cert[1], flags=flags)
+    def start(flags=(), record=False):
+        emu = h.Emulator(workdir, cert[0], cert[1], flags=flags, record=record)
         started.append(emu)
         return emu
 

@@ -5,6 +5,7 @@ exact control of what goes into each TLS record.
 Every wait here is bounded in time; nothing sleeps in place of an event
 (polling loops re-check a condition until a deadline)."""
 
+import json
 import os
 import random
 import re
@@ -215,11 +216,14 @@ class Emulator(_Child):
     127.0.0.1 and a mail store of its own; user demo, password demo.
 
     Its connection log has lines "conn N open PEER", "conn N cmd TAG NAME",
-    "conn N append-stored MAILBOX UID SIZE", "conn N close REASON"."""
+    "conn N append-stored MAILBOX UID SIZE", "conn N close REASON".
+
+    record=True also starts it with --record: records() then returns every
+    line (and literal size) it framed, as dicts (see the emulator's help)."""
 
     name = "emulator"
 
-    def __init__(self, workdir, cert, key, flags=(), label="emu"):
+    def __init__(self, workdir, cert, key, flags=(), label="emu", record=False):
         self.dir = tempfile.mkdtemp(prefix=label + "-", dir=workdir)
         os.makedirs(os.path.join(self.dir, "store"))
         self.log = LogFile(os.path.join(self.dir, "conn.log"))
@@ -228,6 +232,10 @@ class Emulator(_Child):
         cmd = [PYTHON, EMULATOR, "--plain", "127.0.0.1:0", "--tls", "127.0.0.1:0",
                "--cert", cert, "--key", key, "--store", os.path.join(self.dir, "store"),
                "--users", "demo:demo", "--log", self.log.path, "--ready-file", ready]
+        self.record_path = None
+        if record:
+            self.record_path = os.path.join(self.dir, "record.jsonl")
+            cmd += ["--record", self.record_path]
         cmd += list(flags)
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -243,6 +251,20 @@ class Emulator(_Child):
             raise HarnessError("emulator said %r instead of READY" % line)
         self.plain_port = int(m.group(1))
         self.tls_port = int(m.group(2))
+
+    def records(self):
+        """Every line and literal the emulator framed so far, as dicts
+        {"conn", "recv", "same_recv", "line"} or {"conn", "recv", "literal"}."""
+        if self.record_path is None:
+            raise HarnessError("emulator started without record=True")
+        try:
+            with open(self.record_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        # A row still being written has no LF yet; leave it for later.
+        complete = data[: data.rfind(b"\n") + 1]
+        return [json.loads(x) for x in complete.decode("utf-8").splitlines() if x]
 
     def conns_since(self, mark):
         """Connection numbers opened after a log mark."""

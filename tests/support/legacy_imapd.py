@@ -25,6 +25,23 @@ Two more knobs make it an older server still, for the proxy's literal shield:
                          "TAG NO [TOOBIG] ..." instead of "+"; a bigger
                          non-synchronising one is read, then refused the same.
 
+Two more let a test present another server and see exactly what arrived:
+
+  --greeting TEXT        the greeting is "* OK TEXT" (no [CAPABILITY ...]
+                         code unless TEXT has one), e.g. an Exchange 5.5
+                         banner for a proxy that recognises servers by it.
+  --record FILE          append one JSON object per line the framer cut
+                         from the stream (commands, continuation lines such
+                         as DONE or a SASL response, and each line that
+                         announces a literal, announcement included):
+                         {"conn": N, "recv": K, "same_recv": B, "line": S}
+                         with K the number of the recv() whose bytes ended
+                         the line, B whether the previous line of that
+                         connection ended in the same recv(), and S the
+                         line without its CRLF (bytes as latin-1). Literal
+                         octets are recorded as {"conn", "recv", "literal":
+                         SIZE}. Passwords do appear here: it is for tests.
+
 Everything else is meant to be a correct (if small) IMAP4rev1 server with a
 real on-disk store, so that curl, mbsync and imaplib work against it.
 Python 3 standard library only.
@@ -169,7 +186,7 @@ class Framer:
 
     def __init__(self, on_continuation, bug_crlf=False, on_bug_drop=None,
                  max_line=MAX_LINE, max_literal=MAX_LITERAL, literal_plus=True,
-                 max_append=None):
+                 max_append=None, on_line=None, on_literal=None):
         self.buf = bytearray()  # bytes not yet framed (lines, small literals)
         self.pos = 0            # first unconsumed byte of buf
         self.scan = 0           # where to look for the next LF
@@ -188,6 +205,8 @@ class Framer:
         self.max_literal = max_literal
         self.literal_plus = literal_plus
         self.max_append = max_append
+        self.on_line = on_line        # on_line(line): each line cut, CRLF included
+        self.on_literal = on_literal  # on_literal(size): each literal completed
 
     def feed(self, data):
         self.completed_in_chunk = 0
@@ -228,6 +247,8 @@ class Framer:
     def _finish_literal(self, last_octet_in_chunk):
         self.parts.append(b"".join(self.lit))
         self.lit = []
+        if self.on_literal:
+            self.on_literal(len(self.parts[-1]))
         # Q239082: the literal's last octet and the CRLF came in one read;
         # the CRLF and the rest of that read are lost.  Everything after
         # pos in buf came in that same read.
@@ -265,6 +286,8 @@ class Framer:
             self.scan = self.pos
             if len(line) > self.max_line:
                 raise ProtocolError("line-too-long")
+            if self.on_line:
+                self.on_line(line)
             m = LITERAL_END_RE.search(line)
             if m is None:
                 self.parts.append(line[:-2] if line.endswith(b"\r\n") else line[:-1])
@@ -899,10 +922,28 @@ class Conn:
         self.framer = Framer(self._continuation, bug_crlf=bug,
                              on_bug_drop=self._bug_drop,
                              literal_plus=server.literal_plus,
-                             max_append=server.max_append)
+                             max_append=server.max_append,
+                             on_line=self._record_line if server.record else None,
+                             on_literal=self._record_literal if server.record else None)
+        self.recvs = 0            # recv() calls so far, for --record
+        self.last_line_recv = -1  # the recv() that ended the previous line
 
     def log(self, text):
         self.server.log.write("conn %d %s" % (self.id, text))
+
+    def _record_line(self, line):
+        if line.endswith(b"\r\n"):
+            line = line[:-2]
+        elif line.endswith(b"\n"):
+            line = line[:-1]
+        self.server.record.write(json.dumps({
+            "conn": self.id, "recv": self.recvs, "same_recv": self.recvs == self.last_line_recv,
+            "line": line.decode("latin-1")}))
+        self.last_line_recv = self.recvs
+
+    def _record_literal(self, size):
+        self.server.record.write(json.dumps({"conn": self.id, "recv": self.recvs,
+                                             "literal": size}))
 
     def _bug_drop(self, lost):
         self.log("bug-crlf-drop %d" % lost)
@@ -966,6 +1007,7 @@ class Conn:
             data = self.sock.recv(min(want, 4 * 1024 * 1024))
             if not data:
                 raise ClientEOF()
+            self.recvs += 1
             self.framer.feed(data)
             limit = self.server.bug_chain
             if limit and self.framer.completed_in_chunk > limit:
@@ -1130,7 +1172,10 @@ class Session:
 
     # --- main loop
     def run(self):
-        self.send(GREETING if self.server.literal_plus else GREETING_NO_LP)
+        if self.server.greeting is not None:
+            self.send(b"* OK " + self.server.greeting + b"\r\n")
+        else:
+            self.send(GREETING if self.server.literal_plus else GREETING_NO_LP)
         self.conn.flush()
         while self.state != LOGOUT:
             unit = self.conn.next_unit()
@@ -1898,6 +1943,9 @@ class Server:
         self.literal_plus = not opts.no_literal_plus
         self.max_append = opts.max_append
         self.log = EventLog(opts.log)
+        self.record = EventLog(opts.record) if opts.record else None
+        self.greeting = (opts.greeting.encode("utf-8", "surrogateescape")
+                         if opts.greeting is not None else None)
         self.tls_ctx = None
         if opts.tls:
             self.tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -2036,6 +2084,10 @@ def main(argv=None):
                     help="do not announce LITERAL+; answer {N+} with BAD")
     ap.add_argument("--max-append", type=int, default=None, metavar="N",
                     help="refuse APPENDs over N octets with NO [TOOBIG] (before '+')")
+    ap.add_argument("--greeting", metavar="TEXT",
+                    help='greet with "* OK TEXT" instead of the default (no capability code)')
+    ap.add_argument("--record", metavar="FILE",
+                    help="append every line framed (and literal size) as JSON, one per line")
     ap.add_argument("--ready-file", metavar="FILE")
     ap.add_argument("--log", metavar="FILE")
     opts = ap.parse_args(argv)
@@ -2045,6 +2097,9 @@ def main(argv=None):
         ap.error("--bug-chain must be >= 0")
     if opts.max_append is not None and opts.max_append < 0:
         ap.error("--max-append must be >= 0")
+    if opts.greeting is not None and ("\r" in opts.greeting or "\n" in opts.greeting
+                                      or not opts.greeting.strip()):
+        ap.error("--greeting must be one non-empty line")
 
     server = Server(opts)
 

@@ -5,6 +5,7 @@ Run with:  /usr/bin/python3 -m pytest -q tests/support/test_legacy_imapd.py
 """
 
 import base64
+import json
 import os
 import re
 import select
@@ -629,6 +630,38 @@ def test_chain_bug(emu, count, dropped):
     else:
         for i in range(count):
             assert c.line() == b"n%d OK NOOP completed\r\n" % i
+
+
+def test_greeting_text_replaces_capability_code(emu):
+    text = ("Microsoft Exchange Server IMAP4rev1 server version 5.5.2653.23 "
+            "(mail.example.org) ready")
+    e = emu("--greeting", text)
+    c = Client(e.plain)
+    assert c.greeting == b"* OK " + text.encode() + b"\r\n"
+    r = c.cmd("a", b"CAPABILITY")
+    assert r[0].startswith(b"* CAPABILITY IMAP4rev1 "), r
+
+
+def test_record_lines_literals_and_reads(emu, tmp_path):
+    record = str(tmp_path / "record.jsonl")
+    e = emu("--record", record)
+    c = Client(e.plain)
+    c.send(b"a NOOP\r\nb NOOP\r\n")
+    assert tagged(c.response("b")) == b"OK"
+    c.send(b"c LOGIN {4+}\r\ndemo demo\r\n")
+    assert tagged(c.response("c")) == b"OK"
+    c.send(b"d IDLE\r\n")
+    assert c.line().startswith(b"+ ")
+    c.send(b"DONE\r\n")
+    assert tagged(c.response("d")) == b"OK"
+    with open(record, encoding="utf-8") as f:
+        rows = [json.loads(x) for x in f]
+    assert [r.get("line", r.get("literal")) for r in rows] == [
+        "a NOOP", "b NOOP", "c LOGIN {4+}", 4, " demo", "d IDLE", "DONE"], rows
+    assert [r.get("same_recv") for r in rows] == [False, True, False, None, True, False,
+                                                 False], rows
+    assert rows[0]["recv"] == rows[1]["recv"] < rows[2]["recv"], rows
+    assert {r["conn"] for r in rows} == {1}, rows
 
 
 # ---------------------------------------------------------------------------
