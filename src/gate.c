@@ -640,11 +640,25 @@ static void command_line(struct imf_gate *g, uint8_t *line, size_t len,
         }
         break;
     case IMF_CMD_ID:
-        if (g->p->strip_client_id) {
-            if (lit) {
+        if (g->p->strip_client_id && lit) {
+            /* Fields in literals cannot be read before they go: the
+             * backend gets "ID NIL" and the rest is swallowed. */
+            if (!(ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS))) {
                 refuse(g, ev, c.tag, "BAD ID parameters must be quoted strings", out);
                 return;
             }
+            if (!add_inflight(g, c.tag, c.cmd, false)) {
+                refuse(g, ev, c.tag, "NO [LIMIT] Too many commands in progress", out);
+                return;
+            }
+            out->len = (size_t)snprintf((char *)line, len, "%s ID NIL\r\n", c.tag);
+            g->cur_forwarded = true;
+            g->discarding = true;
+            g->discard_answer = NULL;
+            out->actions |= IMF_GATE_FORWARD | IMF_GATE_DISCARD | IMF_GATE_NEW_COMMAND;
+            return;
+        }
+        if (g->p->strip_client_id) {
             size_t n = strip_id(line, len);
             if (n == 0) {
                 refuse(g, ev, c.tag, "BAD Invalid ID parameters", out);
@@ -709,19 +723,16 @@ static void idle_line(struct imf_gate *g, uint8_t *line, size_t len,
                       const struct imf_framer_ev *ev, struct imf_gate_decision *out)
 {
     bool done = !(ev->literal_flags & IMF_LIT_PRESENT) && is_done(line, len);
+    if (!done) {
+        refuse(g, ev, "*", "BAD Expected DONE to end IDLE", out);
+        return;
+    }
     if (g->idle == IMF_GATE_IDLE_POLL) {
-        /* The proxy's own IDLE: it answers, either way. */
+        /* The proxy's own IDLE: it answers. */
         g->idle = IMF_GATE_IDLE_OFF;
         g->expect = EXPECT_COMMAND;
         out->actions |= IMF_GATE_IDLE_END;
-        if (done)
-            answer(out, g->idle_tag, "OK IDLE terminated");
-        else
-            refuse(g, ev, g->idle_tag, "BAD Expected DONE", out);
-        return;
-    }
-    if (!done) {
-        refuse(g, ev, "*", "BAD Expected DONE to end IDLE", out);
+        answer(out, g->idle_tag, "OK IDLE terminated");
         return;
     }
     out->actions |= IMF_GATE_FORWARD;

@@ -1034,12 +1034,12 @@ static void relay_response_line(struct imf_session *s)
 static void note_profile(struct imf_session *s)
 {
     enum imf_gate_profile pr = imf_gate_profile(&s->gate);
-    if (!imf_backend_note_profile(s->cfg, s->server_index, (int)pr))
+    if (s->cfg->quirks != IMF_QUIRKS_AUTO ||
+        !imf_backend_note_profile(s->cfg, s->server_index, (int)pr))
         return;
     const struct imf_gate_shields *sh = imf_gate_shields(&s->gate);
     imf_log_kv(IMF_LOG_INFO, "backend", "server profile", "backend", backend_label(s), "profile",
-               imf_gate_profile_names[pr], "quirks",
-               s->cfg->quirks == IMF_QUIRKS_AUTO ? "auto" : "as configured", "pipelining",
+               imf_gate_profile_names[pr], "pipelining",
                sh->pipelining ? "on" : "off", "literal_plus", sh->literal_sync ? "sync" : "pass",
                "literal_crlf_split", sh->crlf_split ? "on" : "off", NULL);
 }

@@ -847,7 +847,8 @@ def test_nonsync_literal_over_max_literal_size(rig, ctx, quirks):
         assert tagged.startswith(b"Z OK"), tagged
         c.expect_eof()
         port = client_port(c)
-    r.proxy.log.wait_for(r"session: literal too big client=127\.0\.0\.1:%d tag=T" % port,
+    r.proxy.log.wait_for(r"session: command refused client=127\.0\.0\.1:%d tag=T "
+                         r"command=APPEND answer=\"BAD \[TOOBIG\]" % port,
                          since=r.mark, timeout=5)
     assert closed_reason(r.proxy, port, r.mark) == "logout"
     # The octets were swallowed, never executed or stored by the backend.
