@@ -93,6 +93,12 @@ static_assert(IMF_ARRAY_LEN(sess_state_names) == SESS_STATE_COUNT, "state names"
 /* Response lines are held whole (for policy) up to this size, then streamed. */
 #define RESPONSE_LINE_HOLD (64 * 1024)
 #define WRITE_IOV_MAX      16
+/* COMPRESS: inflated octets one pump may produce before it yields, and the
+ * ratio (inflated / compressed) past which the stream is refused, once
+ * this much has been inflated. */
+#define INFLATE_BUDGET      (256 * 1024)
+#define INFLATE_RATIO_MAX   200
+#define INFLATE_RATIO_AFTER (64u * 1024 * 1024)
 #define WRITE_BYTES_MAX    (256 * 1024)
 
 /* A client address: IPv4 or IPv6 only, so no sockaddr_storage (128 bytes)
@@ -185,6 +191,8 @@ struct imf_session {
     bool idle_timer_inited;
     bool batch_inited;       /* batch_check initialised (must be closed) */
     uv_check_t *batch_check; /* relays a burst of client reads at once; see on_client_read */
+    bool yield_inited;       /* yield_idle initialised (must be closed) */
+    uv_idle_t *yield_idle;   /* resumes work cut short to let other sessions run */
     uv_timer_t *idle_timer;  /* allocated on first use, freed with the session */
     uint64_t next_keepalive_ms, next_backend_ms; /* deadlines, loop time */
 
@@ -419,6 +427,7 @@ static void session_free(struct imf_session *s)
     free(s->plan);
     free(s->idle_timer);
     free(s->batch_check);
+    free(s->yield_idle);
     free(s->split_timer);
     imf_telemetry_free(&s->tracker);
     if (s->ssl != NULL)
@@ -460,6 +469,10 @@ static void close_backend(struct imf_session *s)
     if (s->idle_timer_inited) {
         s->idle_timer_inited = false;
         close_handle(s, (uv_handle_t *)s->idle_timer);
+    }
+    if (s->yield_inited) {
+        s->yield_inited = false;
+        close_handle(s, (uv_handle_t *)s->yield_idle);
     }
     if (s->batch_inited) {
         s->batch_inited = false;
@@ -921,6 +934,12 @@ static int inflate_step(struct imf_session *s)
         bye(s, IMF_CLOSE_CLIENT_ERROR, "Compression error");
         return -1;
     }
+    if (s->zin->total_out > INFLATE_RATIO_AFTER &&
+        s->zin->total_out / (s->zin->total_in + 1) > INFLATE_RATIO_MAX) {
+        /* Mail text deflates 5 to 10 times; this is a bomb. */
+        bye(s, IMF_CLOSE_CLIENT_ERROR, "[LIMIT] Compression ratio too high");
+        return -1;
+    }
     return used > 0 || made > 0;
 }
 
@@ -979,18 +998,48 @@ static int decrypt_records(struct imf_session *s)
     return 1;
 }
 
-/* Decrypts what the client sent into c_plain and relays it. */
+static void on_yield(uv_idle_t *h)
+{
+    struct imf_session *s = h->data;
+    uv_idle_stop(h);
+    session_pump(s);
+}
+
+/* Stops here and resumes on the next turn of the loop, after other
+ * sessions' events (an idle handle: the loop does not block meanwhile).
+ * Returns false when the handle cannot be had. */
+static bool yield_later(struct imf_session *s)
+{
+    if (!s->yield_inited) {
+        if (s->yield_idle == NULL && (s->yield_idle = malloc(sizeof(*s->yield_idle))) == NULL)
+            return false;
+        uv_idle_init(&s->worker->loop, s->yield_idle);
+        s->yield_idle->data = s;
+        s->yield_inited = true;
+        s->open_handles++;
+    }
+    uv_idle_start(s->yield_idle, on_yield);
+    return true;
+}
+
+/* Decrypts what the client sent into c_plain and relays it. Inflating is
+ * bounded per call: a deflate bomb whose output the proxy swallows (the
+ * octets of a refused command) would otherwise hold the worker, and every
+ * session on it, for as long as it inflates. */
 static void pump_upstream(struct imf_session *s)
 {
     if (s->ssl == NULL) {
         process_commands(s);
         return;
     }
+    uint64_t inflated_before = s->zin != NULL ? s->zin->total_out : 0;
     for (;;) {
         process_commands(s);
         if (s->state != SESS_RELAY || s->c_plain.bytes > 0 || s->client_eof)
             return;
         if (s->zin != NULL && (s->c_z.bytes > 0 || s->zin_full)) {
+            if (s->zin->total_out - inflated_before >= INFLATE_BUDGET && yield_later(s))
+                return;
             int r = inflate_step(s);
             if (r < 0)
                 return;
@@ -1725,7 +1774,7 @@ static void on_backend_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 /* Starts or stops reading each socket according to the watermarks. */
 static void update_reading(struct imf_session *s)
 {
-    size_t up = s->c_rx.bytes + s->c_plain.bytes + s->b_tx.bytes;
+    size_t up = s->c_rx.bytes + s->c_z.bytes + s->c_plain.bytes + s->b_tx.bytes;
     size_t down = s->b_rx.bytes + s->p_tx.bytes + s->c_tx.bytes;
     if (!s->client_blocked && up >= s->high)
         s->client_blocked = true;

@@ -19,6 +19,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import time
 import zlib
 
@@ -286,3 +287,52 @@ def test_mbsync_through_compress(proxy_factory, dovecot_factory, cert, tmp_path)
           "saved %d B (%.1f%%); in %d->%d, out %d->%d"
           % (MESSAGES, total / 1024.0, plain, wire, plain - wire, 100.0 * (plain - wire) / plain,
              d[("in", "plain")], d[("in", "wire")], d[("out", "plain")], d[("out", "wire")]))
+
+
+# ---------------------------------------------------------- deflate bomb ----
+
+def test_deflate_bomb_neither_stalls_others_nor_runs_on(proxy_factory, emulator, ctx):
+    """A client sends a literal the proxy refuses and swallows, as a deflate
+    bomb (zeros: about 1000 to 1). Inflating is bounded per turn of the
+    loop, so another session on the same worker keeps its round trips
+    short; past 64 MiB at more than 200 to 1 the bomb is refused with a BYE."""
+    extra = {"proxy": {"workers": "1"}, "imap": {"compress": "on", "max_literal_size": "1M"}}
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port, extra=extra)
+    mark = proxy.log.mark()
+    with ZClient(proxy.port, ctx) as bomber, h.TLSClient(proxy.port, ctx) as bystander:
+        h.login(bomber)
+        bomber.compress("Z1")
+        h.login(bystander)
+        bomber.write(b"B APPEND INBOX {300000000+}\r\n")
+
+        # 128 MiB of zeros deflate to about 128 KiB, sent at once: what
+        # one read brings is what the proxy would inflate in one go.
+        z = zlib.compressobj(6, zlib.DEFLATED, -15)
+        wire = b"".join(z.compress(bytes(1 << 20)) for _ in range(128))
+        wire += z.flush(zlib.Z_SYNC_FLUSH)
+
+        def bomb():
+            try:
+                h.TLSClient.write(bomber, wire)
+            except OSError:
+                pass  # refused half-way: what the test wants
+
+        sender = threading.Thread(target=bomb, daemon=True)
+        sender.start()
+        rtts = []
+        t_end = time.monotonic() + 10
+        while time.monotonic() < t_end and len(rtts) < 400:
+            t0 = time.monotonic()
+            _, tagged = bystander.command("N%d" % len(rtts), "NOOP")
+            rtts.append(time.monotonic() - t0)
+            assert b" OK" in tagged, tagged
+            if proxy.log.find(r"Compression ratio too high", mark):
+                break
+        sender.join(10)
+        proxy.log.wait_for(r"closing with BYE .*detail=\"\[LIMIT\] Compression ratio too high\"",
+                           since=mark, timeout=10)
+        rtts.sort()
+        p99 = rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]
+        assert len(rtts) >= 5, rtts
+        assert p99 < 0.050, "bystander NOOP p99 %.1f ms during the bomb (%d samples)" % (
+            p99 * 1000, len(rtts))
