@@ -1366,6 +1366,15 @@ static void try_next_backend(struct imf_session *s)
                      : UV_ENOMEM;
     if (rc != 0) {
         free(req);
+        if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
+            /* The proxy is out of descriptors or memory, not the server
+             * out of order: no server would do better, and none is marked
+             * down for it. */
+            imf_log_kv(IMF_LOG_WARN, "backend", "no resources to connect (not the server's fault)",
+                       "client", s->peer, "backend", srv->text, "reason", uv_strerror(rc), NULL);
+            bye(s, IMF_CLOSE_NO_MEMORY, "[UNAVAILABLE] Proxy out of resources, try again later");
+            return;
+        }
         backend_failed(s, uv_strerror(rc));
         return;
     }
