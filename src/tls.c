@@ -190,7 +190,10 @@ static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg, const struc
     }
     errno = 0;
     if (SSL_CTX_use_PrivateKey_file(ctx, src->key, SSL_FILETYPE_PEM) != 1) {
-        file_error(err, err_len, cfg, src->key_line, "private_key", "cannot load", src->key);
+        /* BoringSSL checks the pair here already: say so in words. */
+        bool mismatch = ERR_GET_REASON(ERR_peek_error()) == X509_R_KEY_VALUES_MISMATCH;
+        file_error(err, err_len, cfg, src->key_line, "private_key",
+                   mismatch ? "does not match the certificate:" : "cannot load", src->key);
         return -EINVAL;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
