@@ -439,6 +439,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check_only) {
+        warn_weak_settings(m.cfg);
         printf("%s: configuration ok\n", path);
         SSL_CTX_free(m.ssl_ctx);
         imf_config_unref(m.cfg);
