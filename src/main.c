@@ -177,10 +177,7 @@ static bool same_listeners(const struct imf_config *a, const struct imf_config *
 static bool same_admin(const struct imf_config *a, const struct imf_config *b)
 {
     return a->admin_address.len == b->admin_address.len &&
-           (a->admin_address.len == 0 ||
-            strcmp(a->admin_address.text, b->admin_address.text) == 0) &&
-           a->admin_max_connections == b->admin_max_connections &&
-           a->admin_timeout_ms == b->admin_timeout_ms;
+           (a->admin_address.len == 0 || strcmp(a->admin_address.text, b->admin_address.text) == 0);
 }
 
 enum reload_what {
@@ -231,10 +228,12 @@ static void reload(struct imf_main *m, enum reload_what what)
         imf_worker_reload(&m->workers[i], cfg, ctx);
     imf_checker_reload(m->checker, cfg);
     if (!same_admin(m->cfg, cfg))
-        imf_warn("main",
-                 "reload: [admin] address, max_connections or timeout changed; that needs a "
-                 "restart (still %s)",
+        imf_warn("main", "reload: [admin] address changed; that needs a restart (still %s)",
                  m->cfg->admin_address.len != 0 ? m->cfg->admin_address.text : "off");
+    else if (cfg->admin_max_connections != m->cfg->admin_max_connections ||
+             cfg->admin_timeout_ms != m->cfg->admin_timeout_ms)
+        imf_warn("main", "reload: [admin] max_connections or timeout changed; that needs a "
+                         "restart");
     uv_mutex_lock(&m->cfg_lock);
     struct imf_config *old = m->cfg;
     SSL_CTX *old_ctx = m->ssl_ctx;
