@@ -153,16 +153,18 @@ static struct watch *find(struct imf_certwatch *w, const char *path, bool is_dir
 }
 
 /* Adds (or finds) the watch of path; for a directory adds name to its
- * names. Returns false on failure (logged). */
-static bool add(struct imf_certwatch *w, const char *path, bool is_dir, const char *name)
+ * names. Returns 1 when a watch was started, 0 when one was there, -1 on
+ * failure (logged). */
+static int add(struct imf_certwatch *w, const char *path, bool is_dir, const char *name)
 {
+    int started = 0;
     struct watch *wa = find(w, path, is_dir);
     if (wa == NULL) {
         wa = calloc(1, sizeof(*wa));
         if (wa == NULL || (wa->path = strdup(path)) == NULL) {
             free(wa);
             imf_warn("tls", "cannot watch %s: out of memory", path);
-            return false;
+            return -1;
         }
         wa->owner = w;
         wa->is_dir = is_dir;
@@ -175,27 +177,28 @@ static bool add(struct imf_certwatch *w, const char *path, bool is_dir, const ch
                 imf_warn("tls", "cannot watch %s for certificate changes: %s", path,
                          uv_strerror(rc));
                 uv_close((uv_handle_t *)&wa->handle, on_watch_closed);
-                return false;
+                return -1;
             }
         } else {
             imf_warn("tls", "cannot watch %s: %s", path, uv_strerror(rc));
             free(wa->path);
             free(wa);
-            return false;
+            return -1;
         }
         wa->next = w->watches;
         w->watches = wa;
+        started = 1;
     }
     if (name != NULL) {
         size_t n = strlen(name) + 1;
         char *grown = realloc(wa->names, wa->names_len + n);
         if (grown == NULL)
-            return false;
+            return -1;
         memcpy(grown + wa->names_len, name, n);
         wa->names = grown;
         wa->names_len += n;
     }
-    return true;
+    return started;
 }
 
 size_t imf_certwatch_update(struct imf_certwatch *w, const struct imf_config *cfg)
@@ -215,9 +218,9 @@ size_t imf_certwatch_update(struct imf_certwatch *w, const struct imf_config *cf
         char *dir = dir_of(path, &base);
         if (dir == NULL)
             continue;
-        if (add(w, path, false, NULL))
+        if (add(w, path, false, NULL) > 0)
             started++;
-        if (add(w, dir, true, base))
+        if (add(w, dir, true, base) > 0)
             started++;
         free(dir);
     }

@@ -32,7 +32,8 @@ int imf_certwatch_new(uv_loop_t *loop, imf_certwatch_cb cb, void *arg,
  * their directories, instead of what was watched before (call again after
  * each reload: a file replaced by a rename is a new inode). A file or
  * directory that cannot be watched is logged and skipped. Returns the
- * number of watches started. cfg is borrowed for the call only. */
+ * number of watches started (files and directories, each counted once);
+ * 0 means nothing is watched. cfg is borrowed for the call only. */
 size_t imf_certwatch_update(struct imf_certwatch *w, const struct imf_config *cfg);
 
 /* Stops everything; the memory goes once the loop has run the handles'
