@@ -2,6 +2,7 @@
 #include "imapfront/admin.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <microhttpd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,11 +10,47 @@
 
 #include "imapfront/backend.h"
 #include "imapfront/log.h"
+#include "imapfront/proxy_proto.h"
 
 struct imf_admin {
     struct MHD_Daemon *daemon;
     const struct imf_admin_view *view;
+    /* Refusals are logged at most once a second (a scan or a flood must
+     * not flood the log too); the others are counted in the next line. */
+    _Atomic uint64_t refused_unlogged;
+    _Atomic uint64_t refused_logged_ms;
 };
+
+/* [admin] allow_from: MHD asks before it reads a byte; a client outside
+ * the ranges is disconnected at once. Read from the current snapshot, so
+ * a reload changes it. */
+static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    struct imf_admin *a = cls;
+    (void)addrlen;
+    struct imf_config *cfg = a->view->config_ref(a->view->arg);
+    bool ok =
+        cfg->admin_allow_len == 0 || imf_cidr_match(cfg->admin_allow, cfg->admin_allow_len, addr);
+    imf_config_unref(cfg);
+    if (ok)
+        return MHD_YES;
+    uint64_t now = imf_clock_ms();
+    uint64_t last = atomic_load(&a->refused_logged_ms);
+    if ((last == 0 || now - last >= 1000) &&
+        atomic_compare_exchange_strong(&a->refused_logged_ms, &last, now == 0 ? 1 : now)) {
+        char peer[80];
+        imf_format_sockaddr(addr, peer, sizeof(peer));
+        uint64_t more = atomic_exchange(&a->refused_unlogged, 0);
+        char extra[64] = "";
+        if (more != 0)
+            snprintf(extra, sizeof(extra), "%" PRIu64, more);
+        imf_log_kv(IMF_LOG_WARN, "admin", "connection refused", "client", peer, "reason",
+                   "not in [admin] allow_from", more != 0 ? "also_refused" : NULL, extra, NULL);
+    } else {
+        atomic_fetch_add(&a->refused_unlogged, 1);
+    }
+    return MHD_NO;
+}
 
 bool imf_admin_ready(const struct imf_admin_view *view)
 {
@@ -92,9 +129,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return reply(c, MHD_HTTP_NOT_FOUND, text, msg, sizeof(msg) - 1, false);
 }
 
-int imf_admin_start(const struct imf_sockaddr *addr, const struct imf_admin_view *view,
+int imf_admin_start(const struct imf_config *cfg, const struct imf_admin_view *view,
                     struct imf_admin **out_admin, char *err, size_t err_len)
 {
+    const struct imf_sockaddr *addr = &cfg->admin_address;
     struct imf_admin *a = calloc(1, sizeof(*a));
     if (a == NULL) {
         snprintf(err, err_len, "out of memory");
@@ -105,11 +143,16 @@ int imf_admin_start(const struct imf_sockaddr *addr, const struct imf_admin_view
     if (addr->ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     /* A small memory limit per connection: a request with oversized
-     * headers is refused by MHD and the connection closed. */
-    a->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, a, MHD_OPTION_SOCK_ADDR,
-                                 (const struct sockaddr *)&addr->ss, MHD_OPTION_CONNECTION_LIMIT,
-                                 (unsigned)64, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384, MHD_OPTION_END);
+     * headers is refused by MHD and the connection closed. One thread
+     * polls every connection, so sockets that send half a request and
+     * wait cost a slot each but never stall the others; the limit bounds
+     * the slots and the timeout frees them. Both are read at start only. */
+    a->daemon =
+        MHD_start_daemon(flags, 0, accept_policy, a, on_request, a, MHD_OPTION_SOCK_ADDR,
+                         (const struct sockaddr *)&addr->ss, MHD_OPTION_CONNECTION_LIMIT,
+                         (unsigned)cfg->admin_max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+                         (unsigned)((cfg->admin_timeout_ms + 999) / 1000),
+                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384, MHD_OPTION_END);
     if (a->daemon == NULL) {
         snprintf(err, err_len, "[admin] address: cannot listen on %s", addr->text);
         free(a);

@@ -72,6 +72,12 @@ enum imf_opt_type {
 #define IMF_CF_REQUIRED 0x1u /* must be set to a non-empty value */
 #define IMF_CF_NOT_YET  0x2u /* accepted only with its default value (feature not built yet) */
 #define IMF_CF_AUTO     0x4u /* UINT that also accepts "auto", stored as 0 */
+/* A secret STRING (default empty) that may instead be read from a file
+ * named by the key KEY_file: exactly one of the two; the file's content,
+ * less one trailing newline. Keeps secrets out of a world-readable INI and
+ * lets them come from a Kubernetes Secret or systemd credential. Rows of
+ * the main sections only. */
+#define IMF_CF_FILE 0x8u
 
 /* One value of an enum key. Flip `supported` when the feature lands. */
 struct imf_choice {
@@ -119,6 +125,8 @@ static const struct imf_choice proxy_protocol_choices[] = {
     {NULL, 0, false},
 };
 static const struct imf_choice tls_version_choices[] = {
+    {"1.0", TLS1_VERSION, true},
+    {"1.1", TLS1_1_VERSION, true},
     {"1.2", TLS1_2_VERSION, true},
     {"1.3", TLS1_3_VERSION, true},
     {NULL, 0, false},
@@ -187,6 +195,7 @@ static const struct imf_option imf_options[] = {
     OPT("tls", "certificate", STRING, certificate, "", 0, 0, NULL, IMF_CF_REQUIRED),
     OPT("tls", "private_key", STRING, private_key, "", 0, 0, NULL, IMF_CF_REQUIRED),
     OPT("tls", "min_version", ENUM, min_version, "1.2", 0, 0, tls_version_choices, 0),
+    OPT("tls", "legacy_ciphers", BOOL, legacy_ciphers, "off", 0, 0, NULL, 0),
     OPT("tls", "session_tickets", BOOL, session_tickets, "on", 0, 0, NULL, 0),
     OPT("tls", "handshake_timeout", DURATION, handshake_timeout_ms, "10s", 1, WEEK, NULL, 0),
     OPT_LIST("backend", "servers", SOCKADDR_LIST, servers, "", 1, 64, NULL, IMF_CF_REQUIRED),
@@ -205,7 +214,7 @@ static const struct imf_option imf_options[] = {
     OPT("backend", "check_interval", DURATION, check_interval_ms, "10s", 100, HOUR, NULL, 0),
     OPT("backend", "check_timeout", DURATION, check_timeout_ms, "5s", 10, HOUR, NULL, 0),
     OPT("backend", "check_user", STRING, check_user, "", 0, 0, NULL, 0),
-    OPT("backend", "check_password", STRING, check_password, "", 0, 0, NULL, 0),
+    OPT("backend", "check_password", STRING, check_password, "", 0, 0, NULL, IMF_CF_FILE),
     OPT("backend", "check_mailbox", STRING, check_mailbox, "INBOX", 0, 0, NULL, 0),
     OPT("backend", "idle_refresh", DURATION, idle_refresh_ms, "0", 0, WEEK, NULL, 0),
     OPT("backend", "poll_interval", DURATION, poll_interval_ms, "30s", 100, HOUR, NULL, 0),
@@ -221,6 +230,9 @@ static const struct imf_option imf_options[] = {
     OPT("imap", "idle_keepalive", DURATION, idle_keepalive_ms, "0", 0, HOUR, NULL, 0),
     OPT("imap", "literal_stall", DURATION, literal_stall_ms, "30s", 0, WEEK, NULL, 0),
     OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, 0),
+    OPT("admin", "allow_from", STRING, admin_allow_from, "", 0, 0, NULL, 0),
+    OPT("admin", "max_connections", UINT, admin_max_connections, "256", 1, 10000, NULL, 0),
+    OPT("admin", "timeout", DURATION, admin_timeout_ms, "10s", SEC, HOUR, NULL, 0),
 };
 
 /* The keys of every [listen.NAME] section. */
@@ -582,6 +594,8 @@ static void free_field(const struct imf_option *opt, void *base)
     void *field = (char *)base + opt->offset;
     if (opt->type == IMF_OT_STRING) {
         char **s = field;
+        if ((opt->flags & IMF_CF_FILE) && *s != NULL)
+            explicit_bzero(*s, strlen(*s)); /* a secret: leave no copy in freed memory */
         free(*s);
         *s = NULL;
     } else if (opt->type == IMF_OT_SOCKADDR_LIST) {
@@ -855,6 +869,8 @@ struct parse_ctx {
     size_t section; /* index in imf_main_sections, or listener index */
     unsigned section_lines[ARRAY_SIZE(imf_main_sections)];
     unsigned key_lines[IMF_OPTIONS_LEN];
+    unsigned file_lines[IMF_OPTIONS_LEN]; /* IMF_CF_FILE rows: where KEY_file was set */
+    bool from_file[IMF_OPTIONS_LEN];      /* ... and the value came from that file */
     enum named_kind named;                /* with SECTION_NAMED: which kind */
     struct named_meta *meta[NAMED_COUNT]; /* parallel to each kind's array */
 
@@ -1044,6 +1060,89 @@ static char *read_line(char *buf, int num, void *stream)
     return buf;
 }
 
+/* Largest secret file we read: secrets are short; a big file is a wrong
+ * path. */
+#define IMF_CONFIG_MAX_SECRET 65536
+
+/* Reads a secret file into *out (malloc'd): its content less one trailing
+ * "\n" (or "\r\n"). Returns 0, or a negative code with a reason that never
+ * quotes the content. */
+static int read_secret(const char *path, char **out, char *why, size_t why_len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        int rc = -errno;
+        snprintf(why, why_len, "cannot open %s: %s", path, strerror(-rc));
+        return rc;
+    }
+    char *text = malloc(IMF_CONFIG_MAX_SECRET + 1);
+    if (text == NULL) {
+        fclose(f);
+        snprintf(why, why_len, "out of memory");
+        return -ENOMEM;
+    }
+    size_t n = fread(text, 1, IMF_CONFIG_MAX_SECRET + 1, f);
+    int rc = 0;
+    if (ferror(f)) {
+        rc = -EIO;
+        snprintf(why, why_len, "cannot read %s", path);
+    } else if (n > IMF_CONFIG_MAX_SECRET) {
+        rc = -EFBIG;
+        snprintf(why, why_len, "%s is larger than 64 KiB, not a secret?", path);
+    } else if (memchr(text, '\0', n) != NULL) {
+        rc = -EINVAL;
+        snprintf(why, why_len, "%s contains a NUL byte", path);
+    }
+    fclose(f);
+    if (rc == 0) {
+        if (n > 0 && text[n - 1] == '\n')
+            n--;
+        if (n > 0 && text[n - 1] == '\r')
+            n--;
+        text[n] = '\0';
+        if (n == 0) {
+            rc = -EINVAL;
+            snprintf(why, why_len, "%s is empty", path);
+        }
+    }
+    if (rc != 0) {
+        explicit_bzero(text, IMF_CONFIG_MAX_SECRET + 1);
+        free(text);
+        return rc;
+    }
+    *out = text;
+    return 0;
+}
+
+/* "KEY_file = PATH" for a row with IMF_CF_FILE (index i of the main table):
+ * the value comes from the file. An empty PATH counts as not set. */
+static int on_file_key(struct parse_ctx *ctx, const struct imf_option *opt, size_t i,
+                       const char *key, const char *value, const char *secname)
+{
+    if (ctx->file_lines[i] != 0) {
+        fail(ctx, -EINVAL, ctx->line, key, "set twice in %s (first on line %u)", secname,
+             ctx->file_lines[i]);
+        return 0;
+    }
+    ctx->file_lines[i] = ctx->line;
+    if (value[0] == '\0')
+        return 1;
+    char **field = (char **)((char *)ctx->cfg + opt->offset);
+    if (*field != NULL) {
+        fail(ctx, -EINVAL, ctx->line, key, "%s is set too (line %u); set only one of them",
+             opt->key, ctx->key_lines[i]);
+        return 0;
+    }
+    char why[512];
+    int rc = read_secret(value, field, why, sizeof(why));
+    if (rc != 0) {
+        fail(ctx, rc, ctx->line, key, "%s", why);
+        return 0;
+    }
+    ctx->from_file[i] = true;
+    return 1;
+}
+
 /* inih's handler for "key = value"; returns 0 to stop at the first error. */
 static int on_key(void *user, const char *section, const char *key, const char *value)
 {
@@ -1087,6 +1186,16 @@ static int on_key(void *user, const char *section, const char *key, const char *
             strcmp(table[i].key, key) == 0)
             break;
     }
+    if (i == len && main_section != NULL) {
+        size_t klen = strlen(key), slen = sizeof("_file") - 1;
+        if (klen > slen && strcmp(key + klen - slen, "_file") == 0) {
+            for (i = 0; i < len; i++)
+                if ((table[i].flags & IMF_CF_FILE) && strcmp(table[i].section, main_section) == 0 &&
+                    strlen(table[i].key) == klen - slen &&
+                    strncmp(table[i].key, key, klen - slen) == 0)
+                    return on_file_key(ctx, &table[i], i, key, value, secname);
+        }
+    }
     if (i == len) {
         fail(ctx, -EINVAL, ctx->line, key, "unknown key in %s", secname);
         return 0;
@@ -1094,6 +1203,12 @@ static int on_key(void *user, const char *section, const char *key, const char *
     const struct imf_option *opt = &table[i];
     if (lines[i] != 0) {
         fail(ctx, -EINVAL, ctx->line, key, "set twice in %s (first on line %u)", secname, lines[i]);
+        return 0;
+    }
+    if ((opt->flags & IMF_CF_FILE) && value[0] != '\0' && ctx->file_lines[i] != 0 &&
+        *(char **)((char *)base + opt->offset) != NULL) {
+        fail(ctx, -EINVAL, ctx->line, key, "%s_file is set too (line %u); set only one of them",
+             key, ctx->file_lines[i]);
         return 0;
     }
     lines[i] = ctx->line;
@@ -1213,6 +1328,29 @@ static void check_whole(struct parse_ctx *ctx)
         }
     }
 
+    /* TLS 1.0 and 1.1 have none of the AEAD suites: without the CBC ones
+     * such a client could never agree on a cipher. */
+    if (cfg->min_version < TLS1_2_VERSION && !cfg->legacy_ciphers) {
+        fail(ctx, -EINVAL, ctx->key_lines[option_index("tls", "min_version")], "min_version",
+             "TLS 1.0 and 1.1 need legacy_ciphers = on (they have no AEAD cipher suites)");
+        return;
+    }
+
+    size_t allow_row = option_index("admin", "allow_from");
+    if (cfg->admin_allow_from != NULL) {
+        const char *bad = NULL;
+        size_t bad_len = 0;
+        int n = imf_cidr_parse_list(cfg->admin_allow_from, cfg->admin_allow, IMF_PROXY_FROM_MAX,
+                                    &bad, &bad_len);
+        if (n < 0) {
+            fail(ctx, -EINVAL, ctx->key_lines[allow_row], "allow_from",
+                 "\"%.*s\" is not an address or CIDR range (at most %d entries)", (int)bad_len, bad,
+                 IMF_PROXY_FROM_MAX);
+            return;
+        }
+        cfg->admin_allow_len = (size_t)n;
+    }
+
     size_t admin_row = option_index("admin", "address");
     for (size_t a = 0; a < cfg->listeners_len; a++) {
         if (same_endpoint(&cfg->listeners[a].address, &cfg->admin_address)) {
@@ -1248,10 +1386,13 @@ static void check_whole(struct parse_ctx *ctx)
         for (size_t k = 0; k < ARRAY_SIZE(keys); k++) {
             size_t row = option_index("backend", keys[k]);
             unsigned line = ctx->key_lines[row];
+            if (ctx->from_file[row])
+                line = ctx->file_lines[row];
             if (values[k] == NULL) {
                 fail(ctx, -EINVAL,
                      line != 0 ? line : ctx->key_lines[option_index("backend", "check")], keys[k],
-                     "required by check = login");
+                     "required by check = login%s",
+                     (imf_options[row].flags & IMF_CF_FILE) ? " (or its _file form)" : "");
                 return;
             }
             if (strlen(values[k]) > 1000) {

@@ -15,15 +15,22 @@
 #include <uv.h>
 
 #include "imapfront/admin.h"
+#include "imapfront/backend.h"
+#include "imapfront/certwatch.h"
 #include "imapfront/check.h"
 #include "imapfront/config.h"
 #include "imapfront/log.h"
+#include "imapfront/notify.h"
+#include "imapfront/proxy_proto.h"
 #include "imapfront/tls.h"
 #include "imapfront/worker.h"
 
 #ifndef IMF_VERSION
 #define IMF_VERSION "0.1.0"
 #endif
+
+/* How often STATUS= goes to the service manager (only under systemd). */
+#define IMF_NOTIFY_STATUS_MS 5000
 
 struct imf_main {
     uv_loop_t *loop;
@@ -39,7 +46,10 @@ struct imf_main {
     uv_mutex_t cfg_lock;   /* guards cfg against the admin thread */
     struct imf_admin_view admin_view;
     struct imf_admin *admin;
-    struct imf_checker *checker; /* [backend] check, on this loop */
+    struct imf_checker *checker;     /* [backend] check, on this loop */
+    struct imf_notify notify;        /* sd_notify, off without $NOTIFY_SOCKET */
+    uv_timer_t status_timer;         /* STATUS= every IMF_NOTIFY_STATUS_MS */
+    struct imf_certwatch *certwatch; /* reloads the certificates when their files change */
 };
 
 /* For the admin thread: the current snapshot, referenced. */
@@ -50,6 +60,66 @@ static struct imf_config *current_config(void *arg)
     struct imf_config *cfg = imf_config_ref(m->cfg);
     uv_mutex_unlock(&m->cfg_lock);
     return cfg;
+}
+
+/* The same with the TLS context built from it. */
+static void current_tls(void *arg, struct imf_config **out_cfg, SSL_CTX **out_ctx)
+{
+    struct imf_main *m = arg;
+    uv_mutex_lock(&m->cfg_lock);
+    *out_cfg = imf_config_ref(m->cfg);
+    SSL_CTX_up_ref(m->ssl_ctx);
+    *out_ctx = m->ssl_ctx;
+    uv_mutex_unlock(&m->cfg_lock);
+}
+
+/* Settings that are allowed but weaken something: said at start and at
+ * each reload, so that they are not forgotten. */
+static void warn_weak_settings(const struct imf_config *cfg)
+{
+    if (cfg->min_version < TLS1_2_VERSION)
+        imf_warn("tls",
+                 "[tls] min_version = %s: clients may use TLS %s, which is deprecated "
+                 "(RFC 8996); raise it once the old clients are gone",
+                 cfg->min_version == TLS1_VERSION ? "1.0" : "1.1",
+                 cfg->min_version == TLS1_VERSION ? "1.0 and 1.1" : "1.1");
+    if (cfg->legacy_ciphers)
+        imf_warn("tls", "[tls] legacy_ciphers = on: CBC cipher suites are offered to clients "
+                        "that lack AEAD ones");
+    if (cfg->admin_address.len != 0 && cfg->admin_allow_len == 0) {
+        struct imf_config_cidr loopback[2];
+        const char *bad;
+        size_t bad_len;
+        int n = imf_cidr_parse_list("127.0.0.0/8, ::1", loopback, 2, &bad, &bad_len);
+        if (n > 0 &&
+            !imf_cidr_match(loopback, (size_t)n, (const struct sockaddr *)&cfg->admin_address.ss))
+            imf_warn("admin",
+                     "[admin] address %s is not a loopback address and allow_from is empty: "
+                     "anyone who can reach it may read /metrics",
+                     cfg->admin_address.text);
+    }
+}
+
+/* STATUS= for `systemctl status`: what an operator looks at first. */
+static void send_status(struct imf_main *m, const char *prefix)
+{
+    uint64_t active = 0;
+    for (unsigned i = 0; i < m->workers_len; i++)
+        active += atomic_load(&m->workers[i].stats.sessions_active);
+    struct imf_backend_info info[IMF_BACKEND_MAX];
+    size_t n = imf_backend_info(m->cfg, info, IMF_BACKEND_MAX), up = 0;
+    for (size_t i = 0; i < n; i++)
+        up += !info[i].down;
+    char text[256];
+    snprintf(text, sizeof(text), "%sSTATUS=%" PRIu64 " session%s open, %zu of %zu backend%s up%s",
+             prefix, active, active == 1 ? "" : "s", up, n, n == 1 ? "" : "s",
+             m->stopping ? ", draining" : "");
+    imf_notify_send(&m->notify, text);
+}
+
+static void on_status_timer(uv_timer_t *t)
+{
+    send_status(t->data, "");
 }
 
 static void usage(FILE *f)
@@ -110,20 +180,33 @@ static bool same_admin(const struct imf_config *a, const struct imf_config *b)
            (a->admin_address.len == 0 || strcmp(a->admin_address.text, b->admin_address.text) == 0);
 }
 
-/* SIGHUP: a new snapshot of the file and the certificates it names, for new
- * sessions; running sessions keep theirs. Anything wrong keeps the old. */
-static void reload(struct imf_main *m)
+enum reload_what {
+    RELOAD_ALL,   /* SIGHUP: the file and the certificates it names */
+    RELOAD_CERTS, /* the certificate files changed: the same file, new certificates */
+};
+
+/* A new snapshot for new sessions; running sessions keep theirs. Anything
+ * wrong keeps the old. SIGHUP and the certificate watcher both come here. */
+static void reload(struct imf_main *m, enum reload_what what)
 {
     char err[512];
     struct imf_config *cfg = NULL;
     SSL_CTX *ctx = NULL;
-    if (imf_config_load(m->path, &cfg, err, sizeof(err)) != 0) {
+    if (what == RELOAD_CERTS) {
+        cfg = imf_config_ref(m->cfg);
+    } else if (imf_config_load(m->path, &cfg, err, sizeof(err)) != 0) {
         imf_error("main", "reload failed, the running configuration stays: %s", err);
         return;
     }
     if (imf_tls_ctx_new(cfg, &ctx, err, sizeof(err)) != 0) {
-        imf_error("main", "reload failed, the running configuration stays: %s", err);
+        if (what == RELOAD_CERTS)
+            imf_error("tls", "certificate reload failed, the running certificates stay: %s", err);
+        else
+            imf_error("main", "reload failed, the running configuration stays: %s", err);
         imf_config_unref(cfg);
+        /* A file replaced by a rename is a new inode: watch the new ones,
+         * so that the next (fixed) version is seen too. */
+        imf_certwatch_update(m->certwatch, m->cfg);
         return;
     }
     if (!same_listeners(m->cfg, cfg)) {
@@ -139,20 +222,38 @@ static void reload(struct imf_main *m)
         imf_warn("main", "reload: [proxy] workers changed; that needs a restart (still %u)",
                  m->workers_len);
     imf_log_setup((enum imf_log_level)cfg->log_level, (enum imf_log_format)cfg->log_format);
+    if (what == RELOAD_ALL)
+        warn_weak_settings(cfg);
     for (unsigned i = 0; i < m->workers_len; i++)
         imf_worker_reload(&m->workers[i], cfg, ctx);
     imf_checker_reload(m->checker, cfg);
     if (!same_admin(m->cfg, cfg))
         imf_warn("main", "reload: [admin] address changed; that needs a restart (still %s)",
                  m->cfg->admin_address.len != 0 ? m->cfg->admin_address.text : "off");
+    else if (cfg->admin_max_connections != m->cfg->admin_max_connections ||
+             cfg->admin_timeout_ms != m->cfg->admin_timeout_ms)
+        imf_warn("main", "reload: [admin] max_connections or timeout changed; that needs a "
+                         "restart");
     uv_mutex_lock(&m->cfg_lock);
     struct imf_config *old = m->cfg;
+    SSL_CTX *old_ctx = m->ssl_ctx;
     m->cfg = cfg;
+    m->ssl_ctx = ctx;
     uv_mutex_unlock(&m->cfg_lock);
     imf_config_unref(old);
-    SSL_CTX_free(m->ssl_ctx);
-    m->ssl_ctx = ctx;
-    imf_info("main", "configuration reloaded from %s; new sessions use it", m->path);
+    SSL_CTX_free(old_ctx);
+    imf_certwatch_update(m->certwatch, cfg);
+    if (what == RELOAD_CERTS)
+        imf_info("tls", "certificates reloaded from their files; new sessions use them");
+    else
+        imf_info("main", "configuration reloaded from %s; new sessions use it", m->path);
+}
+
+static void on_certs_changed(void *arg)
+{
+    struct imf_main *m = arg;
+    if (!m->stopping)
+        reload(m, RELOAD_CERTS);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -163,12 +264,20 @@ static void on_signal(uv_signal_t *h, int signum)
         return;
     }
     if (signum == SIGHUP) {
-        if (!m->stopping)
-            reload(m);
+        if (!m->stopping) {
+            char text[96];
+            imf_notify_reloading_text(text, sizeof(text));
+            imf_notify_send(&m->notify, text);
+            reload(m, RELOAD_ALL);
+            /* READY=1 also after a failed reload: the old snapshot serves. */
+            send_status(m, "READY=1\n");
+        }
         return;
     }
     /* The first SIGTERM/SIGINT drains; a second one stops at once. */
     bool now = m->stopping;
+    if (!now)
+        imf_notify_send(&m->notify, "STOPPING=1");
     m->stopping = true;
     atomic_store(&m->draining, true);
     imf_info("main", "%s: %s", strsignal(signum),
@@ -189,6 +298,9 @@ static void on_worker_done(uv_async_t *a)
     uv_close((uv_handle_t *)&m->sig_usr1, NULL);
     uv_close((uv_handle_t *)&m->sig_hup, NULL);
     uv_close((uv_handle_t *)&m->workers_done, NULL);
+    uv_close((uv_handle_t *)&m->status_timer, NULL);
+    imf_certwatch_free(m->certwatch);
+    m->certwatch = NULL;
     imf_checker_stop(m->checker);
 }
 
@@ -207,7 +319,8 @@ static int watch_signal(struct imf_main *m, uv_signal_t *h, int signum)
  * we may); warns when the limit stays below that. */
 static void raise_fd_limit(const struct imf_config *cfg, unsigned workers)
 {
-    rlim_t need = (rlim_t)cfg->max_connections * 2 + cfg->listeners_len * workers + 64;
+    rlim_t need = (rlim_t)cfg->max_connections * 2 + cfg->listeners_len * workers + 64 +
+                  (cfg->admin_address.len != 0 ? cfg->admin_max_connections : 0);
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= need)
         return;
@@ -325,6 +438,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check_only) {
+        warn_weak_settings(m.cfg);
         printf("%s: configuration ok\n", path);
         SSL_CTX_free(m.ssl_ctx);
         imf_config_unref(m.cfg);
@@ -332,6 +446,9 @@ int main(int argc, char **argv)
     }
 
     signal(SIGPIPE, SIG_IGN);
+    rc = imf_notify_open(&m.notify);
+    if (rc != 0)
+        imf_warn("main", "NOTIFY_SOCKET: cannot notify the service manager: %s", strerror(-rc));
     m.loop = uv_default_loop();
     m.workers_len = m.cfg->workers != 0 ? m.cfg->workers : uv_available_parallelism();
     if (m.workers_len == 0)
@@ -375,10 +492,10 @@ int main(int argc, char **argv)
         m.admin_view = (struct imf_admin_view){.workers = m.workers,
                                                .workers_len = m.workers_len,
                                                .config_ref = current_config,
+                                               .tls_ref = current_tls,
                                                .arg = &m,
                                                .draining = &m.draining};
-        if (imf_admin_start(&m.cfg->admin_address, &m.admin_view, &m.admin, err, sizeof(err)) !=
-            0) {
+        if (imf_admin_start(m.cfg, &m.admin_view, &m.admin, err, sizeof(err)) != 0) {
             imf_error("admin", "%s: %s", path, err);
             return 1;
         }
@@ -397,11 +514,24 @@ int main(int argc, char **argv)
         imf_error("backend", "cannot start the health checks: %s", uv_strerror(rc));
         return 1;
     }
+    rc = imf_certwatch_new(m.loop, on_certs_changed, &m, &m.certwatch);
+    if (rc != 0) {
+        imf_error("tls", "cannot watch the certificate files: %s", uv_strerror(rc));
+        return 1;
+    }
+    imf_certwatch_update(m.certwatch, m.cfg);
+    uv_timer_init(m.loop, &m.status_timer);
+    m.status_timer.data = &m;
+    if (imf_notify_enabled(&m.notify))
+        uv_timer_start(&m.status_timer, on_status_timer, IMF_NOTIFY_STATUS_MS,
+                       IMF_NOTIFY_STATUS_MS);
+    warn_weak_settings(m.cfg);
     if (m.cfg->literal_crlf_split && m.cfg->pipelining)
         imf_warn("main", "[backend] literal_crlf_split works only with pipelining = off: a "
                          "backend busy with earlier commands reads the two writes at once");
     imf_info("main", "imapfront %s started: %u worker%s, backend %s", IMF_VERSION, m.workers_len,
              m.workers_len == 1 ? "" : "s", m.cfg->servers[0].text);
+    send_status(&m, "READY=1\n");
     uv_run(m.loop, UV_RUN_DEFAULT);
     imf_admin_stop(m.admin);
     for (unsigned w = 0; w < m.workers_len; w++)
@@ -411,6 +541,7 @@ int main(int argc, char **argv)
     SSL_CTX_free(m.ssl_ctx);
     imf_config_unref(m.cfg);
     uv_loop_close(m.loop);
+    imf_notify_close(&m.notify);
     imf_info("main", "stopped");
     return 0;
 }

@@ -180,6 +180,30 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
         }
     }
 
+    if (view->tls_ref != NULL) {
+        struct imf_config *tcfg;
+        SSL_CTX *ctx;
+        view->tls_ref(view->arg, &tcfg, &ctx);
+        size_t max = 1 + tcfg->certs_len;
+        struct imf_tls_cert_info *ci = calloc(max, sizeof(*ci));
+        if (ci == NULL) {
+            o.failed = true;
+        } else {
+            size_t n = imf_tls_ctx_certs(ctx, tcfg, ci, max);
+            head(&o, "imapfront_certificate_expiry_timestamp_seconds", "gauge",
+                 "notAfter of each certificate served, in seconds since the epoch.");
+            for (size_t i = 0; i < n; i++)
+                emit(&o,
+                     "imapfront_certificate_expiry_timestamp_seconds{certificate=\"%s\","
+                     "file=\"%s\"} %" PRId64 "\n",
+                     label(ci[i].name, l1, sizeof(l1)), label(ci[i].file, l2, sizeof(l2)),
+                     ci[i].not_after);
+            free(ci);
+        }
+        SSL_CTX_free(ctx);
+        imf_config_unref(tcfg);
+    }
+
     struct imf_backend_info info[IMF_BACKEND_MAX];
     size_t nb = imf_backend_info(cfg, info, IMF_BACKEND_MAX);
     head(&o, "imapfront_backend_connects_total", "counter",

@@ -2,6 +2,7 @@
 #include "imapfront/tls.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <pthread.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "imapfront/log.h"
 #include "imapfront/util.h"
@@ -21,6 +23,17 @@ static const char tls12_ciphers[] = "ECDHE-ECDSA-AES128-GCM-SHA256:"
                                     "ECDHE-RSA-CHACHA20-POLY1305:"
                                     "ECDHE-ECDSA-AES256-GCM-SHA384:"
                                     "ECDHE-RSA-AES256-GCM-SHA384";
+
+/* [tls] legacy_ciphers = on: the CBC suites that clients without AEAD
+ * (Outlook 2007/2010 on old Windows, Android 4, old Java) offer, still
+ * ECDHE (forward secret) and after the AEAD ones in preference. */
+static const char legacy_ciphers[] = "ECDHE-ECDSA-AES128-SHA:"
+                                     "ECDHE-RSA-AES128-SHA:"
+                                     "ECDHE-ECDSA-AES256-SHA:"
+                                     "ECDHE-RSA-AES256-SHA";
+
+/* A certificate that expires within this many days is logged at load. */
+#define IMF_TLS_EXPIRY_WARN_DAYS 14
 
 static BIO_METHOD *chain_method;
 static pthread_once_t chain_method_once = PTHREAD_ONCE_INIT;
@@ -163,7 +176,10 @@ static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg, const struc
         err_from_queue(err, err_len, "min_version", NULL);
         return -EINVAL;
     }
-    if (!SSL_CTX_set_strict_cipher_list(ctx, tls12_ciphers)) {
+    char ciphers[sizeof(tls12_ciphers) + sizeof(legacy_ciphers) + 1];
+    snprintf(ciphers, sizeof(ciphers), "%s%s%s", tls12_ciphers, cfg->legacy_ciphers ? ":" : "",
+             cfg->legacy_ciphers ? legacy_ciphers : "");
+    if (!SSL_CTX_set_strict_cipher_list(ctx, ciphers)) {
         err_from_queue(err, err_len, "cipher list", NULL);
         return -EINVAL;
     }
@@ -174,13 +190,29 @@ static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg, const struc
     }
     errno = 0;
     if (SSL_CTX_use_PrivateKey_file(ctx, src->key, SSL_FILETYPE_PEM) != 1) {
-        file_error(err, err_len, cfg, src->key_line, "private_key", "cannot load", src->key);
+        /* BoringSSL checks the pair here already: say so in words. */
+        bool mismatch = ERR_GET_REASON(ERR_peek_error()) == X509_R_KEY_VALUES_MISMATCH;
+        file_error(err, err_len, cfg, src->key_line, "private_key",
+                   mismatch ? "does not match the certificate:" : "cannot load", src->key);
         return -EINVAL;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
         file_error(err, err_len, cfg, src->key_line, "private_key",
                    "does not match the certificate:", src->key);
         return -EINVAL;
+    }
+    int64_t not_after;
+    if (imf_tls_not_after(SSL_CTX_get0_certificate(ctx), &not_after) == 0) {
+        int64_t left = not_after - (int64_t)time(NULL);
+        if (left < (int64_t)IMF_TLS_EXPIRY_WARN_DAYS * 86400) {
+            char when[32] = "?";
+            time_t t = (time_t)not_after;
+            struct tm tm;
+            if (gmtime_r(&t, &tm) != NULL)
+                strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+            imf_warn("tls", "%s:%u: certificate: %s %s %s (notAfter)", cfg->path, src->cert_line,
+                     src->cert, left <= 0 ? "expired on" : "expires within 14 days, on", when);
+        }
     }
     /* No renegotiation is BoringSSL's default for servers. Tickets: BoringSSL
      * rotates its own ticket keys; off means full handshakes only. */
@@ -201,6 +233,8 @@ static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg, const struc
 /* The SNI table hangs off the default context (ex_data, freed with it). */
 struct sni_entry {
     SSL_CTX *ctx;
+    char name[64];     /* NAME of [certificate.NAME] */
+    char *cert_path;   /* for the expiry metric */
     const char *names; /* borrowed from the config snapshot, see below */
     char *names_copy;
 };
@@ -221,6 +255,7 @@ static void sni_table_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int inde
     for (size_t i = 0; i < t->len; i++) {
         SSL_CTX_free(t->entries[i].ctx);
         free(t->entries[i].names_copy);
+        free(t->entries[i].cert_path);
     }
     free(t);
 }
@@ -302,8 +337,10 @@ int imf_tls_ctx_new(const struct imf_config *cfg, SSL_CTX **out_ctx, char *err, 
             /* The context outlives no config snapshot it was built from,
              * but keep our own copy of the names anyway: cheap and safe. */
             e->names_copy = strdup(cc->server_names);
+            e->cert_path = strdup(cc->certificate);
+            snprintf(e->name, sizeof(e->name), "%s", cc->name);
             e->ctx = SSL_CTX_new(TLS_method());
-            if (e->names_copy == NULL || e->ctx == NULL) {
+            if (e->names_copy == NULL || e->cert_path == NULL || e->ctx == NULL) {
                 t->len = i + 1;
                 snprintf(err, err_len, "out of memory");
                 rc = -ENOMEM;
@@ -325,6 +362,63 @@ int imf_tls_ctx_new(const struct imf_config *cfg, SSL_CTX **out_ctx, char *err, 
 fail:
     SSL_CTX_free(ctx);
     return rc;
+}
+
+int imf_tls_not_after(const X509 *cert, int64_t *out_time)
+{
+    if (cert == NULL)
+        return -EINVAL;
+    /* This BoringSSL has no ASN1_TIME_to_posix: read the GeneralizedTime
+     * form, "YYYYMMDDHHMMSSZ", ourselves. */
+    ASN1_GENERALIZEDTIME *g = ASN1_TIME_to_generalizedtime(X509_get0_notAfter(cert), NULL);
+    if (g == NULL)
+        return -EINVAL;
+    const unsigned char *d = ASN1_STRING_get0_data(g);
+    int len = ASN1_STRING_length(g);
+    int f[6] = {0};
+    static const int width[6] = {4, 2, 2, 2, 2, 2};
+    int pos = 0, rc = 0;
+    for (int i = 0; i < 6 && rc == 0; i++) {
+        for (int k = 0; k < width[i]; k++, pos++) {
+            if (pos >= len || d[pos] < '0' || d[pos] > '9') {
+                rc = -EINVAL;
+                break;
+            }
+            f[i] = f[i] * 10 + (d[pos] - '0');
+        }
+    }
+    if (rc == 0 && (pos >= len || d[pos] != 'Z'))
+        rc = -EINVAL;
+    ASN1_GENERALIZEDTIME_free(g);
+    if (rc != 0)
+        return rc;
+    struct tm tm = {.tm_year = f[0] - 1900,
+                    .tm_mon = f[1] - 1,
+                    .tm_mday = f[2],
+                    .tm_hour = f[3],
+                    .tm_min = f[4],
+                    .tm_sec = f[5]};
+    *out_time = (int64_t)timegm(&tm);
+    return 0;
+}
+
+size_t imf_tls_ctx_certs(SSL_CTX *ctx, const struct imf_config *cfg, struct imf_tls_cert_info *out,
+                         size_t max)
+{
+    size_t n = 0;
+    if (max == 0)
+        return 0;
+    out[n] = (struct imf_tls_cert_info){.name = "tls", .file = cfg->certificate};
+    if (imf_tls_not_after(SSL_CTX_get0_certificate(ctx), &out[n].not_after) == 0)
+        n++;
+    const struct sni_table *t = sni_index >= 0 ? SSL_CTX_get_ex_data(ctx, sni_index) : NULL;
+    for (size_t i = 0; t != NULL && i < t->len && n < max; i++) {
+        out[n] =
+            (struct imf_tls_cert_info){.name = t->entries[i].name, .file = t->entries[i].cert_path};
+        if (imf_tls_not_after(SSL_CTX_get0_certificate(t->entries[i].ctx), &out[n].not_after) == 0)
+            n++;
+    }
+    return n;
 }
 
 SSL *imf_tls_conn_new(SSL_CTX *ctx, struct imf_tls_io *io)

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <openssl/ssl.h>
+
 #include "imapfront/config.h"
 #include "imapfront/worker.h"
 
@@ -19,15 +21,20 @@ struct imf_admin_view {
     unsigned workers_len;
     /* Returns the current snapshot with a reference the caller drops. */
     struct imf_config *(*config_ref)(void *arg);
+    /* The current snapshot and the TLS context built from it, both
+     * referenced (imf_config_unref, SSL_CTX_free). NULL: no TLS metrics. */
+    void (*tls_ref)(void *arg, struct imf_config **out_cfg, SSL_CTX **out_ctx);
     void *arg;
     const _Atomic bool *draining;
 };
 
 struct imf_admin;
 
-/* Starts serving on addr. Returns 0 or a negative errno with err set. The
- * view must outlive the server. */
-int imf_admin_start(const struct imf_sockaddr *addr, const struct imf_admin_view *view,
+/* Starts serving on cfg's [admin] address, with its connection limit and
+ * timeout (read now: a reload does not change them) and its allow_from
+ * (read from view's current snapshot at each connection). Returns 0 or a
+ * negative errno with err set. The view must outlive the server. */
+int imf_admin_start(const struct imf_config *cfg, const struct imf_admin_view *view,
                     struct imf_admin **out_admin, char *err, size_t err_len);
 void imf_admin_stop(struct imf_admin *a);
 

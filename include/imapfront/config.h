@@ -107,7 +107,8 @@ struct imf_config {
     char *certificate;
     char *private_key;
     unsigned certificate_line, private_key_line; /* where they were written, for errors */
-    uint16_t min_version;                        /* TLS1_2_VERSION or TLS1_3_VERSION */
+    uint16_t min_version;                        /* TLS1_VERSION .. TLS1_3_VERSION */
+    bool legacy_ciphers;                         /* add ECDHE CBC suites for old clients */
     bool session_tickets;
     uint64_t handshake_timeout_ms;
 
@@ -130,7 +131,7 @@ struct imf_config {
     uint64_t check_interval_ms; /* a check of every server this often */
     uint64_t check_timeout_ms;  /* a check taking longer fails */
     char *check_user;           /* check = login: the service account */
-    char *check_password;       /* never logged */
+    char *check_password;       /* never logged; or read from check_password_file */
     char *check_mailbox;        /* check = login: EXAMINEd by the check */
     uint64_t idle_refresh_ms;   /* 0 = never: re-issue a client's IDLE to the backend this often */
     uint64_t poll_interval_ms;  /* idle = poll: NOOP this often */
@@ -150,6 +151,11 @@ struct imf_config {
 
     /* [admin] */
     struct imf_sockaddr admin_address; /* admin_address.len == 0: off */
+    char *admin_allow_from;            /* as written; NULL when empty (anyone) */
+    struct imf_config_cidr admin_allow[IMF_PROXY_FROM_MAX]; /* parsed */
+    size_t admin_allow_len;
+    uint32_t admin_max_connections;
+    uint64_t admin_timeout_ms;
 
     _Atomic int refs; /* private: see imf_config_ref/unref */
 };

@@ -8,6 +8,7 @@
 
 #include <openssl/ssl.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "imapfront/chain.h"
 #include "imapfront/config.h"
@@ -28,6 +29,23 @@ struct imf_tls_io {
  * context in *out_ctx (the caller owns one reference); on failure a negative
  * code and a message in err. */
 int imf_tls_ctx_new(const struct imf_config *cfg, SSL_CTX **out_ctx, char *err, size_t err_len);
+
+/* notAfter of cert as seconds since the epoch. 0, or -EINVAL when cert is
+ * NULL or its time cannot be read. */
+int imf_tls_not_after(const X509 *cert, int64_t *out_time);
+
+/* One certificate of a context, for the expiry metric. */
+struct imf_tls_cert_info {
+    const char *name; /* "tls" for [tls], else NAME of [certificate.NAME] */
+    const char *file; /* the certificate file */
+    int64_t not_after;
+};
+
+/* Fills out (at most max) with the certificates of ctx, a context built by
+ * imf_tls_ctx_new from cfg: [tls] first, then [certificate.NAME] in file
+ * order. The strings are borrowed from cfg and ctx. Returns the count. */
+size_t imf_tls_ctx_certs(SSL_CTX *ctx, const struct imf_config *cfg, struct imf_tls_cert_info *out,
+                         size_t max);
 
 /* True when host matches an entry of list ("mail.example.org, *.example.org";
  * a "*." entry stands for exactly one leftmost label). Case-insensitive. */

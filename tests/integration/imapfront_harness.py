@@ -71,14 +71,14 @@ def tcp_listening(port):
     return False
 
 
-def make_cert(directory, name="server"):
+def make_cert(directory, name="server", days=30):
     """A self-signed ECDSA P-256 certificate for localhost / 127.0.0.1 made
-    by the openssl CLI; returns (cert_path, key_path)."""
+    by the openssl CLI, valid for `days`; returns (cert_path, key_path)."""
     cert = os.path.join(directory, name + "-cert.pem")
     key = os.path.join(directory, name + "-key.pem")
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
+         "-nodes", "-keyout", key, "-out", cert, "-days", str(days), "-subj", "/CN=localhost",
          "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
     return cert, key
@@ -308,11 +308,11 @@ class Proxy(_Child):
     TLS listener on 127.0.0.1 (port chosen by the kernel, learned from the
     "listening name=imaps address=..." log line), the test certificate, and
     backend_port as its only backend. `extra` adds or overrides keys:
-    {"imap": {"buffer_limit": "256k"}}."""
+    {"imap": {"buffer_limit": "256k"}}. `env` adds environment variables."""
 
     name = "imapfront"
 
-    def __init__(self, workdir, cert, key, backend_port, extra=None, label="proxy"):
+    def __init__(self, workdir, cert, key, backend_port, extra=None, label="proxy", env=None):
         self.dir = tempfile.mkdtemp(prefix=label + "-", dir=workdir)
         sections = {
             "proxy": {"workers": "1", "log_level": "info"},
@@ -328,7 +328,8 @@ class Proxy(_Child):
         self.log = LogFile(os.path.join(self.dir, "imapfront.log"))
         with open(self.log.path, "wb") as out:
             self.proc = subprocess.Popen([BIN, "-c", self.ini], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=out, cwd=self.dir)
+                                         stdout=out, stderr=out, cwd=self.dir,
+                                         env=dict(os.environ, **(env or {})))
         self.pid = self.proc.pid
         try:
             m = self.log.wait_for(r"listening name=imaps address=127\.0\.0\.1:(\d+)",

@@ -186,8 +186,7 @@ def test_config_and_certificate_mounts(docs, cluster_ini):
     cm = one(docs, "ConfigMap")
     assert volumes[m["name"]]["configMap"]["name"] == cm["metadata"]["name"]
     assert m["subPath"] in cm["data"]
-    secret = one(docs, "Secret")
-    assert secret["type"] == "kubernetes.io/tls"
+    secret = one([d for d in docs if d.get("type") == "kubernetes.io/tls"], "Secret")
     keys = set(secret.get("data", {})) | set(secret.get("stringData", {}))
     assert keys == {"tls.crt", "tls.key"}, keys
     cert, key = cluster_ini["tls"]["certificate"], cluster_ini["tls"]["private_key"]
@@ -196,6 +195,31 @@ def test_config_and_certificate_mounts(docs, cluster_ini):
     assert volumes[m["name"]]["secret"]["secretName"] == secret["metadata"]["name"]
     assert "subPath" not in m, "a subPath mount would never see a renewed certificate"
     assert {os.path.basename(cert), os.path.basename(key)} == keys
+
+
+def test_check_password_comes_from_a_secret(docs, cluster_ini):
+    """check_password_file names a key of an Opaque Secret mounted without
+    subPath, readable by the pod's group only; no password in the
+    ConfigMap."""
+    backend = cluster_ini["backend"]
+    assert "check_password" not in backend
+    path = backend["check_password_file"]
+    c = container(docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    m = {m["mountPath"]: m for m in c["volumeMounts"]}[os.path.dirname(path)]
+    assert "subPath" not in m and m["readOnly"]
+    vol = volumes[m["name"]]["secret"]
+    secret = [d for d in docs if d["kind"] == "Secret"
+              and d["metadata"]["name"] == vol["secretName"]]
+    assert len(secret) == 1 and secret[0]["type"] == "Opaque", secret
+    assert os.path.basename(path) in secret[0].get("stringData", secret[0].get("data", {}))
+    assert vol["defaultMode"] & 0o007 == 0, "the password must not be world-readable"
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_admin_endpoint_names_who_may_connect(cluster_ini):
+    assert cluster_ini["admin"]["allow_from"].strip()
 
 
 def test_service_sends_proxy_protocol_to_the_listener(docs, cluster_ini):
@@ -221,6 +245,10 @@ def checks_ok(text, cert):
     text = re.sub(r"(?m)^(certificate\s*=\s*)\S+", lambda m: m.group(1) + cert[0], text)
     text = re.sub(r"(?m)^(private_key\s*=\s*)\S+", lambda m: m.group(1) + cert[1], text)
     d = tempfile.mkdtemp(prefix="manifest-")
+    secret = os.path.join(d, "secret")
+    with open(secret, "w") as f:
+        f.write("placeholder\n")
+    text = re.sub(r"(?m)^(\w+_file\s*=\s*)\S+", lambda m: m.group(1) + secret, text)
     try:
         path = os.path.join(d, "proxy.ini")
         with open(path, "w") as f:

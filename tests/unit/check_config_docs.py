@@ -120,8 +120,16 @@ def read_table(path):
                 "required": "IMF_CF_REQUIRED" in flags,
                 "not_yet": "IMF_CF_NOT_YET" in flags,
                 "auto": "IMF_CF_AUTO" in flags,
+                "file": "IMF_CF_FILE" in flags,
                 "where": "%s:%d" % (os.path.basename(path), lineno),
             })
+    # A row flagged IMF_CF_FILE has a second key, KEY_file: a string
+    # naming the file the value is read from.
+    for r in list(rows):
+        if r["file"]:
+            rows.append(dict(r, key=r["key"] + "_file", type="STRING", default="", min=0, max=0,
+                             choices="NULL", required=False, not_yet=False, auto=False,
+                             file=False))
     for r in rows:
         if r["type"] == "ENUM":
             if r["choices"] not in choices:

@@ -348,8 +348,157 @@ static void test_enum(void **state)
                       "t.ini:9: log_level: \"loud\" is not one of error, warn, info, debug");
     expect_base_error("[proxy]\nlog_format = xml\n",
                       "t.ini:9: log_format: \"xml\" is not one of text, json");
-    expect_error("[tls]\nmin_version = 1.1\n",
-                 "t.ini:2: min_version: \"1.1\" is not one of 1.2, 1.3");
+    expect_error("[tls]\nmin_version = 1.4\n",
+                 "t.ini:2: min_version: \"1.4\" is not one of 1.0, 1.1, 1.2, 1.3");
+}
+
+/* Old clients on request only: TLS 1.0/1.1 need the CBC suites too, and
+ * asking for one without the other is an error rather than a proxy that
+ * no old client can agree with. */
+static void test_legacy_tls(void **state)
+{
+    (void)state;
+#define TLS_HEAD                                                                   \
+    "[listen.a]\naddress = 127.0.0.1:0\n[backend]\nservers = 127.0.0.1:1\n[tls]\n" \
+    "certificate = c\nprivate_key = k\n"
+    struct imf_config *cfg = parse_ok(TLS_HEAD "min_version = 1.0\nlegacy_ciphers = on\n");
+    assert_int_equal(cfg->min_version, TLS1_VERSION);
+    assert_true(cfg->legacy_ciphers);
+    imf_config_unref(cfg);
+    cfg = parse_ok(TLS_HEAD "min_version = 1.1\nlegacy_ciphers = on\n");
+    assert_int_equal(cfg->min_version, TLS1_1_VERSION);
+    imf_config_unref(cfg);
+    cfg = parse_ok(TLS_HEAD "legacy_ciphers = yes\n"); /* CBC for TLS 1.2 clients */
+    assert_int_equal(cfg->min_version, TLS1_2_VERSION);
+    assert_true(cfg->legacy_ciphers);
+    imf_config_unref(cfg);
+    cfg = parse_ok(TLS_HEAD);
+    assert_false(cfg->legacy_ciphers);
+    imf_config_unref(cfg);
+    expect_error(TLS_HEAD "min_version = 1.1\n",
+                 "t.ini:8: min_version: TLS 1.0 and 1.1 need legacy_ciphers = on (they have no "
+                 "AEAD cipher suites)");
+#undef TLS_HEAD
+}
+
+/* A file in a fresh temporary directory, holding len bytes of text;
+ * the path goes into out (the caller removes it). */
+static void write_temp(char *out, size_t out_len, const char *dir, const char *name,
+                       const char *text, size_t len)
+{
+    snprintf(out, out_len, "%s/%s", dir, name);
+    FILE *f = fopen(out, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(text, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* check_password_file: the secret comes from a file (less one trailing
+ * newline), exactly one of the two forms is set, and no error message
+ * ever quotes the secret. */
+static void test_secret_files(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/imf-test-secret-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char pw[256], crlf[256], two[256], empty[256], nl[256], nul[256], text[1024], want[1024];
+    write_temp(pw, sizeof(pw), dir, "pw", "s3cret-Value\n", 13);
+    write_temp(crlf, sizeof(crlf), dir, "crlf", "s3cret\r\n", 8);
+    write_temp(two, sizeof(two), dir, "two", "abc\n\n", 5);
+    write_temp(empty, sizeof(empty), dir, "empty", "", 0);
+    write_temp(nl, sizeof(nl), dir, "nl", "\n", 1);
+    write_temp(nul, sizeof(nul), dir, "nul", "a\0b", 3);
+
+    snprintf(text, sizeof(text), "check = login\ncheck_user = svc\ncheck_password_file = %s\n", pw);
+    struct imf_config *cfg = parse_base(text);
+    assert_string_equal(cfg->check_password, "s3cret-Value");
+    imf_config_unref(cfg);
+    snprintf(text, sizeof(text), "check_password_file = %s\n", crlf);
+    cfg = parse_base(text);
+    assert_string_equal(cfg->check_password, "s3cret");
+    imf_config_unref(cfg);
+    snprintf(text, sizeof(text), "check_password_file = %s\n", two); /* only one is stripped */
+    cfg = parse_base(text);
+    assert_string_equal(cfg->check_password, "abc\n");
+    imf_config_unref(cfg);
+    /* An empty value of either form counts as not set. */
+    snprintf(text, sizeof(text), "check_password =\ncheck_password_file = %s\n", pw);
+    cfg = parse_base(text);
+    assert_string_equal(cfg->check_password, "s3cret-Value");
+    imf_config_unref(cfg);
+    cfg = parse_base("check_password_file =\ncheck_password = inline\n");
+    assert_string_equal(cfg->check_password, "inline");
+    imf_config_unref(cfg);
+
+    /* Both forms: an error in either order, naming both and no secret. */
+    snprintf(text, sizeof(text), "check_password = inline\ncheck_password_file = %s\n", pw);
+    expect_base_error(text, "t.ini:9: check_password_file: check_password is set too (line 8); "
+                            "set only one of them");
+    snprintf(text, sizeof(text), "check_password_file = %s\ncheck_password = inline\n", pw);
+    expect_base_error(text, "t.ini:9: check_password: check_password_file is set too (line 8); "
+                            "set only one of them");
+    snprintf(text, sizeof(text), "check_password_file = %s\ncheck_password_file = %s\n", pw, pw);
+    expect_base_error(text, "t.ini:9: check_password_file: set twice in [backend] (first on "
+                            "line 8)");
+
+    /* Unreadable, empty, or not text: FILE:LINE: key: reason. */
+    snprintf(text, sizeof(text), "check_password_file = %s/missing\n", dir);
+    snprintf(want, sizeof(want),
+             "t.ini:8: check_password_file: cannot open %s/missing: No such file or directory",
+             dir);
+    expect_base_error(text, want);
+    snprintf(text, sizeof(text), "check_password_file = %s\n", empty);
+    snprintf(want, sizeof(want), "t.ini:8: check_password_file: %s is empty", empty);
+    expect_base_error(text, want);
+    snprintf(text, sizeof(text), "check_password_file = %s\n", nl);
+    snprintf(want, sizeof(want), "t.ini:8: check_password_file: %s is empty", nl);
+    expect_base_error(text, want);
+    snprintf(text, sizeof(text), "check_password_file = %s\n", nul);
+    snprintf(want, sizeof(want), "t.ini:8: check_password_file: %s contains a NUL byte", nul);
+    expect_base_error(text, want);
+    snprintf(text, sizeof(text), "check_password_file = %s\n", dir);
+    snprintf(want, sizeof(want), "t.ini:8: check_password_file: cannot read %s", dir);
+    expect_base_error(text, want);
+    /* A secret from a file that IMAP cannot quote is blamed on the
+     * _file line, without quoting it. */
+    snprintf(text, sizeof(text), "check = login\ncheck_user = svc\ncheck_password_file = %s\n",
+             two);
+    expect_base_error(text, "t.ini:10: check_password: holds CR, LF or an 8-bit character, which "
+                            "an IMAP quoted string cannot carry");
+    /* Only keys flagged as secrets have the form. */
+    expect_base_error("check_user_file = x\n",
+                      "t.ini:8: check_user_file: unknown key in [backend]");
+    expect_error("[tls]\ncertificate_file = x\n",
+                 "t.ini:2: certificate_file: unknown key in [tls]");
+
+    const char *files[] = {pw, crlf, two, empty, nl, nul};
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+        assert_int_equal(unlink(files[i]), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
+/* [admin] allow_from uses the CIDR parser of proxy_protocol_from. */
+static void test_admin_keys(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_base("[admin]\naddress = 127.0.0.1:9100\n"
+                                        "allow_from = 127.0.0.1, 10.0.0.0/8 ::1\n"
+                                        "max_connections = 500\ntimeout = 2s\n");
+    assert_int_equal(cfg->admin_allow_len, 3);
+    assert_int_equal(cfg->admin_allow[1].prefix, 8);
+    assert_int_equal(cfg->admin_max_connections, 500);
+    assert_int_equal(cfg->admin_timeout_ms, 2000);
+    imf_config_unref(cfg);
+    cfg = parse_base("");
+    assert_int_equal(cfg->admin_allow_len, 0);
+    assert_int_equal(cfg->admin_max_connections, 256);
+    assert_int_equal(cfg->admin_timeout_ms, 10000);
+    imf_config_unref(cfg);
+    expect_base_error("[admin]\nallow_from = 10.0.0.0/8, localhost\n",
+                      "t.ini:9: allow_from: \"localhost\" is not an address or CIDR range (at "
+                      "most 32 entries)");
+    expect_base_error("[admin]\ntimeout = 500ms\n",
+                      "t.ini:9: timeout: \"500ms\" is out of range (1s..1h)");
 }
 
 static void test_sockaddr(void **state)
@@ -734,7 +883,7 @@ static void test_check_keys(void **state)
     expect_base_error("check = login\ncheck_password = pw\n",
                       "t.ini:8: check_user: required by check = login");
     expect_base_error("check = login\ncheck_user = svc\n",
-                      "t.ini:8: check_password: required by check = login");
+                      "t.ini:8: check_password: required by check = login (or its _file form)");
     expect_base_error("check = login\ncheck_user = svc\ncheck_password = pw\ncheck_mailbox =\n",
                       "t.ini:11: check_mailbox: required by check = login");
     expect_base_error("check = login\ncheck_user = svc\ncheck_password = p\xc3\xa4ss\n",
@@ -951,6 +1100,9 @@ int main(void)
         cmocka_unit_test(test_certificate_sections),
         cmocka_unit_test(test_cross_checks),
         cmocka_unit_test(test_check_keys),
+        cmocka_unit_test(test_legacy_tls),
+        cmocka_unit_test(test_secret_files),
+        cmocka_unit_test(test_admin_keys),
         cmocka_unit_test(test_format_sockaddr),
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_err_buffers),

@@ -9,6 +9,10 @@
 
 #include <cmocka.h>
 
+#include <errno.h>
+#include <openssl/x509.h>
+#include <time.h>
+
 #include "imapfront/tls.h"
 
 static void test_name_matching(void **state)
@@ -53,9 +57,28 @@ static void test_missing_files(void **state)
     imf_config_unref(cfg);
 }
 
+/* notAfter as seconds since the epoch, for both encodings: UTCTime up to
+ * 2049, GeneralizedTime from 2050 (RFC 5280, 4.1.2.5). */
+static void test_not_after(void **state)
+{
+    (void)state;
+    int64_t t = 0;
+    assert_int_equal(imf_tls_not_after(NULL, &t), -EINVAL);
+    static const int64_t times[] = {0, 1796952499, 2000000000, 2524608000, 4102444799};
+    for (size_t i = 0; i < sizeof(times) / sizeof(times[0]); i++) {
+        X509 *x = X509_new();
+        assert_non_null(x);
+        assert_non_null(ASN1_TIME_set(X509_getm_notAfter(x), (time_t)times[i]));
+        assert_int_equal(imf_tls_not_after(x, &t), 0);
+        assert_int_equal(t, times[i]);
+        X509_free(x);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_not_after),
         cmocka_unit_test(test_name_matching),
         cmocka_unit_test(test_missing_files),
     };
