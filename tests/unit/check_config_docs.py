@@ -8,7 +8,11 @@ the documentation must give the same section, type, default, bounds, enum
 values and "not supported yet" status; the example must set every key, with
 its default unless the key is required.
 
-usage: check_config_docs.py SRCDIR   (the source tree: src/, docs/, proxy.ini.example)
+With --man, the man page generated from configuration.md (imapfront.ini.5,
+by docs/man.py) must list every key of the table under its section, and no
+other: it cannot lag behind the page it is made from.
+
+usage: check_config_docs.py SRCDIR [--man imapfront.ini.5]   (SRCDIR: src/, docs/, proxy.ini.example)
 Exit status 0 when everything matches, 1 with a list of differences.
 """
 
@@ -294,7 +298,42 @@ def check_example(rows, example, problems):
                                 % (lineno, r["key"], value, r["default"]))
 
 
+def read_man(path):
+    """{(section, key): line} of the tagged paragraphs under the man page's
+    '.SS "[section]"' subsections (docs/man.py's rendering of the tables)."""
+    keys = {}
+    section = None
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        m = re.fullmatch(r'\.SS "\[([^\]]+)\]"', line)
+        if m:
+            section = m.group(1).replace("\\-", "-")
+        elif line.startswith(".SH"):
+            section = None
+        elif line == ".TP" and section is not None and i + 1 < len(lines):
+            m = re.fullmatch(r"\\fB(.+?)\\fR", lines[i + 1])
+            if m:
+                keys[(section, m.group(1).replace("\\-", "-"))] = i + 2
+    return keys
+
+
+def check_man(rows, path, problems):
+    name = os.path.basename(path)
+    keys = read_man(path)
+    table = {(r["section"], r["key"]) for r in rows}
+    for sec, key in sorted(table - set(keys)):
+        problems.append("%s: [%s] %s is missing from the man page" % (name, sec, key))
+    for sec, key in sorted(set(keys) - table):
+        problems.append("%s:%d: [%s] %s is in the man page but not in the table of src/config.c"
+                        % (name, keys[(sec, key)], sec, key))
+
+
 def main(argv):
+    man = None
+    if len(argv) == 4 and argv[2] == "--man":
+        man = argv[3]
+        argv = argv[:2]
     if len(argv) != 2:
         print(__doc__.strip().splitlines()[-2], file=sys.stderr)
         return 2
@@ -307,14 +346,16 @@ def main(argv):
         problems.append("config.c: no option rows found (is the table still one row per line?)")
     check_docs(rows, docs, problems)
     check_example(rows, example, problems)
+    if man is not None:
+        check_man(rows, man, problems)
     for p in problems:
         print(p)
     if problems:
         print("FAIL: %d difference(s) between src/config.c, docs/configuration.md "
               "and proxy.ini.example" % len(problems))
         return 1
-    print("ok: %d keys agree between src/config.c, docs/configuration.md and proxy.ini.example"
-          % len(rows))
+    print("ok: %d keys agree between src/config.c, docs/configuration.md and proxy.ini.example%s"
+          % (len(rows), " and " + os.path.basename(man) if man else ""))
     return 0
 
 
