@@ -186,5 +186,6 @@ size_t imf_backend_info(const struct imf_config *cfg, struct imf_backend_info *o
 bool imf_backend_note_profile(const struct imf_config *cfg, size_t index, int profile)
 {
     struct health *h = slot_of(cfg->servers[index].text);
-    return h != NULL && atomic_exchange_explicit(&h->profile, profile, memory_order_relaxed) != profile;
+    return h != NULL &&
+           atomic_exchange_explicit(&h->profile, profile, memory_order_relaxed) != profile;
 }

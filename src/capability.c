@@ -108,7 +108,7 @@ bool imf_capability_list_has(const uint8_t *line, size_t len, const char *want, 
         while (p < stop && *p <= ' ')
             p++;
         const uint8_t *name = p;
-        while (p < stop && *p > ' ')
+        while (p<stop && * p> ' ')
             p++;
         if (p > name && name_is((const char *)name, (size_t)(p - name), want))
             *out_has = true;

@@ -1429,7 +1429,8 @@ static void check_whole(struct parse_ctx *ctx)
      * wins over the preset (auto applies it per server, in gate.c). */
     cfg->pipelining_set = ctx->key_lines[option_index("backend", "pipelining")] != 0;
     cfg->literal_plus_set = ctx->key_lines[option_index("backend", "literal_plus")] != 0;
-    cfg->literal_crlf_split_set = ctx->key_lines[option_index("backend", "literal_crlf_split")] != 0;
+    cfg->literal_crlf_split_set =
+        ctx->key_lines[option_index("backend", "literal_crlf_split")] != 0;
     if (cfg->quirks == IMF_QUIRKS_EXCHANGE55) {
         if (!cfg->pipelining_set)
             cfg->pipelining = false;

@@ -413,7 +413,9 @@ static void answer(struct imf_gate_decision *out, const char *tag, const char *t
 {
     out->actions |= IMF_GATE_ANSWER;
     int n = snprintf(out->answer, sizeof(out->answer), "%s %s\r\n", tag, text);
-    out->answer_len = n < 0 ? 0 : (size_t)n >= sizeof(out->answer) ? sizeof(out->answer) - 1 : (size_t)n;
+    out->answer_len = n < 0                              ? 0
+                      : (size_t)n >= sizeof(out->answer) ? sizeof(out->answer) - 1
+                                                         : (size_t)n;
 }
 
 /* Refuses the command whose first line this is: nothing goes to the
@@ -719,8 +721,8 @@ static bool is_done(const uint8_t *line, size_t len)
 }
 
 /* A line while the client idles: only DONE ends it. */
-static void idle_line(struct imf_gate *g, uint8_t *line, size_t len,
-                      const struct imf_framer_ev *ev, struct imf_gate_decision *out)
+static void idle_line(struct imf_gate *g, uint8_t *line, size_t len, const struct imf_framer_ev *ev,
+                      struct imf_gate_decision *out)
 {
     bool done = !(ev->literal_flags & IMF_LIT_PRESENT) && is_done(line, len);
     if (!done) {

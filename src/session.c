@@ -99,7 +99,7 @@ static_assert(IMF_ARRAY_LEN(sess_state_names) == SESS_STATE_COUNT, "state names"
 #define INFLATE_BUDGET      (256 * 1024)
 #define INFLATE_RATIO_MAX   200
 #define INFLATE_RATIO_AFTER (64u * 1024 * 1024)
-#define WRITE_BYTES_MAX    (256 * 1024)
+#define WRITE_BYTES_MAX     (256 * 1024)
 
 /* A client address: IPv4 or IPv6 only, so no sockaddr_storage (128 bytes)
  * per session. */
@@ -170,10 +170,10 @@ struct imf_session {
     /* The IMAP policy (gate.h): every decision about what crosses. */
     struct imf_gate gate;
     struct imf_gate_params gate_params;
-    struct imf_chain l_tx;          /* the proxy's own answers, until a response boundary */
-    uint64_t last_client_ms;        /* last time the client sent anything */
+    struct imf_chain l_tx;   /* the proxy's own answers, until a response boundary */
+    uint64_t last_client_ms; /* last time the client sent anything */
     uint64_t discarded_after_starttls;
-    uint8_t server_index;           /* cfg->servers[] of the backend, once connected */
+    uint8_t server_index; /* cfg->servers[] of the backend, once connected */
 
     /* Shields for fragile backends. */
     bool holding;       /* a complete next command is being held back */
@@ -539,8 +539,8 @@ static void session_close(struct imf_session *s, enum imf_close_reason reason, b
 static bool session_quiet(const struct imf_session *s)
 {
     return s->state == SESS_RELAY && imf_gate_quiet(&s->gate) && s->cline_len == 0 &&
-           s->c_plain.bytes == 0 &&
-           (s->ssl == NULL ? s->c_rx.bytes == 0 : true) && imf_framer_at_message_start(&s->cfr);
+           s->c_plain.bytes == 0 && (s->ssl == NULL ? s->c_rx.bytes == 0 : true) &&
+           imf_framer_at_message_start(&s->cfr);
 }
 
 void imf_session_drain(struct imf_session *s)
@@ -785,8 +785,7 @@ static void on_command_line(struct imf_session *s, const struct imf_framer_ev *e
             n--;
         memcpy(text, d.answer + 6, n);
         text[n] = '\0';
-        bye(s,
-            d.why == IMF_GATE_CLOSE_TOOBIG ? IMF_CLOSE_LITERAL_TOO_BIG : IMF_CLOSE_CLIENT_ERROR,
+        bye(s, d.why == IMF_GATE_CLOSE_TOOBIG ? IMF_CLOSE_LITERAL_TOO_BIG : IMF_CLOSE_CLIENT_ERROR,
             text);
         return;
     }
@@ -1088,9 +1087,9 @@ static void note_profile(struct imf_session *s)
         return;
     const struct imf_gate_shields *sh = imf_gate_shields(&s->gate);
     imf_log_kv(IMF_LOG_INFO, "backend", "server profile", "backend", backend_label(s), "profile",
-               imf_gate_profile_names[pr], "pipelining",
-               sh->pipelining ? "on" : "off", "literal_plus", sh->literal_sync ? "sync" : "pass",
-               "literal_crlf_split", sh->crlf_split ? "on" : "off", NULL);
+               imf_gate_profile_names[pr], "pipelining", sh->pipelining ? "on" : "off",
+               "literal_plus", sh->literal_sync ? "sync" : "pass", "literal_crlf_split",
+               sh->crlf_split ? "on" : "off", NULL);
 }
 
 static void on_response_line(struct imf_session *s, const struct imf_framer_ev *ev)
@@ -1105,8 +1104,8 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
     if (fx & IMF_GATE_R_PROFILE)
         note_profile(s);
     if (fx & IMF_GATE_R_ID_REFUSED)
-        imf_log_kv(IMF_LOG_WARN, "backend", "ID with the client address refused", "client",
-                   s->peer, "backend", backend_label(s), NULL);
+        imf_log_kv(IMF_LOG_WARN, "backend", "ID with the client address refused", "client", s->peer,
+                   "backend", backend_label(s), NULL);
     if (fx & IMF_GATE_R_BACKEND)
         to_backend(s, g.backend, g.backend_len);
     if (fx & IMF_GATE_R_SKIP_LITERAL)
@@ -1128,8 +1127,7 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
                    "backend", backend_label(s), NULL);
     }
     if (g.r.kind == IMF_RESP_TAGGED) {
-        imf_telemetry_tagged(&s->tracker, &s->worker->stats.telemetry, g.r.tag,
-                             uv_hrtime() / 1000);
+        imf_telemetry_tagged(&s->tracker, &s->worker->stats.telemetry, g.r.tag, uv_hrtime() / 1000);
         if (fx & IMF_GATE_R_STRAY)
             imf_log_kv(IMF_LOG_WARN, "backend", "tagged response for no command in flight",
                        "client", s->peer, "backend", backend_label(s), "tag", g.r.tag, NULL);
@@ -1910,7 +1908,9 @@ static void session_pump(struct imf_session *s)
                         to_client(s, s->rline, s->rline_len);
                         s->rline_len = 0;
                     }
-                    session_close(s, imf_gate_logout_sent(&s->gate) ? IMF_CLOSE_LOGOUT : IMF_CLOSE_BACKEND_EOF,
+                    session_close(s,
+                                  imf_gate_logout_sent(&s->gate) ? IMF_CLOSE_LOGOUT
+                                                                 : IMF_CLOSE_BACKEND_EOF,
                                   true);
                     return; /* session_close pumps again in CLOSING */
                 }

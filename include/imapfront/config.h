@@ -140,7 +140,7 @@ struct imf_config {
     uint64_t max_line_length;
     uint64_t max_literal_size;
     uint64_t max_command_size; /* a whole command: its lines and literals */
-    char *hide_capabilities; /* as written (space/comma separated); NULL when empty */
+    char *hide_capabilities;   /* as written (space/comma separated); NULL when empty */
     uint64_t preauth_timeout_ms;
     uint64_t idle_timeout_ms;
     uint64_t buffer_limit;

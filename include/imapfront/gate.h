@@ -107,16 +107,16 @@ struct imf_gate_decision {
 };
 
 /* Effects of a response line (bits). */
-#define IMF_GATE_R_SWALLOW   0x01u /* the line is the proxy's own business: not for the client */
-#define IMF_GATE_R_AUTH      0x02u /* the client is authenticated from now on */
-#define IMF_GATE_R_LOGOUT    0x04u /* the LOGOUT completed: close once relayed */
-#define IMF_GATE_R_KICK      0x08u /* client input may move again */
-#define IMF_GATE_R_BACKEND   0x10u /* send backend[0..backend_len) to the backend */
-#define IMF_GATE_R_PROFILE   0x20u /* the greeting set the profile (log it) */
-#define IMF_GATE_R_STRAY     0x40u /* a tagged response for no command in flight */
-#define IMF_GATE_R_IDLE_BEGIN 0x80u  /* the client now idles (the backend said "+") */
-#define IMF_GATE_R_IDLE_END   0x100u /* the client's IDLE ended */
-#define IMF_GATE_R_ID_REFUSED 0x200u /* the backend refused the proxy's ID */
+#define IMF_GATE_R_SWALLOW      0x01u /* the line is the proxy's own business: not for the client */
+#define IMF_GATE_R_AUTH         0x02u /* the client is authenticated from now on */
+#define IMF_GATE_R_LOGOUT       0x04u /* the LOGOUT completed: close once relayed */
+#define IMF_GATE_R_KICK         0x08u /* client input may move again */
+#define IMF_GATE_R_BACKEND      0x10u /* send backend[0..backend_len) to the backend */
+#define IMF_GATE_R_PROFILE      0x20u /* the greeting set the profile (log it) */
+#define IMF_GATE_R_STRAY        0x40u /* a tagged response for no command in flight */
+#define IMF_GATE_R_IDLE_BEGIN   0x80u /* the client now idles (the backend said "+") */
+#define IMF_GATE_R_IDLE_END     0x100u /* the client's IDLE ended */
+#define IMF_GATE_R_ID_REFUSED   0x200u /* the backend refused the proxy's ID */
 #define IMF_GATE_R_SKIP_LITERAL 0x400u /* the client's literal was refused: it will not come */
 
 struct imf_gate_response {
@@ -148,23 +148,23 @@ enum imf_gate_idle {
 struct imf_gate {
     const struct imf_gate_params *p;
     struct imf_gate_shields shields;
-    uint8_t profile;      /* enum imf_gate_profile */
-    uint8_t idle;         /* enum imf_gate_idle */
-    uint8_t expect;       /* what the client's next line is (see gate.c) */
-    uint8_t plus_for;     /* what the backend's next "+" is for (see gate.c) */
-    bool tls;             /* the client talks TLS */
-    bool authenticated;   /* LOGIN/AUTHENTICATE OK, or PREAUTH */
-    bool logged_out;      /* LOGOUT went to the backend */
-    bool compress_on;     /* COMPRESS=DEFLATE active */
-    bool discarding;      /* swallowing the rest of a refused command */
-    bool backend_lplus;   /* the backend announced LITERAL+ */
-    bool backend_lminus;  /* ... or LITERAL- */
-    bool cur_forwarded;   /* the command being read went to the backend */
-    uint8_t cur_cmd;      /* enum imf_cmd of the command being read */
-    uint64_t cur_bytes;   /* octets of the command being read so far */
+    uint8_t profile;     /* enum imf_gate_profile */
+    uint8_t idle;        /* enum imf_gate_idle */
+    uint8_t expect;      /* what the client's next line is (see gate.c) */
+    uint8_t plus_for;    /* what the backend's next "+" is for (see gate.c) */
+    bool tls;            /* the client talks TLS */
+    bool authenticated;  /* LOGIN/AUTHENTICATE OK, or PREAUTH */
+    bool logged_out;     /* LOGOUT went to the backend */
+    bool compress_on;    /* COMPRESS=DEFLATE active */
+    bool discarding;     /* swallowing the rest of a refused command */
+    bool backend_lplus;  /* the backend announced LITERAL+ */
+    bool backend_lminus; /* ... or LITERAL- */
+    bool cur_forwarded;  /* the command being read went to the backend */
+    uint8_t cur_cmd;     /* enum imf_cmd of the command being read */
+    uint64_t cur_bytes;  /* octets of the command being read so far */
     char cur_tag[IMF_TAG_MAX + 1];
     char cur_name[32];
-    const char *discard_answer;  /* static answer once the swallow ends, or NULL */
+    const char *discard_answer;        /* static answer once the swallow ends, or NULL */
     char discard_tag[IMF_TAG_MAX + 1]; /* ... addressed to this tag */
     char idle_tag[IMF_TAG_MAX + 1];
     struct imf_gate_cmd *inflight; /* allocated while commands are in flight */
@@ -213,7 +213,7 @@ size_t imf_gate_idle_poll(struct imf_gate *g, char *out, size_t cap);
 
 /* State for the session's timers and drain. */
 bool imf_gate_authenticated(const struct imf_gate *g);
-bool imf_gate_idling(const struct imf_gate *g);     /* the client is in IDLE */
+bool imf_gate_idling(const struct imf_gate *g);       /* the client is in IDLE */
 uint32_t imf_gate_commands(const struct imf_gate *g); /* client commands in flight */
 bool imf_gate_quiet(const struct imf_gate *g);        /* a BYE now loses nothing */
 bool imf_gate_logout_sent(const struct imf_gate *g);
