@@ -17,6 +17,7 @@
 #include "imapfront/admin.h"
 #include "imapfront/check.h"
 #include "imapfront/config.h"
+#include "imapfront/iplimit.h"
 #include "imapfront/log.h"
 #include "imapfront/tls.h"
 #include "imapfront/worker.h"
@@ -138,6 +139,11 @@ static void reload(struct imf_main *m)
     if (cfg->workers != m->cfg->workers)
         imf_warn("main", "reload: [proxy] workers changed; that needs a restart (still %u)",
                  m->workers_len);
+    /* Open sessions were counted under the old prefix and are released
+     * under the same one: it cannot change while they run. */
+    if (cfg->ip_prefix_v6 != imf_iplimit_prefix_v6())
+        imf_warn("main", "reload: [proxy] ip_prefix_v6 changed; that needs a restart (still %u)",
+                 imf_iplimit_prefix_v6());
     imf_log_setup((enum imf_log_level)cfg->log_level, (enum imf_log_format)cfg->log_format);
     for (unsigned i = 0; i < m->workers_len; i++)
         imf_worker_reload(&m->workers[i], cfg, ctx);
@@ -332,6 +338,7 @@ int main(int argc, char **argv)
     }
 
     signal(SIGPIPE, SIG_IGN);
+    imf_iplimit_set_prefix_v6(m.cfg->ip_prefix_v6);
     m.loop = uv_default_loop();
     m.workers_len = m.cfg->workers != 0 ? m.cfg->workers : uv_available_parallelism();
     if (m.workers_len == 0)

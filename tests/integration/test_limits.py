@@ -95,6 +95,39 @@ def test_max_connections_counts_across_workers(emulator, proxy_factory, ctx):
             c.close()
 
 
+@pytest.mark.parametrize("prefix", [None, "128"])
+def test_max_connections_per_ip_counts_ipv6_per_prefix(emulator, proxy_factory, ctx, prefix):
+    """IPv6 clients (here behind PROXY headers) count per /64 by default:
+    another address of the same /64 is refused, one of the next /64 is not.
+    With ip_prefix_v6 = 128 every address counts alone."""
+    keys = {"max_connections_per_ip": "1"}
+    if prefix is not None:
+        keys["ip_prefix_v6"] = prefix
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port, extra={
+        "proxy": keys,
+        "listen.imaps": {"proxy_protocol": "v1", "proxy_protocol_from": "127.0.0.1"}})
+    dst = "2001:db8::993"
+    open_ = []
+    try:
+        c, line = greeted(proxy.port, ctx, ops.pp_v1("2001:db8:1:2::1", 5001, dst))
+        open_.append(c)
+        assert line.startswith(b"* OK"), line
+        c, line = greeted(proxy.port, ctx, ops.pp_v1("2001:db8:1:2:ffff::7", 5002, dst))
+        if prefix is None:
+            refused(c, line, TOO_MANY_IP)
+        else:
+            open_.append(c)
+            assert line.startswith(b"* OK"), line
+        c, line = greeted(proxy.port, ctx, ops.pp_v1("2001:db8:1:3::1", 5003, dst))
+        open_.append(c)
+        assert line.startswith(b"* OK"), line
+        m = ops.scrape(proxy)
+        assert m.value("imapfront_connections_refused_total") == (1 if prefix is None else 0)
+    finally:
+        for c in open_:
+            c.close()
+
+
 def test_max_connections_per_ip_behind_proxy_headers(emulator, proxy_factory, ctx):
     proxy = ops.start_proxy(proxy_factory, emulator.plain_port, extra={
         "proxy": {"max_connections_per_ip": "2"},
