@@ -19,6 +19,7 @@
 #include "imapfront/config.h"
 #include "imapfront/iplimit.h"
 #include "imapfront/log.h"
+#include "imapfront/runas.h"
 #include "imapfront/tls.h"
 #include "imapfront/worker.h"
 
@@ -91,6 +92,50 @@ static void log_stats(struct imf_main *m)
              " literals_converted=%" PRIu64 " crlf_splits=%" PRIu64 " longest_queue=%" PRIu64,
              active, total, hs_ok, hs_fail, bc_ok, bc_fail, refused, cbytes, clinks, held,
              converted, splits, longest);
+}
+
+struct unreadable {
+    const char *user;
+    bool check_only; /* -t: to stderr; else a warning in the log */
+};
+
+static void report_unreadable(void *arg, const char *path, int error)
+{
+    const struct unreadable *u = arg;
+    char text[512];
+    if (error == -EACCES)
+        snprintf(text, sizeof(text), "%s: not readable by user %s; a reload would fail", path,
+                 u->user);
+    else
+        snprintf(text, sizeof(text), "%s: cannot tell whether user %s can read it: %s", path,
+                 u->user, strerror(-error));
+    if (u->check_only)
+        fprintf(stderr, "%s\n", text);
+    else
+        imf_warn("main", "%s", text);
+}
+
+/* [proxy] user: a reload re-reads the config file, certificates and keys
+ * as that user. Returns how many of them it cannot read (each reported),
+ * or 1 when the user does not exist. */
+static size_t check_run_as(const struct imf_config *cfg, bool check_only)
+{
+    struct imf_runas *ru = malloc(sizeof(*ru));
+    if (ru == NULL)
+        return 0;
+    size_t n = 0;
+    int rc = imf_runas_lookup(cfg->user, ru);
+    if (rc != 0) {
+        /* At start, drop_privileges says so and stops. */
+        if (check_only)
+            fprintf(stderr, "%s: [proxy] user: no such user: %s\n", cfg->path, cfg->user);
+        n = 1;
+    } else {
+        struct unreadable u = {.user = cfg->user, .check_only = check_only};
+        n = imf_runas_check_config(cfg, ru, report_unreadable, &u);
+    }
+    free(ru);
+    return n;
 }
 
 /* Listener sockets are bound once, at start: a reload cannot move them. */
@@ -327,6 +372,11 @@ int main(int argc, char **argv)
     rc = imf_tls_ctx_new(m.cfg, &m.ssl_ctx, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "%s\n", err);
+        imf_config_unref(m.cfg);
+        return 1;
+    }
+    if (m.cfg->user != NULL && check_run_as(m.cfg, check_only) != 0 && check_only) {
+        SSL_CTX_free(m.ssl_ctx);
         imf_config_unref(m.cfg);
         return 1;
     }
