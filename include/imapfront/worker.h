@@ -68,6 +68,12 @@ struct imf_listener {
     struct imf_worker *worker;
     size_t index; /* into cfg->listeners */
     bool open;
+    /* A connection no session took (out of memory) is accepted into this
+     * handle and closed, so that the listener keeps accepting: libuv stops
+     * watching a listener whose pending connection was not accepted. */
+    uv_tcp_t spare;
+    bool spare_busy;   /* closing one connection */
+    bool spare_wanted; /* another is pending: close it once spare is free */
     _Atomic uint64_t sessions_active;
     _Atomic uint64_t sessions_total;
 };
