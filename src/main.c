@@ -20,6 +20,7 @@
 #include "imapfront/iplimit.h"
 #include "imapfront/log.h"
 #include "imapfront/runas.h"
+#include "imapfront/stats.h"
 #include "imapfront/tls.h"
 #include "imapfront/worker.h"
 
@@ -64,34 +65,17 @@ static void usage(FILE *f)
 
 static void log_stats(struct imf_main *m)
 {
-    uint64_t active = 0, total = 0, hs_ok = 0, hs_fail = 0, bc_ok = 0, bc_fail = 0, refused = 0;
-    int64_t cbytes = 0, clinks = 0;
-    uint64_t held = 0, converted = 0, splits = 0, longest = 0;
-    for (unsigned i = 0; i < m->workers_len; i++) {
-        struct imf_worker_stats *st = &m->workers[i].stats;
-        active += atomic_load(&st->sessions_active);
-        total += atomic_load(&st->sessions_total);
-        hs_ok += atomic_load(&st->handshakes_ok);
-        hs_fail += atomic_load(&st->handshakes_failed);
-        bc_ok += atomic_load(&st->backend_connect_ok);
-        bc_fail += atomic_load(&st->backend_connect_failed);
-        refused += atomic_load(&st->connections_refused);
-        held += atomic_load(&st->commands_held);
-        converted += atomic_load(&st->literals_converted);
-        splits += atomic_load(&st->crlf_splits);
-        if (atomic_load(&st->longest_queue) > longest)
-            longest = atomic_load(&st->longest_queue);
-        cbytes += atomic_load(&st->chain.bytes);
-        clinks += atomic_load(&st->chain.links);
-    }
+    struct imf_stats_sum t;
+    imf_stats_sum(m->workers, m->workers_len, &t);
     imf_info("stats",
              "sessions_active=%" PRIu64 " sessions_total=%" PRIu64 " handshakes_ok=%" PRIu64
              " handshakes_failed=%" PRIu64 " backend_connect_ok=%" PRIu64
              " backend_connect_failed=%" PRIu64 " connections_refused=%" PRIu64
              " chain_bytes=%" PRId64 " chain_links=%" PRId64 " commands_held=%" PRIu64
              " literals_converted=%" PRIu64 " crlf_splits=%" PRIu64 " longest_queue=%" PRIu64,
-             active, total, hs_ok, hs_fail, bc_ok, bc_fail, refused, cbytes, clinks, held,
-             converted, splits, longest);
+             t.sessions_active, t.sessions_total, t.handshakes_ok, t.handshakes_failed,
+             t.backend_connect_ok, t.backend_connect_failed, t.connections_refused, t.chain_bytes,
+             t.chain_links, t.commands_held, t.literals_converted, t.crlf_splits, t.longest_queue);
 }
 
 struct unreadable {

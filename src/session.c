@@ -40,6 +40,7 @@
 #include "imapfront/log.h"
 #include "imapfront/tls.h"
 #include "imapfront/util.h"
+#include "imapfront/worker.h"
 
 const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT] = {
     "none",
