@@ -45,7 +45,6 @@ struct probe {
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_connect_t connect_req;
-    uv_write_t write_req;
     unsigned open_handles;
     enum probe_step step;
     bool reported;     /* the outcome went to the health table */
@@ -57,8 +56,20 @@ struct probe {
     uint64_t start_ns;
     size_t line_len;
     char line[LINE_MAX_KEPT + 1];
-    char bye[160]; /* text of a BYE the server sent, for the reason */
-    char out[OUT_MAX];
+    char bye[160];     /* text of a BYE the server sent, for the reason */
+    char out[OUT_MAX]; /* where the next command is put together */
+};
+
+/* One write in flight: a server may answer a command before the write that
+ * carried it has completed (its callback runs on a later loop iteration),
+ * and the next command then goes out while the first is still in flight.
+ * So every write has its own request and its own copy of the bytes, freed
+ * by its callback (which libuv runs, with UV_ECANCELED, before the close
+ * callback of the probe's socket: the probe outlives its writes). */
+struct probe_write {
+    uv_write_t req; /* req.data: the probe */
+    enum probe_step step;
+    char data[];
 };
 
 struct imf_checker {
@@ -197,25 +208,39 @@ static void probe_close(struct probe *p)
 
 static void on_written(uv_write_t *req, int status)
 {
+    struct probe_write *pw = (struct probe_write *)req;
     struct probe *p = req->data;
+    enum probe_step step = pw->step;
+    free(pw);
     if (p->closing)
         return;
     if (status < 0) {
-        fail(p, "cannot send %s: %s", step_names[p->step], uv_strerror(status));
+        fail(p, "cannot send %s: %s", step_names[step], uv_strerror(status));
         return;
     }
-    if (p->step == STEP_LOGOUT) /* nothing more to learn from it */
+    if (step == STEP_LOGOUT) /* nothing more to learn from it */
         probe_close(p);
 }
 
+/* Sends the len bytes of p->out as the command of step, which becomes the
+ * current one. */
 static void send_line(struct probe *p, enum probe_step step, size_t len)
 {
     p->step = step;
-    uv_buf_t buf = uv_buf_init(p->out, (unsigned)len);
-    p->write_req.data = p;
-    int rc = uv_write(&p->write_req, (uv_stream_t *)&p->tcp, &buf, 1, on_written);
-    if (rc < 0)
+    struct probe_write *pw = malloc(sizeof(*pw) + len);
+    if (pw == NULL) {
+        fail(p, "cannot send %s: out of memory", step_names[step]);
+        return;
+    }
+    memcpy(pw->data, p->out, len);
+    pw->step = step;
+    pw->req.data = p;
+    uv_buf_t buf = uv_buf_init(pw->data, (unsigned)len);
+    int rc = uv_write(&pw->req, (uv_stream_t *)&p->tcp, &buf, 1, on_written);
+    if (rc < 0) { /* the callback will not run */
+        free(pw);
         fail(p, "cannot send %s: %s", step_names[step], uv_strerror(rc));
+    }
 }
 
 static void send_command(struct probe *p, enum probe_step step, const char *args)

@@ -188,6 +188,7 @@ static const struct imf_option imf_options[] = {
     OPT("proxy", "workers", UINT, workers, "auto", 1, 64, NULL, IMF_CF_AUTO),
     OPT("proxy", "max_connections", UINT, max_connections, "10000", 1, 1000000, NULL, 0),
     OPT("proxy", "max_connections_per_ip", UINT, max_connections_per_ip, "0", 0, 1000000, NULL, 0),
+    OPT("proxy", "ip_prefix_v6", UINT, ip_prefix_v6, "64", 32, 128, NULL, 0),
     OPT("proxy", "user", STRING, user, "", 0, 0, NULL, 0),
     OPT("proxy", "log_level", ENUM, log_level, "info", 0, 0, log_level_choices, 0),
     OPT("proxy", "log_format", ENUM, log_format, "text", 0, 0, log_format_choices, 0),

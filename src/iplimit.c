@@ -1,10 +1,12 @@
 /* iplimit: see include/imapfront/iplimit.h. A chained hash table keyed by
- * the address bytes; entries are freed when their count drops to zero, so
- * the table holds only IPs with sessions open. */
+ * the address bytes (an IPv6 address cut to its prefix); entries are freed
+ * when their count drops to zero, so the table holds only IPs with sessions
+ * open. */
 #include "imapfront/iplimit.h"
 
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +21,25 @@ struct entry {
 static struct entry *buckets[BUCKETS];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Read under no lock: set once at start, before any worker runs. */
+static _Atomic unsigned prefix_v6 = 64;
+
+void imf_iplimit_set_prefix_v6(unsigned bits)
+{
+    if (bits < 32)
+        bits = 32;
+    if (bits > 128)
+        bits = 128;
+    atomic_store(&prefix_v6, bits);
+}
+
+unsigned imf_iplimit_prefix_v6(void)
+{
+    return atomic_load(&prefix_v6);
+}
+
+/* The key of addr: IPv4 (also IPv4-mapped IPv6) as the whole address, IPv6
+ * as its first prefix_v6 bits with the rest zeroed. */
 static bool key_of(const struct sockaddr *addr, uint8_t key[17])
 {
     memset(key, 0, 17);
@@ -27,12 +48,20 @@ static bool key_of(const struct sockaddr *addr, uint8_t key[17])
         memcpy(key + 1, &((const struct sockaddr_in *)addr)->sin_addr, 4);
         return true;
     }
-    if (addr->sa_family == AF_INET6) {
-        key[0] = 6;
-        memcpy(key + 1, &((const struct sockaddr_in6 *)addr)->sin6_addr, 16);
+    if (addr->sa_family != AF_INET6)
+        return false;
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)addr)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(a6)) {
+        key[0] = 4;
+        memcpy(key + 1, a6->s6_addr + 12, 4);
         return true;
     }
-    return false;
+    unsigned bits = atomic_load(&prefix_v6);
+    key[0] = 6;
+    memcpy(key + 1, a6->s6_addr, bits / 8);
+    if (bits % 8 != 0)
+        key[1 + bits / 8] = a6->s6_addr[bits / 8] & (uint8_t)(0xff << (8 - bits % 8));
+    return true;
 }
 
 static size_t hash(const uint8_t key[17])

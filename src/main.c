@@ -19,9 +19,12 @@
 #include "imapfront/certwatch.h"
 #include "imapfront/check.h"
 #include "imapfront/config.h"
+#include "imapfront/iplimit.h"
 #include "imapfront/log.h"
 #include "imapfront/notify.h"
 #include "imapfront/proxy_proto.h"
+#include "imapfront/runas.h"
+#include "imapfront/stats.h"
 #include "imapfront/tls.h"
 #include "imapfront/worker.h"
 
@@ -132,34 +135,61 @@ static void usage(FILE *f)
 
 static void log_stats(struct imf_main *m)
 {
-    uint64_t active = 0, total = 0, hs_ok = 0, hs_fail = 0, bc_ok = 0, bc_fail = 0, refused = 0;
-    int64_t cbytes = 0, clinks = 0;
-    uint64_t held = 0, converted = 0, splits = 0, longest = 0;
-    for (unsigned i = 0; i < m->workers_len; i++) {
-        struct imf_worker_stats *st = &m->workers[i].stats;
-        active += atomic_load(&st->sessions_active);
-        total += atomic_load(&st->sessions_total);
-        hs_ok += atomic_load(&st->handshakes_ok);
-        hs_fail += atomic_load(&st->handshakes_failed);
-        bc_ok += atomic_load(&st->backend_connect_ok);
-        bc_fail += atomic_load(&st->backend_connect_failed);
-        refused += atomic_load(&st->connections_refused);
-        held += atomic_load(&st->commands_held);
-        converted += atomic_load(&st->literals_converted);
-        splits += atomic_load(&st->crlf_splits);
-        if (atomic_load(&st->longest_queue) > longest)
-            longest = atomic_load(&st->longest_queue);
-        cbytes += atomic_load(&st->chain.bytes);
-        clinks += atomic_load(&st->chain.links);
-    }
+    struct imf_stats_sum t;
+    imf_stats_sum(m->workers, m->workers_len, &t);
     imf_info("stats",
              "sessions_active=%" PRIu64 " sessions_total=%" PRIu64 " handshakes_ok=%" PRIu64
              " handshakes_failed=%" PRIu64 " backend_connect_ok=%" PRIu64
              " backend_connect_failed=%" PRIu64 " connections_refused=%" PRIu64
              " chain_bytes=%" PRId64 " chain_links=%" PRId64 " commands_held=%" PRIu64
              " literals_converted=%" PRIu64 " crlf_splits=%" PRIu64 " longest_queue=%" PRIu64,
-             active, total, hs_ok, hs_fail, bc_ok, bc_fail, refused, cbytes, clinks, held,
-             converted, splits, longest);
+             t.sessions_active, t.sessions_total, t.handshakes_ok, t.handshakes_failed,
+             t.backend_connect_ok, t.backend_connect_failed, t.connections_refused, t.chain_bytes,
+             t.chain_links, t.commands_held, t.literals_converted, t.crlf_splits, t.longest_queue);
+}
+
+struct unreadable {
+    const char *user;
+    bool check_only; /* -t: to stderr; else a warning in the log */
+};
+
+static void report_unreadable(void *arg, const char *path, int error)
+{
+    const struct unreadable *u = arg;
+    char text[512];
+    if (error == -EACCES)
+        snprintf(text, sizeof(text), "%s: not readable by user %s; a reload would fail", path,
+                 u->user);
+    else
+        snprintf(text, sizeof(text), "%s: cannot tell whether user %s can read it: %s", path,
+                 u->user, strerror(-error));
+    if (u->check_only)
+        fprintf(stderr, "%s\n", text);
+    else
+        imf_warn("main", "%s", text);
+}
+
+/* [proxy] user: a reload re-reads the config file, certificates and keys
+ * as that user. Returns how many of them it cannot read (each reported),
+ * or 1 when the user does not exist. */
+static size_t check_run_as(const struct imf_config *cfg, bool check_only)
+{
+    struct imf_runas *ru = malloc(sizeof(*ru));
+    if (ru == NULL)
+        return 0;
+    size_t n = 0;
+    int rc = imf_runas_lookup(cfg->user, ru);
+    if (rc != 0) {
+        /* At start, drop_privileges says so and stops. */
+        if (check_only)
+            fprintf(stderr, "%s: [proxy] user: no such user: %s\n", cfg->path, cfg->user);
+        n = 1;
+    } else {
+        struct unreadable u = {.user = cfg->user, .check_only = check_only};
+        n = imf_runas_check_config(cfg, ru, report_unreadable, &u);
+    }
+    free(ru);
+    return n;
 }
 
 /* Listener sockets are bound once, at start: a reload cannot move them. */
@@ -221,6 +251,11 @@ static void reload(struct imf_main *m, enum reload_what what)
     if (cfg->workers != m->cfg->workers)
         imf_warn("main", "reload: [proxy] workers changed; that needs a restart (still %u)",
                  m->workers_len);
+    /* Open sessions were counted under the old prefix and are released
+     * under the same one: it cannot change while they run. */
+    if (cfg->ip_prefix_v6 != imf_iplimit_prefix_v6())
+        imf_warn("main", "reload: [proxy] ip_prefix_v6 changed; that needs a restart (still %u)",
+                 imf_iplimit_prefix_v6());
     imf_log_setup((enum imf_log_level)cfg->log_level, (enum imf_log_format)cfg->log_format);
     if (what == RELOAD_ALL)
         warn_weak_settings(cfg);
@@ -437,6 +472,11 @@ int main(int argc, char **argv)
         imf_config_unref(m.cfg);
         return 1;
     }
+    if (m.cfg->user != NULL && check_run_as(m.cfg, check_only) != 0 && check_only) {
+        SSL_CTX_free(m.ssl_ctx);
+        imf_config_unref(m.cfg);
+        return 1;
+    }
     if (check_only) {
         warn_weak_settings(m.cfg);
         printf("%s: configuration ok\n", path);
@@ -449,6 +489,7 @@ int main(int argc, char **argv)
     rc = imf_notify_open(&m.notify);
     if (rc != 0)
         imf_warn("main", "NOTIFY_SOCKET: cannot notify the service manager: %s", strerror(-rc));
+    imf_iplimit_set_prefix_v6(m.cfg->ip_prefix_v6);
     m.loop = uv_default_loop();
     m.workers_len = m.cfg->workers != 0 ? m.cfg->workers : uv_available_parallelism();
     if (m.workers_len == 0)

@@ -12,6 +12,7 @@
 #include "imapfront/backend.h"
 #include "imapfront/gate.h"
 #include "imapfront/session.h"
+#include "imapfront/stats.h"
 #include "imapfront/tls.h"
 
 struct out {
@@ -74,24 +75,6 @@ static const char *label(const char *v, char *buf, size_t len)
     return buf;
 }
 
-/* The sum over workers of the counter at offset off in their stats. */
-static uint64_t sum_at(const struct imf_admin_view *view, size_t off)
-{
-    uint64_t sum = 0;
-    for (unsigned i = 0; i < view->workers_len; i++)
-        sum += atomic_load((_Atomic uint64_t *)((char *)&view->workers[i].stats + off));
-    return sum;
-}
-#define SUM(view, field) sum_at((view), offsetof(struct imf_worker_stats, field))
-#define SUM_AT(view, array, i) \
-    sum_at((view),             \
-           offsetof(struct imf_worker_stats, array) + (size_t)(i) * sizeof(_Atomic uint64_t))
-/* The telemetry arrays, flattened: [command][bucket] is command * (B + 1) + bucket. */
-#define TEL_OFF(member) \
-    (offsetof(struct imf_worker_stats, telemetry) + offsetof(struct imf_telemetry_stats, member))
-#define SUM_TEL(view, member, i) \
-    sum_at((view), TEL_OFF(member) + (size_t)(i) * sizeof(_Atomic uint64_t))
-
 static void scalar(struct out *o, const char *name, const char *type, const char *help, uint64_t v)
 {
     head(o, name, type, help);
@@ -125,6 +108,13 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
         return NULL;
     char l1[256], l2[256];
     struct imf_config *cfg = view->config_ref(view->arg);
+    struct imf_stats_sum *t = malloc(sizeof(*t));
+    if (t == NULL) {
+        imf_config_unref(cfg);
+        free(o.buf);
+        return NULL;
+    }
+    imf_stats_sum(view->workers, view->workers_len, t);
 
     per_listener(&o, view, cfg, "imapfront_sessions_active", "gauge",
                  "Client sessions open now, per listener.",
@@ -133,20 +123,20 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
                  "Client sessions accepted, per listener.",
                  offsetof(struct imf_listener, sessions_total));
     scalar(&o, "imapfront_client_bytes_received_total", "counter",
-           "Plaintext bytes received from clients.", SUM(view, bytes_from_clients));
+           "Plaintext bytes received from clients.", t->bytes_from_clients);
     scalar(&o, "imapfront_client_bytes_sent_total", "counter", "Plaintext bytes sent to clients.",
-           SUM(view, bytes_to_clients));
+           t->bytes_to_clients);
     scalar(&o, "imapfront_connections_refused_total", "counter",
            "Connections refused by max_connections or max_connections_per_ip.",
-           SUM(view, connections_refused));
+           t->connections_refused);
 
     scalar(&o, "imapfront_tls_handshakes_total", "counter", "TLS handshakes completed.",
-           SUM(view, handshakes_ok));
+           t->handshakes_ok);
     head(&o, "imapfront_tls_handshake_failures_total", "counter",
          "TLS handshakes that failed, by reason.");
     for (int r = 0; r < IMF_TLS_FAIL_COUNT; r++)
         emit(&o, "imapfront_tls_handshake_failures_total{reason=\"%s\"} %" PRIu64 "\n",
-             imf_tls_failure_names[r], SUM_AT(view, handshake_failures, r));
+             imf_tls_failure_names[r], t->handshake_failures[r]);
     head(&o, "imapfront_tls_sessions_total", "counter",
          "TLS sessions established, by protocol version and cipher.");
     for (unsigned w = 0; w < view->workers_len; w++) {
@@ -251,52 +241,42 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
                  label(info[i].address, l1, sizeof(l1)), (double)info[i].check_us / 1e6);
     }
 
-    int64_t cbytes = 0, clinks = 0;
-    for (unsigned w = 0; w < view->workers_len; w++) {
-        cbytes += atomic_load(&view->workers[w].stats.chain.bytes);
-        clinks += atomic_load(&view->workers[w].stats.chain.links);
-    }
     head(&o, "imapfront_chain_bytes", "gauge", "Bytes held in buffer chains.");
-    emit(&o, "imapfront_chain_bytes %" PRId64 "\n", cbytes);
+    emit(&o, "imapfront_chain_bytes %" PRId64 "\n", t->chain_bytes);
     head(&o, "imapfront_chain_links", "gauge", "Buffer blocks held in chains.");
-    emit(&o, "imapfront_chain_links %" PRId64 "\n", clinks);
+    emit(&o, "imapfront_chain_links %" PRId64 "\n", t->chain_links);
 
     scalar(&o, "imapfront_shield_commands_held_total", "counter",
-           "Commands held back because one was in flight (pipelining = off).",
-           SUM(view, commands_held));
+           "Commands held back because one was in flight (pipelining = off).", t->commands_held);
     scalar(&o, "imapfront_shield_literals_converted_total", "counter",
            "Non-synchronising literals sent as synchronising (literal_plus = sync).",
-           SUM(view, literals_converted));
+           t->literals_converted);
     scalar(&o, "imapfront_shield_crlf_splits_total", "counter",
            "Literal ends written apart from what follows (literal_crlf_split = on).",
-           SUM(view, crlf_splits));
+           t->crlf_splits);
     scalar(&o, "imapfront_shield_crlf_split_timeouts_total", "counter",
            "Splits that sent what follows without seeing the backend read the literal's end.",
-           SUM(view, crlf_split_timeouts));
-    uint64_t longest = 0;
-    for (unsigned w = 0; w < view->workers_len; w++)
-        if (atomic_load(&view->workers[w].stats.longest_queue) > longest)
-            longest = atomic_load(&view->workers[w].stats.longest_queue);
+           t->crlf_split_timeouts);
     scalar(&o, "imapfront_shield_longest_queue_bytes", "gauge",
-           "Most bytes seen queued behind a held command.", longest);
+           "Most bytes seen queued behind a held command.", t->longest_queue);
 
     head(&o, "imapfront_compress_bytes_total", "counter",
          "COMPRESS=DEFLATE at the proxy: bytes by direction, compressed (wire) and not (plain).");
     emit(&o, "imapfront_compress_bytes_total{direction=\"in\",stage=\"wire\"} %" PRIu64 "\n",
-         SUM(view, compress_in_wire));
+         t->compress_in_wire);
     emit(&o, "imapfront_compress_bytes_total{direction=\"in\",stage=\"plain\"} %" PRIu64 "\n",
-         SUM(view, compress_in_plain));
+         t->compress_in_plain);
     emit(&o, "imapfront_compress_bytes_total{direction=\"out\",stage=\"plain\"} %" PRIu64 "\n",
-         SUM(view, compress_out_plain));
+         t->compress_out_plain);
     emit(&o, "imapfront_compress_bytes_total{direction=\"out\",stage=\"wire\"} %" PRIu64 "\n",
-         SUM(view, compress_out_wire));
+         t->compress_out_wire);
 
     head(&o, "imapfront_command_duration_seconds", "histogram",
          "Time from a command's first line to its tagged completion, by command name.");
     for (int c = 0; c < IMF_TCMD_COUNT; c++) {
         uint64_t cum = 0;
         for (int b = 0; b <= IMF_LAT_BUCKETS; b++) {
-            cum += SUM_TEL(view, lat_buckets, (size_t)c * (IMF_LAT_BUCKETS + 1) + (size_t)b);
+            cum += t->lat_buckets[c][b];
             if (b < IMF_LAT_BUCKETS)
                 emit(&o,
                      "imapfront_command_duration_seconds_bucket{command=\"%s\",le=\"%g\"} "
@@ -309,7 +289,7 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
                      imf_tcmd_names[c], cum);
         }
         emit(&o, "imapfront_command_duration_seconds_sum{command=\"%s\"} %.6f\n", imf_tcmd_names[c],
-             (double)SUM_TEL(view, lat_sum_us, c) / 1e6);
+             (double)t->lat_sum_us[c] / 1e6);
         emit(&o, "imapfront_command_duration_seconds_count{command=\"%s\"} %" PRIu64 "\n",
              imf_tcmd_names[c], cum);
     }
@@ -317,17 +297,18 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
          "Odd things seen on the stream (never changed by them), by kind.");
     for (int a = 0; a < IMF_ANOMALY_COUNT; a++)
         emit(&o, "imapfront_anomalies_total{kind=\"%s\"} %" PRIu64 "\n", imf_anomaly_names[a],
-             SUM_TEL(view, anomalies, a));
+             t->anomalies[a]);
 
     head(&o, "imapfront_session_closes_total", "counter", "Sessions ended, by reason.");
     for (int r = 1; r < IMF_CLOSE_REASON_COUNT; r++)
         emit(&o, "imapfront_session_closes_total{reason=\"%s\"} %" PRIu64 "\n",
-             imf_close_reason_names[r], SUM_AT(view, closes, r));
+             imf_close_reason_names[r], t->closes[r]);
 
     scalar(&o, "imapfront_workers", "gauge", "Worker threads.", view->workers_len);
     scalar(&o, "imapfront_draining", "gauge", "1 while shutting down.",
            atomic_load(view->draining) ? 1 : 0);
     imf_config_unref(cfg);
+    free(t);
     if (o.failed) {
         free(o.buf);
         return NULL;

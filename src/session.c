@@ -41,6 +41,7 @@
 #include "imapfront/log.h"
 #include "imapfront/tls.h"
 #include "imapfront/util.h"
+#include "imapfront/worker.h"
 
 const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT] = {
     "none",
@@ -62,14 +63,13 @@ const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT] = {
     "preauth-timeout",
     "idle-timeout",
     "proxy-protocol",
+    "no-resources",
 };
 static_assert(IMF_ARRAY_LEN(imf_close_reason_names) == IMF_CLOSE_REASON_COUNT, "reason names");
 
 /* Sessions open in the whole process, for max_connections: the only
  * counter every worker writes (one locked add per session start and end). */
 static _Atomic uint64_t sessions_open;
-static_assert(IMF_CLOSE_REASON_COUNT <= IMF_STATS_REASONS_MAX, "close reasons fit the stats");
-static_assert(IMF_TLS_FAIL_COUNT <= IMF_STATS_REASONS_MAX, "TLS failures fit the stats");
 
 enum sess_state {
     SESS_PROXY_HEADER, /* reading the load balancer's PROXY header */
@@ -1370,7 +1370,7 @@ static void try_next_backend(struct imf_session *s)
              * down for it. */
             imf_log_kv(IMF_LOG_WARN, "backend", "no resources to connect (not the server's fault)",
                        "client", s->peer, "backend", srv->text, "reason", uv_strerror(rc), NULL);
-            bye(s, IMF_CLOSE_NO_MEMORY, "[UNAVAILABLE] Proxy out of resources, try again later");
+            bye(s, IMF_CLOSE_NO_RESOURCES, "[UNAVAILABLE] Proxy out of resources, try again later");
             return;
         }
         backend_failed(s, uv_strerror(rc));

@@ -36,6 +36,48 @@ int imf_listen_socket(const struct sockaddr *addr, socklen_t len)
     return fd;
 }
 
+static void reject_pending(struct imf_listener *l);
+
+static bool listener_running(const struct imf_listener *l)
+{
+    return l->open && !uv_is_closing((const uv_handle_t *)&l->handle);
+}
+
+static void on_spare_closed(uv_handle_t *h)
+{
+    struct imf_listener *l = h->data;
+    l->spare_busy = false;
+    if (!listener_running(l))
+        return;
+    uv_tcp_init(&l->worker->loop, &l->spare);
+    if (l->spare_wanted) {
+        l->spare_wanted = false;
+        reject_pending(l);
+    }
+}
+
+/* Accepts the listener's pending connection, if any, into the spare handle
+ * and closes it: the client sees the connection close instead of waiting
+ * in a backlog that nobody reads any more. Allocates nothing. With no
+ * connection pending uv_accept says UV_EAGAIN without touching the spare. */
+static void reject_pending(struct imf_listener *l)
+{
+    if (!listener_running(l))
+        return;
+    if (l->spare_busy) { /* closing the previous one */
+        l->spare_wanted = true;
+        return;
+    }
+    int rc = uv_accept((uv_stream_t *)&l->handle, (uv_stream_t *)&l->spare);
+    if (rc == UV_EAGAIN)
+        return;
+    l->spare_busy = true;
+    uv_close((uv_handle_t *)&l->spare, on_spare_closed);
+    if (rc == 0)
+        imf_warn("listener", "%s: connection closed unserved (no session could be set up)",
+                 l->worker->cfg->listeners[l->index].name);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct imf_listener *l = server->data;
@@ -44,12 +86,23 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     imf_session_accept(l);
+    /* A session that could not be allocated leaves the connection pending,
+     * and libuv would then stop watching this listener for good. */
+    reject_pending(l);
 }
 
 static void on_listener_closed(uv_handle_t *h)
 {
     struct imf_listener *l = h->data;
     l->open = false;
+}
+
+/* Closes the listener and its spare (unless the spare is closing already). */
+static void listener_close(struct imf_listener *l)
+{
+    uv_close((uv_handle_t *)&l->handle, on_listener_closed);
+    if (!l->spare_busy)
+        uv_close((uv_handle_t *)&l->spare, NULL);
 }
 
 /* The worker's loop ends once these are closed and no session is left. */
@@ -113,8 +166,8 @@ static void on_wakeup(uv_async_t *a)
     if (!w->draining) {
         w->draining = true;
         for (size_t i = 0; i < w->listeners_len; i++) {
-            if (w->listeners[i].open && !uv_is_closing((uv_handle_t *)&w->listeners[i].handle))
-                uv_close((uv_handle_t *)&w->listeners[i].handle, on_listener_closed);
+            if (listener_running(&w->listeners[i]))
+                listener_close(&w->listeners[i]);
         }
         struct imf_session *s = w->sessions;
         while (s != NULL) {
@@ -158,6 +211,8 @@ int imf_worker_init(struct imf_worker *w, unsigned id, struct imf_config *cfg, S
         if (rc != 0)
             goto fail;
         l->handle.data = l;
+        uv_tcp_init(&w->loop, &l->spare); /* no socket until used */
+        l->spare.data = l;
         l->open = true;
         rc = uv_tcp_open(&l->handle, listen_fds[i]);
         if (rc == 0)
@@ -172,7 +227,7 @@ int imf_worker_init(struct imf_worker *w, unsigned id, struct imf_config *cfg, S
 fail:
     for (size_t i = 0; i < w->listeners_len; i++)
         if (w->listeners[i].open)
-            uv_close((uv_handle_t *)&w->listeners[i].handle, on_listener_closed);
+            listener_close(&w->listeners[i]);
     if (w->wakeup.data != NULL) {
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);

@@ -90,6 +90,7 @@ struct imf_config {
     unsigned workers; /* 0 = auto (number of CPUs) */
     uint32_t max_connections;
     uint32_t max_connections_per_ip; /* 0 = no limit */
+    uint32_t ip_prefix_v6;           /* IPv6 clients count per network of these bits */
     char *user;                      /* NULL = keep the current user */
     int log_level;                   /* enum imf_log_level */
     int log_format;                  /* enum imf_log_format */

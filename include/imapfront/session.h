@@ -1,34 +1,23 @@
 /* session: one client connection and at most one backend connection, the
- * relay state machine between them, owned by one worker. */
+ * relay state machine between them, owned by one worker. Why sessions end
+ * (enum imf_close_reason) is in stats.h, with the counters. */
 #ifndef IMAPFRONT_SESSION_H
 #define IMAPFRONT_SESSION_H
 
-#include "imapfront/worker.h"
+#include "imapfront/stats.h"
 
-enum imf_close_reason {
-    IMF_CLOSE_NONE,
-    IMF_CLOSE_LOGOUT,
-    IMF_CLOSE_CLIENT_EOF,
-    IMF_CLOSE_BACKEND_EOF,
-    IMF_CLOSE_BACKEND_UNAVAILABLE,
-    IMF_CLOSE_HANDSHAKE_FAILED,
-    IMF_CLOSE_HANDSHAKE_TIMEOUT,
-    IMF_CLOSE_LINE_TOO_LONG,
-    IMF_CLOSE_LITERAL_MALFORMED,
-    IMF_CLOSE_LITERAL_TOO_BIG,
-    IMF_CLOSE_TLS_ERROR,
-    IMF_CLOSE_CLIENT_ERROR,
-    IMF_CLOSE_BACKEND_ERROR,
-    IMF_CLOSE_SHUTDOWN,
-    IMF_CLOSE_NO_MEMORY,
-    IMF_CLOSE_REFUSED,
-    IMF_CLOSE_PREAUTH_TIMEOUT,
-    IMF_CLOSE_IDLE_TIMEOUT,
-    IMF_CLOSE_PROXY_PROTOCOL,
-    IMF_CLOSE_REASON_COUNT
-};
-extern const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT];
+struct imf_listener;
+struct imf_session;
 
+/* Takes the connection pending on l into a new session of l's worker.
+ * Returns without taking it when the session cannot be allocated. */
+void imf_session_accept(struct imf_listener *l);
+/* Ends the session at once: BYE [UNAVAILABLE] if it is relaying. */
+void imf_session_shutdown(struct imf_session *s);
+/* Ends the session when it is quiet (no command in progress), now if it
+ * is quiet already. */
+void imf_session_drain(struct imf_session *s);
+/* The next session of the same worker, or NULL. */
 struct imf_session *imf_session_next(struct imf_session *s);
 
 #endif

@@ -11,63 +11,22 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "imapfront/chain.h"
 #include "imapfront/config.h"
-#include "imapfront/telemetry.h"
+#include "imapfront/stats.h"
 
 struct imf_session;
-struct imf_worker;
-
-#define IMF_STATS_REASONS_MAX   32 /* >= IMF_CLOSE_REASON_COUNT, checked in session.c */
-#define IMF_STATS_TLS_KINDS_MAX 16
-
-/* Sessions established per TLS version and cipher (a handful of pairs). */
-struct imf_tls_kind {
-    const char *version; /* static strings from BoringSSL */
-    const char *cipher;
-    _Atomic uint64_t sessions;
-};
-
-/* Counters of one worker: written by its thread only, read by any. */
-struct imf_worker_stats {
-    _Atomic uint64_t sessions_active;
-    _Atomic uint64_t sessions_total;
-    _Atomic uint64_t handshakes_ok;
-    _Atomic uint64_t handshakes_failed;
-    _Atomic uint64_t backend_connect_ok;
-    _Atomic uint64_t backend_connect_failed;
-    _Atomic uint64_t bytes_from_clients;
-    _Atomic uint64_t bytes_to_clients;
-    _Atomic uint64_t connections_refused;
-    _Atomic uint64_t commands_held;                 /* pipelining off: commands held back */
-    _Atomic uint64_t literals_converted;            /* literal_plus sync: {N+} sent as {N} */
-    _Atomic uint64_t crlf_splits;                   /* literal ends written apart from their CRLF */
-    _Atomic uint64_t longest_queue;                 /* most bytes queued behind a held command */
-    _Atomic uint64_t crlf_split_timeouts;           /* splits that gave up waiting for the reader */
-    _Atomic uint64_t compress_in_wire;              /* COMPRESS: compressed bytes from clients */
-    _Atomic uint64_t compress_in_plain;             /* ... and what they inflated to */
-    _Atomic uint64_t compress_out_plain;            /* bytes to clients before deflate */
-    _Atomic uint64_t compress_out_wire;             /* ... and after */
-    _Atomic uint64_t closes[IMF_STATS_REASONS_MAX]; /* by enum imf_close_reason */
-    _Atomic uint64_t handshake_failures[IMF_STATS_REASONS_MAX]; /* by enum imf_tls_failure */
-    struct imf_tls_kind tls_kinds[IMF_STATS_TLS_KINDS_MAX];
-    _Atomic unsigned tls_kinds_len; /* entries published so far */
-    struct imf_telemetry_stats telemetry;
-    struct imf_chain_counters chain;
-};
-
-/* Single-writer increment: a relaxed load and store, no locked instruction. */
-static inline void imf_stat_add(_Atomic uint64_t *c, int64_t n)
-{
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + (uint64_t)n,
-                          memory_order_relaxed);
-}
 
 struct imf_listener {
     uv_tcp_t handle;
     struct imf_worker *worker;
     size_t index; /* into cfg->listeners */
     bool open;
+    /* A connection no session took (out of memory) is accepted into this
+     * handle and closed, so that the listener keeps accepting: libuv stops
+     * watching a listener whose pending connection was not accepted. */
+    uv_tcp_t spare;
+    bool spare_busy;   /* closing one connection */
+    bool spare_wanted; /* another is pending: close it once spare is free */
     _Atomic uint64_t sessions_active;
     _Atomic uint64_t sessions_total;
 };
@@ -117,13 +76,7 @@ void imf_worker_reload(struct imf_worker *w, struct imf_config *cfg, SSL_CTX *ct
 /* Waits for the thread, then frees what init allocated. */
 void imf_worker_join(struct imf_worker *w);
 
-/* session.c */
-void imf_session_accept(struct imf_listener *l);
-/* Ends the session at once: BYE [UNAVAILABLE] if it is relaying. */
-void imf_session_shutdown(struct imf_session *s);
-/* Ends the session when it is quiet (no command in progress), now if it
- * is quiet already. */
-void imf_session_drain(struct imf_session *s);
+/* Called by session.c when s has left w's list of sessions. */
 void imf_worker_session_gone(struct imf_worker *w, struct imf_session *s);
 
 #endif

@@ -4,7 +4,13 @@ it is tried last for retry_after, then it is back on the first success),
 round robin, and all of it in the logs, in /metrics and in /readyz. The
 tests kill a backend and start it again on the same port."""
 
+import os
+import re
+import shutil
 import socket
+import subprocess
+
+import pytest
 
 import imapfront_harness as h
 import ops_support as ops
@@ -134,3 +140,61 @@ def test_connect_timeout_fails_over(backends, proxy_factory, ctx):
         for f in fillers:
             f.close()
         stuck.close()
+
+
+def open_fds(pid):
+    return [int(n) for n in os.listdir("/proc/%d/fd" % pid)]
+
+
+def set_nofile(pid, n):
+    """Sets the soft limit only (raising a hard one may need a capability)."""
+    subprocess.run(["prlimit", "--pid", str(pid), "--nofile=%d:" % n], check=True)
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) not found")
+def test_out_of_descriptors_is_not_a_backend_failure(backends, proxy_factory, ctx):
+    """A backend connect that fails because the proxy has no descriptor
+    left (EMFILE) is the proxy's exhaustion: the client gets a BYE that
+    says so, the server is not marked down (down_after = 1), and once
+    descriptors are back the next client is served by that server."""
+    a = backends()
+    A = ops.addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, a.port, extra={"backend": {"down_after": "1"}})
+    assert ops.session_backend(proxy, ctx) == A
+    pid = proxy.proc.pid
+    with open("/proc/%d/limits" % pid) as f:
+        soft = int(next(l for l in f if l.startswith("Max open files")).split()[3])
+    mark = proxy.log.mark()
+    held, bye = [], None
+    try:
+        # Room for one more descriptor: the next accept takes it and the
+        # backend connect finds none. Holes below the highest descriptor
+        # serve whole sessions first; a client whose accept itself failed
+        # (libuv closes it) gets one more descriptor of room.
+        limit = max(open_fds(pid)) + 2
+        set_nofile(pid, limit)
+        for _ in range(12):
+            c = h.TLSClient(proxy.port, ctx, handshake=False)
+            held.append(c)
+            try:
+                c.handshake(timeout=3)
+                line = c.read_line(timeout=3)
+            except (OSError, h.HarnessError, TimeoutError) as e:
+                line = repr(e).encode()
+            if b"Proxy out of resources" in line:
+                bye = line
+                break
+            if not line.startswith(b"* OK"):
+                limit += 1
+                set_nofile(pid, limit)
+    finally:
+        set_nofile(pid, soft)
+        for c in held:
+            c.close()
+    assert bye is not None and bye.startswith(b"* BYE [UNAVAILABLE]"), bye
+    assert proxy.log.find(r"warn backend: no resources to connect \(not the server's fault\)"
+                          r" .*backend=%s" % re.escape(A), mark)
+    assert not proxy.log.find(r"server marked down", mark)
+    m = ops.scrape(proxy)
+    assert m.value("imapfront_backend_up", server=A) == 1
+    assert ops.session_backend(proxy, ctx) == A

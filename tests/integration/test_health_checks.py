@@ -26,7 +26,10 @@ class ScriptedBackend:
     * "hang_login": greets, then never answers LOGIN;
     * "healthy": answers LOGIN, EXAMINE, NOOP and LOGOUT with OK;
     * "preauth": greets with PREAUTH (already logged in), then as healthy;
-    * "bye_login": answers LOGIN with a BYE and closes.
+    * "bye_login": answers LOGIN with a BYE and closes;
+    * "eager": sends the greeting and the OKs to LOGIN, EXAMINE and NOOP in
+      one write before reading a byte (the proxy learns each answer before
+      its own command's write has completed), then answers LOGOUT.
 
     Every line it receives is kept in .lines (in order)."""
 
@@ -45,6 +48,9 @@ class ScriptedBackend:
             return
         if mode == "preauth":
             conn.sendall(b"* PREAUTH scripted IMAP server, logged in\r\n")
+        elif mode == "eager":
+            conn.sendall(b"* OK scripted IMAP server ready\r\nimfcheck1 OK LOGIN done\r\n"
+                         b"imfcheck2 OK EXAMINE done\r\nimfcheck3 OK NOOP done\r\n")
         else:
             conn.sendall(b"* OK scripted IMAP server ready\r\n")
         while not self.fake.stopping.is_set():
@@ -61,6 +67,8 @@ class ScriptedBackend:
                 conn.sendall(b"* BYE account store offline\r\n")
                 conn.close()
                 return
+            if mode == "eager" and verb != "LOGOUT":
+                continue  # answered already
             if verb == "LOGOUT":
                 conn.sendall(b"* BYE bye\r\n%s OK LOGOUT done\r\n" % tag.encode())
                 return
@@ -195,6 +203,30 @@ def test_bye_during_login_is_the_reason(scripted, proxy_factory):
                        r"backend=%s step=LOGIN reason=\"closed by the server during LOGIN: "
                        r"\* BYE account store offline\"$" % A, timeout=10,
                        alive=proxy.check_alive)
+
+
+def test_answers_ahead_of_the_writes(scripted, proxy_factory):
+    """A server that answers before the check's write has completed (here:
+    every answer in one packet, sent before it reads) gets each command as
+    its own intact line, in order, check after check; the proxy stays up."""
+    a = scripted("eager")
+    A = ops.addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, a.port, extra=checks("login", [A]))
+    ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_checks_total", server=A,
+                                              result="ok") >= 3,
+                     timeout=10, what="three passing checks")
+    proxy.check_alive()
+    assert a.fake.errors == []
+    with a.lock:
+        lines = list(a.lines)
+    # Whole probes only: the last one may still be under way.
+    done = len(lines) - len(lines) % 4
+    assert done >= 8, lines
+    for i in range(0, done, 4):
+        assert lines[i:i + 4] == [b'imfcheck1 LOGIN "svc" "s3cr\\"et\\\\pw"\r\n',
+                                  b'imfcheck2 EXAMINE "Canary"\r\n',
+                                  b"imfcheck3 NOOP\r\n", b"imfcheck4 LOGOUT\r\n"], lines
+    assert "failed its check" not in proxy.log.text()
 
 
 def test_missing_canary_mailbox(emulator, proxy_factory):

@@ -7,10 +7,12 @@ runs two event loops that both serve sessions."""
 
 import contextlib
 import os
+import re
 import resource
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 
 import pytest
@@ -92,6 +94,39 @@ def test_max_connections_counts_across_workers(emulator, proxy_factory, ctx):
         assert len(served) == 2, [line for _, line in clients]
     finally:
         for c, _ in clients:
+            c.close()
+
+
+@pytest.mark.parametrize("prefix", [None, "128"])
+def test_max_connections_per_ip_counts_ipv6_per_prefix(emulator, proxy_factory, ctx, prefix):
+    """IPv6 clients (here behind PROXY headers) count per /64 by default:
+    another address of the same /64 is refused, one of the next /64 is not.
+    With ip_prefix_v6 = 128 every address counts alone."""
+    keys = {"max_connections_per_ip": "1"}
+    if prefix is not None:
+        keys["ip_prefix_v6"] = prefix
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port, extra={
+        "proxy": keys,
+        "listen.imaps": {"proxy_protocol": "v1", "proxy_protocol_from": "127.0.0.1"}})
+    dst = "2001:db8::993"
+    open_ = []
+    try:
+        c, line = greeted(proxy.port, ctx, ops.pp_v1("2001:db8:1:2::1", 5001, dst))
+        open_.append(c)
+        assert line.startswith(b"* OK"), line
+        c, line = greeted(proxy.port, ctx, ops.pp_v1("2001:db8:1:2:ffff::7", 5002, dst))
+        if prefix is None:
+            refused(c, line, TOO_MANY_IP)
+        else:
+            open_.append(c)
+            assert line.startswith(b"* OK"), line
+        c, line = greeted(proxy.port, ctx, ops.pp_v1("2001:db8:1:3::1", 5003, dst))
+        open_.append(c)
+        assert line.startswith(b"* OK"), line
+        m = ops.scrape(proxy)
+        assert m.value("imapfront_connections_refused_total") == (1 if prefix is None else 0)
+    finally:
+        for c in open_:
             c.close()
 
 
@@ -223,6 +258,80 @@ def test_user_drops_privileges_and_still_serves(emulator, cert, need_bin):
             h.login(c)
         proxy.proc.send_signal(signal.SIGTERM)
         assert ops.wait_exit(proxy, 5) == 0
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def root_and_nobody():
+    """nobody's passwd entry, or a skip saying why the test cannot run."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the files must be owned by root and the user switched")
+    if not os.stat("/").st_mode & 0o001:
+        pytest.skip("the filesystem root is not traversable by other users")
+    import pwd
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+
+
+def test_files_the_user_cannot_read_are_named(emulator, cert, need_bin):
+    """With user = nobody, a key file of mode 0600 owned by root (and a
+    config file likewise) can be read at start, as root, but not by a
+    reload, which runs as nobody: `-t` names each such file and exits 1, a
+    start warns about each and still serves."""
+    root_and_nobody()
+    base = tempfile.mkdtemp(prefix="imapfront-user-")
+    proxy = None
+    try:
+        os.chmod(base, 0o755)
+        paths = []
+        for src, name in ((cert[0], "cert.pem"), (cert[1], "key.pem")):
+            dst = os.path.join(base, name)
+            shutil.copyfile(src, dst)
+            os.chown(dst, 0, 0)
+            os.chmod(dst, 0o644)
+            paths.append(dst)
+        proxy = h.Proxy(base, paths[0], paths[1], emulator.plain_port,
+                        extra={"proxy": {"user": "nobody"}})
+        os.chmod(proxy.dir, 0o755)
+        os.chmod(proxy.ini, 0o644)
+
+        def check():
+            return subprocess.run([h.BIN, "-t", "-c", proxy.ini], stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=30)
+
+        r = check()
+        assert r.returncode == 0 and "not readable" not in r.stderr, (r.returncode, r.stderr)
+
+        os.chmod(paths[1], 0o600)
+        r = check()
+        assert r.returncode == 1, r
+        assert ("%s: not readable by user nobody; a reload would fail" % paths[1]
+                in r.stderr.splitlines()), r.stderr
+        assert paths[0] not in r.stderr and proxy.ini not in r.stderr, r.stderr
+
+        os.chmod(proxy.ini, 0o600)
+        r = check()
+        assert r.returncode == 1, r
+        lines = r.stderr.splitlines()
+        for path in (proxy.ini, paths[1]):
+            assert "%s: not readable by user nobody; a reload would fail" % path in lines, lines
+
+        # A start (as root) works, and warns about each file. The new
+        # proxy's directory is mkdtemp's (0700): nobody cannot reach its
+        # proxy.ini either, whatever the file's own mode.
+        proxy.stop()
+        proxy = h.Proxy(base, paths[0], paths[1], emulator.plain_port,
+                        extra={"proxy": {"user": "nobody"}})
+        for path in (proxy.ini, paths[1]):
+            proxy.log.wait_for(r"\bwarn main: %s: not readable by user nobody; a reload would "
+                               r"fail$" % re.escape(path), alive=proxy.check_alive)
+        assert paths[0] not in proxy.log.text()
+        with h.TLSClient(proxy.port, h.client_context(paths[0])) as c:
+            h.login(c)
     finally:
         if proxy is not None:
             proxy.stop()
