@@ -55,6 +55,12 @@ static void gd_buf_add(struct gd_buf *b, const void *p, size_t n)
     b->len += n;
 }
 
+/* b's bytes from off on (never a null pointer, even when empty). */
+static inline const uint8_t *gd_at(const struct gd_buf *b, size_t off)
+{
+    return b->p != NULL ? b->p + off : (const uint8_t *)"";
+}
+
 static void gd_buf_free(struct gd_buf *b)
 {
     free(b->p);
@@ -230,7 +236,7 @@ static void gd_commands(struct gd *d)
         d->last_wait = imf_gate_client_wait(&d->g, at_start);
         if (d->last_wait != IMF_GATE_GO)
             return;
-        const uint8_t *p = d->c_in.p + d->c_off;
+        const uint8_t *p = gd_at(&d->c_in, d->c_off);
         size_t avail = d->c_in.len - d->c_off;
         struct imf_framer_ev ev;
         size_t n = imf_framer_next(&d->cfr, p, avail, &ev);
@@ -301,7 +307,7 @@ static void gd_response_line(struct gd *d, const struct imf_framer_ev *ev)
 static void gd_responses(struct gd *d)
 {
     for (size_t guard = 0; !d->closed && guard < 4 * (d->b_in.len + 16); guard++) {
-        const uint8_t *p = d->b_in.p + d->b_off;
+        const uint8_t *p = gd_at(&d->b_in, d->b_off);
         size_t avail = d->b_in.len - d->b_off;
         struct imf_framer_ev ev;
         size_t n = imf_framer_next(&d->rfr, p, avail, &ev);
