@@ -245,7 +245,8 @@ static size_t strip_id(uint8_t *line, size_t len)
     const uint8_t *end = args + alen;
     if (is_word(args, alen, "NIL"))
         return len;
-    if (alen < 2 || args[0] != '(' || end[-1] != ')')
+    /* "()" is not an ID list (RFC 2971: NIL, or at least one pair). */
+    if (alen < 3 || args[0] != '(' || end[-1] != ')')
         return 0;
     const uint8_t *p = args + 1;
     uint8_t *w = args + 1;
@@ -276,7 +277,7 @@ static size_t strip_id(uint8_t *line, size_t len)
         first = false;
     }
     if (first) {
-        /* Nothing left: "()" is not valid; NIL says the same. */
+        /* Nothing left: NIL says so (it fits: a pair was at least 8 octets). */
         w = args;
         memcpy(w, "NIL", 3);
         w += 3;
