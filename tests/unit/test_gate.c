@@ -353,11 +353,13 @@ static void test_idle_poll(void **state)
     client_lacks(&d, "imapfront-poll");
     gd_free(&d);
 
-    /* A command instead of DONE is not forwarded; the IDLE ends with BAD. */
-    PLAY(&d, &p, B(GREET_PRE), C("i IDLE\r\n"), C("x LOGOUT\r\n"), C("y NOOP\r\n"));
+    /* A command instead of DONE is not forwarded and does not end the
+     * IDLE (only DONE does); the client is told. */
+    PLAY(&d, &p, B(GREET_PRE), C("i IDLE\r\n"), C("x LOGOUT\r\n"), C("DONE\r\n"),
+         C("y NOOP\r\n"));
     backend_is(&d, "y NOOP\r\n");
-    client_got(&d, "i BAD Expected DONE");
-    client_lacks(&d, "i OK");
+    client_got(&d, "* BAD Expected DONE to end IDLE");
+    client_got(&d, "i OK IDLE terminated");
     gd_free(&d);
 
     /* Not before login. */
@@ -584,11 +586,13 @@ static void test_client_id_empty_list(void **state)
     (void)state;
     struct imf_gate_params p = defaults();
     struct gd d;
+    /* "()" is not an ID list: refused, never rewritten (NIL is longer). */
     PLAY(&d, &p, B(GREET), C("a ID ()\r\n"));
-    backend_is(&d, "a ID NIL\r\n");
+    backend_is(&d, "");
+    client_got(&d, "a BAD Invalid ID parameters");
     gd_free(&d);
     PLAY(&d, &p, B(GREET), C("a ID ()\nb NOOP\r\n"));
-    backend_is(&d, "a ID NIL\r\nb NOOP\r\n");
+    backend_is(&d, "b NOOP\r\n");
     gd_free(&d);
 }
 
