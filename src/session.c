@@ -32,6 +32,7 @@
 #include "imapfront/capability.h"
 #include "imapfront/gate.h"
 #include "imapfront/chain.h"
+#include "imapfront/conn.h"
 #include "imapfront/imap.h"
 #include "imapfront/imap_framer.h"
 #include "imapfront/iplimit.h"
@@ -92,14 +93,12 @@ static_assert(IMF_ARRAY_LEN(sess_state_names) == SESS_STATE_COUNT, "state names"
 #define LINGER_MS 5000
 /* Response lines are held whole (for policy) up to this size, then streamed. */
 #define RESPONSE_LINE_HOLD (64 * 1024)
-#define WRITE_IOV_MAX      16
 /* COMPRESS: inflated octets one pump may produce before it yields, and the
  * ratio (inflated / compressed) past which the stream is refused, once
  * this much has been inflated. */
 #define INFLATE_BUDGET      (256 * 1024)
 #define INFLATE_RATIO_MAX   200
 #define INFLATE_RATIO_AFTER (64u * 1024 * 1024)
-#define WRITE_BYTES_MAX     (256 * 1024)
 
 /* A client address: IPv4 or IPv6 only, so no sockaddr_storage (128 bytes)
  * per session. */
@@ -125,35 +124,22 @@ struct imf_session {
     enum sess_state state;
     enum imf_close_reason reason;
 
-    uv_tcp_t client;
-    uv_tcp_t backend;
+    struct imf_conn client; /* rx: ciphertext (plaintext before STARTTLS); tx: ciphertext */
+    struct imf_conn backend;
     uv_timer_t timer;
     unsigned open_handles;
 
-    /* Flag bits of the two sockets. */
-    bool backend_inited;  /* backend handle initialised (must be closed) */
-    bool backend_up;      /* connected */
-    bool client_reading;  /* uv_read_start active */
-    bool backend_reading; /* idem */
-    bool client_blocked;  /* upstream over the high mark: not reading */
-    bool backend_blocked; /* downstream over the high mark: not reading */
-    bool client_eof;      /* client sent EOF or close_notify */
-    bool backend_eof;     /* backend closed */
-    bool client_closing;  /* uv_close called on the client */
-    bool backend_closing; /* uv_close called on the backend */
-    bool shutdown_sent;   /* close_notify queued */
-    bool tls_failed;      /* the TLS connection failed: only its alert may still go out */
-    bool linger;          /* on close: FIN first, then read and discard until EOF */
-    bool lingering;       /* ... doing so now (bounded by the linger timer) */
-    size_t client_wlen;   /* bytes of c_tx in the client write (0 = none) */
-    size_t backend_wlen;  /* bytes of b_tx in the backend write (0 = none) */
+    bool shutdown_sent; /* close_notify queued */
+    bool tls_failed;    /* the TLS connection failed: only its alert may still go out */
+    bool linger;        /* on close: FIN first, then read and discard until EOF */
+    bool lingering;     /* ... doing so now (bounded by the linger timer) */
 
     SSL *ssl;
     struct imf_tls_io tio;
 
-    struct imf_chain c_rx, c_plain, b_tx; /* upstream */
-    struct imf_chain b_rx, p_tx, c_tx;    /* downstream */
-    size_t high, low;                     /* watermarks per direction */
+    struct imf_chain c_plain; /* upstream: client.rx -> c_plain -> backend.tx */
+    struct imf_chain p_tx;    /* downstream: backend.rx -> p_tx -> client.tx */
+    size_t high, low;         /* watermarks per direction */
 
     /* Command side. */
     struct imf_framer cfr;
@@ -248,6 +234,12 @@ static const char *backend_label(const struct imf_session *s)
     return s->backend_name != NULL ? s->backend_name : "-";
 }
 
+/* A handle needed only at times, made on first use (see conn.h). */
+static void *lazy(struct imf_session *s, uv_handle_type type, void **slot, bool *inited)
+{
+    return imf_lazy_handle(&s->worker->loop, type, s, slot, inited, &s->open_handles);
+}
+
 static void set_state(struct imf_session *s, enum sess_state st)
 {
     if (s->state == st)
@@ -329,7 +321,7 @@ static void to_client_str(struct imf_session *s, const char *text)
 
 static void to_backend(struct imf_session *s, const void *p, size_t n)
 {
-    if (imf_chain_append(&s->b_tx, p, n) != 0)
+    if (imf_chain_append(&s->backend.tx, p, n) != 0)
         session_close(s, IMF_CLOSE_NO_MEMORY, false);
 }
 
@@ -360,7 +352,7 @@ static void local_answer(struct imf_session *s, const void *p, size_t n)
 /* Nothing from the backend is pending and no answer of ours waits. */
 static bool backend_quiet(const struct imf_session *s)
 {
-    return s->b_rx.bytes == 0 && s->l_tx.bytes == 0 && response_boundary(s);
+    return s->backend.rx.bytes == 0 && s->l_tx.bytes == 0 && response_boundary(s);
 }
 
 /* Sends "* BYE text" and closes gracefully with reason. */
@@ -404,12 +396,12 @@ static void session_free(struct imf_session *s)
 {
     struct imf_worker *w = s->worker;
     log_summary(s);
-    imf_chain_clear(&s->c_rx);
+    imf_chain_clear(&s->client.rx);
     imf_chain_clear(&s->c_plain);
-    imf_chain_clear(&s->b_tx);
-    imf_chain_clear(&s->b_rx);
+    imf_chain_clear(&s->backend.tx);
+    imf_chain_clear(&s->backend.rx);
     imf_chain_clear(&s->p_tx);
-    imf_chain_clear(&s->c_tx);
+    imf_chain_clear(&s->client.tx);
     imf_chain_clear(&s->c_z);
     imf_chain_clear(&s->p_z);
     imf_chain_clear(&s->l_tx);
@@ -464,37 +456,34 @@ static void close_handle(struct imf_session *s, uv_handle_t *h)
         uv_close(h, on_handle_closed);
 }
 
+/* One of the handles made by lazy(): closed if it was initialised. */
+static void close_lazy(struct imf_session *s, void *h, bool *inited)
+{
+    if (*inited) {
+        *inited = false;
+        close_handle(s, h);
+    }
+}
+
 static void close_backend(struct imf_session *s)
 {
-    if (s->idle_timer_inited) {
-        s->idle_timer_inited = false;
-        close_handle(s, (uv_handle_t *)s->idle_timer);
-    }
-    if (s->yield_inited) {
-        s->yield_inited = false;
-        close_handle(s, (uv_handle_t *)s->yield_idle);
-    }
-    if (s->batch_inited) {
-        s->batch_inited = false;
-        close_handle(s, (uv_handle_t *)s->batch_check);
-    }
-    if (s->split_timer_inited) {
-        s->split_timer_inited = false;
-        close_handle(s, (uv_handle_t *)s->split_timer);
-    }
-    if (s->backend_inited && !s->backend_closing) {
-        s->backend_closing = true;
-        s->backend_reading = false;
-        close_handle(s, (uv_handle_t *)&s->backend);
+    close_lazy(s, s->idle_timer, &s->idle_timer_inited);
+    close_lazy(s, s->yield_idle, &s->yield_inited);
+    close_lazy(s, s->batch_check, &s->batch_inited);
+    close_lazy(s, s->split_timer, &s->split_timer_inited);
+    if (s->backend.inited && !s->backend.closing) {
+        s->backend.closing = true;
+        s->backend.reading = false;
+        close_handle(s, (uv_handle_t *)&s->backend.tcp);
     }
 }
 
 static void close_client(struct imf_session *s)
 {
-    if (!s->client_closing) {
-        s->client_closing = true;
-        s->client_reading = false;
-        close_handle(s, (uv_handle_t *)&s->client);
+    if (!s->client.closing) {
+        s->client.closing = true;
+        s->client.reading = false;
+        close_handle(s, (uv_handle_t *)&s->client.tcp);
     }
 }
 
@@ -519,7 +508,7 @@ static void session_close(struct imf_session *s, enum imf_close_reason reason, b
     close_backend(s);
     if (s->state == SESS_CLOSING && graceful)
         return;
-    if (graceful && !s->client_closing && !s->client_eof) {
+    if (graceful && !s->client.closing && !s->client.eof) {
         /* session_pump() flushes what is queued (and close_notify) and then
          * closes; the linger timer bounds how long a client that does not
          * read can keep us waiting. */
@@ -539,7 +528,7 @@ static void session_close(struct imf_session *s, enum imf_close_reason reason, b
 static bool session_quiet(const struct imf_session *s)
 {
     return s->state == SESS_RELAY && imf_gate_quiet(&s->gate) && s->cline_len == 0 &&
-           s->c_plain.bytes == 0 && (s->ssl == NULL ? s->c_rx.bytes == 0 : true) &&
+           s->c_plain.bytes == 0 && (s->ssl == NULL ? s->client.rx.bytes == 0 : true) &&
            imf_framer_at_message_start(&s->cfr);
 }
 
@@ -566,89 +555,23 @@ void imf_session_shutdown(struct imf_session *s)
 
 /* ---- writes ------------------------------------------------------------ */
 
-static void on_client_written(uv_write_t *req, int status);
-static void on_backend_written(uv_write_t *req, int status);
-
-/* Writes the front of c. Most writes complete at once (uv_try_write); only
- * one that does not takes a request, allocated here and freed by cb, so
- * that a session holds none between writes. */
-static void start_write(struct imf_session *s, uv_stream_t *stream, struct imf_chain *c,
-                        size_t *wlen, uv_write_cb cb)
+/* A write that did not complete at once has: move on. */
+static void on_written(struct imf_conn *c, int status)
 {
-    if (*wlen != 0 || c->bytes == 0)
-        return;
-    struct imf_iovec iov[WRITE_IOV_MAX];
-    uv_buf_t bufs[WRITE_IOV_MAX];
-    size_t total;
-    unsigned n = imf_chain_iov(c, iov, WRITE_IOV_MAX, WRITE_BYTES_MAX, &total);
-    for (unsigned i = 0; i < n; i++)
-        bufs[i] = uv_buf_init(iov[i].base, (unsigned)iov[i].len);
-    /* Try the socket right away: most writes complete at once and need no
-     * request. */
-    int done = uv_try_write(stream, bufs, n);
-    if (done > 0) {
-        imf_chain_consume(c, (size_t)done);
-        if ((size_t)done == total) {
-            if (c->bytes > 0)
-                start_write(s, stream, c, wlen, cb);
-            return;
-        }
-        n = imf_chain_iov(c, iov, WRITE_IOV_MAX, WRITE_BYTES_MAX, &total);
-        for (unsigned i = 0; i < n; i++)
-            bufs[i] = uv_buf_init(iov[i].base, (unsigned)iov[i].len);
-    } else if (done < 0 && done != UV_EAGAIN) {
-        if (stream == (uv_stream_t *)&s->client)
-            session_close(s, IMF_CLOSE_CLIENT_ERROR, false);
-        else
-            session_close(s, IMF_CLOSE_BACKEND_ERROR, false);
-        return;
-    }
-    uv_write_t *req = malloc(sizeof(*req));
-    if (req == NULL) {
-        session_close(s, IMF_CLOSE_NO_MEMORY, false);
-        return;
-    }
-    req->data = s;
-    int rc = uv_write(req, stream, bufs, n, cb);
-    if (rc != 0) {
-        free(req);
-        if (stream == (uv_stream_t *)&s->client)
-            session_close(s, IMF_CLOSE_CLIENT_ERROR, false);
-        else
-            session_close(s, IMF_CLOSE_BACKEND_ERROR, false);
-        return;
-    }
-    *wlen = total;
-}
-
-static void on_client_written(uv_write_t *req, int status)
-{
-    struct imf_session *s = req->data;
-    free(req);
-    size_t n = s->client_wlen;
-    s->client_wlen = 0;
-    imf_chain_consume(&s->c_tx, n);
+    struct imf_session *s = c->tcp.data;
     if (status < 0) {
         if (status != UV_ECANCELED)
-            session_close(s, IMF_CLOSE_CLIENT_ERROR, false);
+            session_close(s, c == &s->client ? IMF_CLOSE_CLIENT_ERROR : IMF_CLOSE_BACKEND_ERROR,
+                          false);
         return;
     }
     session_pump(s);
 }
 
-static void on_backend_written(uv_write_t *req, int status)
+static void write_side(struct imf_session *s, struct imf_conn *c)
 {
-    struct imf_session *s = req->data;
-    free(req);
-    size_t n = s->backend_wlen;
-    s->backend_wlen = 0;
-    imf_chain_consume(&s->b_tx, n);
-    if (status < 0) {
-        if (status != UV_ECANCELED)
-            session_close(s, IMF_CLOSE_BACKEND_ERROR, false);
-        return;
-    }
-    session_pump(s);
+    if (imf_conn_write(c, on_written) != 0)
+        session_close(s, c == &s->client ? IMF_CLOSE_CLIENT_ERROR : IMF_CLOSE_BACKEND_ERROR, false);
 }
 
 /* ---- the command side (client -> backend) ----------------------------- */
@@ -676,15 +599,9 @@ static void idle_arm(struct imf_session *s)
             uv_timer_stop(s->idle_timer);
         return;
     }
-    if (!s->idle_timer_inited) {
-        if (s->idle_timer == NULL && (s->idle_timer = malloc(sizeof(*s->idle_timer))) == NULL) {
-            session_close(s, IMF_CLOSE_NO_MEMORY, false);
-            return;
-        }
-        uv_timer_init(&s->worker->loop, s->idle_timer);
-        s->idle_timer->data = s;
-        s->idle_timer_inited = true;
-        s->open_handles++;
+    if (lazy(s, UV_TIMER, (void **)&s->idle_timer, &s->idle_timer_inited) == NULL) {
+        session_close(s, IMF_CLOSE_NO_MEMORY, false);
+        return;
     }
     uv_timer_start(s->idle_timer, on_idle_timer, next > now ? next - now : 0, 0);
 }
@@ -837,7 +754,7 @@ static void note_hold(struct imf_session *s)
     s->holding = true;
     s->held++;
     imf_stat_add(&s->worker->stats.commands_held, 1);
-    uint64_t queued = s->c_rx.bytes + s->c_plain.bytes;
+    uint64_t queued = s->client.rx.bytes + s->c_plain.bytes;
     if (queued > atomic_load_explicit(&s->worker->stats.longest_queue, memory_order_relaxed))
         atomic_store_explicit(&s->worker->stats.longest_queue, queued, memory_order_relaxed);
 }
@@ -847,8 +764,8 @@ static void note_hold(struct imf_session *s)
 static void process_commands(struct imf_session *s)
 {
     /* Before STARTTLS the client's bytes are plaintext already. */
-    struct imf_chain *in = s->ssl != NULL ? &s->c_plain : &s->c_rx;
-    while (s->state == SESS_RELAY && s->b_tx.bytes < s->high && !s->split_wait) {
+    struct imf_chain *in = s->ssl != NULL ? &s->c_plain : &s->client.rx;
+    while (s->state == SESS_RELAY && s->backend.tx.bytes < s->high && !s->split_wait) {
         size_t avail;
         const uint8_t *p = imf_chain_peek(in, &avail);
         bool at_start = imf_framer_at_message_start(&s->cfr) && s->cline_len == 0;
@@ -879,7 +796,7 @@ static void process_commands(struct imf_session *s)
             if (discarding)
                 break;
             /* Literal payloads move by block, not by copy. */
-            if (imf_chain_splice(&s->b_tx, in, n) != 0)
+            if (imf_chain_splice(&s->backend.tx, in, n) != 0)
                 session_close(s, IMF_CLOSE_NO_MEMORY, false);
             continue;
         case IMF_EV_LITERAL_END:
@@ -899,7 +816,7 @@ static void process_commands(struct imf_session *s)
             return;
         }
         imf_chain_consume(in, n);
-        if (in == &s->c_rx && s->ssl != NULL)
+        if (in == &s->client.rx && s->ssl != NULL)
             return; /* STARTTLS: what follows is the handshake */
     }
 }
@@ -969,7 +886,7 @@ static int decrypt_records(struct imf_session *s)
             progress = true;
             if (room - (size_t)n < TLS_RECORD_MAX)
                 return 1; /* the block is full: frame it */
-            if (s->c_rx.bytes == 0 && SSL_pending(s->ssl) == 0)
+            if (s->client.rx.bytes == 0 && SSL_pending(s->ssl) == 0)
                 return 1; /* nothing more has arrived */
             continue;
         }
@@ -982,7 +899,7 @@ static int decrypt_records(struct imf_session *s)
         if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && s->tio.in_eof)) {
             /* close_notify or EOF: the client is gone; a half-sent command
              * must not reach the backend's parser complete. */
-            s->client_eof = true;
+            s->client.eof = true;
             session_close(s, IMF_CLOSE_CLIENT_EOF, false);
             return -1;
         }
@@ -1009,14 +926,8 @@ static void on_yield(uv_idle_t *h)
  * Returns false when the handle cannot be had. */
 static bool yield_later(struct imf_session *s)
 {
-    if (!s->yield_inited) {
-        if (s->yield_idle == NULL && (s->yield_idle = malloc(sizeof(*s->yield_idle))) == NULL)
-            return false;
-        uv_idle_init(&s->worker->loop, s->yield_idle);
-        s->yield_idle->data = s;
-        s->yield_inited = true;
-        s->open_handles++;
-    }
+    if (lazy(s, UV_IDLE, (void **)&s->yield_idle, &s->yield_inited) == NULL)
+        return false;
     uv_idle_start(s->yield_idle, on_yield);
     return true;
 }
@@ -1034,7 +945,7 @@ static void pump_upstream(struct imf_session *s)
     uint64_t inflated_before = s->zin != NULL ? s->zin->total_out : 0;
     for (;;) {
         process_commands(s);
-        if (s->state != SESS_RELAY || s->c_plain.bytes > 0 || s->client_eof)
+        if (s->state != SESS_RELAY || s->c_plain.bytes > 0 || s->client.eof)
             return;
         if (s->zin != NULL && (s->c_z.bytes > 0 || s->zin_full)) {
             if (s->zin->total_out - inflated_before >= INFLATE_BUDGET && yield_later(s))
@@ -1045,7 +956,7 @@ static void pump_upstream(struct imf_session *s)
             if (r > 0)
                 continue;
         }
-        if (s->c_rx.bytes == 0 && !s->tio.in_eof && SSL_pending(s->ssl) == 0)
+        if (s->client.rx.bytes == 0 && !s->tio.in_eof && SSL_pending(s->ssl) == 0)
             return;
         if (decrypt_records(s) <= 0)
             return;
@@ -1141,10 +1052,10 @@ static void process_responses(struct imf_session *s)
 {
     /* During a STARTTLS handshake responses are framed and held in p_tx
      * until TLS is up (bounded like everything else). */
-    while ((s->state == SESS_RELAY || s->state == SESS_HANDSHAKE) && s->backend_up &&
-           s->p_tx.bytes + s->c_tx.bytes < s->high) {
+    while ((s->state == SESS_RELAY || s->state == SESS_HANDSHAKE) && s->backend.up &&
+           s->p_tx.bytes + s->client.tx.bytes < s->high) {
         size_t avail;
-        const uint8_t *p = imf_chain_peek(&s->b_rx, &avail);
+        const uint8_t *p = imf_chain_peek(&s->backend.rx, &avail);
         struct imf_framer_ev ev;
         size_t n = imf_framer_next(&s->rfr, p, avail, &ev);
         switch (ev.kind) {
@@ -1180,14 +1091,14 @@ static void process_responses(struct imf_session *s)
             on_response_line(s, &ev);
             line_reset(&s->rline, &s->rline_len, &s->rline_cap);
             s->rline_streaming = false;
-            imf_chain_consume(&s->b_rx, n);
+            imf_chain_consume(&s->backend.rx, n);
             flush_local(s);
             if (s->state == SESS_CLOSING || s->state == SESS_CLOSED)
                 return;
             continue;
         case IMF_EV_LITERAL:
             /* FETCH bodies move by block, not by copy. */
-            if (imf_chain_splice(&s->p_tx, &s->b_rx, n) != 0) {
+            if (imf_chain_splice(&s->p_tx, &s->backend.rx, n) != 0) {
                 session_close(s, IMF_CLOSE_NO_MEMORY, false);
                 return;
             }
@@ -1198,7 +1109,7 @@ static void process_responses(struct imf_session *s)
             /* The response framer has no limits and no errors. */
             return;
         }
-        imf_chain_consume(&s->b_rx, n);
+        imf_chain_consume(&s->backend.rx, n);
         if (s->state == SESS_CLOSING || s->state == SESS_CLOSED)
             return;
     }
@@ -1251,7 +1162,7 @@ static void encrypt_downstream(struct imf_session *s)
         while (s->p_tx.bytes > 0) {
             size_t avail;
             const uint8_t *p = imf_chain_peek(&s->p_tx, &avail);
-            if (imf_chain_append(&s->c_tx, p, avail) != 0) {
+            if (imf_chain_append(&s->client.tx, p, avail) != 0) {
                 session_close(s, IMF_CLOSE_NO_MEMORY, false);
                 return;
             }
@@ -1266,7 +1177,7 @@ static void encrypt_downstream(struct imf_session *s)
     if (s->zout != NULL)
         deflate_downstream(s);
     struct imf_chain *src = s->zout != NULL ? &s->p_z : &s->p_tx;
-    while (src->bytes > 0 && s->c_tx.bytes < s->high) {
+    while (src->bytes > 0 && s->client.tx.bytes < s->high) {
         size_t avail;
         const uint8_t *p = imf_chain_peek(src, &avail);
         if (avail > TLS_RECORD_MAX)
@@ -1314,8 +1225,8 @@ static void on_failed_backend_closed(uv_handle_t *h)
 {
     struct imf_session *s = h->data;
     s->open_handles--;
-    s->backend_inited = false;
-    s->backend_closing = false;
+    s->backend.inited = false;
+    s->backend.closing = false;
     if (s->state == SESS_CONNECTING) {
         s->plan_pos++;
         try_next_backend(s);
@@ -1334,8 +1245,8 @@ static void backend_failed(struct imf_session *s, const char *why)
     imf_log_kv(IMF_LOG_WARN, "backend", "connect failed", "client", s->peer, "backend",
                s->cfg->servers[idx].text, "reason", why, NULL);
     s->connect_abandoned = true;
-    s->backend_closing = true;
-    uv_close((uv_handle_t *)&s->backend, on_failed_backend_closed);
+    s->backend.closing = true;
+    uv_close((uv_handle_t *)&s->backend.tcp, on_failed_backend_closed);
 }
 
 static void try_next_backend(struct imf_session *s)
@@ -1346,20 +1257,20 @@ static void try_next_backend(struct imf_session *s)
     }
     const struct imf_sockaddr *srv = &s->cfg->servers[s->plan[s->plan_pos]];
     s->backend_name = srv->text;
-    int rc = uv_tcp_init(&s->worker->loop, &s->backend);
+    int rc = uv_tcp_init(&s->worker->loop, &s->backend.tcp);
     if (rc != 0) {
         backend_unavailable(s);
         return;
     }
-    s->backend.data = s;
-    s->backend_inited = true;
+    s->backend.tcp.data = s;
+    s->backend.inited = true;
     s->open_handles++;
     s->connect_abandoned = false;
     set_state(s, SESS_CONNECTING);
     /* Freed by on_backend_connected, which libuv calls exactly once (with
      * UV_ECANCELED when the handle closes first). */
     uv_connect_t *req = malloc(sizeof(*req));
-    rc = req != NULL ? uv_tcp_connect(req, &s->backend, (const struct sockaddr *)&srv->ss,
+    rc = req != NULL ? uv_tcp_connect(req, &s->backend.tcp, (const struct sockaddr *)&srv->ss,
                                       on_backend_connected)
                      : UV_ENOMEM;
     if (rc != 0) {
@@ -1508,13 +1419,13 @@ static void on_backend_connected(uv_connect_t *req, int status)
          * "all read" reference for the split's window check. */
         int fd = -1;
         struct imf_sendq q;
-        if (uv_fileno((uv_handle_t *)&s->backend, &fd) == 0 && imf_sendq_probe(fd, &q) == 0 &&
+        if (uv_fileno((uv_handle_t *)&s->backend.tcp, &fd) == 0 && imf_sendq_probe(fd, &q) == 0 &&
             q.window_known)
             s->peer_window_max = q.peer_window;
     }
     imf_stat_add(&s->worker->stats.backend_connect_ok, 1);
-    s->backend_up = true;
-    uv_tcp_nodelay(&s->backend, 1);
+    s->backend.up = true;
+    uv_tcp_nodelay(&s->backend.tcp, 1);
     if (s->cfg->forward_client_ip == IMF_FORWARD_IP_ID)
         send_client_id(s);
     set_state(s, SESS_RELAY);
@@ -1579,7 +1490,7 @@ static void do_handshake(struct imf_session *s)
             bye(s, IMF_CLOSE_REFUSED, s->refusal);
             return;
         }
-        if (s->backend_up) {
+        if (s->backend.up) {
             /* After STARTTLS: the session goes on as an implicit-TLS one. */
             set_state(s, SESS_RELAY);
             arm_inactivity_timer(s);
@@ -1601,8 +1512,8 @@ static void do_handshake(struct imf_session *s)
 /* Creates the TLS engine and starts the handshake timer. */
 static int begin_tls(struct imf_session *s)
 {
-    s->tio.in = &s->c_rx;
-    s->tio.out = &s->c_tx;
+    s->tio.in = &s->client.rx;
+    s->tio.out = &s->client.tx;
     s->tio.peer = s->peer;
     s->ssl = imf_tls_conn_new(s->worker->ssl_ctx, &s->tio);
     if (s->ssl == NULL)
@@ -1620,9 +1531,9 @@ static int begin_tls(struct imf_session *s)
 static void start_tls(struct imf_session *s)
 {
     encrypt_downstream(s); /* the OK, still in plaintext */
-    size_t junk = s->c_rx.bytes;
+    size_t junk = s->client.rx.bytes;
     if (junk > 0) {
-        imf_chain_consume(&s->c_rx, junk);
+        imf_chain_consume(&s->client.rx, junk);
         s->discarded_after_starttls += junk;
         char n[24];
         snprintf(n, sizeof(n), "%zu", junk);
@@ -1638,19 +1549,6 @@ static void start_tls(struct imf_session *s)
 }
 
 /* ---- reading ----------------------------------------------------------- */
-
-/* A socket read goes straight into the tail of its chain (a zero-length
- * buffer when there is no memory: libuv then reports UV_ENOBUFS). */
-static void read_into(struct imf_chain *c, uv_buf_t *buf)
-{
-    uint8_t *p;
-    size_t room;
-    if (imf_chain_reserve(c, IMF_READ_MIN, &p, &room) != 0) {
-        *buf = uv_buf_init(NULL, 0);
-        return;
-    }
-    *buf = uv_buf_init((char *)p, (unsigned)room);
-}
 
 /* Relays what the client sent. */
 static void client_data_arrived(struct imf_session *s)
@@ -1682,14 +1580,8 @@ static void on_batch_check(uv_check_t *c)
  * handle cannot be had: then relay now. */
 static bool batch_later(struct imf_session *s)
 {
-    if (!s->batch_inited) {
-        if (s->batch_check == NULL && (s->batch_check = malloc(sizeof(*s->batch_check))) == NULL)
-            return false;
-        uv_check_init(&s->worker->loop, s->batch_check);
-        s->batch_check->data = s;
-        s->batch_inited = true;
-        s->open_handles++;
-    }
+    if (lazy(s, UV_CHECK, (void **)&s->batch_check, &s->batch_inited) == NULL)
+        return false;
     uv_check_start(s->batch_check, on_batch_check);
     return true;
 }
@@ -1697,18 +1589,18 @@ static bool batch_later(struct imf_session *s)
 static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct imf_session *s = h->data;
-    read_into(&s->c_rx, buf);
+    imf_conn_read_buf(&s->client.rx, buf);
 }
 
 static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     struct imf_session *s = st->data;
     if (buf->base != NULL)
-        imf_chain_commit(&s->c_rx, nread > 0 ? (size_t)nread : 0);
+        imf_chain_commit(&s->client.rx, nread > 0 ? (size_t)nread : 0);
     if (nread == 0)
         return;
     if (s->lingering) {
-        imf_chain_consume(&s->c_rx, s->c_rx.bytes);
+        imf_chain_consume(&s->client.rx, s->client.rx.bytes);
         if (nread < 0) {
             set_state(s, SESS_CLOSED);
             close_client(s);
@@ -1720,12 +1612,12 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     s->stall_reported = false;
     if (s->state == SESS_PROXY_HEADER) {
         if (nread < 0) {
-            if (s->c_rx.bytes > 0)
+            if (s->client.rx.bytes > 0)
                 imf_log_kv(IMF_LOG_WARN, "session", "PROXY header refused", "client", s->peer,
                            "reason", "truncated: the connection closed inside the header", NULL);
-            s->client_eof = true;
-            session_close(s, s->c_rx.bytes > 0 ? IMF_CLOSE_PROXY_PROTOCOL : IMF_CLOSE_CLIENT_EOF,
-                          false);
+            s->client.eof = true;
+            session_close(
+                s, s->client.rx.bytes > 0 ? IMF_CLOSE_PROXY_PROTOCOL : IMF_CLOSE_CLIENT_EOF, false);
         } else {
             read_proxy_header(s);
         }
@@ -1745,12 +1637,12 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             /* Relay what complete records are left, then close. */
             pump_upstream(s);
         }
-        s->client_eof = true;
+        s->client.eof = true;
         session_close(s, nread == UV_EOF ? IMF_CLOSE_CLIENT_EOF : IMF_CLOSE_CLIENT_ERROR, false);
         return;
     }
     if ((size_t)nread == buf->len && s->state == SESS_RELAY && s->ssl != NULL &&
-        s->c_rx.bytes < s->high / 2 && batch_later(s))
+        s->client.rx.bytes < s->high / 2 && batch_later(s))
         return;
     client_data_arrived(s);
 }
@@ -1758,22 +1650,19 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 static void on_backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct imf_session *s = h->data;
-    read_into(&s->b_rx, buf);
+    imf_conn_read_buf(&s->backend.rx, buf);
 }
 
 static void on_backend_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     struct imf_session *s = st->data;
     if (buf->base != NULL)
-        imf_chain_commit(&s->b_rx, nread > 0 ? (size_t)nread : 0);
+        imf_chain_commit(&s->backend.rx, nread > 0 ? (size_t)nread : 0);
     if (nread == 0)
         return;
     if (nread < 0) {
-        s->backend_eof = true;
-        if (s->backend_reading) {
-            uv_read_stop((uv_stream_t *)&s->backend);
-            s->backend_reading = false;
-        }
+        s->backend.eof = true;
+        imf_conn_want_read(&s->backend, false, NULL, NULL);
     }
     session_pump(s);
 }
@@ -1781,35 +1670,23 @@ static void on_backend_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 /* Starts or stops reading each socket according to the watermarks. */
 static void update_reading(struct imf_session *s)
 {
-    size_t up = s->c_rx.bytes + s->c_z.bytes + s->c_plain.bytes + s->b_tx.bytes;
-    size_t down = s->b_rx.bytes + s->p_tx.bytes + s->c_tx.bytes;
-    if (!s->client_blocked && up >= s->high)
-        s->client_blocked = true;
-    else if (s->client_blocked && up <= s->low)
-        s->client_blocked = false;
-    if (!s->backend_blocked && down >= s->high)
-        s->backend_blocked = true;
-    else if (s->backend_blocked && down <= s->low)
-        s->backend_blocked = false;
+    size_t up = s->client.rx.bytes + s->c_z.bytes + s->c_plain.bytes + s->backend.tx.bytes;
+    size_t down = s->backend.rx.bytes + s->p_tx.bytes + s->client.tx.bytes;
+    if (!s->client.blocked && up >= s->high)
+        s->client.blocked = true;
+    else if (s->client.blocked && up <= s->low)
+        s->client.blocked = false;
+    if (!s->backend.blocked && down >= s->high)
+        s->backend.blocked = true;
+    else if (s->backend.blocked && down <= s->low)
+        s->backend.blocked = false;
 
     bool want_client =
-        !s->client_closing && !s->client_eof && !s->client_blocked && s->state <= SESS_RELAY;
-    if (want_client && !s->client_reading) {
-        if (uv_read_start((uv_stream_t *)&s->client, on_client_alloc, on_client_read) == 0)
-            s->client_reading = true;
-    } else if (!want_client && s->client_reading) {
-        uv_read_stop((uv_stream_t *)&s->client);
-        s->client_reading = false;
-    }
-    bool want_backend = s->backend_up && !s->backend_closing && !s->backend_eof &&
-                        !s->backend_blocked && s->state == SESS_RELAY;
-    if (want_backend && !s->backend_reading) {
-        if (uv_read_start((uv_stream_t *)&s->backend, on_backend_alloc, on_backend_read) == 0)
-            s->backend_reading = true;
-    } else if (!want_backend && s->backend_reading) {
-        uv_read_stop((uv_stream_t *)&s->backend);
-        s->backend_reading = false;
-    }
+        !s->client.closing && !s->client.eof && !s->client.blocked && s->state <= SESS_RELAY;
+    imf_conn_want_read(&s->client, want_client, on_client_alloc, on_client_read);
+    bool want_backend = s->backend.up && !s->backend.closing && !s->backend.eof &&
+                        !s->backend.blocked && s->state == SESS_RELAY;
+    imf_conn_want_read(&s->backend, want_backend, on_backend_alloc, on_backend_read);
 }
 
 /* literal_crlf_split. TCP cannot promise the backend separate reads; what
@@ -1842,7 +1719,7 @@ static bool split_drained(struct imf_session *s)
         s->split_since_ms = now_ms; /* the literal's end was just written */
     int fd = -1;
     struct imf_sendq q = {0};
-    if (uv_fileno((uv_handle_t *)&s->backend, &fd) != 0 || imf_sendq_probe(fd, &q) != 0)
+    if (uv_fileno((uv_handle_t *)&s->backend.tcp, &fd) != 0 || imf_sendq_probe(fd, &q) != 0)
         q.window_known = false;
     if (q.window_known && q.peer_window > s->peer_window_max)
         s->peer_window_max = q.peer_window;
@@ -1851,16 +1728,9 @@ static bool split_drained(struct imf_session *s)
     uint64_t settle = s->cfg->literal_crlf_split_delay_ms;
     bool settled = q.unsent == 0 && read_up && waited >= settle;
     if (!settled && waited < settle + SPLIT_WAIT_MAX_MS) {
-        if (!s->split_timer_inited) {
-            if (s->split_timer == NULL &&
-                (s->split_timer = malloc(sizeof(*s->split_timer))) == NULL) {
-                session_close(s, IMF_CLOSE_NO_MEMORY, false);
-                return false;
-            }
-            uv_timer_init(&s->worker->loop, s->split_timer);
-            s->split_timer->data = s;
-            s->split_timer_inited = true;
-            s->open_handles++;
+        if (lazy(s, UV_TIMER, (void **)&s->split_timer, &s->split_timer_inited) == NULL) {
+            session_close(s, IMF_CLOSE_NO_MEMORY, false);
+            return false;
         }
         uint64_t delay = SPLIT_POLL_MS;
         if (q.unsent == 0 && read_up && settle > waited)
@@ -1902,7 +1772,7 @@ static void session_pump(struct imf_session *s)
                 }
                 if (s->draining && session_quiet(s))
                     bye(s, IMF_CLOSE_SHUTDOWN, "[UNAVAILABLE] Server shutting down");
-                if (s->backend_eof && s->b_rx.bytes == 0 && s->state == SESS_RELAY) {
+                if (s->backend.eof && s->backend.rx.bytes == 0 && s->state == SESS_RELAY) {
                     /* The client gets what the backend sent, then the close. */
                     if (s->rline_len > 0) {
                         to_client(s, s->rline, s->rline_len);
@@ -1924,21 +1794,20 @@ static void session_pump(struct imf_session *s)
         }
         if (s->state == SESS_CLOSED)
             return;
-        size_t c_before = s->c_tx.bytes, b_before = s->b_tx.bytes;
-        if (!s->client_closing)
-            start_write(s, (uv_stream_t *)&s->client, &s->c_tx, &s->client_wlen, on_client_written);
+        size_t c_before = s->client.tx.bytes, b_before = s->backend.tx.bytes;
+        if (!s->client.closing)
+            write_side(s, &s->client);
         if (s->state == SESS_CLOSED)
             return;
-        if (s->backend_up && !s->backend_closing)
-            start_write(s, (uv_stream_t *)&s->backend, &s->b_tx, &s->backend_wlen,
-                        on_backend_written);
+        if (s->backend.up && !s->backend.closing)
+            write_side(s, &s->backend);
         if (s->state == SESS_CLOSED)
             return;
-        bool again = s->c_tx.bytes < c_before || s->b_tx.bytes < b_before;
-        if (s->split_wait && s->b_tx.bytes == 0 && s->backend_wlen == 0 && s->state == SESS_RELAY &&
-            split_drained(s))
+        bool again = s->client.tx.bytes < c_before || s->backend.tx.bytes < b_before;
+        if (s->split_wait && s->backend.tx.bytes == 0 && s->backend.wlen == 0 &&
+            s->state == SESS_RELAY && split_drained(s))
             again = true; /* the rest of the command may go now */
-        if (s->state == SESS_CLOSING && s->c_tx.bytes == 0 && s->client_wlen == 0 &&
+        if (s->state == SESS_CLOSING && s->client.tx.bytes == 0 && s->client.wlen == 0 &&
             (s->shutdown_sent || s->tls_failed || s->ssl == NULL ||
              !SSL_is_init_finished(s->ssl))) {
             /* Already draining: a pump that returns here (the BYE may have
@@ -1948,16 +1817,14 @@ static void session_pump(struct imf_session *s)
             if (s->lingering)
                 return;
             int fd = -1;
-            if (s->linger && !s->client_eof && uv_fileno((uv_handle_t *)&s->client, &fd) == 0 &&
+            if (s->linger && !s->client.eof && uv_fileno((uv_handle_t *)&s->client.tcp, &fd) == 0 &&
                 shutdown(fd, SHUT_WR) == 0) {
                 /* Our last bytes and a FIN are on their way; drain what the
                  * client still sends until it closes or the linger timer
                  * (already running) ends it. */
                 s->lingering = true;
-                imf_chain_consume(&s->c_rx, s->c_rx.bytes);
-                if (!s->client_reading &&
-                    uv_read_start((uv_stream_t *)&s->client, on_client_alloc, on_client_read) == 0)
-                    s->client_reading = true;
+                imf_chain_consume(&s->client.rx, s->client.rx.bytes);
+                imf_conn_want_read(&s->client, true, on_client_alloc, on_client_read);
                 return;
             }
             set_state(s, SESS_CLOSED);
@@ -2056,7 +1923,7 @@ static void admit(struct imf_session *s)
 static void read_proxy_header(struct imf_session *s)
 {
     uint8_t buf[IMF_PP_MAX];
-    size_t n = imf_chain_copy_out(&s->c_rx, buf, sizeof(buf));
+    size_t n = imf_chain_copy_out(&s->client.rx, buf, sizeof(buf));
     struct imf_pp_info info;
     size_t hlen = 0;
     const char *why = NULL;
@@ -2069,7 +1936,7 @@ static void read_proxy_header(struct imf_session *s)
         session_close(s, IMF_CLOSE_PROXY_PROTOCOL, false);
         return;
     }
-    imf_chain_consume(&s->c_rx, hlen);
+    imf_chain_consume(&s->client.rx, hlen);
     uv_timer_stop(&s->timer);
     if (!info.local) {
         char via[64];
@@ -2095,12 +1962,12 @@ void imf_session_accept(struct imf_listener *l)
     s->start_ms = uv_now(&w->loop);
     s->high = s->cfg->buffer_limit;
     s->low = s->high / 2;
-    imf_chain_init(&s->c_rx, &w->stats.chain);
+    imf_chain_init(&s->client.rx, &w->stats.chain);
     imf_chain_init(&s->c_plain, &w->stats.chain);
-    imf_chain_init(&s->b_tx, &w->stats.chain);
-    imf_chain_init(&s->b_rx, &w->stats.chain);
+    imf_chain_init(&s->backend.tx, &w->stats.chain);
+    imf_chain_init(&s->backend.rx, &w->stats.chain);
     imf_chain_init(&s->p_tx, &w->stats.chain);
-    imf_chain_init(&s->c_tx, &w->stats.chain);
+    imf_chain_init(&s->client.tx, &w->stats.chain);
     imf_chain_init(&s->c_z, &w->stats.chain);
     imf_chain_init(&s->p_z, &w->stats.chain);
     imf_chain_init(&s->l_tx, &w->stats.chain);
@@ -2120,24 +1987,24 @@ void imf_session_accept(struct imf_listener *l)
     imf_stat_add(&l->sessions_active, 1);
     imf_stat_add(&l->sessions_total, 1);
 
-    uv_tcp_init(&w->loop, &s->client);
-    s->client.data = s;
+    uv_tcp_init(&w->loop, &s->client.tcp);
+    s->client.tcp.data = s;
     s->open_handles++;
     uv_timer_init(&w->loop, &s->timer);
     s->timer.data = s;
     s->open_handles++;
     snprintf(s->peer, sizeof(s->peer), "?");
-    int rc = uv_accept((uv_stream_t *)&l->handle, (uv_stream_t *)&s->client);
+    int rc = uv_accept((uv_stream_t *)&l->handle, (uv_stream_t *)&s->client.tcp);
     if (rc != 0) {
         imf_warn("listener", "accept failed: %s", uv_strerror(rc));
         session_close(s, IMF_CLOSE_CLIENT_ERROR, false);
         return;
     }
     int len = sizeof(s->peer_addr);
-    if (uv_tcp_getpeername(&s->client, &s->peer_addr.sa, &len) == 0)
+    if (uv_tcp_getpeername(&s->client.tcp, &s->peer_addr.sa, &len) == 0)
         set_peer(s, &s->peer_addr.sa);
     s->last_client_ms = s->start_ms;
-    uv_tcp_nodelay(&s->client, 1);
+    uv_tcp_nodelay(&s->client.tcp, 1);
     imf_debug("session", "client=%s accepted on %s", s->peer, s->lcfg->name);
     if (s->lcfg->proxy_protocol != IMF_PROXY_PROTOCOL_OFF) {
         if (!imf_cidr_match(s->lcfg->proxy_from, s->lcfg->proxy_from_len, &s->peer_addr.sa)) {
