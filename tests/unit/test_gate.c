@@ -355,8 +355,7 @@ static void test_idle_poll(void **state)
 
     /* A command instead of DONE is not forwarded and does not end the
      * IDLE (only DONE does); the client is told. */
-    PLAY(&d, &p, B(GREET_PRE), C("i IDLE\r\n"), C("x LOGOUT\r\n"), C("DONE\r\n"),
-         C("y NOOP\r\n"));
+    PLAY(&d, &p, B(GREET_PRE), C("i IDLE\r\n"), C("x LOGOUT\r\n"), C("DONE\r\n"), C("y NOOP\r\n"));
     backend_is(&d, "y NOOP\r\n");
     client_got(&d, "* BAD Expected DONE to end IDLE");
     client_got(&d, "i OK IDLE terminated");

@@ -1,0 +1,58 @@
+/* zchain: COMPRESS=DEFLATE (RFC 4978, raw deflate) between two chains, one
+ * stream each way. Pure: no I/O; zlib's state is allocated at start and
+ * freed at end, so a session that never compresses holds two NULLs. */
+#ifndef IMAPFRONT_ZCHAIN_H
+#define IMAPFRONT_ZCHAIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <zlib.h>
+
+#include "imapfront/chain.h"
+
+struct imf_zchain {
+    z_stream *zin, *zout; /* both set once active */
+    bool zin_full;        /* inflate filled its output: it may hold more */
+    bool zout_pending;    /* deflated input not yet sync-flushed */
+};
+
+/* Returns of imf_zchain_inflate() beyond 0 (need more) and 1 (progress). */
+#define IMF_ZCHAIN_CORRUPT (-1) /* not a deflate stream, or it ended */
+#define IMF_ZCHAIN_NOMEM   (-2)
+
+/* Starts both streams; level is deflate's (1..9). Returns 0 or
+ * IMF_ZCHAIN_NOMEM (then nothing is held). */
+int imf_zchain_start(struct imf_zchain *z, int level);
+
+/* Frees what start allocated (any time; a zeroed one holds nothing). */
+void imf_zchain_end(struct imf_zchain *z);
+
+static inline bool imf_zchain_active(const struct imf_zchain *z)
+{
+    return z->zin != NULL;
+}
+
+/* Inflates from in into out (up to one reservation of at least reserve
+ * bytes). Returns 1 on progress, 0 when it needs more input, or an
+ * IMF_ZCHAIN_* error; *out_used/*out_made say how many octets it took and
+ * gave. */
+int imf_zchain_inflate(struct imf_zchain *z, struct imf_chain *in, struct imf_chain *out,
+                       size_t reserve, size_t *out_used, size_t *out_made);
+
+/* True while inflate may still give output: input waits, or its last call
+ * filled the room it had. */
+bool imf_zchain_inflate_pending(const struct imf_zchain *z, const struct imf_chain *in);
+
+/* Octets inflated since start, and what they came from. */
+uint64_t imf_zchain_inflated(const struct imf_zchain *z);
+uint64_t imf_zchain_inflated_from(const struct imf_zchain *z);
+
+/* Deflates in into out until in is empty or out holds high octets; once
+ * in is empty, sync-flushes so that nothing waits in the compressor.
+ * Returns 0 or an IMF_ZCHAIN_* error; adds what it took and gave to
+ * *out_used/*out_made. */
+int imf_zchain_deflate(struct imf_zchain *z, struct imf_chain *in, struct imf_chain *out,
+                       size_t reserve, size_t high, uint64_t *out_used, uint64_t *out_made);
+
+#endif

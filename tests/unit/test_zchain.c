@@ -1,0 +1,172 @@
+/* unit.zchain: COMPRESS over chains, against zlib on the other side. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <zlib.h>
+
+#include "imapfront/zchain.h"
+
+#define RESERVE 16384
+
+/* Some text the way mail is: words, lines, a repeat now and then. */
+static size_t make_text(uint8_t *buf, size_t len, unsigned seed)
+{
+    static const char *const words[] = {"mail",   "proxy ",   "literal", "\r\n",
+                                        "FETCH ", "deflate ", "the ",    "backend "};
+    size_t n = 0;
+    while (n < len) {
+        seed = seed * 1103515245u + 12345u;
+        const char *w = words[(seed >> 16) % 8];
+        size_t k = strlen(w);
+        if (k > len - n)
+            k = len - n;
+        memcpy(buf + n, w, k);
+        n += k;
+    }
+    return n;
+}
+
+/* Raw deflate of in, one sync flush at the end (what a client sends). */
+static size_t client_deflate(const uint8_t *in, size_t len, uint8_t *out, size_t cap)
+{
+    z_stream z = {0};
+    assert_int_equal(deflateInit2(&z, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)len;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    assert_int_equal(deflate(&z, Z_SYNC_FLUSH), Z_OK);
+    size_t n = cap - z.avail_out;
+    deflateEnd(&z);
+    return n;
+}
+
+/* Inflates what the client sent, fed in slices of step octets; the output
+ * must be the text, whatever the slicing. */
+static void inflate_sliced(size_t step)
+{
+    static uint8_t text[200000], wire[220000];
+    size_t tlen = make_text(text, sizeof(text), 7);
+    size_t wlen = client_deflate(text, tlen, wire, sizeof(wire));
+    struct imf_chain_counters k = {0};
+    struct imf_chain in, out;
+    imf_chain_init(&in, &k);
+    imf_chain_init(&out, &k);
+    struct imf_zchain z = {0};
+    assert_int_equal(imf_zchain_start(&z, 1), 0);
+    size_t fed = 0;
+    for (unsigned rounds = 0;
+         rounds < 10000000 && (fed < wlen || imf_zchain_inflate_pending(&z, &in)); rounds++) {
+        if (fed < wlen && in.bytes == 0) {
+            size_t n = step < wlen - fed ? step : wlen - fed;
+            assert_int_equal(imf_chain_append(&in, wire + fed, n), 0);
+            fed += n;
+        }
+        size_t used, made;
+        int rc = imf_zchain_inflate(&z, &in, &out, RESERVE, &used, &made);
+        assert_true(rc == 0 || rc == 1);
+    }
+    assert_int_equal(out.bytes, tlen);
+    uint8_t *got = malloc(tlen);
+    assert_int_equal(imf_chain_copy_out(&out, got, tlen), tlen);
+    assert_memory_equal(got, text, tlen);
+    assert_int_equal(imf_zchain_inflated(&z), tlen);
+    assert_int_equal(imf_zchain_inflated_from(&z), wlen);
+    free(got);
+    imf_zchain_end(&z);
+    imf_chain_clear(&in);
+    imf_chain_clear(&out);
+    assert_int_equal(k.bytes, 0);
+}
+
+static void test_inflate_any_slicing(void **state)
+{
+    (void)state;
+    inflate_sliced(1);
+    inflate_sliced(7);
+    inflate_sliced(4096);
+    inflate_sliced(1 << 20);
+}
+
+/* What the proxy deflates, a client inflates to the same bytes; nothing
+ * waits in the compressor once the input is used up (sync flush), and the
+ * output stops at the high mark until it is taken. */
+static void test_deflate_round_trip_and_high_mark(void **state)
+{
+    (void)state;
+    static uint8_t text[300000], back[300000];
+    size_t tlen = make_text(text, sizeof(text), 3);
+    struct imf_chain_counters k = {0};
+    struct imf_chain in, out;
+    imf_chain_init(&in, &k);
+    imf_chain_init(&out, &k);
+    struct imf_zchain z = {0};
+    assert_int_equal(imf_zchain_start(&z, 6), 0);
+    assert_int_equal(imf_chain_append(&in, text, tlen), 0);
+    z_stream c = {0};
+    assert_int_equal(inflateInit2(&c, -15), Z_OK);
+    size_t got = 0;
+    uint64_t used = 0, made = 0;
+    for (unsigned rounds = 0; rounds < 100000; rounds++) {
+        assert_int_equal(imf_zchain_deflate(&z, &in, &out, RESERVE, 8192, &used, &made), 0);
+        assert_true(out.bytes < 8192 + RESERVE * 2);
+        if (out.bytes == 0 && in.bytes == 0)
+            break;
+        /* The client takes what was made. */
+        size_t avail;
+        const uint8_t *p = imf_chain_peek(&out, &avail);
+        c.next_in = (Bytef *)p;
+        c.avail_in = (uInt)avail;
+        c.next_out = back + got;
+        c.avail_out = (uInt)(sizeof(back) - got);
+        int rc = inflate(&c, Z_SYNC_FLUSH);
+        assert_true(rc == Z_OK || rc == Z_BUF_ERROR);
+        got = sizeof(back) - c.avail_out;
+        imf_chain_consume(&out, avail - c.avail_in);
+    }
+    assert_int_equal(used, tlen);
+    assert_int_equal(got, tlen);
+    assert_memory_equal(back, text, tlen);
+    inflateEnd(&c);
+    imf_zchain_end(&z);
+    imf_chain_clear(&in);
+    imf_chain_clear(&out);
+}
+
+static void test_corrupt_input(void **state)
+{
+    (void)state;
+    struct imf_chain_counters k = {0};
+    struct imf_chain in, out;
+    imf_chain_init(&in, &k);
+    imf_chain_init(&out, &k);
+    struct imf_zchain z = {0};
+    assert_false(imf_zchain_active(&z));
+    assert_int_equal(imf_zchain_start(&z, 1), 0);
+    assert_true(imf_zchain_active(&z));
+    /* A stored block whose length and its complement disagree. */
+    static const uint8_t bad[] = {0x00, 0x05, 0x00, 0x05, 0x00, 'h', 'e', 'l', 'l', 'o'};
+    assert_int_equal(imf_chain_append(&in, bad, sizeof(bad)), 0);
+    size_t used, made;
+    assert_int_equal(imf_zchain_inflate(&z, &in, &out, RESERVE, &used, &made), IMF_ZCHAIN_CORRUPT);
+    imf_zchain_end(&z);
+    imf_zchain_end(&z); /* twice is harmless */
+    assert_false(imf_zchain_active(&z));
+    imf_chain_clear(&in);
+    imf_chain_clear(&out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_inflate_any_slicing),
+        cmocka_unit_test(test_deflate_round_trip_and_high_mark),
+        cmocka_unit_test(test_corrupt_input),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
