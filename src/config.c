@@ -230,6 +230,17 @@ static const struct imf_option imf_options[] = {
     OPT("imap", "compress_level", UINT, compress_level, "1", 1, 9, NULL, 0),
     OPT("imap", "idle_keepalive", DURATION, idle_keepalive_ms, "0", 0, HOUR, NULL, 0),
     OPT("imap", "literal_stall", DURATION, literal_stall_ms, "30s", 0, WEEK, NULL, 0),
+    OPT("login", "throttle", BOOL, login_throttle, "on", 0, 0, NULL, 0),
+    OPT("login", "fail_free", UINT, login_fail_free, "3", 0, 1000, NULL, 0),
+    OPT("login", "fail_ban", UINT, login_fail_ban, "6", 1, 10000, NULL, 0),
+    OPT("login", "address_fail_free", UINT, login_address_fail_free, "10", 0, 100000, NULL, 0),
+    OPT("login", "address_fail_ban", UINT, login_address_fail_ban, "30", 1, 100000, NULL, 0),
+    OPT("login", "fail_window", DURATION, login_fail_window_ms, "10m", SEC, WEEK, NULL, 0),
+    OPT("login", "ban_time", DURATION, login_ban_time_ms, "10m", SEC, WEEK, NULL, 0),
+    OPT("login", "delay_max", DURATION, login_delay_max_ms, "16s", 0, HOUR, NULL, 0),
+    OPT("login", "user_lockout", BOOL, login_user_lockout, "off", 0, 0, NULL, 0),
+    OPT("login", "trusted_networks", STRING, login_trusted_networks, "", 0, 0, NULL, 0),
+    OPT("login", "max_tracked", UINT, login_max_tracked, "100000", 100, 10000000, NULL, 0),
     OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, 0),
     OPT("admin", "allow_from", STRING, admin_allow_from, "", 0, 0, NULL, 0),
     OPT("admin", "max_connections", UINT, admin_max_connections, "256", 1, 10000, NULL, 0),
@@ -255,7 +266,8 @@ static const struct imf_option imf_cert_options[] = {
 /* clang-format on */
 
 /* The sections that are not [listen.NAME], in file order. */
-static const char *const imf_main_sections[] = {"proxy", "tls", "backend", "imap", "admin"};
+static const char *const imf_main_sections[] = {"proxy", "tls",   "backend",
+                                                "imap",  "login", "admin"};
 
 #define IMF_OPTIONS_LEN        ARRAY_SIZE(imf_options)
 #define IMF_LISTEN_OPTIONS_LEN ARRAY_SIZE(imf_listen_options)
@@ -1350,6 +1362,21 @@ static void check_whole(struct parse_ctx *ctx)
             return;
         }
         cfg->admin_allow_len = (size_t)n;
+    }
+
+    size_t trusted_row = option_index("login", "trusted_networks");
+    if (cfg->login_trusted_networks != NULL) {
+        const char *bad = NULL;
+        size_t bad_len = 0;
+        int n = imf_cidr_parse_list(cfg->login_trusted_networks, cfg->login_trusted,
+                                    IMF_PROXY_FROM_MAX, &bad, &bad_len);
+        if (n < 0) {
+            fail(ctx, -EINVAL, ctx->key_lines[trusted_row], "trusted_networks",
+                 "\"%.*s\" is not an address or CIDR range (at most %d entries)", (int)bad_len, bad,
+                 IMF_PROXY_FROM_MAX);
+            return;
+        }
+        cfg->login_trusted_len = (size_t)n;
     }
 
     size_t admin_row = option_index("admin", "address");

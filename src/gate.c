@@ -7,10 +7,20 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/base64.h>
+#include <openssl/mem.h>
+#include <openssl/siphash.h>
+
 #include "imapfront/util.h"
 
 const char *const imf_gate_profile_names[IMF_PROFILE_COUNT] = {"unknown", "generic", "exchange55"};
 static_assert(IMF_ARRAY_LEN(imf_gate_profile_names) == IMF_PROFILE_COUNT, "profile names");
+
+const char *const imf_login_result_names[IMF_LOGIN_RESULT_COUNT] = {"ok", "failed", "refused",
+                                                                    "throttled"};
+static_assert(IMF_ARRAY_LEN(imf_login_result_names) == IMF_LOGIN_RESULT_COUNT, "result names");
+
+#define AUTH_FAILED "NO [AUTHENTICATIONFAILED] Authentication failed"
 
 /* What the client's next line is. */
 enum expect {
@@ -42,6 +52,8 @@ static const struct {
      * LITERAL+. */
     {"Microsoft Exchange", "version 5.5", IMF_PROFILE_EXCHANGE55},
 };
+
+static void login_free(struct imf_gate *g);
 
 #define INFLIGHT_MAX 1024 /* commands one session may have in flight */
 
@@ -329,6 +341,7 @@ void imf_gate_init(struct imf_gate *g, const struct imf_gate_params *p)
 
 void imf_gate_cleanup(struct imf_gate *g)
 {
+    login_free(g);
     free(g->inflight);
     g->inflight = NULL;
     g->inflight_len = g->inflight_cap = 0;
@@ -406,6 +419,250 @@ enum imf_gate_wait imf_gate_client_wait(const struct imf_gate *g, bool at_messag
 bool imf_gate_discarding(const struct imf_gate *g)
 {
     return g->discarding;
+}
+
+/* ---- login attempts --------------------------------------------------------- */
+
+static void login_free(struct imf_gate *g)
+{
+    if (g->login != NULL) {
+        OPENSSL_cleanse(g->login, sizeof(*g->login));
+        free(g->login);
+        g->login = NULL;
+    }
+}
+
+/* Starts a login attempt; false when there is no memory (the attempt then
+ * goes unrecorded, never refused for that). */
+static bool login_start(struct imf_gate *g, const char *tag, const uint8_t *mech, size_t mech_len)
+{
+    login_free(g);
+    g->login = calloc(1, sizeof(*g->login));
+    if (g->login == NULL)
+        return false;
+    snprintf(g->login->tag, sizeof(g->login->tag), "%s", tag);
+    size_t n = mech_len < sizeof(g->login->mech) - 1 ? mech_len : sizeof(g->login->mech) - 1;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = mech[i];
+        g->login->mech[i] =
+            (char)(c >= 'a' && c <= 'z' ? c - 32 : (c > 0x20 && c < 0x7f ? c : '?'));
+    }
+    return true;
+}
+
+static void login_name(char *dst, const uint8_t *p, size_t n)
+{
+    if (n > IMF_GATE_USER_MAX)
+        n = IMF_GATE_USER_MAX;
+    for (size_t i = 0; i < n; i++)
+        dst[i] = p[i] != '\0' ? (char)p[i] : '?';
+    dst[n] = '\0';
+}
+
+static void login_secret(struct imf_gate *g, const uint8_t *p, size_t n)
+{
+    /* Never 0: 0 means "no secret seen". */
+    g->login->secret_hash = SIPHASH_24(g->p->secret_key, p, n) | 1u;
+}
+
+/* One value of LOGIN: the user name, then the password. */
+static void login_value(struct imf_gate *g, const uint8_t *v, size_t n)
+{
+    struct imf_gate_login *l = g->login;
+    if (l->arg == 0)
+        login_name(l->user, v, n);
+    else if (l->arg == 1)
+        login_secret(g, v, n);
+    l->arg++;
+}
+
+/* Reads an atom or a quoted string at p[*i..end) into out (cut at cap).
+ * Returns false when neither is there. */
+static bool astring(const uint8_t *p, size_t end, size_t *i, uint8_t *out, size_t cap,
+                    size_t *out_len)
+{
+    size_t k = *i, n = 0;
+    if (k < end && p[k] == '"') {
+        for (k++; k < end && p[k] != '"'; k++) {
+            if (p[k] == '\\' && k + 1 < end)
+                k++;
+            if (n < cap)
+                out[n++] = p[k];
+        }
+        if (k >= end)
+            return false;
+        k++;
+    } else {
+        while (k < end && (atom_char(p[k]) || p[k] == ']')) {
+            if (n < cap)
+                out[n++] = p[k];
+            k++;
+        }
+        if (k == *i)
+            return false;
+    }
+    *i = k;
+    *out_len = n;
+    return true;
+}
+
+/* The arguments of LOGIN in p[0..n) (after the command name on its first
+ * line; a whole line after one of its literals). A literal ends the line:
+ * its octets are captured as they go. */
+static void login_args(struct imf_gate *g, const uint8_t *p, size_t n)
+{
+    struct imf_gate_login *l = g->login;
+    size_t i = 0;
+    while (l->arg < 2 && i < n) {
+        if (l->arg == 1 && p[i] == ' ')
+            i++;
+        if (i < n && p[i] == '{') {
+            l->capture = (uint8_t)(l->arg + 1);
+            l->cap_len = 0;
+            l->cut = false;
+            return;
+        }
+        uint8_t v[IMF_GATE_CAPTURE_MAX];
+        size_t vlen = 0;
+        bool ok = astring(p, n, &i, v, sizeof(v), &vlen);
+        if (ok)
+            login_value(g, v, vlen);
+        OPENSSL_cleanse(v, sizeof(v));
+        if (!ok) {
+            l->arg = 2; /* not LOGIN's syntax: the backend says so */
+            return;
+        }
+    }
+}
+
+/* The captured literal is complete (the line after it has come). */
+static void login_captured(struct imf_gate *g)
+{
+    struct imf_gate_login *l = g->login;
+    if (l == NULL || l->capture == 0)
+        return;
+    l->arg = (uint8_t)(l->capture - 1);
+    l->capture = 0;
+    login_value(g, l->cap, l->cap_len);
+    OPENSSL_cleanse(l->cap, sizeof(l->cap));
+    l->cap_len = 0;
+}
+
+bool imf_gate_capturing(const struct imf_gate *g)
+{
+    return g->login != NULL && g->login->capture != 0;
+}
+
+void imf_gate_capture(struct imf_gate *g, const uint8_t *p, size_t n)
+{
+    struct imf_gate_login *l = g->login;
+    if (l == NULL || l->capture == 0)
+        return;
+    size_t room = sizeof(l->cap) - l->cap_len;
+    if (n > room) {
+        l->cut = true;
+        n = room;
+    }
+    memcpy(l->cap + l->cap_len, p, n);
+    l->cap_len += n;
+}
+
+/* Finds "field" in p[0..n) at the start or after one of the octets in
+ * seps, and sets its value: up to the next of those octets. */
+static bool sasl_field(const uint8_t *p, size_t n, const char *field, const char *seps,
+                       const uint8_t **out, size_t *out_len)
+{
+    size_t k = strlen(field);
+    for (size_t i = 0; i + k <= n; i++) {
+        if ((i == 0 || memchr(seps, p[i - 1], strlen(seps)) != NULL) &&
+            memcmp(p + i, field, k) == 0) {
+            size_t e = i + k;
+            while (e < n && memchr(seps, p[e], strlen(seps)) == NULL)
+                e++;
+            *out = p + i + k;
+            *out_len = e - i - k;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* One SASL message of the login (initial response or a line answering a
+ * "+"), base64 in b64[0..n): the names it carries in clear, a hash of the
+ * secret it carries. Never keeps the decoded octets. */
+static void sasl_data(struct imf_gate *g, const uint8_t *b64, size_t n)
+{
+    struct imf_gate_login *l = g->login;
+    uint8_t step = l->sasl_step++;
+    if (n == 1 && b64[0] == '=')
+        n = 0; /* an empty initial response */
+    uint8_t buf[3072];
+    if (n > sizeof(buf) / 3 * 4)
+        n = sizeof(buf) / 3 * 4; /* a prefix is enough for the names */
+    n -= n % 4;
+    size_t m = 0;
+    if (n > 0 && !EVP_DecodeBase64(buf, &m, sizeof(buf), b64, n))
+        return;
+    const uint8_t *v;
+    size_t vlen;
+    if (strcmp(l->mech, "PLAIN") == 0 && step == 0) {
+        /* authzid NUL authcid NUL passwd (RFC 4616) */
+        const uint8_t *a = memchr(buf, 0, m);
+        const uint8_t *b = a != NULL ? memchr(a + 1, 0, m - (size_t)(a + 1 - buf)) : NULL;
+        if (b != NULL) {
+            login_name(l->authz, buf, (size_t)(a - buf));
+            login_name(l->user, a + 1, (size_t)(b - a - 1));
+            login_secret(g, b + 1, m - (size_t)(b + 1 - buf));
+        }
+    } else if (strcmp(l->mech, "LOGIN") == 0) {
+        if (step == 0)
+            login_name(l->user, buf, m);
+        else if (step == 1)
+            login_secret(g, buf, m);
+    } else if (strcmp(l->mech, "XOAUTH2") == 0 && step == 0) {
+        if (sasl_field(buf, m, "user=", "\x01", &v, &vlen))
+            login_name(l->user, v, vlen);
+        if (sasl_field(buf, m, "auth=", "\x01", &v, &vlen))
+            login_secret(g, v, vlen);
+    } else if (strcmp(l->mech, "OAUTHBEARER") == 0 && step == 0) {
+        if (sasl_field(buf, m, "a=", ",\x01", &v, &vlen))
+            login_name(l->user, v, vlen);
+        if (sasl_field(buf, m, "auth=", "\x01", &v, &vlen))
+            login_secret(g, v, vlen);
+    }
+    OPENSSL_cleanse(buf, sizeof(buf));
+}
+
+/* Asks the session once whether this attempt is refused. */
+static bool login_check(struct imf_gate *g)
+{
+    struct imf_gate_login *l = g->login;
+    if (l == NULL || l->checked)
+        return false;
+    l->checked = true;
+    if (g->p->login_refused == NULL)
+        return false;
+    l->refused = g->p->login_refused(g->p->login_ctx, l);
+    return l->refused;
+}
+
+static void login_end(struct imf_gate *g, enum imf_login_result r)
+{
+    if (g->login != NULL && !g->login->done) {
+        g->login->result = (uint8_t)r;
+        g->login->done = true;
+        g->login->capture = 0;
+    }
+}
+
+const struct imf_gate_login *imf_gate_login(const struct imf_gate *g)
+{
+    return g->login;
+}
+
+void imf_gate_login_clear(struct imf_gate *g)
+{
+    login_free(g);
 }
 
 /* ---- decisions on client lines -------------------------------------------- */
@@ -520,6 +777,20 @@ static void continuation_line(struct imf_gate *g, uint8_t *line, size_t len,
         out->log = "NUL or bare CR in a command line";
         return;
     }
+    if (g->cur_cmd == IMF_CMD_LOGIN && g->login != NULL && !g->login->done) {
+        login_captured(g);
+        login_args(g, line, text_len(line, len));
+        if (g->login->arg >= 1 && login_check(g)) {
+            /* The name went as a literal; the password has not: the
+             * command is left unfinished and the session ends. */
+            login_end(g, IMF_LOGIN_THROTTLED);
+            out->actions |= IMF_GATE_CLOSE | IMF_GATE_LOGIN_DONE;
+            out->why = IMF_GATE_CLOSE_LOGIN;
+            out->log = AUTH_FAILED;
+            answer(out, g->cur_tag, AUTH_FAILED);
+            return;
+        }
+    }
     forward(g, line, len, ev, out);
 }
 
@@ -613,16 +884,43 @@ static void command_line(struct imf_gate *g, uint8_t *line, size_t len,
         }
         return;
     case IMF_CMD_LOGIN:
-    case IMF_CMD_AUTHENTICATE:
+    case IMF_CMD_AUTHENTICATE: {
+        const uint8_t *ir = NULL; /* AUTHENTICATE's initial response */
+        size_t mlen = 0, irlen = 0;
+        if (c.cmd == IMF_CMD_LOGIN) {
+            if (login_start(g, c.tag, (const uint8_t *)"LOGIN", 5))
+                login_args(g, args, alen);
+        } else {
+            while (mlen < alen && args[mlen] != ' ')
+                mlen++;
+            if (mlen < alen) {
+                ir = args + mlen + 1;
+                irlen = alen - mlen - 1;
+            }
+            if (login_start(g, c.tag, args, mlen) && ir != NULL && !lit && sasl_line(ir, irlen))
+                sasl_data(g, ir, irlen);
+        }
         if (!g->tls && g->p->require_tls) {
+            login_end(g, IMF_LOGIN_REFUSED);
+            out->actions |= IMF_GATE_LOGIN_DONE;
             refuse(g, ev, c.tag, "NO [PRIVACYREQUIRED] Use STARTTLS first", out);
             return;
         }
         if (c.cmd == IMF_CMD_AUTHENTICATE && lit) {
+            login_end(g, IMF_LOGIN_REFUSED);
+            out->actions |= IMF_GATE_LOGIN_DONE;
             refuse(g, ev, c.tag, "BAD AUTHENTICATE takes no literal", out);
             return;
         }
+        bool known = c.cmd == IMF_CMD_LOGIN ? g->login != NULL && g->login->arg >= 1 : ir != NULL;
+        if (known && login_check(g)) {
+            login_end(g, IMF_LOGIN_THROTTLED);
+            out->actions |= IMF_GATE_LOGIN_DONE;
+            refuse(g, ev, c.tag, AUTH_FAILED, out);
+            return;
+        }
         break;
+    }
     case IMF_CMD_IDLE:
         if (lit || alen != 0) {
             refuse(g, ev, c.tag, "BAD IDLE takes no arguments", out);
@@ -696,6 +994,16 @@ static void sasl_response(struct imf_gate *g, uint8_t *line, size_t len,
     g->plus_for = PLUS_CONTINUATION;
     out->actions |= IMF_GATE_FORWARD;
     if (!(ev->literal_flags & IMF_LIT_PRESENT) && sasl_line(line, len)) {
+        size_t n = text_len(line, len);
+        if (g->login != NULL && !g->login->done && !(n == 1 && line[0] == '*')) {
+            sasl_data(g, line, n);
+            if (login_check(g)) {
+                /* Refused: the backend gets a cancel, never the secret. */
+                memcpy(line, "*\r\n", 3);
+                out->len = 3;
+                return;
+            }
+        }
         if (bare_lf(line, len))
             out->actions |= IMF_GATE_FIX_EOL;
         return;
@@ -863,6 +1171,13 @@ static void tagged(struct imf_gate *g, struct imf_gate_response *out)
         return;
     }
     enum imf_cmd cmd = (enum imf_cmd)c->cmd;
+    if ((cmd == IMF_CMD_LOGIN || cmd == IMF_CMD_AUTHENTICATE) && g->login != NULL &&
+        !g->login->done && strcmp(g->login->tag, c->tag) == 0) {
+        login_end(g, g->login->refused                ? IMF_LOGIN_THROTTLED
+                     : out->r.status == IMF_STATUS_OK ? IMF_LOGIN_OK
+                                                      : IMF_LOGIN_FAILED);
+        out->effects |= IMF_GATE_R_LOGIN;
+    }
     bool current = g->cur_forwarded && strcmp(c->tag, g->cur_tag) == 0;
     remove_inflight(g, c);
     out->effects |= IMF_GATE_R_KICK;

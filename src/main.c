@@ -20,6 +20,7 @@
 #include "imapfront/check.h"
 #include "imapfront/config.h"
 #include "imapfront/iplimit.h"
+#include "imapfront/throttle.h"
 #include "imapfront/log.h"
 #include "imapfront/notify.h"
 #include "imapfront/proxy_proto.h"
@@ -256,6 +257,10 @@ static void reload(struct imf_main *m, enum reload_what what)
     if (cfg->ip_prefix_v6 != imf_iplimit_prefix_v6())
         imf_warn("main", "reload: [proxy] ip_prefix_v6 changed; that needs a restart (still %u)",
                  imf_iplimit_prefix_v6());
+    /* The login table is sized once: its records survive reloads. */
+    if (cfg->login_max_tracked != imf_throttle_capacity())
+        imf_warn("main", "reload: [login] max_tracked changed; that needs a restart (still %u)",
+                 imf_throttle_capacity());
     imf_log_setup((enum imf_log_level)cfg->log_level, (enum imf_log_format)cfg->log_format);
     if (what == RELOAD_ALL)
         warn_weak_settings(cfg);
@@ -490,6 +495,11 @@ int main(int argc, char **argv)
     if (rc != 0)
         imf_warn("main", "NOTIFY_SOCKET: cannot notify the service manager: %s", strerror(-rc));
     imf_iplimit_set_prefix_v6(m.cfg->ip_prefix_v6);
+    if (imf_throttle_setup(m.cfg->login_max_tracked) != 0) {
+        imf_error("main", "[login] max_tracked: no memory for %u records",
+                  m.cfg->login_max_tracked);
+        return 1;
+    }
     m.loop = uv_default_loop();
     m.workers_len = m.cfg->workers != 0 ? m.cfg->workers : uv_available_parallelism();
     if (m.workers_len == 0)

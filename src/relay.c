@@ -2,6 +2,8 @@
  * include/imapfront/session_int.h). */
 #include <string.h>
 
+#include <openssl/mem.h>
+
 #include "imapfront/backend.h"
 #include "imapfront/log.h"
 #include "imapfront/session_int.h"
@@ -50,7 +52,8 @@ static void line_reset(uint8_t **buf, size_t *len, size_t *cap)
 /* Between two responses: nothing of one is half relayed or held. */
 bool imf_sess_response_boundary(const struct imf_session *s)
 {
-    return imf_framer_at_message_start(&s->rfr) && s->rline_len == 0 && !s->rline_streaming;
+    return imf_framer_at_message_start(&s->rfr) && s->rline_len == 0 && !s->rline_streaming &&
+           s->login_held == NULL;
 }
 
 /* The proxy's own answers go out only between responses, never inside one
@@ -90,8 +93,17 @@ static void on_command_line(struct imf_session *s, const struct imf_framer_ev *e
         imf_log_kv(IMF_LOG_INFO, "session", "command refused", "client", s->peer, "tag",
                    imf_gate_current_tag(&s->gate), "command", imf_gate_current_name(&s->gate),
                    "answer", d.log, NULL);
+    if (d.actions & IMF_GATE_LOGIN_DONE)
+        imf_sess_login_finished(s, NULL, 0);
     if (d.actions & IMF_GATE_SKIP_LITERAL)
         imf_framer_skip_literal(&s->cfr);
+    if ((d.actions & IMF_GATE_CLOSE) && d.why == IMF_GATE_CLOSE_LOGIN) {
+        /* The tagged NO, then the session ends (the backend has half a
+         * LOGIN and never its password). */
+        imf_sess_local_answer(s, d.answer, d.answer_len);
+        imf_sess_bye(s, IMF_CLOSE_CLIENT_ERROR, "[AUTHENTICATIONFAILED] Too many failed logins");
+        return;
+    }
     if (d.actions & IMF_GATE_CLOSE) {
         /* answer is "* BYE text\r\n"; imf_sess_bye() writes the frame itself. */
         char text[sizeof(d.answer)];
@@ -187,13 +199,21 @@ static void process_commands(struct imf_session *s)
                 return;
             }
             break;
-        case IMF_EV_LINE_END:
+        case IMF_EV_LINE_END: {
             on_command_line(s, &ev);
+            /* A login's line held its password: zero it. */
+            const char *name = imf_gate_current_name(&s->gate);
+            if (s->cline != NULL &&
+                (strcmp(name, "LOGIN") == 0 || strcmp(name, "AUTHENTICATE") == 0))
+                OPENSSL_cleanse(s->cline, s->cline_cap);
             line_reset(&s->cline, &s->cline_len, &s->cline_cap);
             break;
+        }
         case IMF_EV_LITERAL:
             if (discarding)
                 break;
+            if (imf_gate_capturing(&s->gate))
+                imf_gate_capture(&s->gate, p, n);
             /* Literal payloads move by block, not by copy. */
             if (imf_chain_splice(&s->backend.tx, in, n) != 0)
                 imf_sess_close(s, IMF_CLOSE_NO_MEMORY, false);
@@ -335,6 +355,16 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
         imf_sess_idle_end(s);
     if (fx & IMF_GATE_R_SWALLOW)
         return;
+    if (fx & IMF_GATE_R_LOGIN) {
+        bool failed = imf_gate_login(&s->gate) != NULL &&
+                      imf_gate_login(&s->gate)->result == IMF_LOGIN_FAILED;
+        imf_sess_login_finished(s, s->rline, s->rline_len);
+        if (failed && imf_sess_login_hold(s, s->rline, s->rline_len)) {
+            imf_telemetry_tagged(&s->tracker, &s->worker->stats.telemetry, g.r.tag,
+                                 uv_hrtime() / 1000);
+            return;
+        }
+    }
     if (g.r.kind == IMF_RESP_CONTINUATION && s->rline_len <= 3) {
         /* "+\r\n": RFC 9051 wants text (or base64) after "+ ". */
         imf_stat_add(&s->worker->stats.telemetry.anomalies[IMF_ANOMALY_BARE_PLUS], 1);
@@ -358,7 +388,7 @@ void imf_sess_process_responses(struct imf_session *s)
     /* During a STARTTLS handshake responses are framed and held in p_tx
      * until TLS is up (bounded like everything else). */
     while ((s->state == SESS_RELAY || s->state == SESS_HANDSHAKE) && s->backend.up &&
-           s->p_tx.bytes + s->client.tx.bytes < s->high) {
+           s->login_held == NULL && s->p_tx.bytes + s->client.tx.bytes < s->high) {
         size_t avail;
         const uint8_t *p = imf_chain_peek(&s->backend.rx, &avail);
         struct imf_framer_ev ev;

@@ -6,7 +6,10 @@
 #include <string.h>
 
 #include "imapfront/backend.h"
+#include <openssl/mem.h>
+
 #include "imapfront/iplimit.h"
+#include "imapfront/throttle.h"
 #include "imapfront/log.h"
 #include "imapfront/proxy_proto.h"
 #include "imapfront/session_int.h"
@@ -144,8 +147,9 @@ static void log_summary(struct imf_session *s)
                "tls", s->tls_version ? s->tls_version : "-", "cipher",
                s->tls_cipher ? s->tls_cipher : "-", "backend",
                s->backend_name ? s->backend_name : "-", "bytes_in", in, "bytes_out", out,
-               "duration_ms", dur, "held", held, "literals_converted", conv, "crlf_splits", splits,
-               "reason", imf_close_reason_names[s->reason], NULL);
+               "duration_ms", dur, "user", s->user != NULL ? s->user : "-", "held", held,
+               "literals_converted", conv, "crlf_splits", splits, "reason",
+               imf_close_reason_names[s->reason], NULL);
 }
 
 void imf_sess_free(struct imf_session *s)
@@ -161,7 +165,13 @@ void imf_sess_free(struct imf_session *s)
     imf_chain_clear(&s->c_z);
     imf_chain_clear(&s->p_z);
     imf_chain_clear(&s->l_tx);
+    imf_sess_login_abort(s);
     imf_gate_cleanup(&s->gate);
+    free(s->user);
+    if (s->login_held != NULL)
+        OPENSSL_cleanse(s->login_held, s->login_held_len);
+    free(s->login_held);
+    free(s->login_timer);
     imf_zchain_end(&s->z);
     free(s->cline);
     free(s->rline);
@@ -220,6 +230,7 @@ static void close_backend(struct imf_session *s)
     close_lazy(s, s->yield_idle, &s->yield_inited);
     close_lazy(s, s->batch_check, &s->batch_inited);
     close_lazy(s, s->split_timer, &s->split_timer_inited);
+    close_lazy(s, s->login_timer, &s->login_timer_inited);
     if (s->backend.inited && !s->backend.closing) {
         s->backend.closing = true;
         s->backend.reading = false;
@@ -663,6 +674,9 @@ static void gate_params(struct imf_session *s)
     p->max_literal = c->max_literal_size;
     p->max_command = c->max_command_size;
     p->hide = c->hide_capabilities;
+    p->login_refused = imf_sess_login_refused;
+    p->login_ctx = s;
+    memcpy(p->secret_key, imf_throttle_secret_key(), sizeof(p->secret_key));
     imf_gate_init(&s->gate, p);
 }
 

@@ -41,6 +41,9 @@ void imf_stats_sum(const struct imf_worker *workers, size_t n, struct imf_stats_
         out->compress_in_plain += load(&st->compress_in_plain);
         out->compress_out_plain += load(&st->compress_out_plain);
         out->compress_out_wire += load(&st->compress_out_wire);
+        for (size_t r = 0; r < IMF_STATS_LOGIN_RESULTS; r++)
+            add_array(out->logins[r], st->logins[r], IMF_MECH_COUNT);
+        out->logins_delayed += load(&st->logins_delayed);
         add_array(out->closes, st->closes, IMF_CLOSE_REASON_COUNT);
         add_array(out->handshake_failures, st->handshake_failures, IMF_TLS_FAIL_COUNT);
         for (size_t c = 0; c < IMF_TCMD_COUNT; c++)

@@ -150,6 +150,21 @@ struct imf_config {
     uint64_t idle_keepalive_ms; /* 0 = off: "* OK Still here" to an IDLE client this often */
     uint64_t literal_stall_ms;  /* 0 = off: report a client literal without progress this long */
 
+    /* [login] */
+    bool login_throttle;              /* throttling of failed logins on */
+    uint32_t login_fail_free;         /* per (address, user): failures answered at once */
+    uint32_t login_fail_ban;          /* ... failures after which the proxy refuses */
+    uint32_t login_address_fail_free; /* per address, any user */
+    uint32_t login_address_fail_ban;
+    uint64_t login_fail_window_ms;
+    uint64_t login_ban_time_ms;
+    uint64_t login_delay_max_ms;
+    bool login_user_lockout;      /* also count per user from any address */
+    uint32_t login_max_tracked;   /* records of the table (fixed at start) */
+    char *login_trusted_networks; /* as written; NULL when empty */
+    struct imf_config_cidr login_trusted[IMF_PROXY_FROM_MAX]; /* parsed */
+    size_t login_trusted_len;
+
     /* [admin] */
     struct imf_sockaddr admin_address; /* admin_address.len == 0: off */
     char *admin_allow_from;            /* as written; NULL when empty (anyone) */

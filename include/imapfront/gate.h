@@ -39,6 +39,41 @@ enum imf_gate_profile {
 };
 extern const char *const imf_gate_profile_names[IMF_PROFILE_COUNT];
 
+/* How a login attempt ended. */
+enum imf_login_result {
+    IMF_LOGIN_OK,        /* the backend said OK */
+    IMF_LOGIN_FAILED,    /* the backend said NO or BAD */
+    IMF_LOGIN_REFUSED,   /* the proxy refused it by policy (TLS required, invalid) */
+    IMF_LOGIN_THROTTLED, /* the proxy refused it: too many failures (never reached the backend) */
+    IMF_LOGIN_RESULT_COUNT
+};
+extern const char *const imf_login_result_names[IMF_LOGIN_RESULT_COUNT];
+
+#define IMF_GATE_USER_MAX    255 /* longest user name kept (longer ones are cut) */
+#define IMF_GATE_CAPTURE_MAX 256 /* octets of a LOGIN literal read for its name or secret */
+
+/* The login attempt in progress (LOGIN or AUTHENTICATE): allocated when it
+ * starts, kept until the session calls imf_gate_login_clear(). It never
+ * holds a password: only a keyed hash of it (params.secret_key). */
+struct imf_gate_login {
+    char tag[IMF_TAG_MAX + 1];
+    char mech[24];                     /* "LOGIN" for the command, else the SASL mechanism */
+    char user[IMF_GATE_USER_MAX + 1];  /* authentication identity, "" when unknown */
+    char authz[IMF_GATE_USER_MAX + 1]; /* PLAIN's authorization identity, "" when none */
+    uint64_t secret_hash;              /* SipHash of the password, 0 when not seen */
+    uint8_t result;                    /* enum imf_login_result, once done */
+    bool checked;                      /* login_refused() was asked */
+    bool refused;                      /* ... and said yes */
+    bool done;                         /* result is set */
+    /* Parsing state (gate.c). */
+    uint8_t arg;       /* LOGIN: 0 user, 1 password, 2 both read */
+    uint8_t capture;   /* 0 none, 1 the user literal, 2 the password literal */
+    uint8_t sasl_step; /* SASL responses seen */
+    bool cut;          /* the captured literal was longer than the buffer */
+    size_t cap_len;
+    uint8_t cap[IMF_GATE_CAPTURE_MAX]; /* zeroed as soon as read */
+};
+
 /* The settings a gate follows; borrowed for the gate's life. */
 struct imf_gate_params {
     bool implicit_tls;      /* the client talks TLS from the first byte */
@@ -57,6 +92,13 @@ struct imf_gate_params {
     uint64_t max_literal; /* every literal, any state (0 = no limit) */
     uint64_t max_command; /* a whole command: its lines and literals (0 = no limit) */
     const char *hide;     /* hide_capabilities, or NULL */
+    /* Asked once per login attempt, when its user name is known and before
+     * its password goes to the backend; true refuses it (the proxy answers
+     * NO [AUTHENTICATIONFAILED]). NULL never refuses. It may do what the
+     * gate must not (look at a clock, take a lock). */
+    bool (*login_refused)(void *ctx, const struct imf_gate_login *l);
+    void *login_ctx;
+    uint64_t secret_key[2]; /* keys the hash of passwords (random per process) */
 };
 
 /* The shields in force (from the profile, the keys and quirks). */
@@ -77,23 +119,26 @@ enum imf_gate_wait {
 };
 
 /* Actions of a decision (bits). */
-#define IMF_GATE_FORWARD      0x001u /* send line[0..len) (maybe rewritten) to the backend */
-#define IMF_GATE_ANSWER       0x002u /* queue answer[0..answer_len) for the client */
-#define IMF_GATE_SKIP_LITERAL 0x004u /* the announced synchronising literal will not come */
-#define IMF_GATE_DISCARD      0x008u /* swallow the rest of the command (octets, lines) */
-#define IMF_GATE_STARTTLS     0x010u /* after the answer has gone: start TLS */
-#define IMF_GATE_COMPRESS     0x020u /* after the answer has gone: start COMPRESS */
-#define IMF_GATE_CLOSE        0x040u /* answer is "* BYE ...": send it and close */
-#define IMF_GATE_IDLE_BEGIN   0x080u /* the client now idles: start the keeper */
-#define IMF_GATE_IDLE_END     0x100u /* the client's IDLE ended: stop the keeper */
-#define IMF_GATE_FIX_EOL      0x200u /* the line ends in a bare LF: send CRLF */
-#define IMF_GATE_NEW_COMMAND  0x400u /* a client command went to the backend (telemetry) */
-#define IMF_GATE_CONVERTED    0x800u /* its {N+}/{N-} was made synchronising */
+#define IMF_GATE_FORWARD      0x001u  /* send line[0..len) (maybe rewritten) to the backend */
+#define IMF_GATE_ANSWER       0x002u  /* queue answer[0..answer_len) for the client */
+#define IMF_GATE_SKIP_LITERAL 0x004u  /* the announced synchronising literal will not come */
+#define IMF_GATE_DISCARD      0x008u  /* swallow the rest of the command (octets, lines) */
+#define IMF_GATE_STARTTLS     0x010u  /* after the answer has gone: start TLS */
+#define IMF_GATE_COMPRESS     0x020u  /* after the answer has gone: start COMPRESS */
+#define IMF_GATE_CLOSE        0x040u  /* answer is "* BYE ...": send it and close */
+#define IMF_GATE_IDLE_BEGIN   0x080u  /* the client now idles: start the keeper */
+#define IMF_GATE_IDLE_END     0x100u  /* the client's IDLE ended: stop the keeper */
+#define IMF_GATE_FIX_EOL      0x200u  /* the line ends in a bare LF: send CRLF */
+#define IMF_GATE_NEW_COMMAND  0x400u  /* a client command went to the backend (telemetry) */
+#define IMF_GATE_CONVERTED    0x800u  /* its {N+}/{N-} was made synchronising */
+#define IMF_GATE_LOGIN_DONE   0x1000u /* the proxy ended a login attempt: see imf_gate_login() */
 
 /* Why a decision closes. */
 enum imf_gate_close {
     IMF_GATE_CLOSE_NONE,
     IMF_GATE_CLOSE_TOOBIG, /* a literal or command over the limit after part of it went */
+    IMF_GATE_CLOSE_LOGIN,  /* a LOGIN refused after its user literal went: the answer is
+                              "tag NO ...", then the session closes */
 };
 
 /* A decision about one client line. */
@@ -118,6 +163,7 @@ struct imf_gate_decision {
 #define IMF_GATE_R_IDLE_END     0x100u /* the client's IDLE ended */
 #define IMF_GATE_R_ID_REFUSED   0x200u /* the backend refused the proxy's ID */
 #define IMF_GATE_R_SKIP_LITERAL 0x400u /* the client's literal was refused: it will not come */
+#define IMF_GATE_R_LOGIN        0x800u /* a login attempt ended: see imf_gate_login() */
 
 struct imf_gate_response {
     unsigned effects; /* IMF_GATE_R_* */
@@ -169,7 +215,8 @@ struct imf_gate {
     char idle_tag[IMF_TAG_MAX + 1];
     struct imf_gate_cmd *inflight; /* allocated while commands are in flight */
     uint32_t inflight_len, inflight_cap;
-    uint32_t client_inflight; /* of which the client's own */
+    uint32_t client_inflight;     /* of which the client's own */
+    struct imf_gate_login *login; /* the login attempt, allocated while one is known */
 };
 
 /* Prepares g under params p (borrowed). */
@@ -210,6 +257,19 @@ void imf_gate_cap_policy(const struct imf_gate *g, struct imf_cap_policy *out);
 size_t imf_gate_own_id(struct imf_gate *g, const char *ip, int port, char *out, size_t cap);
 size_t imf_gate_idle_refresh(struct imf_gate *g, bool client_mid_line, char *out, size_t cap);
 size_t imf_gate_idle_poll(struct imf_gate *g, char *out, size_t cap);
+
+/* The current or last login attempt, or NULL. After IMF_GATE_LOGIN_DONE or
+ * IMF_GATE_R_LOGIN its result is set. */
+const struct imf_gate_login *imf_gate_login(const struct imf_gate *g);
+
+/* Forgets a finished login attempt (its memory is zeroed and freed). */
+void imf_gate_login_clear(struct imf_gate *g);
+
+/* While the current command's literal is a LOGIN name or password: the
+ * session passes its octets here as they go (they are copied up to
+ * IMF_GATE_CAPTURE_MAX and zeroed once read). */
+bool imf_gate_capturing(const struct imf_gate *g);
+void imf_gate_capture(struct imf_gate *g, const uint8_t *p, size_t n);
 
 /* State for the session's timers and drain. */
 bool imf_gate_authenticated(const struct imf_gate *g);

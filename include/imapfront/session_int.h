@@ -163,6 +163,17 @@ struct imf_session {
     uint8_t plan_len, plan_pos;
     bool connect_abandoned; /* the pending connect was given up (timeout) */
 
+    /* Logins (throttle.h): the attempt in progress and a failure's held
+     * answer. */
+    bool login_pending;      /* begun in the throttle table, not yet ended */
+    bool login_timer_inited; /* login_timer initialised (must be closed) */
+    uint64_t login_sent_ms;  /* when the attempt went to the backend (loop time) */
+    uint64_t login_delay_ms; /* its failure is answered this much later */
+    uv_timer_t *login_timer; /* allocated on first use, freed with the session */
+    uint8_t *login_held;     /* a failure's tagged answer, until the delay ends */
+    size_t login_held_len;
+    char *user; /* the authenticated user, for the summary line */
+
     /* For the summary line. */
     uint64_t bytes_in, bytes_out; /* plaintext from / to the client */
     uint64_t start_ms;
@@ -217,6 +228,12 @@ void imf_sess_connect_backend(struct imf_session *s);
 /* keeper.c: the IDLE keeper's timer. */
 void imf_sess_idle_begin(struct imf_session *s);
 void imf_sess_idle_end(struct imf_session *s);
+
+/* login.c: login attempts: the throttle, their log line, a failure's delay. */
+bool imf_sess_login_refused(void *ctx, const struct imf_gate_login *l);
+void imf_sess_login_finished(struct imf_session *s, const uint8_t *line, size_t len);
+bool imf_sess_login_hold(struct imf_session *s, const uint8_t *line, size_t len);
+void imf_sess_login_abort(struct imf_session *s);
 
 /* shield.c: literal_crlf_split's write scheduling. */
 bool imf_sess_split_drained(struct imf_session *s);

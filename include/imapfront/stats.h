@@ -47,6 +47,11 @@ struct imf_tls_kind {
     _Atomic uint64_t sessions;
 };
 
+/* Login attempts by result (enum imf_login_result) and mechanism class. */
+#define IMF_STATS_LOGIN_RESULTS 4
+enum imf_stats_mech { IMF_MECH_LOGIN, IMF_MECH_PLAIN, IMF_MECH_OTHER, IMF_MECH_COUNT };
+extern const char *const imf_stats_mech_names[IMF_MECH_COUNT];
+
 /* Counters of one worker: written by its thread only, read by any. */
 struct imf_worker_stats {
     _Atomic uint64_t sessions_active;
@@ -67,6 +72,8 @@ struct imf_worker_stats {
     _Atomic uint64_t compress_in_plain;   /* ... and what they inflated to */
     _Atomic uint64_t compress_out_plain;  /* bytes to clients before deflate */
     _Atomic uint64_t compress_out_wire;   /* ... and after */
+    _Atomic uint64_t logins[IMF_STATS_LOGIN_RESULTS][IMF_MECH_COUNT];
+    _Atomic uint64_t logins_delayed;                         /* failures answered late (throttle) */
     _Atomic uint64_t closes[IMF_CLOSE_REASON_COUNT];         /* by enum imf_close_reason */
     _Atomic uint64_t handshake_failures[IMF_TLS_FAIL_COUNT]; /* by enum imf_tls_failure */
     struct imf_tls_kind tls_kinds[IMF_STATS_TLS_KINDS_MAX];
@@ -103,6 +110,8 @@ struct imf_stats_sum {
     uint64_t compress_in_plain;
     uint64_t compress_out_plain;
     uint64_t compress_out_wire;
+    uint64_t logins[IMF_STATS_LOGIN_RESULTS][IMF_MECH_COUNT];
+    uint64_t logins_delayed;
     uint64_t closes[IMF_CLOSE_REASON_COUNT];
     uint64_t handshake_failures[IMF_TLS_FAIL_COUNT];
     uint64_t lat_buckets[IMF_TCMD_COUNT][IMF_LAT_BUCKETS + 1];

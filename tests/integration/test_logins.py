@@ -1,0 +1,84 @@
+"""Logins the proxy sees: one log line per attempt, the user in the
+summary line, and failed logins throttled by the backend's own verdict.
+The emulator's --record shows how many LOGINs reached the backend."""
+
+import re
+import time
+
+import imapfront_harness as h
+from test_gate import backend_rows, tls_session
+
+PASSWORD = "Wr0ngSecret-Do-Not-Log"
+
+
+def logins_at_backend(emu):
+    return [r["line"] for r in backend_rows(emu, 0)
+            if "line" in r and re.match(r"^\S+ LOGIN ", r["line"], re.I)]
+
+
+def start(proxy_factory, emulator_factory, login):
+    emu = emulator_factory(record=True)
+    proxy = proxy_factory(emu.plain_port, extra={"login": login})
+    return proxy, emu
+
+
+def test_guessing_slows_down_then_stops_reaching_the_backend(proxy_factory, emulator_factory,
+                                                             ctx):
+    proxy, emu = start(proxy_factory, emulator_factory, {"delay_max": "1s"})
+    c = tls_session(proxy.port, ctx)
+    took = []
+    answers = []
+    for i in range(8):
+        t0 = time.monotonic()
+        _, tagged = c.command("G%d" % i, "LOGIN demo %s%d" % (PASSWORD, i))
+        took.append(time.monotonic() - t0)
+        answers.append(tagged)
+    assert all(b" NO " in a for a in answers), answers
+    # fail_free = 3 answered at once; then delayed (delay_max 1s).
+    assert max(took[:3]) < 0.9, took
+    assert min(took[3:6]) >= 0.9, took
+    # fail_ban = 6: the 7th and 8th never reach the backend.
+    assert len(logins_at_backend(emu)) == 6
+    assert b"[AUTHENTICATIONFAILED]" in answers[6]
+    # The owner from the same address is refused too while banned, but a
+    # success elsewhere is unaffected: another user logs in fine.
+    c2 = tls_session(proxy.port, ctx)
+    _, ok = c2.command("L", "LOGIN other other")  # unknown to the emulator: fails
+    assert b" NO " in ok
+    text = "\n".join(proxy.log.lines())
+    assert PASSWORD not in text
+    assert re.search(r"login: login failed result=failed user=demo authz=- mech=LOGIN client=127\.0\.0\.1:\d+",
+                     text), text
+    assert "result=throttled user=demo" in text
+
+
+def test_identical_wrong_password_counts_once(proxy_factory, emulator_factory, ctx):
+    proxy, emu = start(proxy_factory, emulator_factory, {"delay_max": "1s"})
+    c = tls_session(proxy.port, ctx)
+    for i in range(10):
+        t0 = time.monotonic()
+        _, tagged = c.command("R%d" % i, "LOGIN demo {%d+}\r\n%s" % (len(PASSWORD), PASSWORD))
+        assert b" NO " in tagged and b"AUTHENTICATIONFAILED] Authentication failed" not in tagged
+        assert time.monotonic() - t0 < 0.9
+    assert len(logins_at_backend(emu)) == 10
+    _, ok = c.command("OK", "LOGIN {4+}\r\ndemo demo")
+    assert ok.startswith(b"OK OK"), ok
+    c.command("Z", "LOGOUT")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "reason=" not in "".join(proxy.log.lines()):
+        time.sleep(0.05)
+    text = "\n".join(proxy.log.lines())
+    assert PASSWORD not in text
+    assert re.search(r"session: closed .* user=demo ", text), text
+
+
+def test_trusted_networks_are_not_throttled(proxy_factory, emulator_factory, ctx):
+    proxy, emu = start(proxy_factory, emulator_factory,
+                       {"trusted_networks": "127.0.0.0/8", "delay_max": "1s"})
+    c = tls_session(proxy.port, ctx)
+    for i in range(8):
+        t0 = time.monotonic()
+        _, tagged = c.command("T%d" % i, "LOGIN demo x%d" % i)
+        assert b" NO " in tagged
+        assert time.monotonic() - t0 < 0.9
+    assert len(logins_at_backend(emu)) == 8
