@@ -30,6 +30,7 @@ import time
 import pytest
 
 import imapfront_harness as h
+import ops_support as ops
 from dovecot import PlainClient, listener_port
 from test_compress import ZClient
 
@@ -775,6 +776,18 @@ def test_auto_quirks_leave_other_servers_alone(proxy_factory, emulator_factory, 
         "pipelined NOOPs never reached a %s backend together: a shield was turned on "
         "(%r)" % (greeting and "Dovecot" or "default emulator", per_recv))
     assert not quirk_lines(proxy, pmark), quirk_lines(proxy, pmark)
+
+
+@pytest.mark.parametrize("greeting,profile", [(EXCHANGE55, "exchange55"), (None, "generic")],
+                         ids=["exchange55", "emulator"])
+def test_auto_quirks_profile_in_metrics(proxy_factory, emulator_factory, ctx, greeting, profile):
+    """/metrics shows what each server's greeting made of it."""
+    emu = emulator_factory(flags=["--greeting", greeting] if greeting else [])
+    proxy = ops.start_proxy(proxy_factory, emu.plain_port)
+    assert ops.session_backend(proxy, ctx) == ops.addr(emu.plain_port)
+    m = ops.scrape(proxy)
+    assert m.value("imapfront_backend_profile", server=ops.addr(emu.plain_port),
+                   profile=profile) == 1, m.text
 
 
 def test_quirks_none_disables_auto_detection(proxy_factory, emulator_factory, ctx):
