@@ -13,6 +13,7 @@
 #include "imapfront/gate.h"
 #include "imapfront/session.h"
 #include "imapfront/stats.h"
+#include "imapfront/throttle.h"
 #include "imapfront/tls.h"
 
 struct out {
@@ -245,6 +246,23 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
     emit(&o, "imapfront_chain_bytes %" PRId64 "\n", t->chain_bytes);
     head(&o, "imapfront_chain_links", "gauge", "Buffer blocks held in chains.");
     emit(&o, "imapfront_chain_links %" PRId64 "\n", t->chain_links);
+
+    head(&o, "imapfront_logins_total", "counter",
+         "Login attempts (LOGIN, AUTHENTICATE) by result and mechanism.");
+    for (unsigned r = 0; r < IMF_LOGIN_RESULT_COUNT; r++)
+        for (unsigned m = 0; m < IMF_MECH_COUNT; m++)
+            emit(&o, "imapfront_logins_total{result=\"%s\",mechanism=\"%s\"} %" PRIu64 "\n",
+                 imf_login_result_names[r], imf_stats_mech_names[m], t->logins[r][m]);
+    scalar(&o, "imapfront_logins_delayed_total", "counter",
+           "Failed logins whose answer the throttle delayed.", t->logins_delayed);
+    uint64_t records, bans, capacity;
+    imf_throttle_stats(imf_clock_ms(), &records, &bans, &capacity);
+    scalar(&o, "imapfront_login_tracked", "gauge",
+           "Addresses and (address, user) pairs the login throttle tracks.", records);
+    scalar(&o, "imapfront_login_tracked_capacity", "gauge",
+           "Most records the throttle keeps (oldest evicted beyond).", capacity);
+    scalar(&o, "imapfront_login_bans", "gauge",
+           "Records under a ban now (logins refused by the proxy itself).", bans);
 
     scalar(&o, "imapfront_shield_commands_held_total", "counter",
            "Commands held back because one was in flight (pipelining = off).", t->commands_held);

@@ -530,8 +530,10 @@ class TLSClient(LineClient):
     exactly which plaintext goes into which TLS record (one write() = one
     SSL_write) and sees whether the server closed with close_notify."""
 
-    def __init__(self, port, context, host="127.0.0.1", timeout=10.0, handshake=True):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, context, host="127.0.0.1", timeout=10.0, handshake=True,
+                 source=None):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.timeout = timeout
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()

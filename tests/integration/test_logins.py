@@ -6,6 +6,7 @@ import re
 import time
 
 import imapfront_harness as h
+import ops_support as ops
 from test_gate import backend_rows, tls_session
 
 PASSWORD = "Wr0ngSecret-Do-Not-Log"
@@ -18,7 +19,7 @@ def logins_at_backend(emu):
 
 def start(proxy_factory, emulator_factory, login):
     emu = emulator_factory(record=True)
-    proxy = proxy_factory(emu.plain_port, extra={"login": login})
+    proxy = ops.start_proxy(proxy_factory, emu.plain_port, extra={"login": login})
     return proxy, emu
 
 
@@ -50,6 +51,23 @@ def test_guessing_slows_down_then_stops_reaching_the_backend(proxy_factory, emul
     assert re.search(r"login: login failed result=failed user=demo authz=- mech=LOGIN client=127\.0\.0\.1:\d+",
                      text), text
     assert "result=throttled user=demo" in text
+    m = ops.scrape(proxy)
+    assert m.value("imapfront_logins_total", result="failed", mechanism="login") == 7
+    assert m.value("imapfront_logins_total", result="throttled", mechanism="login") == 2
+    assert m.value("imapfront_logins_delayed_total") == 3
+    assert m.value("imapfront_login_bans") >= 1
+    assert m.value("imapfront_login_tracked") >= 2
+    assert PASSWORD not in m.text
+
+    # The account's owner, from another address, is not locked out by
+    # someone else's guessing (user_lockout = off): answered at once.
+    owner = h.TLSClient(proxy.port, ctx, source="127.0.0.2")
+    owner.read_line()
+    t0 = time.monotonic()
+    _, ok = owner.command("O", "LOGIN demo demo")
+    assert ok.startswith(b"O OK"), ok
+    assert time.monotonic() - t0 < 0.9
+    proxy.log.wait_for(r"login: login ok result=ok user=demo .*client=127\.0\.0\.2:", timeout=5)
 
 
 def test_identical_wrong_password_counts_once(proxy_factory, emulator_factory, ctx):
@@ -64,9 +82,7 @@ def test_identical_wrong_password_counts_once(proxy_factory, emulator_factory, c
     _, ok = c.command("OK", "LOGIN {4+}\r\ndemo demo")
     assert ok.startswith(b"OK OK"), ok
     c.command("Z", "LOGOUT")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "reason=" not in "".join(proxy.log.lines()):
-        time.sleep(0.05)
+    proxy.log.wait_for(r"session: closed .* user=demo ", timeout=5)
     text = "\n".join(proxy.log.lines())
     assert PASSWORD not in text
     assert re.search(r"session: closed .* user=demo ", text), text
