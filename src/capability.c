@@ -97,22 +97,34 @@ static bool find_list(const uint8_t *line, size_t len, size_t *out_start, size_t
     return true;
 }
 
+/* The next name of a list at *p (before stop): names are atoms, runs of
+ * bytes above SP; anything else (SP, a stray CR or other control byte)
+ * separates them. False at the end. */
+static bool next_name(const uint8_t **p, const uint8_t *stop, const uint8_t **out_name,
+                      size_t *out_len)
+{
+    const uint8_t *q = *p;
+    while (q < stop && *q <= ' ')
+        q++;
+    *out_name = q;
+    while (q<stop && * q> ' ')
+        q++;
+    *p = q;
+    *out_len = (size_t)(q - *out_name);
+    return *out_len > 0;
+}
+
 bool imf_capability_list_has(const uint8_t *line, size_t len, const char *want, bool *out_has)
 {
     size_t start, end;
     if (!find_list(line, len, &start, &end))
         return false;
     *out_has = false;
-    const uint8_t *p = line + start, *stop = line + end;
-    while (p < stop) {
-        while (p < stop && *p <= ' ')
-            p++;
-        const uint8_t *name = p;
-        while (p<stop && * p> ' ')
-            p++;
-        if (p > name && name_is((const char *)name, (size_t)(p - name), want))
+    const uint8_t *p = line + start, *name;
+    size_t n;
+    while (next_name(&p, line + end, &name, &n))
+        if (name_is((const char *)name, n, want))
             *out_has = true;
-    }
     return true;
 }
 
@@ -130,18 +142,9 @@ bool imf_capability_rewrite(const uint8_t *line, size_t len, const struct imf_ca
         return false;
     size_t pos = 0;
     put(out, &pos, line, start);
-    const uint8_t *p = line + start, *stop = line + end;
-    while (p < stop) {
-        /* Names are atoms: runs of bytes above SP. Anything else (SP, a
-         * stray CR or other control byte) separates them. */
-        while (p < stop && *p <= ' ')
-            p++;
-        const uint8_t *name = p;
-        while (p<stop && * p> ' ')
-            p++;
-        size_t n = (size_t)(p - name);
-        if (n == 0)
-            break;
+    const uint8_t *p = line + start, *name;
+    size_t n;
+    while (next_name(&p, line + end, &name, &n)) {
         if (imf_capability_hidden((const char *)name, n, pol))
             continue;
         /* What the proxy adds goes last, in a fixed order, so a list
