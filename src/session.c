@@ -43,10 +43,6 @@ static_assert(IMF_ARRAY_LEN(imf_close_reason_names) == IMF_CLOSE_REASON_COUNT, "
  * counter every worker writes (one locked add per session start and end). */
 static _Atomic uint64_t sessions_open;
 
-/* Sessions open in the whole process, for max_connections: the only
- * counter every worker writes (one locked add per session start and end). */
-static _Atomic uint64_t sessions_open;
-
 static const char *const sess_state_names[SESS_STATE_COUNT] = {
     "proxy-header", "handshake", "connecting", "relay", "closing", "closed",
 };

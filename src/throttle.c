@@ -14,6 +14,10 @@
 
 #include "imapfront/iplimit.h"
 
+/* Logins in progress for one key before any has failed, past which more
+ * are refused (a first burst of parallel guesses is bounded by it). */
+#define PARALLEL_MAX 32
+
 #define NIL    UINT32_MAX
 #define HASHES 4 /* distinct failed passwords remembered per (address, user) */
 
@@ -245,7 +249,14 @@ enum imf_throttle_verdict imf_throttle_begin(const struct imf_throttle_params *p
         if (r == NULL)
             continue;
         expire(r, p, now_ms);
-        if (r->ban_until_ms > now_ms || (uint32_t)r->fails + r->pending >= ks.ban[i])
+        /* Attempts still in progress count once this key has failed:
+         * parallel sessions then get no more guesses through than one.
+         * Before any failure they count only past PARALLEL_MAX, so that a
+         * user's mail clients opening their connections at once (or many
+         * users behind one NAT) are never refused. */
+        uint32_t fails = r->fails;
+        if (r->ban_until_ms > now_ms || fails >= ks.ban[i] ||
+            (fails > 0 && fails + r->pending >= ks.ban[i]) || r->pending >= PARALLEL_MAX)
             v = IMF_THROTTLE_BAN;
         if (r->fails >= ks.free_[i]) {
             uint32_t over = r->fails - ks.free_[i];

@@ -35,7 +35,7 @@ static inline bool imf_zchain_active(const struct imf_zchain *z)
 
 /* Inflates from in into out (up to one reservation of at least reserve
  * bytes). Returns 1 on progress, 0 when it needs more input, or an
- * IMF_ZCHAIN_* error; *out_used/*out_made say how many octets it took and
+ * IMF_ZCHAIN_* error; *out_used and *out_made say how many octets it took and
  * gave. */
 int imf_zchain_inflate(struct imf_zchain *z, struct imf_chain *in, struct imf_chain *out,
                        size_t reserve, size_t *out_used, size_t *out_made);
@@ -51,7 +51,7 @@ uint64_t imf_zchain_inflated_from(const struct imf_zchain *z);
 /* Deflates in into out until in is empty or out holds high octets; once
  * in is empty, sync-flushes so that nothing waits in the compressor.
  * Returns 0 or an IMF_ZCHAIN_* error; adds what it took and gave to
- * *out_used/*out_made. */
+ * *out_used and *out_made. */
 int imf_zchain_deflate(struct imf_zchain *z, struct imf_chain *in, struct imf_chain *out,
                        size_t reserve, size_t high, uint64_t *out_used, uint64_t *out_made);
 

@@ -43,6 +43,10 @@ src=$(cd "${1:-$here/../..}" && pwd)
 # the root disappear with the script, whatever happens.
 if [ -z "${CHECK_DEB_NS:-}" ]; then
     export CHECK_DEB_NS=1
+    # Inside a chroot (such as fresh-debian's) the root is no mount point
+    # and mount namespaces cannot be made private: say so and skip.
+    unshare --mount --propagation private true 2>/dev/null ||
+        skip "cannot make a private mount namespace here (in a chroot?)"
     exec unshare --mount --propagation private "$0" "$src"
 fi
 

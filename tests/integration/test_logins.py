@@ -98,3 +98,18 @@ def test_trusted_networks_are_not_throttled(proxy_factory, emulator_factory, ctx
         assert b" NO " in tagged
         assert time.monotonic() - t0 < 0.9
     assert len(logins_at_backend(emu)) == 8
+
+
+def test_parallel_logins_of_one_user_are_not_refused(proxy_factory, emulator_factory, ctx):
+    """A user's mail clients open several connections at once: with no
+    failure recorded, 12 LOGINs in progress together (over fail_ban) all
+    reach the backend and succeed."""
+    proxy, emu = start(proxy_factory, emulator_factory, {})
+    clients = [tls_session(proxy.port, ctx) for _ in range(12)]
+    for i, c in enumerate(clients):
+        c.write(b"P%d LOGIN demo demo\r\n" % i)
+    for i, c in enumerate(clients):
+        _, tagged = c.read_until_tagged("P%d" % i)
+        assert tagged.startswith(b"P%d OK" % i), tagged
+        c.close()
+    assert len(logins_at_backend(emu)) == 12
