@@ -16,6 +16,7 @@ import ops_support as ops
 USER = "alice"
 PASSWORD = "Tr0ub4dor&3-xyzzy-9f2c"
 WRONG = "n0t-the-Passw0rd-71e4"
+WRONG2 = "an0ther-Wr0ng-One-8c3d"
 LEVELS = ("error", "warn", "info", "debug")
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (error|warn|info|debug) "
                        r"[a-z]+: \S.*$")
@@ -36,10 +37,14 @@ def json_proxy(workdir, cert, need_bin):
         p.stop()
 
 
+TOKEN = "ya29.b3arer-T0ken-5e1d"
+XOAUTH2 = base64.b64encode(("user=bob\x01auth=Bearer %s\x01\x01" % TOKEN).encode())
+
+
 def secrets():
     """Every form of the secrets a log could leak."""
-    out = {PASSWORD, WRONG}
-    for pw in (PASSWORD, WRONG):
+    out = {PASSWORD, WRONG, WRONG2, TOKEN, XOAUTH2.decode()}
+    for pw in (PASSWORD, WRONG, WRONG2):
         for authz in ("", USER):
             blob = ("%s\0%s\0%s" % (authz, USER, pw)).encode()
             out.add(base64.b64encode(blob).decode())
@@ -75,26 +80,64 @@ def every_login_form(proxy, ctx):
         ("e", [(b"e AUTHENTICATE PLAIN\r\n", True), (plain_authz + b"\r\n", False)], b"e OK"),
         ("f", [(b'f LOGIN alice "%s"\r\n' % WRONG.encode(), False)], b"f NO"),
         ("g", [(b"g AUTHENTICATE PLAIN\r\n", True), (wrong + b"\r\n", False)], b"g NO"),
+        # The emulator knows PLAIN only: a NO with its response text.
+        ("h", [(b"h AUTHENTICATE XOAUTH2 %s\r\n" % XOAUTH2, False)], b"h NO"),
+        # [login] fail_ban = 2: f and g sent the same wrong password (one
+        # failure), i another (two), so j and k are the proxy's: j's payload
+        # is replaced by a cancel, k never reaches the backend.
+        ("i", [(b"i LOGIN alice {%d+}\r\n%s\r\n" % (len(WRONG2), WRONG2.encode()), False)],
+         b"i NO"),
+        ("j", [(b"j AUTHENTICATE PLAIN\r\n", True), (wrong + b"\r\n", False)], b"j "),
+        ("k", [(b'k LOGIN alice "%s"\r\n' % WRONG2.encode(), False)],
+         b"k NO [AUTHENTICATIONFAILED]"),
     ]
     for tag, steps, expect in cases:
         tagged = run(proxy, ctx, tag, steps)
         assert tagged.startswith(expect), (tag, tagged)
 
 
+def login_records(proxy, fmt):
+    """The fields of the login lines, in order, from either format."""
+    if fmt == "json":
+        return [r for r in map(json.loads, proxy.log.lines()) if r["subsys"] == "login"]
+    return [h.parse_kv(m.group(1)) for m in re.finditer(r" login: login (?:ok|failed)( .*)$",
+                                                        proxy.log.text(), re.M)]
+
+
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_no_secret_in_debug_logs(emulator_factory, json_proxy, proxy_factory, ctx, fmt):
     emulator = emulator_factory(flags=("--users", "%s:%s" % (USER, PASSWORD)))
     start = json_proxy if fmt == "json" else proxy_factory
-    proxy = start(emulator.plain_port, extra={"proxy": {"log_level": "debug"}})
+    proxy = start(emulator.plain_port, extra={"proxy": {"log_level": "debug"},
+                                              "login": {"fail_ban": "2", "delay_max": "0"}})
     every_login_form(proxy, ctx)
     proxy.proc.send_signal(2)  # SIGINT: drain and stop, so the log is complete
     assert ops.wait_exit(proxy, 10) == 0
     text = proxy.log.text()
     leaked = [s for s in secrets() if s in text]
     assert not leaked, "secrets in the log: %r" % leaked
+    # One login line per attempt, with what it may say: who, how, the
+    # verdict, the backend's text on failure; nothing else of the exchange.
+    logins = login_records(proxy, fmt)
+    got = [(r["result"], r["user"], r["authz"], r["mech"]) for r in logins]
+    assert got == [("ok", USER, "-", "LOGIN")] * 3 + [
+        ("ok", USER, "-", "PLAIN"), ("ok", USER, USER, "PLAIN"),
+        ("failed", USER, "-", "LOGIN"), ("failed", USER, "-", "PLAIN"),
+        ("failed", "bob", "-", "XOAUTH2"), ("failed", USER, "-", "LOGIN"),
+        ("throttled", USER, "-", "PLAIN"), ("throttled", USER, "-", "LOGIN")], got
+    for r in logins:
+        assert re.match(r"^127\.0\.0\.1:\d+$", r["client"]), r
+        assert r["tls"].startswith("TLSv1."), r
+        if r["result"] == "failed":
+            assert r["response"] not in ("", "-") and r["backend"] != "-", r
+        if r["result"] == "throttled":
+            assert r["backend"] == "-", r
+        line = " ".join(r.values())
+        assert not [s for s in secrets() if s in line], r
     # It was a debug log, and it did log each command (tag and name only).
     for tag, name in (("a", "LOGIN"), ("b", "LOGIN"), ("c", "LOGIN"), ("d", "AUTHENTICATE"),
-                      ("e", "AUTHENTICATE"), ("g", "AUTHENTICATE")):
+                      ("e", "AUTHENTICATE"), ("g", "AUTHENTICATE"), ("h", "AUTHENTICATE"),
+                      ("i", "LOGIN")):
         assert re.search(r"command tag=%s name=%s\b" % (tag, name), text), (tag, name)
     assert " debug " in text or '"level":"debug"' in text
 

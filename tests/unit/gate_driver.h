@@ -6,7 +6,8 @@
  *
  *   - before each framer step the gate is asked imf_gate_client_wait(); the
  *     driver stops framing client input unless it says GO;
- *   - literal octets go to the backend unless imf_gate_discarding();
+ *   - literal octets go to the backend unless imf_gate_discarding(), and
+ *     to imf_gate_capture() while imf_gate_capturing() (LOGIN's literals);
  *   - the gate's own answers wait in l_tx until the response framer is
  *     between two responses, then join to_client;
  *   - STARTTLS and COMPRESS answers go to the client at once; STARTTLS
@@ -253,10 +254,14 @@ static void gd_commands(struct gd *d)
             d->cline.len = 0;
             break;
         case IMF_EV_LITERAL:
-            if (discarding)
+            if (discarding) {
                 d->discarded += n;
-            else
-                gd_buf_add(&d->to_backend, p, n);
+                break;
+            }
+            /* A LOGIN name or password literal: the gate reads it as it goes. */
+            if (imf_gate_capturing(&d->g))
+                imf_gate_capture(&d->g, p, n);
+            gd_buf_add(&d->to_backend, p, n);
             break;
         case IMF_EV_LITERAL_END:
             if (!discarding)

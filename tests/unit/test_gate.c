@@ -642,6 +642,170 @@ static void test_max_literal_size(void **state)
     gd_free(&d);
 }
 
+/* ---- login attempts: the user name, never the password ------------------- */
+
+#define PW   "s3cretPW"
+#define PW64 "czNjcmV0UFc=" /* base64 of PW */
+
+struct login_want {
+    const char *user, *authz, *mech;
+    enum imf_login_result result;
+    bool secret; /* a password (hash) was seen */
+};
+
+static bool mem_has(const void *hay, size_t hay_len, const char *needle)
+{
+    size_t n = strlen(needle);
+    const uint8_t *h = hay;
+    for (size_t i = 0; n <= hay_len && i <= hay_len - n; i++)
+        if (memcmp(h + i, needle, n) == 0)
+            return true;
+    return false;
+}
+
+/* The gate's memory (its struct, the login attempt, the commands in
+ * flight) holds none of secrets (NULL-terminated). */
+static void gate_lacks(const struct gd *d, const char *const *secrets)
+{
+    const struct imf_gate_login *l = imf_gate_login(&d->g);
+    for (size_t k = 0; secrets[k] != NULL; k++) {
+        if (mem_has(&d->g, sizeof(d->g), secrets[k]))
+            fail_msg("the gate struct holds [%s]", secrets[k]);
+        if (l != NULL && mem_has(l, sizeof(*l), secrets[k]))
+            fail_msg("the login attempt holds [%s]", secrets[k]);
+        if (d->g.inflight != NULL &&
+            mem_has(d->g.inflight, d->g.inflight_cap * sizeof(*d->g.inflight), secrets[k]))
+            fail_msg("the commands in flight hold [%s]", secrets[k]);
+    }
+}
+
+/* Plays the script whole and one byte at a time; each play must end with
+ * the login attempt w, a gate without the secrets, and the same password
+ * hash. Returns that hash. */
+static uint64_t check_login(const struct imf_gate_params *p, const struct step *st, size_t n,
+                            const struct login_want *w, const char *const *secrets)
+{
+    uint64_t hash[2];
+    for (int bytewise = 0; bytewise < 2; bytewise++) {
+        struct gd d;
+        play_one(&d, p, st, n, bytewise != 0);
+        const struct imf_gate_login *l = imf_gate_login(&d.g);
+        assert_non_null(l);
+        assert_true(l->done);
+        assert_string_equal(l->user, w->user);
+        assert_string_equal(l->authz, w->authz);
+        assert_string_equal(l->mech, w->mech);
+        assert_int_equal(l->result, w->result);
+        assert_int_equal(l->secret_hash != 0, w->secret);
+        assert_true(d.effects & IMF_GATE_R_LOGIN);
+        hash[bytewise] = l->secret_hash;
+        gate_lacks(&d, secrets);
+        /* Cleared, the attempt is gone. */
+        imf_gate_login_clear(&d.g);
+        assert_null(imf_gate_login(&d.g));
+        gd_free(&d);
+    }
+    assert_true(hash[0] == hash[1]);
+    return hash[0];
+}
+
+/* Plays the steps (standard C: a compound literal and its length). */
+#define LOGIN_CASE(p, want, secrets, ...)                                                 \
+    check_login((p), (const struct step[]){__VA_ARGS__},                                  \
+                sizeof((const struct step[]){__VA_ARGS__}) / sizeof(struct step), (want), \
+                (secrets))
+
+static const char *const login_secrets[] = {PW, PW64, NULL};
+
+/* LOGIN: the user as an atom, a quoted string with escapes, and literals
+ * of every form; the password in any of those forms hashes the same. */
+static void test_login_user_name(void **state)
+{
+    (void)state;
+    struct imf_gate_params p = defaults();
+    const struct login_want ok = {"alice", "", "LOGIN", IMF_LOGIN_OK, true};
+    const struct login_want no = {"alice", "", "LOGIN", IMF_LOGIN_FAILED, true};
+    uint64_t h = LOGIN_CASE(&p, &ok, login_secrets, B(GREET), C("a LOGIN alice " PW "\r\n"),
+                            B("a OK done\r\n"));
+    assert_true(h != 0);
+    assert_true(LOGIN_CASE(&p, &no, login_secrets, B(GREET), C("a LOGIN \"alice\" \"" PW "\"\r\n"),
+                           B("a NO [AUTHENTICATIONFAILED] bad\r\n")) == h);
+    /* Synchronising literals: name and password. */
+    assert_true(LOGIN_CASE(&p, &no, login_secrets, B(GREET), C("a LOGIN {5}\r\n"), B("+ go\r\n"),
+                           C("alice {8}\r\n"), B("+ go\r\n"), C(PW "\r\n"),
+                           B("a NO [AUTHENTICATIONFAILED] bad\r\n")) == h);
+    /* Non-synchronising literals, where the backend takes them. */
+    assert_true(LOGIN_CASE(&p, &ok, login_secrets, B(GREET_LP),
+                           C("a LOGIN {5+}\r\nalice {8+}\r\n" PW "\r\n"), B("a OK done\r\n")) == h);
+    /* ... and where the proxy makes them synchronising. */
+    assert_true(LOGIN_CASE(&p, &ok, login_secrets, B(GREET), C("a LOGIN {5+}\r\n"), B("+ go\r\n"),
+                           C("alice " PW "\r\n"), B("a OK done\r\n")) == h);
+    /* An atom name, a literal password; a literal name, a quoted password. */
+    assert_true(LOGIN_CASE(&p, &ok, login_secrets, B(GREET_LP),
+                           C("a LOGIN alice {8+}\r\n" PW "\r\n"), B("a OK done\r\n")) == h);
+    assert_true(LOGIN_CASE(&p, &ok, login_secrets, B(GREET_LP),
+                           C("a LOGIN {5+}\r\nalice \"" PW "\"\r\n"), B("a OK done\r\n")) == h);
+    /* Escapes in quoted strings: the name as the server reads it. */
+    const struct login_want esc = {"al\"i ce\\", "", "LOGIN", IMF_LOGIN_OK, true};
+    const char *const esc_secrets[] = {"p\"w \\x", "p\\\"w \\\\x", NULL};
+    LOGIN_CASE(&p, &esc, esc_secrets, B(GREET),
+               C("a LOGIN \"al\\\"i ce\\\\\" \"p\\\"w \\\\x\"\r\n"), B("a OK done\r\n"));
+    /* A different password hashes differently. */
+    assert_true(LOGIN_CASE(&p, &no, login_secrets, B(GREET), C("a LOGIN alice other\r\n"),
+                           B("a NO bad\r\n")) != h);
+}
+
+/* AUTHENTICATE: PLAIN (initial response, continuation, authorization
+ * identity), LOGIN, XOAUTH2's user=, OAUTHBEARER's a=; the mechanism name
+ * in capitals whatever the client wrote. */
+static void test_authenticate_user_name(void **state)
+{
+    (void)state;
+    struct imf_gate_params p = defaults();
+    /* "admin\0alice\0s3cretPW" and "\0alice\0s3cretPW" */
+    const char *const plain_secrets[] = {
+        PW, PW64, "YWRtaW4AYWxpY2UAczNjcmV0UFc=", "AGFsaWNlAHMzY3JldFBX", NULL};
+    const struct login_want authz = {"alice", "admin", "PLAIN", IMF_LOGIN_OK, true};
+    const struct login_want plain_no = {"alice", "", "PLAIN", IMF_LOGIN_FAILED, true};
+    uint64_t h =
+        LOGIN_CASE(&p, &authz, plain_secrets, B(GREET),
+                   C("a AUTHENTICATE PLAIN YWRtaW4AYWxpY2UAczNjcmV0UFc=\r\n"), B("a OK done\r\n"));
+    assert_true(h != 0);
+    assert_true(LOGIN_CASE(&p, &plain_no, plain_secrets, B(GREET), C("a AUTHENTICATE plain\r\n"),
+                           B("+ \r\n"), C("AGFsaWNlAHMzY3JldFBX\r\n"),
+                           B("a NO [AUTHENTICATIONFAILED] bad\r\n")) == h);
+    assert_true(LOGIN_CASE(&p, &authz, plain_secrets, B(GREET), C("a AUTHENTICATE PLAIN\r\n"),
+                           B("+ \r\n"), C("YWRtaW4AYWxpY2UAczNjcmV0UFc=\r\n"),
+                           B("a OK done\r\n")) == h);
+
+    /* LOGIN mechanism: "alice", then the password, each after a "+". */
+    const struct login_want mlogin = {"alice", "", "LOGIN", IMF_LOGIN_OK, true};
+    assert_true(LOGIN_CASE(&p, &mlogin, login_secrets, B(GREET), C("a AUTHENTICATE LOGIN\r\n"),
+                           B("+ VXNlcm5hbWU6\r\n"), C("YWxpY2U=\r\n"), B("+ UGFzc3dvcmQ6\r\n"),
+                           C(PW64 "\r\n"), B("a OK done\r\n")) == h);
+
+    /* "user=alice\1auth=Bearer tok3nXYZ\1\1" */
+    const char *const xoauth_secrets[] = {"tok3nXYZ",
+                                          "dXNlcj1hbGljZQFhdXRoPUJlYXJlciB0b2szblhZWgEB", NULL};
+    const struct login_want x = {"alice", "", "XOAUTH2", IMF_LOGIN_FAILED, true};
+    LOGIN_CASE(&p, &x, xoauth_secrets, B(GREET),
+               C("a AUTHENTICATE XOAUTH2 dXNlcj1hbGljZQFhdXRoPUJlYXJlciB0b2szblhZWgEB\r\n"),
+               B("a NO bad\r\n"));
+    /* "n,a=alice,\1host=x\1port=143\1auth=Bearer tok3nXYZ\1\1" */
+    const char *const bearer_secrets[] = {
+        "tok3nXYZ", "bixhPWFsaWNlLAFob3N0PXgBcG9ydD0xNDMBYXV0aD1CZWFyZXIgdG9rM25YWVoBAQ==", NULL};
+    const struct login_want o = {"alice", "", "OAUTHBEARER", IMF_LOGIN_OK, true};
+    LOGIN_CASE(&p, &o, bearer_secrets, B(GREET), C("a AUTHENTICATE OAUTHBEARER\r\n"), B("+ \r\n"),
+               C("bixhPWFsaWNlLAFob3N0PXgBcG9ydD0xNDMBYXV0aD1CZWFyZXIgdG9rM25YWVoBAQ==\r\n"),
+               B("a OK done\r\n"));
+
+    /* Another mechanism: its name only. */
+    const struct login_want other = {"", "", "CRAM-MD5", IMF_LOGIN_FAILED, false};
+    const char *const none[] = {"ZGVtbyBmMDA=", NULL};
+    LOGIN_CASE(&p, &other, none, B(GREET), C("a AUTHENTICATE CRAM-MD5\r\n"), B("+ PDE+\r\n"),
+               C("ZGVtbyBmMDA=\r\n"), B("a NO bad\r\n"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -662,6 +826,8 @@ int main(void)
         cmocka_unit_test(test_client_id_empty_list),
         cmocka_unit_test(test_max_command_size),
         cmocka_unit_test(test_max_literal_size),
+        cmocka_unit_test(test_login_user_name),
+        cmocka_unit_test(test_authenticate_user_name),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
