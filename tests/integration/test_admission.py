@@ -13,6 +13,7 @@ import time
 
 import imapfront_harness as h
 import ops_support as ops
+from dovecot import dovecot_factory  # noqa: F401
 
 BUSY = b"* BYE [UNAVAILABLE] Backend server busy, try again later\r\n"
 SHUTDOWN = b"* BYE [UNAVAILABLE] Server shutting down\r\n"
@@ -250,3 +251,24 @@ def test_connect_rate_spreads_a_restart_storm(backends, proxy_factory, ctx):
     assert time.monotonic() - t0 < 20
     m = ops.scrape(proxy)
     assert m.value("imapfront_backend_queue_waits_total", server=S) >= 10
+
+
+def test_dovecot_burst_with_default_limits(dovecot_factory, proxy_factory, ctx):  # noqa: F811
+    """A real Dovecot, the [backend] admission keys at their defaults
+    (max_connecting = 16): 200 clients at once all log in, none is refused
+    or waits past queue_timeout, some waited in the queue (a connect slot
+    is held until Dovecot's greeting), and the server stays up."""
+    d = dovecot_factory()
+    S = ops.addr(d.port)
+    proxy = ops.start_proxy(proxy_factory, d.port)
+    mark = proxy.log.mark()
+    results, _ = burst(proxy.port, ctx, 200, timeout=60)
+    bad = [r for r in results if r != "ok"]
+    assert not bad, (len(bad), bad[:5])
+    assert not proxy.log.find(r"connect failed|server marked down|server failing", mark)
+    m = ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_sessions", server=S) == 0,
+                         timeout=10, what="backend connections closed")
+    assert m.value("imapfront_backend_queue_waits_total", server=S) > 0
+    assert m.value("imapfront_backend_queue_timeouts_total", server=S) == 0
+    assert m.value("imapfront_backend_connects_total", server=S, result="ok") == 200
+    assert m.value("imapfront_backend_up", server=S) == 1
