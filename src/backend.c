@@ -24,20 +24,50 @@ struct health {
     _Atomic bool check_down;      /* failed down_after checks in a row, none passed since */
     _Atomic uint64_t checks_ok;
     _Atomic uint64_t checks_failed;
-    _Atomic uint64_t check_us; /* how long the last check took */
-    _Atomic int profile;       /* what its greeting says it is (gate.h), 0 = not seen */
+    _Atomic uint64_t check_us;       /* how long the last check took */
+    _Atomic int profile;             /* what its greeting says it is (gate.h), 0 = not seen */
+    _Atomic uint64_t last_ok_ms;     /* imf_clock_ms() of the last completed connect */
+    _Atomic uint64_t last_failed_ms; /* ... of the last outright failure */
+    /* Admission control, shared by every worker. */
+    _Atomic uint32_t sessions;   /* backend connections open or opening */
+    _Atomic uint32_t connecting; /* connects in progress */
+    _Atomic uint32_t queued;     /* sessions waiting for it */
+    _Atomic uint64_t queue_waits, queue_wait_ms, queue_timeouts;
+    /* connect_rate's token bucket while warming (a GCRA): the time, in
+     * microseconds of imf_clock_us(), at which the bucket is full again. */
+    _Atomic bool warming;
+    _Atomic uint64_t full_at_us;
+    _Atomic uint64_t warm_since_us; /* when the warm-up began */
 };
 
 static struct health slots[SLOTS];
 static _Atomic size_t slots_used;
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic uint64_t rr_next;
+static _Atomic uint64_t queue_heads[IMF_QUEUE_WORKERS];
 
-uint64_t imf_clock_ms(void)
+static uint64_t imf_clock_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* The server has just come back (or is new to this process): connects to
+ * it go at most connect_rate a second, after a first burst of one
+ * bucket, until the bucket is found full again a bucket's time later
+ * (demand fell below the rate). */
+static void start_warming(struct health *h)
+{
+    uint64_t now = imf_clock_us();
+    atomic_store(&h->full_at_us, now);
+    atomic_store(&h->warm_since_us, now);
+    atomic_store(&h->warming, true);
+}
+
+uint64_t imf_clock_ms(void)
+{
+    return imf_clock_us() / 1000;
 }
 
 /* The slot of an address, created on first use. Lookups are lock-free:
@@ -57,6 +87,7 @@ static struct health *slot_of(const char *address)
     if (h == NULL && used < SLOTS) {
         h = &slots[used];
         strncpy(h->address, address, sizeof(h->address) - 1);
+        start_warming(h);
         atomic_store_explicit(&slots_used, used + 1, memory_order_release);
     }
     pthread_mutex_unlock(&slots_lock);
@@ -69,7 +100,7 @@ static bool is_down(struct health *h, uint64_t now)
                          atomic_load_explicit(&h->check_down, memory_order_relaxed));
 }
 
-size_t imf_backend_plan(const struct imf_config *cfg, uint8_t *out_order)
+size_t imf_backend_plan(const struct imf_config *cfg, uint8_t *out_order, size_t *out_up)
 {
     size_t n = cfg->servers_len;
     size_t start = 0;
@@ -91,34 +122,68 @@ size_t imf_backend_plan(const struct imf_config *cfg, uint8_t *out_order)
         out_order[a] = out_order[b];
         out_order[b] = t;
     }
+    *out_up = up;
     return n;
 }
 
-void imf_backend_report(const struct imf_config *cfg, size_t index, bool ok)
+/* True when a server of cfg other than index is up. */
+static bool another_up(const struct imf_config *cfg, size_t index, uint64_t now)
+{
+    for (size_t i = 0; i < cfg->servers_len; i++)
+        if (i != index && !is_down(slot_of(cfg->servers[i].text), now))
+            return true;
+    return false;
+}
+
+void imf_backend_report(const struct imf_config *cfg, size_t index, enum imf_connect_result r)
 {
     const char *address = cfg->servers[index].text;
     struct health *h = slot_of(address);
     if (h == NULL)
         return;
-    if (ok) {
+    uint64_t now = imf_clock_ms();
+    if (r == IMF_CONNECT_OK) {
         atomic_fetch_add_explicit(&h->connects_ok, 1, memory_order_relaxed);
-        if (atomic_exchange(&h->fails, 0) >= cfg->backend_down_after)
+        atomic_store(&h->last_ok_ms, now);
+        if (atomic_exchange(&h->fails, 0) >= cfg->backend_down_after) {
             imf_log_kv(IMF_LOG_INFO, "backend", "server is back", "backend", address, NULL);
+            start_warming(h);
+        }
         atomic_store(&h->down_until, 0);
         return;
     }
     atomic_fetch_add_explicit(&h->connects_failed, 1, memory_order_relaxed);
-    uint32_t fails = atomic_fetch_add(&h->fails, 1) + 1;
-    if (fails >= cfg->backend_down_after) {
-        uint64_t until = imf_clock_ms() + cfg->backend_retry_after_ms;
-        uint64_t was = atomic_exchange(&h->down_until, until);
-        if (was <= imf_clock_ms()) {
-            char n[16];
-            snprintf(n, sizeof(n), "%u", fails);
-            imf_log_kv(IMF_LOG_WARN, "backend", "server marked down", "backend", address,
-                       "failures", n, NULL);
-        }
+    if (r == IMF_CONNECT_FAILED) {
+        atomic_store(&h->last_failed_ms, now);
+    } else {
+        /* A timeout counts only when the server's latest connects failed
+         * outright, or none completed within retry_after: one that still
+         * completes connects is slow (overloaded), not down, and taking
+         * it out would turn its slowness into an outage. */
+        uint64_t ok = atomic_load(&h->last_ok_ms), failed = atomic_load(&h->last_failed_ms);
+        bool recent_ok = ok != 0 && now - ok < cfg->backend_retry_after_ms;
+        if (recent_ok && failed <= ok)
+            return;
     }
+    uint32_t fails = atomic_fetch_add(&h->fails, 1) + 1;
+    if (fails < cfg->backend_down_after)
+        return;
+    char n[16];
+    snprintf(n, sizeof(n), "%u", fails);
+    if (!another_up(cfg, index, now)) {
+        /* Fail open: passive health alone never empties the pool (active
+         * checks can). The server stays in rotation and is still tried. */
+        if (fails == cfg->backend_down_after)
+            imf_log_kv(IMF_LOG_WARN, "backend",
+                       "server failing, but it is the last one up: still tried", "backend", address,
+                       "failures", n, NULL);
+        return;
+    }
+    uint64_t until = now + cfg->backend_retry_after_ms;
+    uint64_t was = atomic_exchange(&h->down_until, until);
+    if (was <= now)
+        imf_log_kv(IMF_LOG_WARN, "backend", "server marked down", "backend", address, "failures", n,
+                   NULL);
 }
 
 bool imf_backend_any_up(const struct imf_config *cfg)
@@ -143,7 +208,10 @@ int imf_backend_check_report(const struct imf_config *cfg, size_t index, bool ok
         /* A passing check also answers for connects: it just made one. */
         atomic_store(&h->fails, 0);
         atomic_store(&h->down_until, 0);
-        return atomic_exchange(&h->check_down, false) ? -1 : 0;
+        if (!atomic_exchange(&h->check_down, false))
+            return 0;
+        start_warming(h);
+        return -1;
     }
     atomic_fetch_add(&h->checks_failed, 1);
     uint32_t fails = atomic_fetch_add(&h->check_fails, 1) + 1;
@@ -178,6 +246,13 @@ size_t imf_backend_info(const struct imf_config *cfg, struct imf_backend_info *o
         out[n].checks_failed = h != NULL ? atomic_load(&h->checks_failed) : 0;
         out[n].check_us = h != NULL ? atomic_load(&h->check_us) : 0;
         out[n].profile = h != NULL ? atomic_load(&h->profile) : 0;
+        out[n].sessions = h != NULL ? atomic_load(&h->sessions) : 0;
+        out[n].connecting = h != NULL ? atomic_load(&h->connecting) : 0;
+        out[n].queued = h != NULL ? atomic_load(&h->queued) : 0;
+        out[n].queue_waits = h != NULL ? atomic_load(&h->queue_waits) : 0;
+        out[n].queue_wait_ms = h != NULL ? atomic_load(&h->queue_wait_ms) : 0;
+        out[n].queue_timeouts = h != NULL ? atomic_load(&h->queue_timeouts) : 0;
+        out[n].warming = h != NULL && atomic_load(&h->warming) && cfg->connect_rate != 0;
         n++;
     }
     return n;
@@ -188,4 +263,113 @@ bool imf_backend_note_profile(const struct imf_config *cfg, size_t index, int pr
     struct health *h = slot_of(cfg->servers[index].text);
     return h != NULL &&
            atomic_exchange_explicit(&h->profile, profile, memory_order_relaxed) != profile;
+}
+
+/* Takes one of counter unless that makes it exceed limit (0: none). */
+static bool take(_Atomic uint32_t *counter, uint32_t limit)
+{
+    uint32_t now = atomic_fetch_add(counter, 1) + 1;
+    if (limit != 0 && now > limit) {
+        atomic_fetch_sub(counter, 1);
+        return false;
+    }
+    return true;
+}
+
+/* connect_rate's bucket: true when a token was taken (or the server is
+ * not warming); otherwise *out_wait_ms until the next one. The bucket
+ * holds one second's worth of tokens (at least one). */
+static bool take_token(struct health *h, uint32_t rate, uint64_t *out_wait_ms)
+{
+    if (rate == 0 || !atomic_load(&h->warming))
+        return true;
+    uint64_t step = 1000000 / rate, size = (uint64_t)rate * step; /* us */
+    uint64_t now = imf_clock_us();
+    uint64_t full = atomic_load(&h->full_at_us);
+    for (;;) {
+        if (full <= now && now - atomic_load(&h->warm_since_us) >= size) {
+            /* Full again a bucket's time after the start: the storm is over. */
+            atomic_store(&h->warming, false);
+            return true;
+        }
+        uint64_t base = full > now ? full : now;
+        if (base - now > size - step) {
+            /* Not one token left: the next one comes after the rest. */
+            *out_wait_ms = (base - now - (size - step) + 999) / 1000;
+            return false;
+        }
+        if (atomic_compare_exchange_weak(&h->full_at_us, &full, base + step))
+            return true;
+    }
+}
+
+enum imf_admit imf_backend_acquire(const struct imf_config *cfg, size_t index,
+                                   const struct imf_config *limits, uint64_t *out_wait_ms)
+{
+    struct health *h = slot_of(cfg->servers[index].text);
+    if (h == NULL)
+        return IMF_ADMIT_OK; /* no slot, no limits (past SLOTS addresses) */
+    if (!take(&h->sessions, limits->backend_max_sessions))
+        return IMF_ADMIT_FULL;
+    if (!take(&h->connecting, limits->backend_max_connecting)) {
+        atomic_fetch_sub(&h->sessions, 1);
+        return IMF_ADMIT_FULL;
+    }
+    if (!take_token(h, limits->connect_rate, out_wait_ms)) {
+        atomic_fetch_sub(&h->connecting, 1);
+        atomic_fetch_sub(&h->sessions, 1);
+        return IMF_ADMIT_RATE;
+    }
+    return IMF_ADMIT_OK;
+}
+
+void imf_backend_connect_done(const struct imf_config *cfg, size_t index)
+{
+    struct health *h = slot_of(cfg->servers[index].text);
+    if (h != NULL)
+        atomic_fetch_sub(&h->connecting, 1);
+}
+
+void imf_backend_release(const struct imf_config *cfg, size_t index)
+{
+    struct health *h = slot_of(cfg->servers[index].text);
+    if (h != NULL)
+        atomic_fetch_sub(&h->sessions, 1);
+}
+
+void imf_backend_queue_count(const struct imf_config *cfg, size_t index, int delta)
+{
+    struct health *h = slot_of(cfg->servers[index].text);
+    if (h != NULL)
+        atomic_fetch_add(&h->queued, (uint32_t)delta);
+}
+
+void imf_backend_queue_done(const struct imf_config *cfg, size_t index, uint64_t wait_ms,
+                            bool timed_out)
+{
+    struct health *h = slot_of(cfg->servers[index].text);
+    if (h == NULL)
+        return;
+    if (timed_out) {
+        atomic_fetch_add(&h->queue_timeouts, 1);
+        return;
+    }
+    atomic_fetch_add(&h->queue_waits, 1);
+    atomic_fetch_add(&h->queue_wait_ms, wait_ms);
+}
+
+void imf_backend_queue_head(unsigned worker, uint64_t since_ms)
+{
+    if (worker < IMF_QUEUE_WORKERS)
+        atomic_store_explicit(&queue_heads[worker], since_ms, memory_order_relaxed);
+}
+
+bool imf_backend_queue_first(unsigned worker, uint64_t since_ms)
+{
+    for (unsigned i = 0; i < IMF_QUEUE_WORKERS; i++) {
+        uint64_t other = atomic_load_explicit(&queue_heads[i], memory_order_relaxed);
+        if (i != worker && other != 0 && (other < since_ms || (other == since_ms && i < worker)))
+            return false;
+    }
+    return true;
 }

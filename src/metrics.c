@@ -219,6 +219,41 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
         emit(&o, "imapfront_backend_profile{server=\"%s\",profile=\"%s\"} 1\n",
              label(info[i].address, l1, sizeof(l1)), imf_gate_profile_names[info[i].profile]);
     }
+    /* Admission control: one gauge or counter per server each. */
+    static const struct {
+        const char *name, *type, *help;
+    } adm[] = {
+        {"imapfront_backend_sessions", "gauge",
+         "Backend connections open or opening (max_sessions)."},
+        {"imapfront_backend_connecting", "gauge", "Connects in progress (max_connecting)."},
+        {"imapfront_backend_queue_length", "gauge", "Sessions waiting for a slot of the server."},
+        {"imapfront_backend_queue_waits_total", "counter", "Sessions admitted after waiting."},
+        {"imapfront_backend_queue_wait_seconds_total", "counter",
+         "Time those sessions waited, summed."},
+        {"imapfront_backend_queue_timeouts_total", "counter",
+         "Sessions that waited queue_timeout and were told the server is busy."},
+        {"imapfront_backend_warming", "gauge",
+         "1 while connect_rate applies (after a start, or back from down)."},
+    };
+    for (size_t k = 0; k < sizeof(adm) / sizeof(adm[0]); k++) {
+        head(&o, adm[k].name, adm[k].type, adm[k].help);
+        for (size_t i = 0; i < nb; i++) {
+            const struct imf_backend_info *b = &info[i];
+            label(b->address, l1, sizeof(l1));
+            if (k == 4) {
+                emit(&o, "%s{server=\"%s\"} %.3f\n", adm[k].name, l1,
+                     (double)b->queue_wait_ms / 1e3);
+                continue;
+            }
+            uint64_t v = k == 0   ? b->sessions
+                         : k == 1 ? b->connecting
+                         : k == 2 ? b->queued
+                         : k == 3 ? b->queue_waits
+                         : k == 5 ? b->queue_timeouts
+                                  : (uint64_t)b->warming;
+            emit(&o, "%s{server=\"%s\"} %" PRIu64 "\n", adm[k].name, l1, v);
+        }
+    }
     if (cfg->check != IMF_CHECK_OFF) {
         head(&o, "imapfront_backend_checks_total", "counter",
              "Active health checks of backend servers, by server and result.");

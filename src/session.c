@@ -36,6 +36,7 @@ const char *const imf_close_reason_names[IMF_CLOSE_REASON_COUNT] = {
     "idle-timeout",
     "proxy-protocol",
     "no-resources",
+    "backend-busy",
 };
 static_assert(IMF_ARRAY_LEN(imf_close_reason_names) == IMF_CLOSE_REASON_COUNT, "reason names");
 
@@ -44,7 +45,7 @@ static_assert(IMF_ARRAY_LEN(imf_close_reason_names) == IMF_CLOSE_REASON_COUNT, "
 static _Atomic uint64_t sessions_open;
 
 static const char *const sess_state_names[SESS_STATE_COUNT] = {
-    "proxy-header", "handshake", "connecting", "relay", "closing", "closed",
+    "proxy-header", "handshake", "queued", "connecting", "relay", "closing", "closed",
 };
 static_assert(IMF_ARRAY_LEN(sess_state_names) == SESS_STATE_COUNT, "state names");
 
@@ -171,6 +172,7 @@ void imf_sess_free(struct imf_session *s)
     imf_zchain_end(&s->z);
     free(s->cline);
     free(s->rline);
+    imf_sess_release_backend(s);
     free(s->plan);
     free(s->idle_timer);
     free(s->batch_check);
@@ -222,6 +224,7 @@ static void close_lazy(struct imf_session *s, void *h, bool *inited)
 
 static void close_backend(struct imf_session *s)
 {
+    imf_sess_release_backend(s);
     close_lazy(s, s->idle_timer, &s->idle_timer_inited);
     close_lazy(s, s->yield_idle, &s->yield_inited);
     close_lazy(s, s->batch_check, &s->batch_inited);
@@ -291,6 +294,11 @@ static bool session_quiet(const struct imf_session *s)
 
 void imf_session_drain(struct imf_session *s)
 {
+    if (s->state == SESS_QUEUED || s->state == SESS_CONNECTING) {
+        /* Its TLS is up and it is waiting for nothing we will give: tell it now. */
+        imf_sess_bye(s, IMF_CLOSE_SHUTDOWN, "[UNAVAILABLE] Server shutting down");
+        return;
+    }
     if (s->state != SESS_RELAY) {
         /* Handshaking or connecting: nothing started, nothing to lose. */
         imf_sess_close(s, IMF_CLOSE_SHUTDOWN, false);
@@ -303,7 +311,7 @@ void imf_session_drain(struct imf_session *s)
 
 void imf_session_shutdown(struct imf_session *s)
 {
-    if (s->state == SESS_RELAY || s->state == SESS_CONNECTING) {
+    if (s->state == SESS_RELAY || s->state == SESS_QUEUED || s->state == SESS_CONNECTING) {
         imf_sess_bye(s, IMF_CLOSE_SHUTDOWN, "[UNAVAILABLE] Server shutting down");
         return;
     }
@@ -514,6 +522,7 @@ static void on_backend_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         imf_chain_commit(&s->backend.rx, nread > 0 ? (size_t)nread : 0);
     if (nread == 0)
         return;
+    imf_sess_greeted(s);
     if (nread < 0) {
         s->backend.eof = true;
         imf_conn_want_read(&s->backend, false, NULL, NULL);
@@ -717,7 +726,7 @@ static void admit(struct imf_session *s)
         /* The backend's greeting, with STARTTLS announced, is the first
          * thing the client sees; TLS starts when it asks. */
         imf_sess_connect_backend(s);
-        if (s->state == SESS_CONNECTING)
+        if (s->state == SESS_CONNECTING || s->state == SESS_QUEUED)
             update_reading(s);
         return;
     }

@@ -1,21 +1,219 @@
-/* upstream: connecting to a backend server, failover and passive health (see
- * include/imapfront/session_int.h). */
+/* upstream: admission control, connecting to a backend server, failover
+ * and passive health (see include/imapfront/session_int.h).
+ *
+ * A session that wants a backend takes a slot of a server (a backend
+ * connection under max_sessions and a connect under max_connecting, a
+ * token while the server warms up: backend.c) or waits in its worker's
+ * queue, oldest first, holding no backend socket. Slots are counted across
+ * workers; each worker admits its queue's head only when no other worker's
+ * head has waited longer, so the oldest waiter of the process goes first
+ * (a freed slot is seen at once by its own worker, by the others within
+ * QUEUE_POLL_MS). A connect that times out is retried, the next server or
+ * the same again, until queue_timeout. */
+#include <inttypes.h>
+#include <stdio.h>
 
 #include "imapfront/backend.h"
 #include "imapfront/log.h"
 #include "imapfront/session_int.h"
 #include "imapfront/sockq.h"
 
-static void try_next_backend(struct imf_session *s);
+static void next_server(struct imf_session *s);
+static void want_backend(struct imf_session *s);
 static void on_connect_timeout(uv_timer_t *t);
 static void on_backend_connected(uv_connect_t *req, int status);
 
-/* Every server was tried and failed. */
+/* How often a worker with waiting sessions looks for slots freed by other
+ * workers (a slot freed by its own sessions is seen at once). */
+#define QUEUE_POLL_MS 10
+
+/* Every server was tried and refused (or is gone). */
 static void backend_unavailable(struct imf_session *s)
 {
     imf_log_kv(IMF_LOG_WARN, "backend", "no backend server reachable", "client", s->peer, NULL);
     s->backend_name = NULL;
     imf_sess_bye(s, IMF_CLOSE_BACKEND_UNAVAILABLE, "[UNAVAILABLE] Backend server unavailable");
+}
+
+/* queue_timeout passed while the servers were slow or full; counted
+ * against cfg->servers[index], the one it waited for or tried last. */
+static void backend_busy(struct imf_session *s, size_t index)
+{
+    char ms[24];
+    uint64_t waited = imf_clock_ms() - s->wait_since_ms;
+    snprintf(ms, sizeof(ms), "%" PRIu64, waited);
+    imf_backend_queue_done(s->cfg, index, waited, true);
+    imf_log_kv(IMF_LOG_WARN, "backend", "gave up waiting for a busy backend", "client", s->peer,
+               "backend", s->cfg->servers[index].text, "waited_ms", ms, NULL);
+    imf_sess_bye(s, IMF_CLOSE_BACKEND_BUSY, "[UNAVAILABLE] Backend server busy, try again later");
+}
+
+static uint64_t deadline_ms(const struct imf_session *s)
+{
+    return s->wait_since_ms + s->cfg->queue_timeout_ms;
+}
+
+static void queue_publish(struct imf_worker *w)
+{
+    imf_backend_queue_head(w->id, w->queue_head != NULL ? w->queue_head->wait_since_ms : 0);
+}
+
+/* The queue is kept oldest wait first: a session back from a failed
+ * connect goes before those that asked after it. */
+static void enqueue(struct imf_session *s)
+{
+    struct imf_worker *w = s->worker;
+    struct imf_session *after = w->queue_tail;
+    while (after != NULL && after->wait_since_ms > s->wait_since_ms)
+        after = after->qprev;
+    s->qprev = after;
+    s->qnext = after != NULL ? after->qnext : w->queue_head;
+    if (s->qnext != NULL)
+        s->qnext->qprev = s;
+    else
+        w->queue_tail = s;
+    if (after != NULL)
+        after->qnext = s;
+    else
+        w->queue_head = s;
+    s->queued = true;
+    imf_backend_queue_count(s->cfg, s->queue_server, 1);
+    queue_publish(w);
+}
+
+static void dequeue(struct imf_session *s)
+{
+    struct imf_worker *w = s->worker;
+    if (s->qprev != NULL)
+        s->qprev->qnext = s->qnext;
+    else
+        w->queue_head = s->qnext;
+    if (s->qnext != NULL)
+        s->qnext->qprev = s->qprev;
+    else
+        w->queue_tail = s->qprev;
+    s->qprev = s->qnext = NULL;
+    s->queued = false;
+    imf_backend_queue_count(s->cfg, s->queue_server, -1);
+    queue_publish(w);
+}
+
+static void on_admit_timer(uv_timer_t *t);
+
+/* Retries the head of w's queue after delay_ms. */
+static void kick(struct imf_worker *w, uint64_t delay_ms)
+{
+    if (w->queue_head == NULL)
+        return;
+    uint64_t due = uv_now(&w->loop) + delay_ms;
+    if (uv_is_active((uv_handle_t *)&w->admit_timer) &&
+        uv_timer_get_due_in(&w->admit_timer) + uv_now(&w->loop) <= due)
+        return; /* sooner already */
+    uv_timer_start(&w->admit_timer, on_admit_timer, delay_ms, 0);
+}
+
+void imf_sess_release_backend(struct imf_session *s)
+{
+    if (s->queued)
+        dequeue(s);
+    bool freed = s->holds_session || s->holds_connect;
+    if (s->holds_connect)
+        imf_backend_connect_done(s->cfg, s->slot_server);
+    if (s->holds_session)
+        imf_backend_release(s->cfg, s->slot_server);
+    s->holds_connect = s->holds_session = false;
+    if (freed)
+        kick(s->worker, 0);
+}
+
+void imf_sess_greeted(struct imf_session *s)
+{
+    if (!s->holds_connect)
+        return;
+    s->holds_connect = false;
+    imf_backend_connect_done(s->cfg, s->slot_server);
+    kick(s->worker, 0);
+}
+
+/* The servers this session may be admitted to now: the up ones from
+ * plan_pos on, or (none up, or failing over past them) plan_pos alone. */
+static enum imf_admit try_admit(struct imf_session *s, uint64_t *out_wait_ms)
+{
+    const struct imf_config *limits = s->worker->cfg;
+    size_t end = s->plan_pos < s->plan_up ? s->plan_up : (size_t)s->plan_pos + 1;
+    enum imf_admit worst = IMF_ADMIT_FULL;
+    *out_wait_ms = QUEUE_POLL_MS;
+    for (size_t pos = s->plan_pos; pos < end; pos++) {
+        uint64_t wait = 0;
+        enum imf_admit r = imf_backend_acquire(s->cfg, s->plan[pos], limits, &wait);
+        if (r == IMF_ADMIT_OK) {
+            s->plan_pos = (uint8_t)pos;
+            s->slot_server = s->plan[pos];
+            s->holds_session = s->holds_connect = true;
+            return r;
+        }
+        if (r == IMF_ADMIT_RATE && (worst != IMF_ADMIT_RATE || wait < *out_wait_ms)) {
+            worst = r;
+            *out_wait_ms = wait;
+        }
+    }
+    return worst;
+}
+
+static void start_connect(struct imf_session *s);
+
+static void on_queue_timeout(uv_timer_t *t)
+{
+    struct imf_session *s = t->data;
+    if (s->state != SESS_QUEUED)
+        return;
+    dequeue(s);
+    backend_busy(s, s->queue_server);
+}
+
+/* Connects now if a slot is free and nobody older waits; otherwise waits
+ * in the queue (until queue_timeout from the first ask). */
+static void want_backend(struct imf_session *s)
+{
+    struct imf_worker *w = s->worker;
+    uint64_t now = imf_clock_ms();
+    if (now >= deadline_ms(s)) {
+        backend_busy(s, s->plan[s->plan_pos]);
+        return;
+    }
+    uint64_t wait = 0;
+    bool first = (w->queue_head == NULL || w->queue_head->wait_since_ms >= s->wait_since_ms) &&
+                 imf_backend_queue_first(w->id, s->wait_since_ms);
+    if (first && try_admit(s, &wait) == IMF_ADMIT_OK) {
+        start_connect(s);
+        return;
+    }
+    s->queue_server = s->plan[s->plan_pos];
+    s->backend_name = NULL;
+    imf_sess_set_state(s, SESS_QUEUED);
+    enqueue(s);
+    uv_timer_stop(&s->timer);
+    uv_timer_start(&s->timer, on_queue_timeout, deadline_ms(s) - now, 0);
+    kick(w, wait);
+}
+
+/* Admits waiting sessions, oldest first, while slots and tokens last. */
+static void on_admit_timer(uv_timer_t *t)
+{
+    struct imf_worker *w = t->data;
+    /* Bounded: each round admits the head or stops. */
+    while (w->queue_head != NULL) {
+        struct imf_session *s = w->queue_head;
+        uint64_t wait = QUEUE_POLL_MS;
+        if (!imf_backend_queue_first(w->id, s->wait_since_ms) ||
+            try_admit(s, &wait) != IMF_ADMIT_OK) {
+            uv_timer_start(&w->admit_timer, on_admit_timer, wait, 0);
+            return;
+        }
+        imf_backend_queue_done(s->cfg, s->queue_server, imf_clock_ms() - s->wait_since_ms, false);
+        dequeue(s);
+        start_connect(s);
+    }
 }
 
 static void on_failed_backend_closed(uv_handle_t *h)
@@ -26,36 +224,68 @@ static void on_failed_backend_closed(uv_handle_t *h)
     s->backend.closing = false;
     if (s->state == SESS_CONNECTING) {
         s->plan_pos++;
-        try_next_backend(s);
+        next_server(s);
     } else if (s->open_handles == 0) {
         imf_sess_free(s);
     }
 }
 
 /* The current server failed (refused, unreachable, timed out): note it for
- * passive health, and go on to the next one once its handle has closed. */
-static void backend_failed(struct imf_session *s, const char *why)
+ * passive health, give its slots back, and go on to the next one once its
+ * handle has closed. */
+static void backend_failed(struct imf_session *s, const char *why, enum imf_connect_result r)
 {
     unsigned idx = s->plan[s->plan_pos];
     imf_stat_add(&s->worker->stats.backend_connect_failed, 1);
-    imf_backend_report(s->cfg, idx, false);
+    imf_backend_report(s->cfg, idx, r);
     imf_log_kv(IMF_LOG_WARN, "backend", "connect failed", "client", s->peer, "backend",
                s->cfg->servers[idx].text, "reason", why, NULL);
+    if (r == IMF_CONNECT_TIMEOUT)
+        s->saw_timeout = true;
+    imf_sess_release_backend(s);
     s->connect_abandoned = true;
     s->backend.closing = true;
     uv_close((uv_handle_t *)&s->backend.tcp, on_failed_backend_closed);
 }
 
-static void try_next_backend(struct imf_session *s)
+static void make_plan(struct imf_session *s)
 {
-    if (s->plan_pos >= s->plan_len) {
+    size_t up = 0;
+    s->plan_len = (uint8_t)imf_backend_plan(s->cfg, s->plan, &up);
+    s->plan_up = (uint8_t)up;
+    s->plan_pos = 0;
+    s->saw_timeout = false;
+}
+
+/* After a failed connect: the next server of the plan; past the last
+ * one, a round that saw a timeout starts over (the servers are slow, and
+ * the client waits up to queue_timeout), one that was only refused ends. */
+static void next_server(struct imf_session *s)
+{
+    if (s->plan_pos < s->plan_len) {
+        want_backend(s);
+        return;
+    }
+    if (!s->saw_timeout) {
         backend_unavailable(s);
         return;
     }
+    if (imf_clock_ms() >= deadline_ms(s)) {
+        backend_busy(s, s->slot_server);
+        return;
+    }
+    make_plan(s);
+    want_backend(s);
+}
+
+/* Connects to plan[plan_pos], whose slots the session holds. */
+static void start_connect(struct imf_session *s)
+{
     const struct imf_sockaddr *srv = &s->cfg->servers[s->plan[s->plan_pos]];
     s->backend_name = srv->text;
     int rc = uv_tcp_init(&s->worker->loop, &s->backend.tcp);
     if (rc != 0) {
+        imf_sess_release_backend(s);
         backend_unavailable(s);
         return;
     }
@@ -82,7 +312,7 @@ static void try_next_backend(struct imf_session *s)
                          "[UNAVAILABLE] Proxy out of resources, try again later");
             return;
         }
-        backend_failed(s, uv_strerror(rc));
+        backend_failed(s, uv_strerror(rc), IMF_CONNECT_FAILED);
         return;
     }
     req->data = s;
@@ -98,9 +328,9 @@ void imf_sess_connect_backend(struct imf_session *s)
         imf_sess_close(s, IMF_CLOSE_NO_MEMORY, false);
         return;
     }
-    s->plan_len = (uint8_t)imf_backend_plan(s->cfg, s->plan);
-    s->plan_pos = 0;
-    try_next_backend(s);
+    s->wait_since_ms = imf_clock_ms();
+    make_plan(s);
+    want_backend(s);
 }
 
 /* Sends the backend an ID command naming the real client, the way Dovecot
@@ -119,7 +349,7 @@ static void on_connect_timeout(uv_timer_t *t)
 {
     struct imf_session *s = t->data;
     if (s->state == SESS_CONNECTING && !s->connect_abandoned)
-        backend_failed(s, "connect timeout");
+        backend_failed(s, "connect timeout", IMF_CONNECT_TIMEOUT);
 }
 
 static void on_backend_connected(uv_connect_t *req, int status)
@@ -130,10 +360,13 @@ static void on_backend_connected(uv_connect_t *req, int status)
         return; /* given up already (timeout, client gone): the handle closes */
     uv_timer_stop(&s->timer);
     if (status < 0) {
-        backend_failed(s, uv_strerror(status));
+        backend_failed(s, uv_strerror(status), IMF_CONNECT_FAILED);
         return;
     }
-    imf_backend_report(s->cfg, s->plan[s->plan_pos], true);
+    imf_backend_report(s->cfg, s->plan[s->plan_pos], IMF_CONNECT_OK);
+    /* The connect slot is held until the server speaks (imf_sess_greeted):
+     * a slow server completes TCP connects from its listen queue long
+     * before it accepts them, and SYNs past that queue are dropped. */
     s->server_index = s->plan[s->plan_pos];
     free(s->plan); /* failover is over for this session */
     s->plan = NULL;

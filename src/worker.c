@@ -111,6 +111,7 @@ static void finish_if_drained(struct imf_worker *w)
     if (!w->draining || w->sessions != NULL || uv_is_closing((uv_handle_t *)&w->wakeup))
         return;
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    uv_close((uv_handle_t *)&w->admit_timer, NULL);
     uv_close((uv_handle_t *)&w->wakeup, NULL);
 }
 
@@ -202,6 +203,8 @@ int imf_worker_init(struct imf_worker *w, unsigned id, struct imf_config *cfg, S
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
+    uv_timer_init(&w->loop, &w->admit_timer);
+    w->admit_timer.data = w;
     uv_mutex_init(&w->pending_lock);
     for (size_t i = 0; i < cfg->listeners_len; i++) {
         struct imf_listener *l = &w->listeners[i];
@@ -231,6 +234,7 @@ fail:
     if (w->wakeup.data != NULL) {
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
+        uv_close((uv_handle_t *)&w->admit_timer, NULL);
         uv_mutex_destroy(&w->pending_lock);
     }
     uv_run(&w->loop, UV_RUN_DEFAULT);

@@ -2,7 +2,10 @@
  * proxy has learnt about each server's health.
  *
  * Passive health: a server whose connects failed down_after times in a
- * row is skipped for retry_after, then tried again. Active health
+ * row is skipped for retry_after, then tried again. A connect that timed
+ * out counts only when the server's latest connects failed outright or
+ * none completed within retry_after (a slow server is not a dead one), and
+ * passive health never takes out the last server of a pool that is up. Active health
  * ([backend] check, check.c): a server that failed down_after checks in a
  * row is skipped until a check passes. Health is shared by every
  * worker (one table, atomics; keyed by the address as written, so it
@@ -21,12 +24,18 @@
 /* The order in which a new session tries cfg->servers: indexes into it (a
  * byte each, servers_len of them), servers marked down last (they are
  * still worth a try when every server is down). Returns the count
- * (== cfg->servers_len). */
-size_t imf_backend_plan(const struct imf_config *cfg, uint8_t *out_order);
+ * (== cfg->servers_len); *out_up is how many of them lead as up. */
+size_t imf_backend_plan(const struct imf_config *cfg, uint8_t *out_order, size_t *out_up);
+
+enum imf_connect_result {
+    IMF_CONNECT_OK,
+    IMF_CONNECT_FAILED,  /* refused, reset, unreachable: the server is not there */
+    IMF_CONNECT_TIMEOUT, /* no answer within connect_timeout: down, or only slow */
+};
 
 /* Records a connect's outcome for cfg->servers[index]; logs when a server
  * goes down or comes back. */
-void imf_backend_report(const struct imf_config *cfg, size_t index, bool ok);
+void imf_backend_report(const struct imf_config *cfg, size_t index, enum imf_connect_result r);
 
 /* True when at least one server of cfg is not marked down. */
 bool imf_backend_any_up(const struct imf_config *cfg);
@@ -41,6 +50,38 @@ int imf_backend_check_report(const struct imf_config *cfg, size_t index, bool ok
 /* Forgets what active checks found about cfg's servers (checks turned off). */
 void imf_backend_check_clear(const struct imf_config *cfg);
 
+/* Admission control ([backend] max_sessions, max_connecting,
+ * connect_rate): the counts are per server and shared by every worker;
+ * the limits are read from limits (the newest config: a reload applies
+ * to sessions already waiting).
+ *
+ * imf_backend_acquire takes one backend connection and one connect in
+ * progress of cfg->servers[index]. Returns IMF_ADMIT_OK (the caller then
+ * owes imf_backend_connect_done and imf_backend_release), IMF_ADMIT_FULL
+ * (a limit is reached: wait for a release), or IMF_ADMIT_RATE (the server
+ * is warming up after being down or after a start, and its token bucket
+ * is empty: *out_wait_ms until the next token). */
+enum imf_admit { IMF_ADMIT_OK, IMF_ADMIT_FULL, IMF_ADMIT_RATE };
+enum imf_admit imf_backend_acquire(const struct imf_config *cfg, size_t index,
+                                   const struct imf_config *limits, uint64_t *out_wait_ms);
+/* The connect taken by imf_backend_acquire has ended (either way). */
+void imf_backend_connect_done(const struct imf_config *cfg, size_t index);
+/* The backend connection taken by imf_backend_acquire is closing. */
+void imf_backend_release(const struct imf_config *cfg, size_t index);
+/* A session starts (delta 1) or stops (-1) waiting for cfg->servers[index]. */
+void imf_backend_queue_count(const struct imf_config *cfg, size_t index, int delta);
+/* A session stopped waiting after wait_ms: admitted, or timed out. */
+void imf_backend_queue_done(const struct imf_config *cfg, size_t index, uint64_t wait_ms,
+                            bool timed_out);
+
+/* Fairness across workers: each worker publishes when the head of its
+ * queue started waiting (imf_clock_ms(), 0 when its queue is empty); a
+ * worker admits its head only when no other worker's head has waited
+ * longer, so a slot freed on one worker goes to the oldest waiter. */
+#define IMF_QUEUE_WORKERS 64
+void imf_backend_queue_head(unsigned worker, uint64_t since_ms);
+bool imf_backend_queue_first(unsigned worker, uint64_t since_ms);
+
 /* Counters of one server, for metrics. */
 struct imf_backend_info {
     const char *address;
@@ -50,8 +91,15 @@ struct imf_backend_info {
     bool check_down; /* ... because its checks fail */
     uint64_t checks_ok;
     uint64_t checks_failed;
-    uint64_t check_us; /* duration of the last check */
-    int profile;       /* enum imf_gate_profile its greeting showed (0: none seen) */
+    uint64_t check_us;       /* duration of the last check */
+    int profile;             /* enum imf_gate_profile its greeting showed (0: none seen) */
+    uint32_t sessions;       /* backend connections open or opening (max_sessions) */
+    uint32_t connecting;     /* connects in progress (max_connecting) */
+    uint32_t queued;         /* sessions waiting for it */
+    uint64_t queue_waits;    /* sessions admitted after waiting */
+    uint64_t queue_wait_ms;  /* ... the sum of their waits */
+    uint64_t queue_timeouts; /* sessions that gave up waiting (queue_timeout) */
+    bool warming;            /* connect_rate applies (back from down, or started) */
 };
 /* Fills out with what is known of cfg's servers; returns the count. */
 size_t imf_backend_info(const struct imf_config *cfg, struct imf_backend_info *out, size_t max);

@@ -120,6 +120,10 @@ struct imf_config {
     uint64_t connect_timeout_ms;
     uint32_t backend_down_after;     /* failed connects in a row that mark a server down */
     uint64_t backend_retry_after_ms; /* how long a down server is skipped */
+    uint32_t backend_max_sessions;   /* backend connections per server, 0 = no limit */
+    uint32_t backend_max_connecting; /* connects in progress per server, 0 = no limit */
+    uint64_t queue_timeout_ms;       /* how long a session may wait for a backend */
+    uint32_t connect_rate;           /* connects a second to a warming server, 0 = off */
     enum imf_quirks quirks;
     bool pipelining;
     enum imf_literal_plus literal_plus;

@@ -41,6 +41,7 @@
 enum sess_state {
     SESS_PROXY_HEADER, /* reading the load balancer's PROXY header */
     SESS_HANDSHAKE,    /* TLS handshake with the client (the backend may be up) */
+    SESS_QUEUED,       /* waiting for a backend slot (admission control); no backend socket */
     SESS_CONNECTING,   /* connecting to the backend */
     SESS_RELAY,        /* both sides up (before STARTTLS: in plaintext) */
     SESS_CLOSING,      /* backend gone; flushing the last bytes and close_notify */
@@ -161,6 +162,7 @@ struct imf_session {
      * cfg->servers), allocated only while connecting. */
     uint8_t *plan;
     uint8_t plan_len, plan_pos;
+    uint8_t plan_up;        /* plan[0..plan_up) were up when it was made */
     bool connect_abandoned; /* the pending connect was given up (timeout) */
 
     /* Logins (throttle.h): the attempt in progress and a failure's held
@@ -173,6 +175,18 @@ struct imf_session {
     uint8_t *login_held;     /* a failure's tagged answer, until the delay ends */
     size_t login_held_len;
     char *user; /* the authenticated user, for the summary line */
+
+    /* Admission control (upstream.c): a session waiting for a backend
+     * slot is on its worker's queue, oldest first, and holds no backend
+     * socket. */
+    struct imf_session *qprev, *qnext;
+    uint64_t wait_since_ms; /* imf_clock_ms() when it first asked for a backend */
+    uint8_t slot_server;    /* cfg->servers[] whose slots it holds */
+    uint8_t queue_server;   /* cfg->servers[] it waits for (counted there, for metrics) */
+    bool queued;            /* on the worker's queue */
+    bool holds_session;     /* holds a backend connection of slot_server (max_sessions) */
+    bool holds_connect;     /* ... and a connect in progress (max_connecting) */
+    bool saw_timeout;       /* a connect of this round timed out: slow, not gone */
 
     /* For the summary line. */
     uint64_t bytes_in, bytes_out; /* plaintext from / to the client */
@@ -222,8 +236,15 @@ void imf_sess_do_handshake(struct imf_session *s);
 int imf_sess_begin_tls(struct imf_session *s);
 void imf_sess_start_tls(struct imf_session *s);
 
-/* upstream.c: connecting to a backend server, failover and passive health. */
+/* upstream.c: admission, connecting to a backend server, failover and
+ * passive health. */
 void imf_sess_connect_backend(struct imf_session *s);
+/* Leaves the queue and gives back the slots the session holds (its
+ * backend is closing); idempotent. */
+void imf_sess_release_backend(struct imf_session *s);
+/* The backend sent its first bytes (or closed): its connect is over, for
+ * max_connecting. */
+void imf_sess_greeted(struct imf_session *s);
 
 /* keeper.c: the IDLE keeper's timer. */
 void imf_sess_idle_begin(struct imf_session *s);

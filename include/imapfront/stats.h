@@ -33,6 +33,7 @@ enum imf_close_reason {
     IMF_CLOSE_IDLE_TIMEOUT,
     IMF_CLOSE_PROXY_PROTOCOL,
     IMF_CLOSE_NO_RESOURCES, /* the proxy ran out of descriptors connecting to the backend */
+    IMF_CLOSE_BACKEND_BUSY, /* waited queue_timeout for a slow or full backend */
     IMF_CLOSE_REASON_COUNT
 };
 /* Defined in session.c, which alone sets reasons. */

@@ -48,6 +48,11 @@ struct imf_worker {
     struct imf_listener *listeners;
     size_t listeners_len;
     struct imf_session *sessions; /* doubly linked through the sessions */
+    /* Sessions waiting for a backend slot, oldest first (upstream.c), and
+     * the timer that retries the head: at once after a slot is freed here,
+     * at the next token, or a short poll for slots freed by other workers. */
+    struct imf_session *queue_head, *queue_tail;
+    uv_timer_t admit_timer;
     _Atomic bool stop;
     _Atomic bool stop_now; /* a second signal: no drain */
     _Atomic bool finished; /* the loop has ended */

@@ -55,13 +55,13 @@ def emulator_factory(workdir, cert):
 
 @pytest.fixture
 def backends(workdir):
-    """backends(port=0, users="demo:demo") starts a plain-only emulator
-    whose port stays the same across kill()/start(); all stop at
+    """backends(port=0, users="demo:demo", flags=()) starts a plain-only
+    emulator whose port stays the same across kill()/start(); all stop at
     teardown."""
     started = []
 
-    def start(port=0, users="demo:demo"):
-        e = ops.EmulatorAt(workdir, port=port, users=users)
+    def start(port=0, users="demo:demo", flags=()):
+        e = ops.EmulatorAt(workdir, port=port, users=users, flags=flags)
         started.append(e)
         return e
 

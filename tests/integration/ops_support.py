@@ -369,8 +369,9 @@ class EmulatorAt(h._Child):
 
     name = "emulator"
 
-    def __init__(self, workdir, port=0, users="demo:demo", label="emu"):
+    def __init__(self, workdir, port=0, users="demo:demo", label="emu", flags=()):
         self.dir = tempfile.mkdtemp(prefix=label + "-", dir=workdir)
+        self.flags = list(flags)
         self.store = os.path.join(self.dir, "store")
         os.makedirs(self.store)
         self.log = h.LogFile(os.path.join(self.dir, "conn.log"))
@@ -383,7 +384,7 @@ class EmulatorAt(h._Child):
         self.starts += 1
         self.stderr_path = os.path.join(self.dir, "stderr-%d.log" % self.starts)
         cmd = [h.PYTHON, h.EMULATOR, "--plain", "127.0.0.1:%d" % self.port,
-               "--store", self.store, "--users", self.users, "--log", self.log.path]
+               "--store", self.store, "--users", self.users, "--log", self.log.path] + self.flags
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=err, cwd=self.dir)

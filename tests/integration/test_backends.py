@@ -54,7 +54,11 @@ def test_failover_marked_down_and_back(backends, proxy_factory, ctx):
     assert m.value("imapfront_backend_connects_total", server=A, result="ok") == 2
 
 
-def test_every_server_down_bye_and_not_ready(backends, proxy_factory, ctx):
+def test_every_server_down_bye_last_one_fails_open(backends, proxy_factory, ctx):
+    """Both ports closed: the client gets its BYE at once (refusals are not
+    retried). The first server is marked down; the second, the last one up,
+    is not: passive health never empties the pool (fail open), so /readyz
+    stays 200 and the server is still tried first."""
     ports = [h.free_port(), h.free_port()]
     servers = [ops.addr(p) for p in ports]
     proxy = ops.start_proxy(proxy_factory, ports[0], extra={"backend": {
@@ -65,23 +69,23 @@ def test_every_server_down_bye_and_not_ready(backends, proxy_factory, ctx):
         line = c.read_line(timeout=10)
         assert line == b"* BYE [UNAVAILABLE] Backend server unavailable\r\n", line
         c.expect_eof()
-    for s in servers:
-        proxy.log.wait_for(r"\bserver marked down backend=%s failures=1$" % s, since=mark,
-                           timeout=5)
-    r = ops.http_get(proxy.admin, "/readyz")
-    assert r.status == 503, r.status
+    proxy.log.wait_for(r"\bserver marked down backend=%s failures=1$" % servers[0], since=mark,
+                       timeout=5)
+    proxy.log.wait_for(r"\bwarn backend: server failing, but it is the last one up: still tried "
+                       r"backend=%s failures=1$" % servers[1], since=mark, timeout=5)
+    assert not proxy.log.find(r"server marked down backend=%s" % servers[1], mark)
+    assert ops.http_get(proxy.admin, "/readyz").status == 200
     assert ops.http_get(proxy.admin, "/healthz").status == 200
     m = ops.scrape(proxy)
-    for s in servers:
-        assert m.value("imapfront_backend_up", server=s) == 0
+    assert m.value("imapfront_backend_up", server=servers[0]) == 0
+    assert m.value("imapfront_backend_up", server=servers[1]) == 1
     # Closes are counted when the session is freed, just after the client's
     # EOF: poll (bounded) rather than read once.
     h.wait_until(lambda: ops.scrape(proxy).value("imapfront_session_closes_total",
                                                  reason="backend-unavailable") == 1,
                  5, "the backend-unavailable close counted")
 
-    # Down servers are still tried (last) when nothing else is left: the
-    # first one to come back serves at once and is marked up again.
+    # The server that failed open comes back: it serves at once.
     e = backends(port=ports[1])
     mark = proxy.log.mark()
     assert ops.session_backend(proxy, ctx) == servers[1]

@@ -1952,6 +1952,8 @@ class Server:
             self.tls_ctx.load_cert_chain(opts.cert, opts.key)
         self._ids = 0
         self._ids_lock = threading.Lock()
+        # --accept-rate: an overloaded server that accepts slowly.
+        self.accept_gap = 1.0 / opts.accept_rate if opts.accept_rate else 0.0
 
     def next_id(self):
         with self._ids_lock:
@@ -1960,6 +1962,8 @@ class Server:
 
     def serve(self, listener, is_tls):
         while True:
+            if self.accept_gap:
+                time.sleep(self.accept_gap)
             try:
                 sock, addr = listener.accept()
             except OSError:
@@ -2058,13 +2062,13 @@ def on_off(text):
     raise argparse.ArgumentTypeError("expected on or off")
 
 
-def listen(addr):
+def listen(addr, backlog=128):
     host, port = addr
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((host, port))
-    s.listen(128)
+    s.listen(backlog)
     return s
 
 
@@ -2088,6 +2092,10 @@ def main(argv=None):
                     help='greet with "* OK TEXT" instead of the default (no capability code)')
     ap.add_argument("--record", metavar="FILE",
                     help="append every line framed (and literal size) as JSON, one per line")
+    ap.add_argument("--listen-backlog", type=int, default=128, metavar="N",
+                    help="listen queue length (a small one makes further SYNs wait)")
+    ap.add_argument("--accept-rate", type=float, default=0, metavar="R",
+                    help="accept at most R connections a second (0: at once)")
     ap.add_argument("--ready-file", metavar="FILE")
     ap.add_argument("--log", metavar="FILE")
     opts = ap.parse_args(argv)
@@ -2110,8 +2118,10 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    plain = listen(opts.plain)
-    tls = listen(opts.tls) if opts.tls else None
+    if opts.listen_backlog < 0 or opts.accept_rate < 0:
+        ap.error("--listen-backlog and --accept-rate must be >= 0")
+    plain = listen(opts.plain, opts.listen_backlog)
+    tls = listen(opts.tls, opts.listen_backlog) if opts.tls else None
     for lsock, is_tls in ((plain, False), (tls, True)):
         if lsock is not None:
             threading.Thread(target=server.serve, args=(lsock, is_tls), daemon=True).start()
