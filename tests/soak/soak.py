@@ -251,7 +251,16 @@ class Worker:
             raise SoakError("greeting %r" % greeting)
         self.conn.ok(self.tag(), "LOGIN %s %s" % (self.run.user, self.run.password))
         if self.counts["connects"] == 0:
-            self.conn.ok(self.tag(), "CREATE %s" % self.mailbox)
+            # Dovecot can answer a first CREATE with ALREADYEXISTS: another
+            # process of the same user refreshing its mailbox list index
+            # opens the directory being created (its debug log shows
+            # "Mailbox <this one> opened" in another session mid-CREATE).
+            # The mailbox is there either way; what the soak checks is
+            # that every message lands in it, and no foreign one.
+            tag = self.tag()
+            _, tagged = self.conn.command(tag, "CREATE %s" % self.mailbox)
+            if not re.match(rb"%s (OK|NO \[ALREADYEXISTS\])" % tag.encode(), tagged):
+                raise SoakError("%s CREATE -> %r" % (tag, tagged))
         self.conn.ok(self.tag(), "SELECT %s" % self.mailbox)
         self.counts["connects"] += 1
 
