@@ -113,3 +113,21 @@ def test_parallel_logins_of_one_user_are_not_refused(proxy_factory, emulator_fac
         assert tagged.startswith(b"P%d OK" % i), tagged
         c.close()
     assert len(logins_at_backend(emu)) == 12
+
+
+def test_workers_share_the_counters(proxy_factory, emulator_factory, ctx):
+    """With two workers, guesses spread over many sessions (the kernel
+    picks the worker of each) still meet one table: 10 guesses, one per
+    session, and only fail_ban = 6 reach the backend."""
+    emu = emulator_factory(record=True)
+    proxy = ops.start_proxy(proxy_factory, emu.plain_port,
+                            extra={"proxy": {"workers": "2"}, "login": {"delay_max": "200ms"}})
+    answers = []
+    for i in range(10):
+        c = tls_session(proxy.port, ctx)
+        _, tagged = c.command("W%d" % i, "LOGIN demo %s%d" % (PASSWORD, i))
+        answers.append(tagged)
+        c.close()
+    assert all(b" NO " in a for a in answers), answers
+    assert len(logins_at_backend(emu)) == 6, logins_at_backend(emu)
+    assert all(b"[AUTHENTICATIONFAILED]" in a for a in answers[6:]), answers[6:]
