@@ -887,6 +887,12 @@ static void command_line(struct imf_gate *g, uint8_t *line, size_t len,
     case IMF_CMD_AUTHENTICATE: {
         const uint8_t *ir = NULL; /* AUTHENTICATE's initial response */
         size_t mlen = 0, irlen = 0;
+        if (g->login != NULL && !g->login->done) {
+            /* One attempt at a time: its record (user, throttle entry)
+             * is the session's until its answer. */
+            refuse(g, ev, c.tag, "BAD A login is already in progress", out);
+            return;
+        }
         if (c.cmd == IMF_CMD_LOGIN) {
             if (login_start(g, c.tag, (const uint8_t *)"LOGIN", 5))
                 login_args(g, args, alen);

@@ -5,9 +5,9 @@
 #include <assert.h>
 #include <string.h>
 
-#include "imapfront/backend.h"
 #include <openssl/mem.h>
 
+#include "imapfront/backend.h"
 #include "imapfront/iplimit.h"
 #include "imapfront/throttle.h"
 #include "imapfront/log.h"

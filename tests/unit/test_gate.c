@@ -200,6 +200,24 @@ static void test_tag_in_flight(void **state)
     gd_free(&d);
 }
 
+/* One login at a time: a pipelined second LOGIN (or AUTHENTICATE) while
+ * the first awaits its answer is refused, never forwarded; after the
+ * answer the next one goes. */
+static void test_one_login_at_a_time(void **state)
+{
+    (void)state;
+    struct imf_gate_params p = defaults();
+    struct gd d;
+    PLAY(&d, &p, B(GREET), C("a LOGIN demo x\r\nb LOGIN demo y\r\nc AUTHENTICATE PLAIN\r\n"));
+    backend_is(&d, "a LOGIN demo x\r\n");
+    client_got(&d, "b BAD A login is already in progress");
+    client_got(&d, "c BAD A login is already in progress");
+    gd_free(&d);
+    PLAY(&d, &p, B(GREET), C("a LOGIN demo x\r\n"), B("a NO wrong\r\n"), C("b LOGIN demo y\r\n"));
+    backend_is(&d, "a LOGIN demo x\r\nb LOGIN demo y\r\n");
+    gd_free(&d);
+}
+
 /* require_tls: LOGIN and AUTHENTICATE before TLS get NO [PRIVACYREQUIRED]
  * and never reach the backend, whatever literal follows. */
 static void test_login_before_tls(void **state)
@@ -811,6 +829,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unparsable_lines),
         cmocka_unit_test(test_tag_in_flight),
+        cmocka_unit_test(test_one_login_at_a_time),
         cmocka_unit_test(test_login_before_tls),
         cmocka_unit_test(test_literal_plus_made_sync),
         cmocka_unit_test(test_refused_literal),
