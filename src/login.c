@@ -72,11 +72,14 @@ static void throttle_end(struct imf_session *s, const struct imf_gate_login *l, 
                      now_ms());
 }
 
+/* The session ends with an attempt unanswered: the backend has its
+ * LOGIN (and counts it towards its own lockout), so it counts as a
+ * failure here too; else hanging up mid-login would be a free guess. */
 void imf_sess_login_abort(struct imf_session *s)
 {
     const struct imf_gate_login *l = imf_gate_login(&s->gate);
     if (l != NULL)
-        throttle_end(s, l, false, true);
+        throttle_end(s, l, false, false);
 }
 
 static enum imf_stats_mech mech_class(const char *mech)

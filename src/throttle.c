@@ -114,7 +114,15 @@ static void make_key(uint8_t key[32], enum kind k, const uint8_t addr[17], const
     if (k != KIND_USER)
         memcpy(key + 1, addr, 17);
     if (k != KIND_ADDRESS) {
-        uint64_t h = SIPHASH_24(user_key, (const uint8_t *)user, user_len);
+        /* Directory servers match user names without regard to case:
+         * "Demo" and "demo" are one account, and share one count. */
+        uint8_t folded[256];
+        size_t n = user_len < sizeof(folded) ? user_len : sizeof(folded);
+        for (size_t i = 0; i < n; i++) {
+            uint8_t c = (uint8_t)user[i];
+            folded[i] = c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c;
+        }
+        uint64_t h = SIPHASH_24(user_key, folded, n);
         memcpy(key + 18, &h, 8);
     }
 }
