@@ -30,6 +30,8 @@ struct imf_certwatch {
     bool pending;          /* an event seen, the callback not yet run */
     uint64_t first_ms;     /* loop time of the pending burst's first event */
     bool freeing;
+    const char *subsys; /* log tag ("tls") */
+    const char *what;   /* what the files are, for logs ("certificate file") */
 };
 
 static void release(struct imf_certwatch *w)
@@ -81,7 +83,7 @@ static void on_event(uv_fs_event_t *h, const char *name, int events, int status)
     struct imf_certwatch *w = wa->owner;
     (void)events;
     if (status < 0) {
-        imf_warn("tls", "watching %s failed: %s", wa->path, uv_strerror(status));
+        imf_warn(w->subsys, "watching %s failed: %s", wa->path, uv_strerror(status));
         return;
     }
     if (w->freeing || !interesting(wa, name))
@@ -90,7 +92,7 @@ static void on_event(uv_fs_event_t *h, const char *name, int events, int status)
     if (!w->pending) {
         w->pending = true;
         w->first_ms = now;
-        imf_info("tls", "certificate file changed: %s%s%s; reloading once it settles", wa->path,
+        imf_info(w->subsys, "%s changed: %s%s%s; reloading once it settles", w->what, wa->path,
                  wa->is_dir && name != NULL ? "/" : "", wa->is_dir && name != NULL ? name : "");
     }
     /* Wait for quiet, but not for ever: a file rewritten every second
@@ -110,6 +112,8 @@ int imf_certwatch_new(uv_loop_t *loop, imf_certwatch_cb cb, void *arg, struct im
     w->loop = loop;
     w->cb = cb;
     w->arg = arg;
+    w->subsys = "tls";
+    w->what = "certificate file";
     int rc = uv_timer_init(loop, &w->settle);
     if (rc != 0) {
         free(w);
@@ -163,7 +167,7 @@ static int add(struct imf_certwatch *w, const char *path, bool is_dir, const cha
         wa = calloc(1, sizeof(*wa));
         if (wa == NULL || (wa->path = strdup(path)) == NULL) {
             free(wa);
-            imf_warn("tls", "cannot watch %s: out of memory", path);
+            imf_warn(w->subsys, "cannot watch %s: out of memory", path);
             return -1;
         }
         wa->owner = w;
@@ -174,13 +178,12 @@ static int add(struct imf_certwatch *w, const char *path, bool is_dir, const cha
             w->open_handles++;
             rc = uv_fs_event_start(&wa->handle, on_event, path, 0);
             if (rc != 0) {
-                imf_warn("tls", "cannot watch %s for certificate changes: %s", path,
-                         uv_strerror(rc));
+                imf_warn(w->subsys, "cannot watch %s for changes: %s", path, uv_strerror(rc));
                 uv_close((uv_handle_t *)&wa->handle, on_watch_closed);
                 return -1;
             }
         } else {
-            imf_warn("tls", "cannot watch %s: %s", path, uv_strerror(rc));
+            imf_warn(w->subsys, "cannot watch %s: %s", path, uv_strerror(rc));
             free(wa->path);
             free(wa);
             return -1;
@@ -201,17 +204,19 @@ static int add(struct imf_certwatch *w, const char *path, bool is_dir, const cha
     return started;
 }
 
-size_t imf_certwatch_update(struct imf_certwatch *w, const struct imf_config *cfg)
+void imf_certwatch_set_label(struct imf_certwatch *w, const char *subsys, const char *what)
+{
+    w->subsys = subsys;
+    w->what = what;
+}
+
+size_t imf_certwatch_update_files(struct imf_certwatch *w, const char *const *paths,
+                                  size_t paths_len)
 {
     close_watches(w);
-    size_t files_len = 2 + 2 * cfg->certs_len, started = 0;
-    for (size_t i = 0; i < files_len; i++) {
-        const char *path;
-        if (i < 2)
-            path = i == 0 ? cfg->certificate : cfg->private_key;
-        else
-            path = (i % 2 == 0) ? cfg->certs[(i - 2) / 2].certificate
-                                : cfg->certs[(i - 2) / 2].private_key;
+    size_t started = 0;
+    for (size_t i = 0; i < paths_len; i++) {
+        const char *path = paths[i];
         if (path == NULL)
             continue;
         const char *base;
@@ -224,6 +229,26 @@ size_t imf_certwatch_update(struct imf_certwatch *w, const struct imf_config *cf
             started++;
         free(dir);
     }
+    return started;
+}
+
+size_t imf_certwatch_update(struct imf_certwatch *w, const struct imf_config *cfg)
+{
+    size_t files_len = 2 + 2 * cfg->certs_len;
+    const char **paths = calloc(files_len, sizeof(*paths));
+    if (paths == NULL) {
+        imf_warn(w->subsys, "cannot watch the %ss: out of memory", w->what);
+        close_watches(w);
+        return 0;
+    }
+    paths[0] = cfg->certificate;
+    paths[1] = cfg->private_key;
+    for (size_t c = 0; c < cfg->certs_len; c++) {
+        paths[2 + 2 * c] = cfg->certs[c].certificate;
+        paths[3 + 2 * c] = cfg->certs[c].private_key;
+    }
+    size_t started = imf_certwatch_update_files(w, paths, files_len);
+    free(paths);
     return started;
 }
 

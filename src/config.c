@@ -245,6 +245,9 @@ static const struct imf_option imf_options[] = {
     OPT("login", "user_lockout", BOOL, login_user_lockout, "off", 0, 0, NULL, 0),
     OPT("login", "trusted_networks", STRING, login_trusted_networks, "", 0, 0, NULL, 0),
     OPT("login", "max_tracked", UINT, login_max_tracked, "100000", 100, 10000000, NULL, 0),
+    OPT("route", "map", STRING, route_map, "", 0, 0, NULL, 0),
+    OPT("route", "default", STRING, route_default, "", 0, 0, NULL, 0),
+    OPT("route", "ignore_case", BOOL, route_ignore_case, "yes", 0, 0, NULL, 0),
     OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, 0),
     OPT("admin", "allow_from", STRING, admin_allow_from, "", 0, 0, NULL, 0),
     OPT("admin", "max_connections", UINT, admin_max_connections, "256", 1, 10000, NULL, 0),
@@ -270,8 +273,8 @@ static const struct imf_option imf_cert_options[] = {
 /* clang-format on */
 
 /* The sections that are not [listen.NAME], in file order. */
-static const char *const imf_main_sections[] = {"proxy", "tls",   "backend",
-                                                "imap",  "login", "admin"};
+static const char *const imf_main_sections[] = {"proxy", "tls",   "backend", "imap",
+                                                "login", "route", "admin"};
 
 #define IMF_OPTIONS_LEN        ARRAY_SIZE(imf_options)
 #define IMF_LISTEN_OPTIONS_LEN ARRAY_SIZE(imf_listen_options)

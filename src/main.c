@@ -24,6 +24,7 @@
 #include "imapfront/log.h"
 #include "imapfront/notify.h"
 #include "imapfront/proxy_proto.h"
+#include "imapfront/route.h"
 #include "imapfront/runas.h"
 #include "imapfront/stats.h"
 #include "imapfront/tls.h"
@@ -32,6 +33,11 @@
 #ifndef IMF_VERSION
 #define IMF_VERSION "0.1.0"
 #endif
+
+/* The backend pools a route may name. Only [backend] ("default") exists
+ * until named pools land. */
+static const char *const known_pools[] = {"default"};
+#define KNOWN_POOLS_LEN (sizeof(known_pools) / sizeof(known_pools[0]))
 
 /* How often STATUS= goes to the service manager (only under systemd). */
 #define IMF_NOTIFY_STATUS_MS 5000
@@ -283,10 +289,13 @@ static void reload(struct imf_main *m, enum reload_what what)
     imf_config_unref(old);
     SSL_CTX_free(old_ctx);
     imf_certwatch_update(m->certwatch, cfg);
-    if (what == RELOAD_CERTS)
+    if (what == RELOAD_CERTS) {
         imf_info("tls", "certificates reloaded from their files; new sessions use them");
-    else
+    } else {
         imf_info("main", "configuration reloaded from %s; new sessions use it", m->path);
+        /* A bad map logs and keeps the running one. */
+        imf_route_reload(cfg, known_pools, KNOWN_POOLS_LEN);
+    }
 }
 
 static void on_certs_changed(void *arg)
@@ -341,6 +350,7 @@ static void on_worker_done(uv_async_t *a)
     uv_close((uv_handle_t *)&m->status_timer, NULL);
     imf_certwatch_free(m->certwatch);
     m->certwatch = NULL;
+    imf_route_stop();
     imf_checker_stop(m->checker);
 }
 
@@ -484,6 +494,20 @@ int main(int argc, char **argv)
     }
     if (check_only) {
         warn_weak_settings(m.cfg);
+        if (imf_route_configured(m.cfg)) {
+            struct imf_route_params rp;
+            struct imf_route *route = NULL;
+            imf_route_params_from_config(m.cfg, known_pools, KNOWN_POOLS_LEN, &rp);
+            if (imf_route_load(&rp, &route, err, sizeof(err)) != 0) {
+                fprintf(stderr, "%s\n", err);
+                SSL_CTX_free(m.ssl_ctx);
+                imf_config_unref(m.cfg);
+                return 1;
+            }
+            if (rp.path != NULL)
+                printf("route map %s: %zu entries\n", rp.path, imf_route_count(route));
+            imf_route_unref(route);
+        }
         printf("%s: configuration ok\n", path);
         SSL_CTX_free(m.ssl_ctx);
         imf_config_unref(m.cfg);
@@ -571,6 +595,11 @@ int main(int argc, char **argv)
         return 1;
     }
     imf_certwatch_update(m.certwatch, m.cfg);
+    rc = imf_route_start(m.loop, m.cfg, known_pools, KNOWN_POOLS_LEN, err, sizeof(err));
+    if (rc != 0) {
+        imf_error("route", "%s", err);
+        return 1;
+    }
     uv_timer_init(m.loop, &m.status_timer);
     m.status_timer.data = &m;
     if (imf_notify_enabled(&m.notify))

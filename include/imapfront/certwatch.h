@@ -7,7 +7,8 @@
  * come in bursts while a pair of files is being replaced: the callback
  * runs once the burst has settled (no event for IMF_CERTWATCH_SETTLE_MS),
  * and at most IMF_CERTWATCH_MAX_WAIT_MS after its first event even if the
- * files keep changing. Runs on one uv loop (the main thread's). */
+ * files keep changing. Runs on one uv loop (the main thread's). The route
+ * map (route.c) is watched the same way, through imf_certwatch_update_files. */
 #ifndef IMAPFRONT_CERTWATCH_H
 #define IMAPFRONT_CERTWATCH_H
 
@@ -35,6 +36,16 @@ int imf_certwatch_new(uv_loop_t *loop, imf_certwatch_cb cb, void *arg,
  * number of watches started (files and directories, each counted once);
  * 0 means nothing is watched. cfg is borrowed for the call only. */
 size_t imf_certwatch_update(struct imf_certwatch *w, const struct imf_config *cfg);
+
+/* The same for any files: watches paths[0..paths_len) (NULL entries are
+ * skipped) and their directories instead of what was watched before.
+ * Borrowed for the call only. */
+size_t imf_certwatch_update_files(struct imf_certwatch *w, const char *const *paths,
+                                  size_t paths_len);
+
+/* Log tag and what the files are called in logs; "tls" and "certificate
+ * file" unless set. Both must outlive w (string literals). */
+void imf_certwatch_set_label(struct imf_certwatch *w, const char *subsys, const char *what);
 
 /* Stops everything; the memory goes once the loop has run the handles'
  * close callbacks. NULL is fine. */

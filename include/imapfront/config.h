@@ -169,6 +169,11 @@ struct imf_config {
     struct imf_config_cidr login_trusted[IMF_PROXY_FROM_MAX]; /* parsed */
     size_t login_trusted_len;
 
+    /* [route] (route.h reads them) */
+    char *route_map;        /* the user -> pool map file; NULL = none */
+    char *route_default;    /* the pool of users not in the map; NULL = none */
+    bool route_ignore_case; /* ASCII letters of user names match without regard to case */
+
     /* [admin] */
     struct imf_sockaddr admin_address; /* admin_address.len == 0: off */
     char *admin_allow_from;            /* as written; NULL when empty (anyone) */
