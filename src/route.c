@@ -447,7 +447,9 @@ static int route_new(struct parser *ps, char *buf, struct imf_route **out_r)
         if (d < 0) {
             char q[300];
             quote(p->default_pool, strlen(p->default_pool), q, sizeof(q));
-            return fail(ps, -EINVAL, 0, "[route] default: no pool named \"%s\"", q);
+            /* About the config file, not the map: no map name. */
+            snprintf(ps->err, ps->err_len, "[route] default: no pool named \"%s\"", q);
+            return -EINVAL;
         }
         r->default_pool = (uint16_t)d;
     }

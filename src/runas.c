@@ -119,5 +119,6 @@ size_t imf_runas_check_config(const struct imf_config *cfg, const struct imf_run
         n += check_one(u, cfg->certs[i].certificate, report, arg);
         n += check_one(u, cfg->certs[i].private_key, report, arg);
     }
+    n += check_one(u, cfg->route_map, report, arg);
     return n;
 }

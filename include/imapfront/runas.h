@@ -36,7 +36,7 @@ int imf_runas_can_read(const struct imf_runas *u, const char *path);
 
 /* Calls report(arg, path, error) for each file a reload re-reads (the
  * config file itself, [tls] and every [certificate.NAME] certificate and
- * private_key) that u cannot read. Returns how many it reported. */
+ * private_key, the [route] map) that u cannot read. Returns how many it reported. */
 size_t imf_runas_check_config(const struct imf_config *cfg, const struct imf_runas *u,
                               void (*report)(void *arg, const char *path, int error), void *arg);
 

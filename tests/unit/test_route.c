@@ -238,7 +238,7 @@ static void test_errors(void **state)
     struct imf_route_params p = params(false, "nowhere");
     char err[256];
     assert_true(imf_route_parse("map", "", 0, &p, &r, err, sizeof(err)) < 0);
-    assert_string_equal(err, "map: [route] default: no pool named \"nowhere\"");
+    assert_string_equal(err, "[route] default: no pool named \"nowhere\"");
 }
 
 /* A NUL byte inside a line: the text has a length, not a terminator. */
