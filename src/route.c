@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -54,6 +55,35 @@ struct imf_route {
     size_t pools_len;
 };
 
+/* The table: zeroed, on huge pages when it is large (where the kernel
+ * gives them on request): a lookup then costs a cache miss but rarely a
+ * TLB miss. */
+#define HUGE_PAGE (2u << 20)
+
+static struct slot *alloc_slots(size_t slots)
+{
+    size_t bytes = slots * sizeof(struct slot);
+    if (bytes < HUGE_PAGE)
+        return calloc(slots, sizeof(struct slot));
+    bytes = (bytes + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    madvise(p, bytes, MADV_HUGEPAGE); /* a hint: fine if refused */
+    return p;
+}
+
+static void free_slots(struct slot *slots, size_t n)
+{
+    if (slots == NULL)
+        return;
+    size_t bytes = n * sizeof(struct slot);
+    if (bytes < HUGE_PAGE)
+        free(slots);
+    else
+        munmap(slots, (bytes + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1));
+}
+
 static inline unsigned char fold(unsigned char c, bool ignore_case)
 {
     return ignore_case && c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
@@ -95,7 +125,7 @@ static uint64_t new_seed(void)
     return seed ^ 0xcbf29ce484222325ull;
 }
 
-/* Does the stored name (already folded) equal a[0..a_len) + b[0..b_len)? */
+/* Does the stored name equal a[0..a_len) + b[0..b_len)? */
 static inline bool name_equal(const struct imf_route *r, const struct slot *s, const char *a,
                               size_t a_len, const char *b, size_t b_len)
 {
@@ -105,20 +135,26 @@ static inline bool name_equal(const struct imf_route *r, const struct slot *s, c
     if (!r->ignore_case)
         return memcmp(n, a, a_len) == 0 && memcmp(n + a_len, b, b_len) == 0;
     for (size_t i = 0; i < a_len; i++)
-        if (n[i] != fold((unsigned char)a[i], true))
+        if (fold(n[i], true) != fold((unsigned char)a[i], true))
             return false;
     for (size_t i = 0; i < b_len; i++)
-        if (n[a_len + i] != fold((unsigned char)b[i], true))
+        if (fold(n[a_len + i], true) != fold((unsigned char)b[i], true))
             return false;
     return true;
 }
 
-/* The slot holding a + b, or the empty slot where it would go. */
-static const struct slot *find_slot(const struct imf_route *r, const char *a, size_t a_len,
-                                    const char *b, size_t b_len)
+static inline uint64_t hash2(const struct imf_route *r, const char *a, size_t a_len, const char *b,
+                             size_t b_len)
 {
     uint64_t h = hash_bytes(r->seed, a, a_len, r->ignore_case);
-    h = hash_finish(hash_bytes(h, b, b_len, r->ignore_case), a_len + b_len);
+    return hash_finish(hash_bytes(h, b, b_len, r->ignore_case), a_len + b_len);
+}
+
+/* The slot holding a + b (whose hash is h), or the empty slot where it
+ * would go. */
+static const struct slot *find_slot(const struct imf_route *r, uint64_t h, const char *a,
+                                    size_t a_len, const char *b, size_t b_len)
+{
     uint8_t tag = (uint8_t)(h >> 56);
     /* At most half full: an empty slot always ends the probe. */
     for (size_t i = (size_t)h & r->mask;; i = (i + 1) & r->mask) {
@@ -134,20 +170,27 @@ const char *imf_route_lookup(const struct imf_route *r, const char *user, size_t
     enum imf_route_match how = IMF_ROUTE_NONE;
     uint16_t pool = NO_POOL;
     if (r->count != 0 && user_len != 0 && user_len <= IMF_ROUTE_USER_MAX) {
-        const struct slot *s = find_slot(r, user, user_len, NULL, 0);
+        uint64_t h_user = hash2(r, user, user_len, NULL, 0);
+        __builtin_prefetch(&r->slots[h_user & r->mask]);
+        /* The pattern's slot is fetched at the same time: a miss on the
+         * name costs one memory latency, not two. */
+        const char *at = memrchr(user, '@', user_len);
+        size_t dom_len = at != NULL ? user_len - (size_t)(at + 1 - user) : 0;
+        uint64_t h_dom = 0;
+        if (dom_len != 0) {
+            h_dom = hash2(r, "*@", 2, at + 1, dom_len);
+            __builtin_prefetch(&r->slots[h_dom & r->mask]);
+        }
+        const struct slot *s = find_slot(r, h_user, user, user_len, NULL, 0);
         if (s->len != 0) {
             pool = s->pool;
             /* "*@domain" itself finds its pattern: no user has that name. */
             how = user[0] == '*' ? IMF_ROUTE_DOMAIN : IMF_ROUTE_USER;
-        } else {
-            const char *at = memrchr(user, '@', user_len);
-            size_t dom_len = at != NULL ? user_len - (size_t)(at + 1 - user) : 0;
-            if (dom_len != 0) {
-                s = find_slot(r, "*@", 2, at + 1, dom_len);
-                if (s->len != 0) {
-                    pool = s->pool;
-                    how = IMF_ROUTE_DOMAIN;
-                }
+        } else if (dom_len != 0) {
+            s = find_slot(r, h_dom, "*@", 2, at + 1, dom_len);
+            if (s->len != 0) {
+                pool = s->pool;
+                how = IMF_ROUTE_DOMAIN;
             }
         }
     }
@@ -190,7 +233,7 @@ static void route_free(struct imf_route *r)
     for (size_t i = 0; i < r->pools_len; i++)
         free(r->pools[i]);
     free(r->pools);
-    free(r->slots);
+    free_slots(r->slots, r->mask + 1);
     free(r->names);
     free(r->path);
     free(r);
@@ -310,32 +353,79 @@ static const char *check_user(const char *u, size_t len, char *why, size_t why_l
     return NULL;
 }
 
+/* A parsed line waiting for its slot: 16 bytes. Its name's length is the
+ * distance to the next one's (the names are back to back). */
+struct pending {
+    uint32_t hash_lo; /* the slot index's bits (the table has at most 2^25 slots) */
+    uint8_t tag;
+    uint8_t pad;
+    uint16_t pool;
+    uint32_t off; /* of the name in names */
+    uint32_t line;
+};
+static_assert(sizeof(struct pending) == 16, "a pending line is 16 bytes");
+static_assert(2ull * IMF_ROUTE_ENTRIES_MAX <= UINT32_MAX, "slot index in 32 bits");
+
+/* How many lines ahead the insertion prefetches their slots: a slot is
+ * a cache (and often TLB) miss; fetching several at once overlaps them. */
+#define PREFETCH_AHEAD 16
+
+/* Puts pend[0..n) into the table in order; the first name already there
+ * with another pool is an error naming its line. */
+static int insert_all(struct parser *ps, const struct pending *pend, size_t n, size_t names_end)
+{
+    struct imf_route *r = ps->r;
+    for (size_t i = 0; i < n; i++) {
+        if (i + PREFETCH_AHEAD < n)
+            __builtin_prefetch(&r->slots[pend[i + PREFETCH_AHEAD].hash_lo & r->mask], 1);
+        const struct pending *pe = &pend[i];
+        uint8_t tag = pe->tag;
+        const char *name = r->names + pe->off;
+        size_t len = (i + 1 < n ? pend[i + 1].off : names_end) - pe->off;
+        size_t k = pe->hash_lo & r->mask;
+        for (;; k = (k + 1) & r->mask) {
+            struct slot *s = &r->slots[k];
+            if (s->len == 0) {
+                *s = (struct slot){
+                    .off = pe->off, .pool = pe->pool, .len = (uint8_t)len, .tag = tag};
+                r->count++;
+                break;
+            }
+            if (s->tag != tag || !name_equal(r, s, name, len, NULL, 0))
+                continue;
+            if (s->pool == pe->pool)
+                break; /* the same pair again: harmless */
+            char q[300];
+            quote(name, len, q, sizeof(q));
+            return fail(ps, -EINVAL, pe->line, "\"%s\" is already routed to pool %s%s", q,
+                        r->pools[s->pool],
+                        r->ignore_case ? " (names compared without regard to case)" : "");
+        }
+    }
+    return 0;
+}
+
 /* Parses the buffer r->names[0..len) in place: the names are moved to its
- * front, back to back, and the table filled. */
+ * front, back to back, then put in the table. Two passes, so
+ * that the second can prefetch: reading the file is sequential, filling
+ * the table is not. */
 static int parse_buffer(struct parser *ps, size_t len)
 {
     struct imf_route *r = ps->r;
     char *buf = r->names;
 
-    /* Size the table for every line being an entry. */
-    size_t lines = 1;
-    for (const char *q = buf; (q = memchr(q, '\n', len - (size_t)(q - buf))) != NULL; q++)
-        lines++;
-    if (lines > IMF_ROUTE_ENTRIES_MAX + 1)
-        return fail(ps, -EFBIG, 0, "more than %u lines", IMF_ROUTE_ENTRIES_MAX);
-    size_t slots = 16;
-    while (slots < 2 * lines)
-        slots *= 2;
-    r->slots = calloc(slots, sizeof(*r->slots));
-    if (r->slots == NULL)
-        return fail(ps, -ENOMEM, 0, "out of memory for %zu lines", lines);
-    r->mask = slots - 1;
+    size_t pend_cap = 1024;
+    struct pending *pend = malloc(pend_cap * sizeof(*pend));
+    if (pend == NULL)
+        return fail(ps, -ENOMEM, 0, "out of memory");
 
     size_t out = 0; /* where the next name goes */
+    size_t n = 0;   /* entries in pend */
     unsigned line = 0;
     size_t pos = 0;
     char why[96];
-    while (pos < len) {
+    int rc = 0;
+    while (pos < len && rc == 0) {
         line++;
         const char *nl = memchr(buf + pos, '\n', len - pos);
         size_t end = nl != NULL ? (size_t)(nl - buf) : len;
@@ -359,44 +449,77 @@ static int parse_buffer(struct parser *ps, size_t len)
         pos = next;
         if (fields == 0)
             continue;
-        if (fields == 1)
-            return fail(ps, -EINVAL, line, "a user without a pool (expected: USER POOL)");
-        if (fields == 3)
-            return fail(ps, -EINVAL, line, "more than two fields (expected: USER POOL)");
+        if (fields == 1) {
+            rc = fail(ps, -EINVAL, line, "a user without a pool (expected: USER POOL)");
+            break;
+        }
+        if (fields == 3) {
+            rc = fail(ps, -EINVAL, line, "more than two fields (expected: USER POOL)");
+            break;
+        }
         const char *user = buf + f_off[0];
         size_t user_len = f_len[0];
         const char *why_user = check_user(user, user_len, why, sizeof(why));
-        if (why_user != NULL)
-            return fail(ps, -EINVAL, line, "%s", why_user);
-        if (f_len[1] > IMF_ROUTE_POOL_MAX)
-            return fail(ps, -EINVAL, line, "pool name longer than %u bytes", IMF_ROUTE_POOL_MAX);
+        if (why_user != NULL) {
+            rc = fail(ps, -EINVAL, line, "%s", why_user);
+            break;
+        }
+        if (f_len[1] > IMF_ROUTE_POOL_MAX) {
+            rc = fail(ps, -EINVAL, line, "pool name longer than %u bytes", IMF_ROUTE_POOL_MAX);
+            break;
+        }
         int pool = pool_index(ps->p, buf + f_off[1], f_len[1]);
         if (pool < 0) {
             char q[300];
             quote(buf + f_off[1], f_len[1], q, sizeof(q));
-            return fail(ps, -EINVAL, line, "no pool named \"%s\"", q);
+            rc = fail(ps, -EINVAL, line, "no pool named \"%s\"", q);
+            break;
         }
-        const struct slot *found = find_slot(r, user, user_len, NULL, 0);
-        if (found->len != 0) {
-            if (found->pool == (uint16_t)pool)
-                continue; /* the same pair again: harmless */
-            char q[300];
-            quote(user, user_len, q, sizeof(q));
-            return fail(ps, -EINVAL, line, "\"%s\" is already routed to pool %s%s", q,
-                        r->pools[found->pool],
-                        r->ignore_case ? " (names compared without regard to case)" : "");
+        if (n == IMF_ROUTE_ENTRIES_MAX) {
+            rc = fail(ps, -EFBIG, line, "more than %u entries", IMF_ROUTE_ENTRIES_MAX);
+            break;
         }
-        uint64_t h = hash_finish(hash_bytes(r->seed, user, user_len, r->ignore_case), user_len);
-        /* The name moves left (out <= f_off[0]); fold it on the way. */
-        for (size_t k = 0; k < user_len; k++)
-            buf[out + k] = (char)fold((unsigned char)user[k], r->ignore_case);
-        struct slot *s = (struct slot *)found;
-        *s = (struct slot){.off = (uint32_t)out,
-                           .pool = (uint16_t)pool,
-                           .len = (uint8_t)user_len,
-                           .tag = (uint8_t)(h >> 56)};
+        if (n == pend_cap) {
+            struct pending *grown = realloc(pend, 2 * pend_cap * sizeof(*pend));
+            if (grown == NULL) {
+                rc = fail(ps, -ENOMEM, line, "out of memory");
+                break;
+            }
+            pend = grown;
+            pend_cap *= 2;
+        }
+        /* The name moves left (out <= f_off[0]). */
+        memmove(buf + out, user, user_len);
+        uint64_t h =
+            hash_finish(hash_bytes(r->seed, buf + out, user_len, r->ignore_case), user_len);
+        pend[n++] = (struct pending){.hash_lo = (uint32_t)h,
+                                     .tag = (uint8_t)(h >> 56),
+                                     .pool = (uint16_t)pool,
+                                     .off = (uint32_t)out,
+                                     .line = line};
         out += user_len;
-        r->count++;
+    }
+    /* The table, now that the entries are counted: at most half full. */
+    size_t slots = 16;
+    while (slots < 2 * n)
+        slots *= 2;
+    r->slots = alloc_slots(slots);
+    if (r->slots == NULL) {
+        free(pend);
+        return rc != 0 ? rc : fail(ps, -ENOMEM, 0, "out of memory for %zu entries", n);
+    }
+    r->mask = slots - 1;
+    /* A duplicate before the line that failed is the first error. */
+    char first_err[512];
+    if (rc != 0)
+        snprintf(first_err, sizeof(first_err), "%s", ps->err);
+    int dup = insert_all(ps, pend, n, out);
+    free(pend);
+    if (dup != 0)
+        return dup;
+    if (rc != 0) {
+        snprintf(ps->err, ps->err_len, "%s", first_err);
+        return rc;
     }
     r->names_len = out;
     if (out == 0) {
@@ -408,7 +531,7 @@ static int parse_buffer(struct parser *ps, size_t len)
             r->names = shrunk;
     }
     if (r->count == 0) {
-        free(r->slots);
+        free_slots(r->slots, r->mask + 1);
         r->slots = NULL;
         r->mask = 0;
     }
