@@ -133,7 +133,7 @@ static inline bool name_equal(const struct imf_route *r, const struct slot *s, c
         return false;
     const unsigned char *n = (const unsigned char *)r->names + s->off;
     if (!r->ignore_case)
-        return memcmp(n, a, a_len) == 0 && memcmp(n + a_len, b, b_len) == 0;
+        return memcmp(n, a, a_len) == 0 && (b_len == 0 || memcmp(n + a_len, b, b_len) == 0);
     for (size_t i = 0; i < a_len; i++)
         if (fold(n[i], true) != fold((unsigned char)a[i], true))
             return false;

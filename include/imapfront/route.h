@@ -28,7 +28,7 @@
 #define IMF_ROUTE_USER_MAX    255u       /* bytes of a user name or "*@domain" */
 #define IMF_ROUTE_POOL_MAX    63u        /* bytes of a pool name */
 #define IMF_ROUTE_FILE_MAX    (1u << 30) /* bytes of a map file */
-#define IMF_ROUTE_ENTRIES_MAX (1u << 24) /* lines of a map file */
+#define IMF_ROUTE_ENTRIES_MAX (1u << 24) /* entries of a map file */
 
 /* How a lookup found its pool. */
 enum imf_route_match {

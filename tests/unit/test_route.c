@@ -10,6 +10,11 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "imapfront/config.h"
+#include "imapfront/log.h"
 
 #include "imapfront/route.h"
 
@@ -332,15 +337,149 @@ static void test_million(void **state)
     imf_route_unref(r);
 }
 
+#define BASE_INI                                                                           \
+    "[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c.pem\nprivate_key = k.pem\n" \
+    "[backend]\nservers = 127.0.0.1:143\n"
+
+static struct imf_config *config(const char *route_section)
+{
+    char text[1024], err[512];
+    snprintf(text, sizeof(text), "%s%s", BASE_INI, route_section);
+    struct imf_config *cfg = NULL;
+    if (imf_config_parse("proxy.ini", text, &cfg, err, sizeof(err)) != 0)
+        fail_msg("config: %s", err);
+    return cfg;
+}
+
+/* [route] in the config table: configured with a map or a default;
+ * ignore_case defaults to yes. */
+static void test_config_keys(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = config("");
+    assert_false(imf_route_configured(cfg));
+    assert_true(cfg->route_ignore_case);
+    imf_config_unref(cfg);
+    cfg = config("[route]\ndefault = default\nignore_case = no\n");
+    assert_true(imf_route_configured(cfg));
+    assert_false(cfg->route_ignore_case);
+    imf_config_unref(cfg);
+    cfg = config("[route]\nmap = /nonexistent/route.map\n");
+    assert_true(imf_route_configured(cfg));
+    assert_string_equal(cfg->route_map, "/nonexistent/route.map");
+    imf_config_unref(cfg);
+}
+
+/* Readers on other threads take the current map while the loop's thread
+ * swaps it: each reader sees one whole map or the other. */
+#define SWAPS   2000
+#define READERS 2
+
+static atomic_bool swapping_done;
+static atomic_uint bad_reads;
+
+static void reader(void *arg)
+{
+    atomic_uint *reads = arg;
+    /* Bounded: the swaps end, and so do we (plus a floor of reads). */
+    for (unsigned i = 0; i < 10000000u && (!atomic_load(&swapping_done) || i < 1000); i++) {
+        struct imf_route *r = imf_route_current();
+        if (r == NULL) {
+            atomic_fetch_add(&bad_reads, 1);
+            continue;
+        }
+        const char *a = lookup(r, "a@example.org", NULL);
+        const char *b = lookup(r, "b@example.org", NULL);
+        /* Map one sends a to legacy and b to new; map two the reverse. */
+        bool one = a != NULL && b != NULL && strcmp(a, "legacy") == 0 && strcmp(b, "new") == 0;
+        bool two = a != NULL && b != NULL && strcmp(a, "new") == 0 && strcmp(b, "legacy") == 0;
+        if (!one && !two)
+            atomic_fetch_add(&bad_reads, 1);
+        imf_route_unref(r);
+        atomic_fetch_add(reads, 1);
+    }
+}
+
+static void test_swap_under_readers(void **state)
+{
+    (void)state;
+    imf_log_setup(IMF_LOG_ERROR, IMF_LOG_TEXT);
+    char dir[] = "/tmp/test_route_swap_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char one[600], two[600], section[1400];
+    snprintf(one, sizeof(one), "%s/one.map", dir);
+    snprintf(two, sizeof(two), "%s/two.map", dir);
+    FILE *f = fopen(one, "w");
+    fputs("a@example.org legacy\nb@example.org new\n", f);
+    fclose(f);
+    f = fopen(two, "w");
+    fputs("a@example.org new\n*@example.org legacy\n", f);
+    fclose(f);
+    snprintf(section, sizeof(section), "[route]\nmap = %s\n", one);
+    struct imf_config *cfg_one = config(section);
+    snprintf(section, sizeof(section), "[route]\nmap = %s\n", two);
+    struct imf_config *cfg_two = config(section);
+
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    char err[512];
+    assert_int_equal(imf_route_start(&loop, cfg_one, pools, 3, err, sizeof(err)), 0);
+    atomic_store(&swapping_done, false);
+    atomic_store(&bad_reads, 0);
+    atomic_uint reads[READERS];
+    uv_thread_t threads[READERS];
+    for (int t = 0; t < READERS; t++) {
+        atomic_init(&reads[t], 0);
+        assert_int_equal(uv_thread_create(&threads[t], reader, &reads[t]), 0);
+    }
+    for (int i = 0; i < SWAPS; i++)
+        assert_int_equal(imf_route_reload(i % 2 ? cfg_one : cfg_two, pools, 3), 0);
+    atomic_store(&swapping_done, true);
+    for (int t = 0; t < READERS; t++) {
+        uv_thread_join(&threads[t]);
+        assert_true(atomic_load(&reads[t]) >= 1000);
+    }
+    assert_int_equal(atomic_load(&bad_reads), 0);
+
+    /* A bad map keeps the running one (the last reload loaded map one). */
+    f = fopen(one, "w");
+    fputs("a@example.org\n", f);
+    fclose(f);
+    assert_true(imf_route_reload(cfg_one, pools, 3) < 0);
+    struct imf_route *r = imf_route_current();
+    assert_non_null(r);
+    assert_string_equal(imf_route_path(r), one);
+    assert_route(r, "a@example.org", "legacy", IMF_ROUTE_USER);
+    imf_route_unref(r);
+
+    imf_route_stop();
+    assert_null(imf_route_current());
+    /* Every handle closes: the loop ends with nothing left. */
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    imf_config_unref(cfg_one);
+    imf_config_unref(cfg_two);
+    unlink(one);
+    unlink(two);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_file_syntax),  cmocka_unit_test(test_empty_map),
-        cmocka_unit_test(test_lookup_order), cmocka_unit_test(test_ignore_case),
-        cmocka_unit_test(test_8bit_names),   cmocka_unit_test(test_duplicates),
-        cmocka_unit_test(test_errors),       cmocka_unit_test(test_nul_byte),
-        cmocka_unit_test(test_every_prefix), cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_file_syntax),
+        cmocka_unit_test(test_empty_map),
+        cmocka_unit_test(test_lookup_order),
+        cmocka_unit_test(test_ignore_case),
+        cmocka_unit_test(test_8bit_names),
+        cmocka_unit_test(test_duplicates),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_nul_byte),
+        cmocka_unit_test(test_every_prefix),
+        cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_million),
+        cmocka_unit_test(test_config_keys),
+        cmocka_unit_test(test_swap_under_readers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
