@@ -457,9 +457,9 @@ static void after_word(const uint8_t **p, size_t *n, size_t word)
 
 static enum imf_bc_result on_greeting(struct imf_bc *bc, const uint8_t *p, size_t n)
 {
+    set_text(bc->greeting, sizeof(bc->greeting), p, n); /* for the log, whatever it is */
     if (n < 2 || p[0] != '*' || p[1] != ' ')
         return fail(bc, "not an IMAP greeting");
-    set_text(bc->greeting, sizeof(bc->greeting), p, n);
     const uint8_t *t = p + 2;
     size_t tn = n - 2, w = 0;
     bool preauth = ci_word(t, tn, "PREAUTH");

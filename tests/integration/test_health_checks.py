@@ -27,9 +27,14 @@ class ScriptedBackend:
     * "healthy": answers LOGIN, EXAMINE, NOOP and LOGOUT with OK;
     * "preauth": greets with PREAUTH (already logged in), then as healthy;
     * "bye_login": answers LOGIN with a BYE and closes;
-    * "eager": sends the greeting and the OKs to LOGIN, EXAMINE and NOOP in
+    * "eager": sends the greeting (with its capabilities, so that the
+      check needs no CAPABILITY) and the OKs to LOGIN, EXAMINE and NOOP in
       one write before reading a byte (the proxy learns each answer before
-      its own command's write has completed), then answers LOGOUT.
+      its own command's write has completed), then answers LOGOUT;
+    * "literals": as healthy, but before every answer sends untagged
+      responses with literals of each form ({N}, {N+}, ~{N}) whose octets
+      look like a tagged NO for the command, a "+" and a BYE: data that a
+      client framing responses right skips.
 
     Every line it receives is kept in .lines (in order)."""
 
@@ -49,7 +54,8 @@ class ScriptedBackend:
         if mode == "preauth":
             conn.sendall(b"* PREAUTH scripted IMAP server, logged in\r\n")
         elif mode == "eager":
-            conn.sendall(b"* OK scripted IMAP server ready\r\nimfcheck1 OK LOGIN done\r\n"
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1] scripted IMAP server ready\r\n"
+                         b"imfcheck1 OK LOGIN done\r\n"
                          b"imfcheck2 OK EXAMINE done\r\nimfcheck3 OK NOOP done\r\n")
         else:
             conn.sendall(b"* OK scripted IMAP server ready\r\n")
@@ -69,6 +75,8 @@ class ScriptedBackend:
                 return
             if mode == "eager" and verb != "LOGOUT":
                 continue  # answered already
+            if mode == "literals" and verb != "LOGOUT":  # the check closes after LOGOUT
+                conn.sendall(literal_noise(tag.encode()))
             if verb == "LOGOUT":
                 conn.sendall(b"* BYE bye\r\n%s OK LOGOUT done\r\n" % tag.encode())
                 return
@@ -81,6 +89,21 @@ class ScriptedBackend:
 
     def stop(self):
         self.fake.stop()
+
+
+def literal_noise(tag):
+    """Untagged responses whose literals hold what would end the command
+    (its tagged NO), ask for more ("+") or end the connection (BYE)."""
+    fake = b"%s NO [AUTHENTICATIONFAILED] inside a literal\r\n" % tag
+    plus = b"+ inside a literal\r\n"
+    bye = b"* BYE inside a literal\r\n"
+    return (b"* 1 FETCH (BODY[] {%d}\r\n%s)\r\n" % (len(fake), fake) +
+            b"* 2 FETCH (BODY[] {%d+}\r\n%s BODY[1] {%d}\r\n%s)\r\n"
+            % (len(plus), plus, len(bye), bye) +
+            b"* 3 FETCH (BINARY[] ~{%d}\r\n%s)\r\n" % (len(fake) + 1, fake + b"\0") +
+            # A long line (a big header field in an ENVELOPE, say) before
+            # its literal: the announcement is still at the end of the line.
+            b"* 4 FETCH (X-LONG \"%s\" BODY[] {%d}\r\n%s)\r\n" % (b"x" * 3000, len(fake), fake))
 
 
 @pytest.fixture
@@ -193,6 +216,22 @@ def test_preauth_greeting_skips_login(scripted, proxy_factory):
                      timeout=10, what="a passing check")
     assert not a.received(b"LOGIN")
     assert any(ln.endswith(b' EXAMINE "Canary"\r\n') for ln in a.lines)
+
+
+def test_literals_around_the_login_are_data(scripted, proxy_factory):
+    """Untagged responses with {N}, {N+} and ~{N} literals (one after a
+    3000-byte line) come before every answer, their octets a tagged NO, a
+    "+" and a BYE: the check reads them as data and passes, check after
+    check."""
+    a = scripted("literals")
+    A = ops.addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, a.port, extra=checks("login", [A]))
+    ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_checks_total", server=A,
+                                              result="ok") >= 2,
+                     timeout=10, what="two passing checks")
+    assert "failed" not in proxy.log.text()
+    assert a.received(b"EXAMINE")
+    assert a.fake.errors == []
 
 
 def test_bye_during_login_is_the_reason(scripted, proxy_factory):
