@@ -46,10 +46,11 @@ struct bd_run {
     size_t results_len;
     uint8_t *sent; /* everything the client sent */
     size_t sent_len, sent_cap;
-    unsigned count;          /* results other than NONE */
-    int rc[BD_MAX_RESULTS];  /* what each action returned */
-    enum imf_bc_result last; /* the last result other than NONE */
-    bool secret_left;        /* a check found the password in bc when it had no use for it */
+    unsigned count;            /* results other than NONE */
+    int rc[BD_MAX_RESULTS];    /* what each action returned */
+    size_t at[BD_MAX_RESULTS]; /* sent_len when each result came */
+    enum imf_bc_result last;   /* the last result other than NONE */
+    bool secret_left;          /* a check found the password in bc when it had no use for it */
 };
 
 static void bd_sent_add(struct bd_run *r, const uint8_t *p, size_t n)
@@ -114,6 +115,8 @@ static void bd_on_result(struct imf_bc *bc, struct bd_run *r, enum imf_bc_result
     bd_note(r, note);
     r->last = res;
     bd_check_secret(bc, r, secret);
+    if (r->count < BD_MAX_RESULTS)
+        r->at[r->count] = r->sent_len;
     if (r->count < nacts && r->count < BD_MAX_RESULTS) {
         const struct bd_act *a = &acts[r->count];
         int rc = 0;
