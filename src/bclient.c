@@ -532,7 +532,12 @@ static enum imf_bc_result on_tagged(struct imf_bc *bc, const uint8_t *p, size_t 
     if (r != IMF_BC_OK && r != IMF_BC_NO && r != IMF_BC_BAD)
         return fail(bc, "malformed tagged response");
     after_word(&t, &tn, w);
+    unsigned caps_before = bc->caps;
+    bc->caps &= ~IMF_BC_CAP_KNOWN;
     resp_text(bc, t, tn, true);
+    bool fresh_caps = bc->caps & IMF_BC_CAP_KNOWN;
+    if (!fresh_caps)
+        bc->caps = caps_before;
     /* A literal the server refused leaves the rest of the command unsent. */
     wipe_stage(bc);
     enum imf_bc_state was = (enum imf_bc_state)bc->state;
@@ -551,6 +556,12 @@ static enum imf_bc_result on_tagged(struct imf_bc *bc, const uint8_t *p, size_t 
         return IMF_BC_NONE;
     case IMF_BC_S_LOGIN:
         bc->authenticated = r == IMF_BC_OK;
+        /* RFC 9051 7.1: a server may announce other capabilities once logged
+         * in; without a list in its OK the old one is stale. */
+        if (r == IMF_BC_OK && !fresh_caps) {
+            bc->caps = 0;
+            bc->cap_list[0] = '\0';
+        }
         return r;
     default:
         if (bc->logout) {
@@ -604,7 +615,6 @@ enum imf_bc_result imf_bc_feed(struct imf_bc *bc, const uint8_t *data, size_t le
             if (n > sizeof(bc->line) - bc->line_len) {
                 memcpy(bc->line + bc->line_len, data + used - n, sizeof(bc->line) - bc->line_len);
                 bc->line_len = sizeof(bc->line);
-                bc->truncated = true;
             } else {
                 memcpy(bc->line + bc->line_len, data + used - n, n);
                 bc->line_len += n;
@@ -614,7 +624,6 @@ enum imf_bc_result imf_bc_feed(struct imf_bc *bc, const uint8_t *data, size_t le
             bool first = bc->first;
             size_t ln = bc->line_len;
             bc->line_len = 0;
-            bc->truncated = false;
             /* A line after a literal continues a response: only the next
              * response's first line is read again. */
             bc->first = ev.message_end;

@@ -277,7 +277,7 @@ static void on_result(struct probe *p, enum imf_bc_result r)
                  imf_bc_text(&p->bc));
         return;
     case IMF_BC_ERROR:
-        if (p->step == STEP_GREETING)
+        if (p->step == STEP_GREETING && imf_bc_greeting(&p->bc)[0] != '\0')
             fail(p, "%s: %.120s", imf_bc_error(&p->bc), imf_bc_greeting(&p->bc));
         else
             fail(p, "%s during %s", imf_bc_error(&p->bc), step_name(p));

@@ -114,7 +114,6 @@ struct imf_bc {
     bool bye_seen;     /* an untagged BYE came */
     bool login_queued; /* a login waits for the CAPABILITY answer */
     bool first;        /* the line being read is a response's first line */
-    bool truncated;    /* ... and went past IMF_BC_KEPT */
     unsigned caps;     /* IMF_BC_CAP_* */
     uint32_t tag_no;   /* the last tag's number */
     char tag_prefix[9];
@@ -192,8 +191,9 @@ bool imf_bc_preauth(const struct imf_bc *bc);
  * it: what quirks = auto recognises servers by. */
 const char *imf_bc_greeting(const struct imf_bc *bc);
 /* IMF_BC_CAP_* bits, and the whole list ("IMAP4rev1 LITERAL+ ...", "" when
- * none was seen); the list is replaced by every list the server sends,
- * including the one in a login's tagged OK. */
+ * none is known); the list is replaced by every list the server sends,
+ * including the one in a login's tagged OK, and forgotten (0, "") after a
+ * login whose OK carries none: send CAPABILITY to learn it again. */
 unsigned imf_bc_caps(const struct imf_bc *bc);
 const char *imf_bc_cap_list(const struct imf_bc *bc);
 /* True when the list names cap (case-insensitive). */

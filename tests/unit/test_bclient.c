@@ -165,6 +165,16 @@ static void test_capability_asked_when_absent(void **state)
     assert_true(imf_bc_authenticated(bc));
     assert_int_equal(imf_bc_form(bc), IMF_BC_FORM_PLAIN_IR);
     bd_free(&r);
+    /* A login OK without a list: the one from before the login is stale. */
+    static const char s2[] = "* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] hi\r\n+ \r\n"
+                             "imf1 OK in\r\n";
+    bd_run(bc, &r, S(s2), NULL, 0, acts, 1, "pw");
+    assert_string_equal(r.results, "ready(),ok(in)");
+    assert_true(imf_bc_authenticated(bc));
+    assert_int_equal(imf_bc_caps(bc), 0);
+    assert_string_equal(imf_bc_cap_list(bc), "");
+    assert_int_equal(imf_bc_form(bc), IMF_BC_FORM_PLAIN);
+    bd_free(&r);
     free(bc);
 
     /* A server that refuses CAPABILITY still gets a LOGIN. */
