@@ -1,6 +1,7 @@
 /* check: see include/imapfront/check.h. */
 #include "imapfront/check.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -10,19 +11,13 @@
 #include <strings.h>
 
 #include "imapfront/backend.h"
+#include "imapfront/bclient.h"
 #include "imapfront/log.h"
-
-/* A response line kept for parsing; longer lines keep their start (where
- * the tag and status are) and lose the rest. */
-#define LINE_MAX_KEPT 1024
-/* The login line: tag, two quoted strings of at most 1000 characters each
- * (config.c's bound), doubled by escaping in the worst case. */
-#define OUT_MAX 4200
 
 enum probe_step {
     STEP_CONNECT,
     STEP_GREETING,
-    STEP_LOGIN,
+    STEP_LOGIN, /* with the CAPABILITY that may come first */
     STEP_EXAMINE,
     STEP_NOOP,
     STEP_LOGOUT, /* the outcome is known: saying goodbye */
@@ -31,11 +26,6 @@ enum probe_step {
 
 static const char *const step_names[STEP_COUNT] = {"connect", "greeting", "LOGIN",
                                                    "EXAMINE", "NOOP",     "LOGOUT"};
-
-/* One tag per step, so a late answer to an earlier step is never taken
- * for the current one. */
-static const char *const step_tags[STEP_COUNT] = {"",          "",          "imfcheck1",
-                                                  "imfcheck2", "imfcheck3", "imfcheck4"};
 
 struct probe {
     struct probe *next;
@@ -47,28 +37,25 @@ struct probe {
     uv_connect_t connect_req;
     unsigned open_handles;
     enum probe_step step;
-    bool reported;     /* the outcome went to the health table */
-    bool closing;      /* uv_close called */
-    bool in_literal;   /* skipping literal octets of a response */
-    bool continuation; /* the line being read continues one that had a literal */
-    bool truncated;    /* the line being read went past LINE_MAX_KEPT */
-    uint64_t literal_left;
+    bool reported; /* the outcome went to the health table */
+    bool closing;  /* uv_close called */
     uint64_t start_ns;
-    size_t line_len;
-    char line[LINE_MAX_KEPT + 1];
-    char bye[160];     /* text of a BYE the server sent, for the reason */
-    char out[OUT_MAX]; /* where the next command is put together */
+    /* The conversation (src/bclient.c); its tags are imfcheck1, 2 ... so a
+     * late answer to an earlier step is never taken for the current one. */
+    struct imf_bc bc;
 };
 
 /* One write in flight: a server may answer a command before the write that
  * carried it has completed (its callback runs on a later loop iteration),
  * and the next command then goes out while the first is still in flight.
- * So every write has its own request and its own copy of the bytes, freed
- * by its callback (which libuv runs, with UV_ECANCELED, before the close
- * callback of the probe's socket: the probe outlives its writes). */
+ * So every write has its own request and its own copy of the bytes, wiped
+ * (it may carry the password) and freed by its callback (which libuv runs,
+ * with UV_ECANCELED, before the close callback of the probe's socket: the
+ * probe outlives its writes). */
 struct probe_write {
     uv_write_t req; /* req.data: the probe */
     enum probe_step step;
+    size_t len;
     char data[];
 };
 
@@ -84,45 +71,17 @@ struct imf_checker {
 
 static void probe_close(struct probe *p);
 
-/* Appends text to out at *n, as an IMAP quoted string (backslash before
- * '"' and '\\') when quote is set, and NUL-terminates. False, with out
- * untouched, when it does not fit. */
-static bool put(char *out, size_t out_len, size_t *n, const char *text, bool quote)
-{
-    size_t need = strlen(text);
-    if (quote) {
-        need += 2;
-        for (const char *c = text; *c != '\0'; c++)
-            need += *c == '"' || *c == '\\';
-    }
-    if (*n + need >= out_len)
-        return false;
-    if (quote)
-        out[(*n)++] = '"';
-    for (const char *c = text; *c != '\0'; c++) {
-        if (quote && (*c == '"' || *c == '\\'))
-            out[(*n)++] = '\\';
-        out[(*n)++] = *c;
-    }
-    if (quote)
-        out[(*n)++] = '"';
-    out[*n] = '\0';
-    return true;
-}
-
-size_t imf_check_login_line(char *out, size_t out_len, const char *tag, const char *user,
-                            const char *password)
-{
-    size_t n = 0;
-    bool ok = put(out, out_len, &n, tag, false) && put(out, out_len, &n, " LOGIN ", false) &&
-              put(out, out_len, &n, user, true) && put(out, out_len, &n, " ", false) &&
-              put(out, out_len, &n, password, true) && put(out, out_len, &n, "\r\n", false);
-    return ok ? n : 0;
-}
-
 static const char *server_of(const struct probe *p)
 {
     return p->cfg->servers[p->index].text;
+}
+
+/* The step for logs: a login that had to ask for CAPABILITY first says so. */
+static const char *step_name(const struct probe *p)
+{
+    if (p->step == STEP_LOGIN && imf_bc_state(&p->bc) == IMF_BC_S_CAPABILITY)
+        return "CAPABILITY";
+    return step_names[p->step];
 }
 
 static uint64_t elapsed_us(const struct probe *p)
@@ -145,7 +104,7 @@ static void report(struct probe *p, bool ok, const char *reason)
     int change = imf_backend_check_report(p->cfg, p->index, ok, us);
     if (change > 0) {
         imf_log_kv(IMF_LOG_WARN, "backend", "server failed its check, out of rotation", "backend",
-                   server_of(p), "step", step_names[p->step], "reason", reason, NULL);
+                   server_of(p), "step", step_name(p), "reason", reason, NULL);
     } else if (change < 0) {
         char took[32];
         snprintf(took, sizeof(took), "%" PRIu64 "ms", us / 1000);
@@ -153,7 +112,7 @@ static void report(struct probe *p, bool ok, const char *reason)
                    server_of(p), "took", took, NULL);
     } else if (!ok && imf_log_enabled(IMF_LOG_DEBUG)) {
         imf_log_kv(IMF_LOG_DEBUG, "backend", "check failed", "backend", server_of(p), "step",
-                   step_names[p->step], "reason", reason, NULL);
+                   step_name(p), "reason", reason, NULL);
     }
 }
 
@@ -193,6 +152,7 @@ static void on_closed(uv_handle_t *h)
         }
     }
     imf_config_unref(p->cfg);
+    imf_bc_cleanup(&p->bc);
     free(p);
     checker_free_when_done(ck);
 }
@@ -211,6 +171,7 @@ static void on_written(uv_write_t *req, int status)
     struct probe_write *pw = (struct probe_write *)req;
     struct probe *p = req->data;
     enum probe_step step = pw->step;
+    explicit_bzero(pw->data, pw->len);
     free(pw);
     if (p->closing)
         return;
@@ -222,31 +183,42 @@ static void on_written(uv_write_t *req, int status)
         probe_close(p);
 }
 
-/* Sends the len bytes of p->out as the command of step, which becomes the
- * current one. */
-static void send_line(struct probe *p, enum probe_step step, size_t len)
+/* Sends what the conversation has for the server, under the current step. */
+static void flush(struct probe *p)
 {
-    p->step = step;
+    const uint8_t *bytes;
+    size_t len = imf_bc_output(&p->bc, &bytes);
+    if (len == 0 || p->closing)
+        return;
     struct probe_write *pw = malloc(sizeof(*pw) + len);
     if (pw == NULL) {
-        fail(p, "cannot send %s: out of memory", step_names[step]);
+        fail(p, "cannot send %s: out of memory", step_name(p));
         return;
     }
-    memcpy(pw->data, p->out, len);
-    pw->step = step;
+    memcpy(pw->data, bytes, len);
+    imf_bc_consumed(&p->bc, len);
+    pw->step = p->step;
+    pw->len = len;
     pw->req.data = p;
     uv_buf_t buf = uv_buf_init(pw->data, (unsigned)len);
     int rc = uv_write(&pw->req, (uv_stream_t *)&p->tcp, &buf, 1, on_written);
     if (rc < 0) { /* the callback will not run */
+        explicit_bzero(pw->data, len);
         free(pw);
-        fail(p, "cannot send %s: %s", step_names[step], uv_strerror(rc));
+        fail(p, "cannot send %s: %s", step_name(p), uv_strerror(rc));
     }
 }
 
-static void send_command(struct probe *p, enum probe_step step, const char *args)
+/* Starts the command of step (arg: an astring or NULL). */
+static void command(struct probe *p, enum probe_step step, const char *name, const char *arg)
 {
-    int n = snprintf(p->out, sizeof(p->out), "%s %s\r\n", step_tags[step], args);
-    send_line(p, step, (size_t)n);
+    p->step = step;
+    int rc = imf_bc_command(&p->bc, name, arg);
+    if (rc < 0) {
+        fail(p, "cannot send %s: %s", step_names[step], strerror(-rc));
+        return;
+    }
+    flush(p);
 }
 
 /* Passed: say LOGOUT (old servers log an abrupt close as an error) and
@@ -254,139 +226,81 @@ static void send_command(struct probe *p, enum probe_step step, const char *args
 static void pass(struct probe *p)
 {
     report(p, true, NULL);
-    send_command(p, STEP_LOGOUT, "LOGOUT");
+    command(p, STEP_LOGOUT, "LOGOUT", NULL);
 }
 
-static void send_examine(struct probe *p)
+static void login(struct probe *p)
 {
-    /* config.c allows only quotable mailbox names of bounded length. */
-    size_t n = 0;
-    put(p->out, sizeof(p->out), &n, step_tags[STEP_EXAMINE], false);
-    put(p->out, sizeof(p->out), &n, " EXAMINE ", false);
-    put(p->out, sizeof(p->out), &n, p->cfg->check_mailbox, true);
-    put(p->out, sizeof(p->out), &n, "\r\n", false);
-    send_line(p, STEP_EXAMINE, n);
+    p->step = STEP_LOGIN;
+    const char *user = p->cfg->check_user, *pw = p->cfg->check_password;
+    int rc = imf_bc_login(&p->bc, user, strlen(user), pw, strlen(pw));
+    if (rc == -ENOTSUP) {
+        fail(p, "the server allows no login (LOGINDISABLED and no AUTH=PLAIN)");
+        return;
+    }
+    if (rc < 0) {
+        fail(p, "cannot send LOGIN: %s", strerror(-rc));
+        return;
+    }
+    flush(p);
 }
 
-static bool starts_with(const char *line, const char *prefix)
+/* What the conversation found. The server's text goes into reasons as it
+ * came, bounded: the log escapes control bytes. */
+static void on_result(struct probe *p, enum imf_bc_result r)
 {
-    return strncasecmp(line, prefix, strlen(prefix)) == 0;
-}
-
-/* The first part of a response line (up to CRLF or a literal's {N}). The
- * server's text goes into reasons as it came, bounded: the log escapes
- * control bytes. */
-static void on_line(struct probe *p, const char *line)
-{
-    if (p->step == STEP_GREETING) {
-        bool preauth = starts_with(line, "* PREAUTH");
-        if (!starts_with(line, "* OK") && !preauth) {
-            fail(p, "not an IMAP greeting: %.120s", line);
-            return;
-        }
-        if (p->cfg->check == IMF_CHECK_BANNER) {
+    switch (r) {
+    case IMF_BC_READY:
+        if (p->cfg->check == IMF_CHECK_BANNER)
             pass(p);
-        } else if (preauth) {
-            send_examine(p);
-        } else {
-            size_t n = imf_check_login_line(p->out, sizeof(p->out), step_tags[STEP_LOGIN],
-                                            p->cfg->check_user, p->cfg->check_password);
-            send_line(p, STEP_LOGIN, n);
-        }
+        else if (imf_bc_authenticated(&p->bc)) /* PREAUTH */
+            command(p, STEP_EXAMINE, "EXAMINE", p->cfg->check_mailbox);
+        else
+            login(p);
         return;
-    }
-    if (p->step == STEP_LOGOUT)
+    case IMF_BC_OK:
+        if (p->step == STEP_LOGIN)
+            command(p, STEP_EXAMINE, "EXAMINE", p->cfg->check_mailbox);
+        else if (p->step == STEP_EXAMINE)
+            command(p, STEP_NOOP, "NOOP", NULL);
+        else if (p->step == STEP_NOOP)
+            pass(p);
         return;
-    if (starts_with(line, "* BYE")) {
-        snprintf(p->bye, sizeof(p->bye), "%.*s", (int)sizeof(p->bye) - 1, line);
+    case IMF_BC_NO:
+    case IMF_BC_BAD:
+        fail(p, "%s refused: %s %.120s", step_name(p), r == IMF_BC_NO ? "NO" : "BAD",
+             imf_bc_text(&p->bc));
         return;
-    }
-    const char *tag = step_tags[p->step];
-    size_t tl = strlen(tag);
-    if (strncmp(line, tag, tl) != 0 || line[tl] != ' ')
-        return; /* untagged data, or a continuation request we do not need */
-    const char *status = line + tl + 1;
-    if (!starts_with(status, "OK")) {
-        fail(p, "%s refused: %.120s", step_names[p->step], status);
+    case IMF_BC_BYE:
+        if (p->step != STEP_LOGOUT)
+            fail(p, "closed by the server during %s: * BYE %.120s", step_name(p),
+                 imf_bc_text(&p->bc));
         return;
-    }
-    switch (p->step) {
-    case STEP_LOGIN:
-        send_examine(p);
-        break;
-    case STEP_EXAMINE:
-        send_command(p, STEP_NOOP, "NOOP");
-        break;
-    case STEP_NOOP:
-        pass(p);
-        break;
+    case IMF_BC_ERROR:
+        if (p->step == STEP_GREETING && imf_bc_greeting(&p->bc)[0] != '\0')
+            fail(p, "%s: %.120s", imf_bc_error(&p->bc), imf_bc_greeting(&p->bc));
+        else
+            fail(p, "%s during %s", imf_bc_error(&p->bc), step_name(p));
+        return;
     default:
-        break;
+        return;
     }
 }
 
-/* A literal announced at the end of a line: "{N}" or "{N+}". */
-static bool literal_size(const char *line, size_t len, uint64_t *out_size)
+/* Hands what the server sent to the conversation, result by result. */
+static void on_data(struct probe *p, const uint8_t *data, size_t len)
 {
-    if (len < 3 || line[len - 1] != '}')
-        return false;
-    size_t i = len - 2;
-    if (line[i] == '+')
-        i--;
-    uint64_t n = 0, mult = 1;
-    size_t digits = 0;
-    while (i > 0 && line[i] >= '0' && line[i] <= '9' && digits < 19) {
-        n += (uint64_t)(line[i] - '0') * mult;
-        mult *= 10;
-        digits++;
-        i--;
-    }
-    if (digits == 0 || line[i] != '{')
-        return false;
-    *out_size = n;
-    return true;
-}
-
-/* Splits what the server sent into lines, skipping literal octets. */
-static void on_data(struct probe *p, const char *data, size_t len)
-{
-    while (len > 0 && !p->closing) {
-        if (p->in_literal) {
-            size_t skip = p->literal_left < len ? (size_t)p->literal_left : len;
-            p->literal_left -= skip;
-            data += skip;
-            len -= skip;
-            if (p->literal_left == 0)
-                p->in_literal = false;
-            continue;
-        }
-        const char *lf = memchr(data, '\n', len);
-        size_t take = lf != NULL ? (size_t)(lf - data) + 1 : len;
-        size_t room = LINE_MAX_KEPT - p->line_len;
-        size_t keep = take < room ? take : room;
-        memcpy(p->line + p->line_len, data, keep);
-        p->line_len += keep;
-        if (keep < take)
-            p->truncated = true;
-        data += take;
-        len -= take;
-        if (lf == NULL)
+    /* Bounded: a result other than NONE comes at most once per response
+     * line, and each of those consumed at least its line's LF. */
+    for (size_t guard = 0; guard < len + 2 && !p->closing; guard++) {
+        size_t used = 0;
+        enum imf_bc_result r = imf_bc_feed(&p->bc, data, len, &used);
+        data += used;
+        len -= used;
+        flush(p);
+        if (r == IMF_BC_NONE || p->closing)
             return;
-        size_t n = p->line_len;
-        if (!p->truncated && n > 0 && p->line[n - 1] == '\n')
-            n--;
-        if (!p->truncated && n > 0 && p->line[n - 1] == '\r')
-            n--;
-        p->line[n] = '\0';
-        uint64_t lit = 0;
-        bool has_literal = !p->truncated && literal_size(p->line, n, &lit);
-        if (!p->continuation)
-            on_line(p, p->line);
-        p->continuation = has_literal;
-        p->in_literal = has_literal && lit > 0;
-        p->literal_left = lit;
-        p->line_len = 0;
-        p->truncated = false;
+        on_result(p, r);
     }
 }
 
@@ -406,7 +320,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (p->closing)
         return;
     if (nread > 0) {
-        on_data(p, buf->base, (size_t)nread);
+        on_data(p, (const uint8_t *)buf->base, (size_t)nread);
         return;
     }
     if (nread == 0)
@@ -415,12 +329,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         probe_close(p);
         return;
     }
-    if (p->bye[0] != '\0')
-        fail(p, "closed by the server during %s: %s", step_names[p->step], p->bye);
-    else if (nread == UV_EOF)
-        fail(p, "closed by the server during %s", step_names[p->step]);
+    if (nread == UV_EOF)
+        fail(p, "closed by the server during %s", step_name(p));
     else
-        fail(p, "read failed during %s: %s", step_names[p->step], uv_strerror((int)nread));
+        fail(p, "read failed during %s: %s", step_name(p), uv_strerror((int)nread));
 }
 
 static void on_connected(uv_connect_t *req, int status)
@@ -450,7 +362,7 @@ static void on_timeout(uv_timer_t *t)
     if (p->step == STEP_CONNECT)
         fail(p, "connect not done within %s", limit);
     else
-        fail(p, "no answer to %s within %s", step_names[p->step], limit);
+        fail(p, "no answer to %s within %s", step_name(p), limit);
 }
 
 static bool probing(const struct imf_checker *ck, const char *address)
@@ -473,6 +385,7 @@ static void probe_start(struct imf_checker *ck, size_t index)
     p->index = index;
     p->start_ns = uv_hrtime();
     p->step = STEP_CONNECT;
+    imf_bc_init(&p->bc, "imfcheck");
     p->next = ck->probes;
     ck->probes = p;
     uv_tcp_init(ck->loop, &p->tcp);

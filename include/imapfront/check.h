@@ -5,9 +5,11 @@
  * for the same server) connects and reads the greeting; with check = login
  * it then logs in with the service account, EXAMINEs the canary mailbox
  * (the read-only SELECT: a check never changes a flag), sends NOOP and
- * finally LOGOUT. The whole probe must be done within check_timeout. The
- * outcome goes to the health table of backend.c, which new sessions,
- * /readyz and /metrics read; changes are logged. */
+ * finally LOGOUT. The conversation is the backend client of bclient.c,
+ * which logs in in the form the server digests. The whole probe must be
+ * done within check_timeout. The outcome goes to the health table of
+ * backend.c, which new sessions, /readyz and /metrics read; changes are
+ * logged. */
 #ifndef IMAPFRONT_CHECK_H
 #define IMAPFRONT_CHECK_H
 
@@ -29,11 +31,5 @@ void imf_checker_reload(struct imf_checker *ck, struct imf_config *cfg);
 /* Stops checking and closes every handle; the checker frees itself once
  * they are closed (the loop then has nothing of it left). */
 void imf_checker_stop(struct imf_checker *ck);
-
-/* Writes into out "TAG LOGIN "user" "password"\r\n" with both quoted
- * (backslash before '"' and '\'). Returns the length, or 0 when it does
- * not fit. Exposed for the unit test. */
-size_t imf_check_login_line(char *out, size_t out_len, const char *tag, const char *user,
-                            const char *password);
 
 #endif

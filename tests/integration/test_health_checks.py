@@ -8,6 +8,7 @@ The failing servers are played by the test: one accepts connections and
 never says a word, one greets and then never answers LOGIN. Each can be
 switched to a healthy script while the proxy runs."""
 
+import base64
 import threading
 
 import pytest
@@ -27,9 +28,17 @@ class ScriptedBackend:
     * "healthy": answers LOGIN, EXAMINE, NOOP and LOGOUT with OK;
     * "preauth": greets with PREAUTH (already logged in), then as healthy;
     * "bye_login": answers LOGIN with a BYE and closes;
-    * "eager": sends the greeting and the OKs to LOGIN, EXAMINE and NOOP in
+    * "eager": sends the greeting (with its capabilities, so that the
+      check needs no CAPABILITY) and the OKs to LOGIN, EXAMINE and NOOP in
       one write before reading a byte (the proxy learns each answer before
-      its own command's write has completed), then answers LOGOUT.
+      its own command's write has completed), then answers LOGOUT;
+    * "sasl": announces AUTH=PLAIN (no SASL-IR) and LOGINDISABLED: answers
+      AUTHENTICATE PLAIN with "+", then OK only for the right credentials;
+    * "nologin": announces LOGINDISABLED and no AUTH= at all;
+    * "literals": as healthy, but before every answer sends untagged
+      responses with literals of each form ({N}, {N+}, ~{N}) whose octets
+      look like a tagged NO for the command, a "+" and a BYE: data that a
+      client framing responses right skips.
 
     Every line it receives is kept in .lines (in order)."""
 
@@ -46,10 +55,14 @@ class ScriptedBackend:
             while not self.fake.stopping.is_set() and conn.recv(4096):
                 pass
             return
-        if mode == "preauth":
+        if mode in ("sasl", "nologin"):
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1 %sLOGINDISABLED] scripted IMAP server "
+                         b"ready\r\n" % (b"AUTH=PLAIN " if mode == "sasl" else b""))
+        elif mode == "preauth":
             conn.sendall(b"* PREAUTH scripted IMAP server, logged in\r\n")
         elif mode == "eager":
-            conn.sendall(b"* OK scripted IMAP server ready\r\nimfcheck1 OK LOGIN done\r\n"
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1] scripted IMAP server ready\r\n"
+                         b"imfcheck1 OK LOGIN done\r\n"
                          b"imfcheck2 OK EXAMINE done\r\nimfcheck3 OK NOOP done\r\n")
         else:
             conn.sendall(b"* OK scripted IMAP server ready\r\n")
@@ -69,6 +82,20 @@ class ScriptedBackend:
                 return
             if mode == "eager" and verb != "LOGOUT":
                 continue  # answered already
+            if mode == "sasl" and verb == "AUTHENTICATE":
+                conn.sendall(b"+ \r\n")
+                answer = h.recv_line(conn)
+                with self.lock:
+                    self.lines.append(answer)
+                ok = base64.b64decode(answer.strip()) == b"\0svc\0" + PASSWORD.encode()
+                conn.sendall(b"%s %s\r\n" % (tag.encode(), b"OK in" if ok else
+                                              b"NO [AUTHENTICATIONFAILED] wrong"))
+                continue
+            if mode in ("sasl", "nologin") and verb == "LOGIN":
+                conn.sendall(b"%s NO LOGIN is disabled\r\n" % tag.encode())
+                continue
+            if mode == "literals" and verb != "LOGOUT":  # the check closes after LOGOUT
+                conn.sendall(literal_noise(tag.encode()))
             if verb == "LOGOUT":
                 conn.sendall(b"* BYE bye\r\n%s OK LOGOUT done\r\n" % tag.encode())
                 return
@@ -81,6 +108,21 @@ class ScriptedBackend:
 
     def stop(self):
         self.fake.stop()
+
+
+def literal_noise(tag):
+    """Untagged responses whose literals hold what would end the command
+    (its tagged NO), ask for more ("+") or end the connection (BYE)."""
+    fake = b"%s NO [AUTHENTICATIONFAILED] inside a literal\r\n" % tag
+    plus = b"+ inside a literal\r\n"
+    bye = b"* BYE inside a literal\r\n"
+    return (b"* 1 FETCH (BODY[] {%d}\r\n%s)\r\n" % (len(fake), fake) +
+            b"* 2 FETCH (BODY[] {%d+}\r\n%s BODY[1] {%d}\r\n%s)\r\n"
+            % (len(plus), plus, len(bye), bye) +
+            b"* 3 FETCH (BINARY[] ~{%d}\r\n%s)\r\n" % (len(fake) + 1, fake + b"\0") +
+            # A long line (a big header field in an ENVELOPE, say) before
+            # its literal: the announcement is still at the end of the line.
+            b"* 4 FETCH (X-LONG \"%s\" BODY[] {%d}\r\n%s)\r\n" % (b"x" * 3000, len(fake), fake))
 
 
 @pytest.fixture
@@ -193,6 +235,46 @@ def test_preauth_greeting_skips_login(scripted, proxy_factory):
                      timeout=10, what="a passing check")
     assert not a.received(b"LOGIN")
     assert any(ln.endswith(b' EXAMINE "Canary"\r\n') for ln in a.lines)
+
+
+def test_literals_around_the_login_are_data(scripted, proxy_factory):
+    """Untagged responses with {N}, {N+} and ~{N} literals (one after a
+    3000-byte line) come before every answer, their octets a tagged NO, a
+    "+" and a BYE: the check reads them as data and passes, check after
+    check."""
+    a = scripted("literals")
+    A = ops.addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, a.port, extra=checks("login", [A]))
+    ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_checks_total", server=A,
+                                              result="ok") >= 2,
+                     timeout=10, what="two passing checks")
+    assert "failed" not in proxy.log.text()
+    assert a.received(b"EXAMINE")
+    assert a.fake.errors == []
+
+
+def test_login_takes_the_form_the_server_offers(scripted, proxy_factory):
+    """A server with LOGINDISABLED and AUTH=PLAIN gets AUTHENTICATE PLAIN, its
+    credentials after the "+" (no SASL-IR), and passes; one with neither
+    form is never sent a password and fails with that reason."""
+    a = scripted("sasl")
+    A = ops.addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, a.port, extra=checks("login", [A]))
+    ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_checks_total", server=A,
+                                              result="ok") >= 1,
+                     timeout=10, what="a passing check")
+    assert not a.received(b"LOGIN")
+    assert any(ln.endswith(b" AUTHENTICATE PLAIN\r\n") for ln in a.lines)
+
+    b = scripted("nologin")
+    B = ops.addr(b.port)
+    proxy = ops.start_proxy(proxy_factory, b.port, extra=checks("login", [B]))
+    proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
+                       r"backend=%s step=LOGIN reason=\"the server allows no login "
+                       r"\(LOGINDISABLED and no AUTH=PLAIN\)\"$" % B, timeout=10,
+                       alive=proxy.check_alive)
+    with b.lock:
+        assert not any(b"LOGIN" in ln or b"AUTHENTICATE" in ln for ln in b.lines), b.lines
 
 
 def test_bye_during_login_is_the_reason(scripted, proxy_factory):
