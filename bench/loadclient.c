@@ -1258,6 +1258,9 @@ static int run_realistic(void)
             continue;
         }
         s->c.wbuf = malloc(WBUF_CAP);
+        /* The write BIO points at its struct conn, which just moved. */
+        if (s->c.ssl != NULL)
+            BIO_set_data(SSL_get_wbio(s->c.ssl), &s->c);
         if (s->c.wbuf == NULL || rsess_ready(s) != 0) {
             rsess_fail(s, "cannot set up");
             continue;
