@@ -475,6 +475,7 @@ def plan(opts):
         ("append1", main_peers, lambda: ["append", "--conns", "1", "--seconds", t]),
         ("noop", main_peers, lambda: ["noop", "--seconds", t]),
         ("idle", main_peers, lambda: ["idle", "--sessions", str(opts.idle)]),
+        ("idle_z", main_peers, lambda: ["idle", "--sessions", str(opts.idle), "--compress"]),
         ("handshake", main_peers, lambda: ["handshake", "--conns", "2", "--seconds", t]),
         ("append4", ["imapfront", "imapfront-w2"],
          lambda: ["append", "--conns", "4", "--seconds", t]),
@@ -496,6 +497,7 @@ FIGURES = [
     ("NOOP round trip p99 (us)", "noop", "p99_us", None, None),
     ("proxy CPU per NOOP (us)", "noop", "cpu_us_per_noop", "<=", 0.7),
     ("memory per idle logged-in session (KiB)", "idle", "kib_per_session", "<=", 0.5),
+    ("... with COMPRESS DEFLATE (KiB)", "idle_z", "kib_per_session", None, None),
     ("proxy CPU per full handshake (us)", "handshake", "cpu_us_per_handshake", "<=", 0.8),
     ("full handshakes per second (2 conns)", "handshake", "per_s", None, None),
 ]
@@ -662,8 +664,10 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--idle", type=int, default=2000, help="idle sessions (default 2000)")
     ap.add_argument("--modes",
-                    default="append1,noop,idle,handshake,append4,direct,realistic,realistic_z",
-                    help="comma-separated subset of append1, noop, idle, handshake, append4 "
+                    default="append1,noop,idle,idle_z,handshake,append4,direct,realistic,"
+                    "realistic_z",
+                    help="comma-separated subset of append1, noop, idle, idle_z (idle with "
+                    "COMPRESS DEFLATE), handshake, append4 "
                     "(imapfront workers = 1 vs 2 at 4 connections), direct (NOOP straight "
                     "to the sink), realistic, realistic_z (the same with COMPRESS); "
                     "default: all")
@@ -710,7 +714,7 @@ def main():
     if not os.access(imapfront_bin, os.X_OK):
         sys.exit("bench: imapfront binary not found at %s (set IMAPFRONT_BIN)" % imapfront_bin)
     hard = raise_nofile()
-    if "idle" in opts.modes and 2 * opts.idle + 100 > hard:
+    if ("idle" in opts.modes or "idle_z" in opts.modes) and 2 * opts.idle + 100 > hard:
         sys.exit("bench: --idle %d needs %d file descriptors per proxy; the limit is %d"
                  % (opts.idle, 2 * opts.idle + 100, hard))
     real_modes = [m for m in opts.modes if m.startswith("realistic")]
@@ -752,7 +756,7 @@ def main():
             for attempt in range(opts.retries + 1):
                 wait_quiet(opts.quiet_wait)
                 proc, port = ((None, sink_port) if peer == "direct"
-                              else peers.start(peer, compress=mode == "realistic_z"))
+                              else peers.start(peer, compress=mode in ("idle_z", "realistic_z")))
                 pid = proc.pid if proc is not None else None
                 # nginx's auth responder is ours too, not foreign load.
                 auth_pid = peers.auth.pid if peers.auth is not None else None
