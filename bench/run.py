@@ -832,9 +832,10 @@ def main():
         print()
         print("Machine: %s" % machine())
         print("Peers: %s" % "; ".join(vers[p] for p in ALL_PEERS))
-        print("Run: %s (%d round%s, %g s per mode, %d idle sessions); medians"
+        print("Run: %s (%d round%s, %g s per mode, %d idle sessions, %d realistic sessions "
+              "for %g s); medians"
               % (cmd.strip(), opts.rounds, "s" if opts.rounds > 1 else "", opts.seconds,
-                 opts.idle))
+                 opts.idle, opts.sessions, opts.real_seconds))
         print()
         print(tab)
         print()
