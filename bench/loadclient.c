@@ -9,6 +9,15 @@
  *   idle       N logged-in sessions held open: proxy RSS per session.
  *   handshake  full TLS handshakes (no resumption) on C parallel
  *              connections for T seconds: handshakes/s.
+ *   realistic  N logged-in sessions (optionally with COMPRESS DEFLATE), each
+ *              doing a small FETCH or NOOP every 200 ms and an APPEND of
+ *              50 KiB every 10 s, from jittered starts, for T seconds, on one
+ *              epoll thread: latency per kind of command, proxy CPU per
+ *              command, the proxy's peak RSS.
+ * Every mode checks what comes back: each APPEND carries its body's CRC-32
+ * (bodies.h), which the sink checks, answering NO on a mismatch; FETCH
+ * bodies are compared with the ones the client computes; a NO or a wrong
+ * byte counts as failed= in the RESULT line.
  * With --pid, the proxy's CPU time (utime + stime from /proc/PID/stat,
  * which includes threads that have exited) is read around the measured
  * window and reported per GiB, per NOOP or per handshake.
@@ -36,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -44,6 +54,9 @@
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <zlib.h>
+
+#include "bodies.h"
 
 #define WBUF_CAP     (512 * 1024)
 #define WBUF_FLUSH   (256 * 1024)
@@ -53,8 +66,9 @@
 #define MIB          (1024.0 * 1024.0)
 #define GIB          (1024.0 * 1024.0 * 1024.0)
 
-enum mode { MODE_APPEND, MODE_NOOP, MODE_IDLE, MODE_HANDSHAKE, MODE_COUNT };
-static const char *const mode_names[MODE_COUNT] = {"append", "noop", "idle", "handshake"};
+enum mode { MODE_APPEND, MODE_NOOP, MODE_IDLE, MODE_HANDSHAKE, MODE_REALISTIC, MODE_COUNT };
+static const char *const mode_names[MODE_COUNT] = {"append", "noop", "idle", "handshake",
+                                                   "realistic"};
 
 struct opts {
     enum mode mode;
@@ -68,6 +82,10 @@ struct opts {
     long pid;
     const char *label;
     bool sync_literal;
+    bool compress;        /* realistic: COMPRESS DEFLATE after LOGIN */
+    unsigned op_ms;       /* realistic: a FETCH or NOOP this often */
+    unsigned append_s;    /* realistic: an APPEND this often */
+    uint64_t append_size; /* realistic: the APPEND's size */
 };
 
 static struct opts opt = {
@@ -79,6 +97,9 @@ static struct opts opt = {
     .sessions = 2000,
     .pid = 0,
     .label = "unknown",
+    .op_ms = 200,
+    .append_s = 10,
+    .append_size = 50 * 1024,
 };
 
 static SSL_CTX *ctx;
@@ -442,6 +463,11 @@ static int session_open(struct conn *c)
     static const char login[] = "L1 LOGIN bench bench\r\n";
     if (conn_write(c, login, sizeof(login) - 1) != 0 || conn_expect_tagged(c, "L1") != 0)
         goto fail;
+    if (opt.compress) {
+        static const char z[] = "L2 COMPRESS DEFLATE\r\n";
+        if (conn_write(c, z, sizeof(z) - 1) != 0 || conn_expect_tagged(c, "L2") != 0)
+            goto fail;
+    }
     return 0;
 fail:
     conn_close(c, false);
@@ -466,13 +492,14 @@ static void tls_description(struct conn *c, char *out, size_t cap)
 
 /* ---- append ----------------------------------------------------------- */
 
-#define APPEND_HDR_MAX 64
+#define APPEND_HDR_MAX 96
 
 struct append_worker {
     pthread_t th;
     struct conn c;
     bool ok;
     uint64_t appends, bytes;
+    uint32_t crc; /* of the message, announced in every APPEND */
     double deadline;
     char tls[256];
 };
@@ -496,6 +523,7 @@ static void *append_main(void *arg)
             msg[i] = (i % 78 == 76) ? '\r' : (i % 78 == 77) ? '\n' : (char)('a' + (i * 7) % 26);
         msg[opt.size] = '\r';
         msg[opt.size + 1] = '\n';
+        w->crc = (uint32_t)crc32_z(crc32(0, Z_NULL, 0), (const Bytef *)msg, (size_t)opt.size);
     }
     pthread_barrier_wait(&ready_barrier);
     pthread_barrier_wait(&go_barrier);
@@ -507,8 +535,9 @@ static void *append_main(void *arg)
     for (unsigned n = 1; now_s() < go_deadline; n++) {
         char hdr[APPEND_HDR_MAX], tag[16];
         snprintf(tag, sizeof(tag), "A%u", n);
-        int hl = snprintf(hdr, sizeof(hdr), "%s APPEND INBOX {%" PRIu64 "%s}\r\n", tag, opt.size,
-                          opt.sync_literal ? "" : "+");
+        int hl = snprintf(hdr, sizeof(hdr),
+                          "%s APPEND INBOX (" BENCH_CRC_FLAG "%08x) {%" PRIu64 "%s}\r\n", tag,
+                          w->crc, opt.size, opt.sync_literal ? "" : "+");
         char *start = buf + APPEND_HDR_MAX - hl;
         memcpy(start, hdr, (size_t)hl);
         int rc;
@@ -808,12 +837,561 @@ static int run_handshake(void)
     return done > 0 ? 0 : 1;
 }
 
+/* ---- realistic -------------------------------------------------------- */
+
+/* The kinds of command a realistic session sends. */
+enum rop { ROP_NONE, ROP_NOOP, ROP_FETCH, ROP_APPEND, ROP_COUNT };
+static const char *const rop_names[ROP_COUNT] = {"none", "noop", "fetch", "append"};
+
+/* FETCH asks for message numbers 1..FETCH_SEEDS; their bodies are computed
+ * once, up front, to compare with what comes back. */
+#define FETCH_SEEDS 512
+#define REAL_READ   (64 * 1024)
+/* Inflated plaintext waiting to be parsed: a FETCH answer is at most 4 KiB
+ * plus its lines, so this never fills with sane input. */
+#define PBUF_CAP (64 * 1024)
+
+struct rsess {
+    struct conn c;
+    BIO *rmem;      /* ciphertext read from the socket, for SSL_read */
+    z_stream *zin;  /* after COMPRESS: inflating what arrives */
+    z_stream *zout; /* after COMPRESS: deflating what leaves */
+    uint8_t *pbuf;  /* plaintext not parsed yet */
+    size_t plen;
+    enum rop op; /* the command in flight, ROP_NONE when idle */
+    char tag[16];
+    unsigned tagno;
+    uint64_t sent_ns; /* when the command in flight was written */
+    uint64_t next_op; /* when the next FETCH/NOOP is due */
+    uint64_t next_append;
+    unsigned small_count, append_count;
+    unsigned fetch_n; /* the message the FETCH in flight asked for */
+    size_t lit_left;  /* FETCH literal octets still to compare */
+    size_t lit_off;
+    bool fetch_seen; /* the FETCH in flight got its body */
+    bool fetch_bad;  /* ... and it differed */
+    bool dead;
+};
+
+struct lat {
+    uint64_t *v;
+    size_t n, cap;
+};
+
+static struct rsess *rs;
+static uint8_t *fetch_bodies[FETCH_SEEDS + 1];
+static struct lat rlat[ROP_COUNT];
+static uint64_t rdone[ROP_COUNT], rfailed[ROP_COUNT], rlate;
+static uint8_t *append_body;
+
+/* A binary min-heap of (due time, session): every idle session is in it
+ * once, so the loop wakes for the next due one only. */
+struct due {
+    uint64_t at;
+    unsigned idx;
+};
+static struct due *heap;
+static size_t heap_n;
+
+static void heap_push(uint64_t at, unsigned idx)
+{
+    size_t i = heap_n++;
+    while (i > 0 && heap[(i - 1) / 2].at > at) {
+        heap[i] = heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    heap[i] = (struct due){at, idx};
+}
+
+static struct due heap_pop(void)
+{
+    struct due top = heap[0], last = heap[--heap_n];
+    size_t i = 0;
+    for (;;) {
+        size_t k = 2 * i + 1;
+        if (k >= heap_n)
+            break;
+        if (k + 1 < heap_n && heap[k + 1].at < heap[k].at)
+            k++;
+        if (heap[k].at >= last.at)
+            break;
+        heap[i] = heap[k];
+        i = k;
+    }
+    if (heap_n > 0)
+        heap[i] = last;
+    return top;
+}
+
+static void lat_add(struct lat *l, uint64_t ns)
+{
+    if (l->n == l->cap) {
+        size_t ncap = l->cap != 0 ? 2 * l->cap : 4096;
+        uint64_t *nv = realloc(l->v, ncap * sizeof(*nv));
+        if (nv == NULL)
+            return;
+        l->v = nv;
+        l->cap = ncap;
+    }
+    l->v[l->n++] = ns;
+}
+
+static double lat_pct(struct lat *l, double q)
+{
+    if (l->n == 0)
+        return 0;
+    size_t i = (size_t)((double)l->n * q);
+    return (double)l->v[i < l->n ? i : l->n - 1] / 1e3;
+}
+
+/* Sends plaintext: deflated (sync flush) after COMPRESS, then encrypted. */
+static int rsess_send(struct rsess *s, const void *p, size_t n)
+{
+    if (s->zout == NULL)
+        return conn_write(&s->c, p, n);
+    static uint8_t zb[128 * 1024];
+    z_stream *z = s->zout;
+    z->next_in = (Bytef *)p;
+    z->avail_in = (uInt)n;
+    for (int guard = 0; guard < 1024; guard++) {
+        z->next_out = zb;
+        z->avail_out = sizeof(zb);
+        if (deflate(z, Z_SYNC_FLUSH) == Z_STREAM_ERROR)
+            return -1;
+        size_t got = sizeof(zb) - z->avail_out;
+        if (got > 0 && conn_write(&s->c, zb, got) != 0)
+            return -1;
+        if (z->avail_out != 0)
+            return 0;
+    }
+    return -1;
+}
+
+static void rsess_fail(struct rsess *s, const char *why)
+{
+    if (s->op != ROP_NONE)
+        rfailed[s->op]++;
+    if (!s->dead)
+        fprintf(stderr, "loadclient: session %u: %s\n", (unsigned)(s - rs), why);
+    s->dead = true;
+    s->op = ROP_NONE;
+}
+
+/* Starts the command that is due: an APPEND when its time has come, else
+ * a FETCH or a NOOP, alternately. */
+static void rsess_start(struct rsess *s, uint64_t now)
+{
+    char hdr[128];
+    int hl;
+    snprintf(s->tag, sizeof(s->tag), "R%u", ++s->tagno);
+    if (now >= s->next_append) {
+        s->op = ROP_APPEND;
+        s->next_append += (uint64_t)opt.append_s * 1000000000u;
+        /* Each APPEND's body differs: seeded by session and count. */
+        uint64_t seed = ((uint64_t)(s - rs) << 32) | ++s->append_count;
+        bench_body(append_body, opt.append_size, seed);
+        uint32_t crc = (uint32_t)crc32_z(crc32(0, Z_NULL, 0), append_body, opt.append_size);
+        hl = snprintf(hdr, sizeof(hdr),
+                      "%s APPEND INBOX (\\Seen " BENCH_CRC_FLAG "%08x) {%" PRIu64 "+}\r\n", s->tag,
+                      crc, opt.append_size);
+        memcpy(append_body + opt.append_size, "\r\n", 2);
+        s->sent_ns = now_ns();
+        if (rsess_send(s, hdr, (size_t)hl) != 0 ||
+            rsess_send(s, append_body, opt.append_size + 2) != 0)
+            rsess_fail(s, "cannot send APPEND");
+        return;
+    }
+    uint64_t period = (uint64_t)opt.op_ms * 1000000u;
+    s->next_op += period;
+    if (s->next_op + period < now) {
+        /* More than a period behind: the client or the proxy is saturated;
+         * count it and do not send a burst to catch up. */
+        rlate++;
+        s->next_op = now + period;
+    }
+    if (s->small_count++ % 2 == 0) {
+        s->op = ROP_FETCH;
+        s->fetch_n = 1 + (unsigned)(((s - rs) + s->small_count) % FETCH_SEEDS);
+        s->fetch_seen = s->fetch_bad = false;
+        hl = snprintf(hdr, sizeof(hdr), "%s FETCH %u (BODY[])\r\n", s->tag, s->fetch_n);
+    } else {
+        s->op = ROP_NOOP;
+        hl = snprintf(hdr, sizeof(hdr), "%s NOOP\r\n", s->tag);
+    }
+    s->sent_ns = now_ns();
+    if (rsess_send(s, hdr, (size_t)hl) != 0)
+        rsess_fail(s, "cannot send");
+}
+
+/* One complete response line (without CRLF) for the command in flight. */
+static void rsess_line(struct rsess *s, const char *l, size_t len, uint64_t now)
+{
+    size_t tl = strlen(s->tag);
+    if (s->op != ROP_NONE && len > tl && memcmp(l, s->tag, tl) == 0 && l[tl] == ' ') {
+        bool ok = len >= tl + 3 && memcmp(l + tl + 1, "OK", 2) == 0;
+        if (s->op == ROP_FETCH && (!s->fetch_seen || s->fetch_bad))
+            ok = false;
+        if (ok) {
+            rdone[s->op]++;
+            lat_add(&rlat[s->op], now - s->sent_ns);
+            s->op = ROP_NONE;
+        } else {
+            fprintf(stderr, "loadclient: %s failed: %.*s%s\n", rop_names[s->op], (int)len, l,
+                    s->fetch_bad ? " (wrong FETCH body)" : "");
+            rfailed[s->op]++;
+            s->op = ROP_NONE;
+        }
+        return;
+    }
+    /* "* n FETCH (BODY[] {L}": the body follows. */
+    if (s->op == ROP_FETCH && len > 2 && l[len - 1] == '}') {
+        char want[64];
+        size_t size = bench_fetch_size(s->fetch_n);
+        int wl = snprintf(want, sizeof(want), "* %u FETCH (BODY[] {%zu}", s->fetch_n, size);
+        if ((size_t)wl != len || memcmp(l, want, len) != 0)
+            s->fetch_bad = true;
+        /* Whatever size was announced is read, to stay in step. */
+        const char *brace = memchr(l, '{', len);
+        s->lit_left = brace != NULL ? strtoul(brace + 1, NULL, 10) : 0;
+        s->lit_off = 0;
+        s->fetch_seen = true;
+    }
+}
+
+/* Parses the plaintext received so far. */
+static void rsess_parse(struct rsess *s, uint64_t now)
+{
+    size_t off = 0;
+    while (off < s->plen && !s->dead) {
+        if (s->lit_left > 0) {
+            size_t k = s->plen - off < s->lit_left ? s->plen - off : s->lit_left;
+            size_t size = bench_fetch_size(s->fetch_n);
+            if (s->lit_off + k > size ||
+                memcmp(s->pbuf + off, fetch_bodies[s->fetch_n] + s->lit_off, k) != 0)
+                s->fetch_bad = true;
+            s->lit_off += k;
+            s->lit_left -= k;
+            off += k;
+            continue;
+        }
+        uint8_t *nl = memchr(s->pbuf + off, '\n', s->plen - off);
+        if (nl == NULL)
+            break;
+        size_t len = (size_t)(nl - (s->pbuf + off));
+        if (len > 0 && s->pbuf[off + len - 1] == '\r')
+            len--;
+        rsess_line(s, (const char *)s->pbuf + off, len, now);
+        off = (size_t)(nl - s->pbuf) + 1;
+    }
+    memmove(s->pbuf, s->pbuf + off, s->plen - off);
+    s->plen -= off;
+    if (s->plen == PBUF_CAP)
+        rsess_fail(s, "a response line longer than 64 KiB");
+}
+
+/* Adds received plaintext to pbuf, inflating it after COMPRESS. */
+static int rsess_plain(struct rsess *s, const uint8_t *p, size_t n)
+{
+    if (s->zin == NULL) {
+        if (n > PBUF_CAP - s->plen)
+            return -1;
+        memcpy(s->pbuf + s->plen, p, n);
+        s->plen += n;
+        return 0;
+    }
+    z_stream *z = s->zin;
+    z->next_in = (Bytef *)p;
+    z->avail_in = (uInt)n;
+    for (int guard = 0; guard < 1024; guard++) {
+        z->next_out = s->pbuf + s->plen;
+        z->avail_out = (uInt)(PBUF_CAP - s->plen);
+        int rc = inflate(z, Z_SYNC_FLUSH);
+        s->plen = PBUF_CAP - z->avail_out;
+        if (rc != Z_OK && rc != Z_BUF_ERROR)
+            return -1;
+        if (z->avail_in == 0)
+            return 0;
+        if (s->plen == PBUF_CAP)
+            return -1;
+    }
+    return -1;
+}
+
+/* The socket is readable: decrypt, inflate, parse. */
+static void rsess_readable(struct rsess *s, uint64_t now)
+{
+    static uint8_t wire[REAL_READ], plain[REAL_READ];
+    ssize_t n = recv(s->c.fd, wire, sizeof(wire), MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        rsess_fail(s, n == 0 ? "the proxy closed the connection" : strerror(errno));
+        return;
+    }
+    if (s->c.ssl == NULL) {
+        if (rsess_plain(s, wire, (size_t)n) != 0)
+            rsess_fail(s, "bad DEFLATE stream or too much unparsed input");
+        else
+            rsess_parse(s, now);
+        return;
+    }
+    BIO_write(s->rmem, wire, (int)n);
+    for (int guard = 0; guard < 64 && !s->dead; guard++) {
+        int k = SSL_read(s->c.ssl, plain, sizeof(plain));
+        if (k <= 0) {
+            int err = SSL_get_error(s->c.ssl, k);
+            if (err != SSL_ERROR_WANT_READ)
+                rsess_fail(s, "TLS error or close");
+            break;
+        }
+        if (rsess_plain(s, plain, (size_t)k) != 0) {
+            rsess_fail(s, "bad DEFLATE stream or too much unparsed input");
+            break;
+        }
+        rsess_parse(s, now);
+    }
+    if (conn_flush(&s->c) != 0)
+        rsess_fail(s, "cannot write");
+}
+
+/* After the blocking setup (handshake, LOGIN, COMPRESS): the socket is
+ * read through a memory BIO from here on, so a partial record never blocks
+ * the loop; writes stay blocking (they are small, or an APPEND). */
+static int rsess_ready(struct rsess *s)
+{
+    s->pbuf = malloc(PBUF_CAP);
+    if (s->pbuf == NULL)
+        return -1;
+    if (s->c.ssl != NULL) {
+        s->rmem = BIO_new(BIO_s_mem());
+        if (s->rmem == NULL)
+            return -1;
+        BIO_set_mem_eof_return(s->rmem, -1);
+        SSL_set0_rbio(s->c.ssl, s->rmem);
+    }
+    if (opt.compress) {
+        s->zin = calloc(1, sizeof(*s->zin));
+        s->zout = calloc(1, sizeof(*s->zout));
+        /* A small deflate window keeps 2,000 sessions' client state small;
+         * the inflater must take the 32 KiB RFC 4978 allows. */
+        if (s->zin == NULL || s->zout == NULL || inflateInit2(s->zin, -15) != Z_OK ||
+            deflateInit2(s->zout, 1, Z_DEFLATED, -12, 2, Z_DEFAULT_STRATEGY) != Z_OK)
+            return -1;
+    }
+    /* Plaintext that arrived with the last setup answer. */
+    if (s->c.roff < s->c.rlen) {
+        memcpy(s->pbuf, s->c.rbuf + s->c.roff, s->c.rlen - s->c.roff);
+        s->plen = s->c.rlen - s->c.roff;
+    }
+    return 0;
+}
+
+static long proc_status_kib(long pid, const char *key)
+{
+    if (pid <= 0)
+        return -1;
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%ld/status", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    long kib = -1;
+    size_t kl = strlen(key);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, key, kl) == 0) {
+            kib = strtol(line + kl, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return kib;
+}
+
+static int cmp_u64(const void *a, const void *b);
+
+static int run_realistic(void)
+{
+    unsigned n = opt.sessions, nw = opt.conns != 0 ? opt.conns : 2;
+    if (nw > n)
+        nw = n;
+    rs = calloc(n, sizeof(*rs));
+    struct conn *conns = calloc(n, sizeof(*conns));
+    struct idle_worker *ws = calloc(nw, sizeof(*ws));
+    heap = calloc(n, sizeof(*heap));
+    append_body = malloc(opt.append_size + 2);
+    if (rs == NULL || conns == NULL || ws == NULL || heap == NULL || append_body == NULL)
+        return 1;
+    for (unsigned k = 1; k <= FETCH_SEEDS; k++) {
+        fetch_bodies[k] = malloc(bench_fetch_size(k));
+        if (fetch_bodies[k] == NULL)
+            return 1;
+        bench_body(fetch_bodies[k], bench_fetch_size(k), k);
+    }
+    /* Open the sessions as the idle mode does: nw threads, blocking. */
+    double t_open = now_s();
+    unsigned at = 0;
+    for (unsigned i = 0; i < nw; i++) {
+        ws[i].conns = conns + at;
+        ws[i].n = n / nw + (i < n % nw ? 1 : 0);
+        at += ws[i].n;
+        pthread_create(&ws[i].th, NULL, idle_main, &ws[i]);
+    }
+    unsigned opened = 0;
+    for (unsigned i = 0; i < nw; i++) {
+        pthread_join(ws[i].th, NULL);
+        opened += ws[i].opened;
+    }
+    double open_s = now_s() - t_open;
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        return 1;
+    /* Jittered starts: the first FETCH/NOOP somewhere in the first period,
+     * the first APPEND somewhere in the first append period. */
+    uint64_t seed = 0x2545f4914f6cdd1dull;
+    uint64_t t0ns = now_ns();
+    unsigned live = 0;
+    for (unsigned i = 0; i < n; i++) {
+        struct rsess *s = &rs[i];
+        s->c = conns[i];
+        if (s->c.fd < 0) {
+            s->dead = true;
+            continue;
+        }
+        s->c.wbuf = malloc(WBUF_CAP);
+        /* The write BIO points at its struct conn, which just moved. */
+        if (s->c.ssl != NULL)
+            BIO_set_data(SSL_get_wbio(s->c.ssl), &s->c);
+        if (s->c.wbuf == NULL || rsess_ready(s) != 0) {
+            rsess_fail(s, "cannot set up");
+            continue;
+        }
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, s->c.fd, &ev) != 0) {
+            rsess_fail(s, "epoll_ctl");
+            continue;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        s->next_op = t0ns + seed % ((uint64_t)opt.op_ms * 1000000u);
+        s->next_append = t0ns + (seed >> 20) % ((uint64_t)opt.append_s * 1000000000u);
+        heap_push(s->next_op < s->next_append ? s->next_op : s->next_append, i);
+        live++;
+    }
+    char tls[256] = "tls=-";
+    for (unsigned i = 0; i < nw; i++)
+        if (ws[i].tls[0]) {
+            snprintf(tls, sizeof(tls), "%s", ws[i].tls);
+            break;
+        }
+    long peak_rss = proc_rss_kib(opt.pid);
+    double cpu0 = proc_cpu_s(opt.pid);
+    double t0 = now_s();
+    uint64_t end_ns = t0ns + (uint64_t)(opt.seconds * 1e9);
+    uint64_t next_rss = t0ns + 1000000000u;
+    struct epoll_event evs[256];
+    /* Run until the end, then let the commands in flight finish (at most
+     * 10 s more) so that none is counted half done. */
+    for (uint64_t loops = 0; loops < (1ull << 40); loops++) {
+        uint64_t now = now_ns();
+        bool ending = now >= end_ns;
+        if (ending) {
+            bool busy = false;
+            for (unsigned i = 0; i < n && !busy; i++)
+                busy = !rs[i].dead && rs[i].op != ROP_NONE;
+            if (!busy || now >= end_ns + 10000000000ull)
+                break;
+        }
+        while (!ending && heap_n > 0 && heap[0].at <= now) {
+            struct due d = heap_pop();
+            if (!rs[d.idx].dead)
+                rsess_start(&rs[d.idx], now);
+        }
+        if (now >= next_rss) {
+            long r = proc_rss_kib(opt.pid);
+            if (r > peak_rss)
+                peak_rss = r;
+            next_rss = now + 1000000000u;
+        }
+        int timeout = 100;
+        if (!ending && heap_n > 0) {
+            uint64_t wait = heap[0].at > now ? heap[0].at - now : 0;
+            timeout = (int)((wait + 999999) / 1000000);
+            if (timeout > 100)
+                timeout = 100;
+        }
+        int k = epoll_wait(ep, evs, 256, timeout);
+        now = now_ns();
+        for (int e = 0; e < k; e++) {
+            struct rsess *s = &rs[evs[e].data.u32];
+            if (s->dead)
+                continue;
+            bool was_busy = s->op != ROP_NONE;
+            rsess_readable(s, now);
+            if (s->dead) {
+                epoll_ctl(ep, EPOLL_CTL_DEL, s->c.fd, NULL);
+                continue;
+            }
+            if (was_busy && s->op == ROP_NONE && !ending)
+                heap_push(s->next_op < s->next_append ? s->next_op : s->next_append,
+                          evs[e].data.u32);
+        }
+    }
+    double t1 = now_s();
+    double cpu1 = proc_cpu_s(opt.pid);
+    long r = proc_rss_kib(opt.pid);
+    if (r > peak_rss)
+        peak_rss = r;
+    long hwm = proc_status_kib(opt.pid, "VmHWM:");
+    uint64_t ops = rdone[ROP_NOOP] + rdone[ROP_FETCH] + rdone[ROP_APPEND];
+    uint64_t failed = rfailed[ROP_NOOP] + rfailed[ROP_FETCH] + rfailed[ROP_APPEND];
+    unsigned dead = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (rs[i].dead)
+            dead++;
+        else if (rs[i].op != ROP_NONE)
+            failed++; /* still unanswered 10 s after the end */
+    }
+    for (int o = ROP_NOOP; o < ROP_COUNT; o++)
+        qsort(rlat[o].v, rlat[o].n, sizeof(uint64_t), cmp_u64);
+    double el = t1 - t0;
+    printf("RESULT mode=%s proxy=%s sessions=%u opened=%u open_seconds=%.2f compress=%d "
+           "seconds=%.2f ops=%" PRIu64 " ops_per_s=%.1f noops=%" PRIu64 " fetches=%" PRIu64
+           " appends=%" PRIu64 " late=%" PRIu64,
+           opt.compress ? "realistic_z" : "realistic", opt.label, n, live, open_s,
+           opt.compress ? 1 : 0, el, ops, (double)ops / el, rdone[ROP_NOOP], rdone[ROP_FETCH],
+           rdone[ROP_APPEND], rlate);
+    for (int o = ROP_NOOP; o < ROP_COUNT; o++)
+        printf(" %s_p50_us=%.1f %s_p99_us=%.1f", rop_names[o], lat_pct(&rlat[o], 0.5), rop_names[o],
+               lat_pct(&rlat[o], 0.99));
+    if (opt.pid > 0 && ops > 0 && cpu0 >= 0 && cpu1 >= 0)
+        printf(" proxy_cpu_s=%.2f cpu_us_per_op=%.2f", cpu1 - cpu0,
+               (cpu1 - cpu0) * 1e6 / (double)ops);
+    if (peak_rss > 0)
+        printf(" peak_rss_kib=%ld hwm_kib=%ld", peak_rss, hwm);
+    printf(" failed=%" PRIu64 " lost_sessions=%u %s\n", failed + (n - live), dead, tls);
+    for (unsigned i = 0; i < n; i++) {
+        struct rsess *s = &rs[i];
+        if (s->c.fd >= 0)
+            conn_close(&s->c, false);
+        if (s->zin != NULL) {
+            inflateEnd(s->zin);
+            deflateEnd(s->zout);
+        }
+        free(s->zin);
+        free(s->zout);
+        free(s->pbuf);
+    }
+    close(ep);
+    return failed == 0 && live == n ? 0 : 1;
+}
+
 /* ---- main ------------------------------------------------------------- */
 
 static void usage(void)
 {
     fprintf(stderr, "usage: loadclient MODE --port PORT [options]\n"
-                    "modes: append | noop | idle | handshake\n"
+                    "modes: append | noop | idle | handshake | realistic\n"
                     "  --host ADDR      numeric address (default 127.0.0.1)\n"
                     "  --port PORT      the proxy's (or with --plain, the server's) port\n"
                     "  --plain          plain TCP, no TLS (baseline straight to the backend)\n"
@@ -821,7 +1399,11 @@ static void usage(void)
                     "  --conns C        connections: append (1), handshake (2), idle openers (2)\n"
                     "  --size N         APPEND message size in bytes (default 8388608)\n"
                     "  --sync-literal   APPEND with {N} and wait for '+' (default {N+})\n"
-                    "  --sessions N     idle sessions (default 2000)\n"
+                    "  --sessions N     idle or realistic sessions (default 2000)\n"
+                    "  --compress       COMPRESS DEFLATE after LOGIN (every session)\n"
+                    "  --op-ms MS       realistic: a FETCH or NOOP every MS ms (default 200)\n"
+                    "  --append-every S realistic: an APPEND every S s (default 10)\n"
+                    "  --append-size N  realistic: APPEND size in bytes (default 51200)\n"
                     "  --pid PID        the proxy's process: CPU and RSS from /proc\n"
                     "  --label NAME     name printed as proxy= in the RESULT line\n");
 }
@@ -862,6 +1444,10 @@ int main(int argc, char **argv)
         {"pid", required_argument, NULL, 'i'},
         {"label", required_argument, NULL, 'l'},
         {"sync-literal", no_argument, NULL, 'S'},
+        {"compress", no_argument, NULL, 'Z'},
+        {"op-ms", required_argument, NULL, 'o'},
+        {"append-every", required_argument, NULL, 'a'},
+        {"append-size", required_argument, NULL, 'A'},
         {NULL, 0, NULL, 0},
     };
     optind = 2;
@@ -911,6 +1497,24 @@ int main(int argc, char **argv)
         case 'S':
             opt.sync_literal = true;
             break;
+        case 'Z':
+            opt.compress = true;
+            break;
+        case 'o':
+            if (!parse_u64(optarg, &v) || v == 0 || v > 3600000)
+                goto bad;
+            opt.op_ms = (unsigned)v;
+            break;
+        case 'a':
+            if (!parse_u64(optarg, &v) || v == 0 || v > 86400)
+                goto bad;
+            opt.append_s = (unsigned)v;
+            break;
+        case 'A':
+            if (!parse_u64(optarg, &v) || v == 0 || v > (64u << 20))
+                goto bad;
+            opt.append_size = v;
+            break;
         default:
             goto bad;
         }
@@ -945,6 +1549,8 @@ int main(int argc, char **argv)
         return run_idle();
     case MODE_HANDSHAKE:
         return run_handshake();
+    case MODE_REALISTIC:
+        return run_realistic();
     default:
         break;
     }

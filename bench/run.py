@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark imapfront against HAProxy and stunnel in one run.
+"""Benchmark imapfront against HAProxy, stunnel and nginx's mail proxy in one run.
 
 Every peer runs with one worker in front of the same plain IMAP sink
 (bench/sink.c), on 127.0.0.1 only, and is driven by bench/loadclient.c over
@@ -7,7 +7,10 @@ TLS 1.3 with an ECDSA P-256 certificate made for the run. Each measurement
 starts the peer afresh, runs one load-client mode against it with the peer's
 PID (CPU time and RSS come from /proc), and stops it again. Modes and peers
 alternate, the peer order rotating every round; the table shows medians
-over the rounds and ratios to HAProxy.
+over the rounds and ratios to HAProxy. Every round also measures the
+BoringSSL decrypt floor (bench/floor.c) that the APPEND CPU is compared
+with. A run fails (exit status 1) when any measurement reports a failed
+check: an APPEND the sink found corrupt, a wrong FETCH body, a lost session.
 
 Usage: bench/run.py [--quick] [--rounds R] [--seconds T] [--idle N] ...
 Environment: IMAPFRONT_BIN (default: build/src/imapfront in the source
@@ -60,11 +63,17 @@ def find_exe(*names):
     return None
 
 
+NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
+
+
 def ensure_packages(skip_install):
-    """Installs stunnel4, haproxy and openssl from Debian when missing."""
+    """Installs stunnel4, haproxy, openssl, nginx-light and its mail module
+    from Debian when missing."""
     wanted = {"stunnel4": ("stunnel4", "stunnel"), "haproxy": ("haproxy",),
-              "openssl": ("openssl",)}
+              "openssl": ("openssl",), "nginx-light": ("nginx",)}
     missing = [pkg for pkg, exes in wanted.items() if find_exe(*exes) is None]
+    if not os.path.exists(NGINX_MAIL_MODULE):
+        missing.append("libnginx-mod-mail")
     if missing and not skip_install:
         if os.geteuid() != 0:
             sys.exit("bench: missing %s; install them (apt-get install %s) or run as root"
@@ -77,19 +86,23 @@ def ensure_packages(skip_install):
     for pkg, path in tools.items():
         if path is None:
             sys.exit("bench: %s is not installed" % pkg)
+    if not os.path.exists(NGINX_MAIL_MODULE):
+        sys.exit("bench: %s is missing (apt-get install libnginx-mod-mail)" % NGINX_MAIL_MODULE)
     return tools
 
 
-def build_tools(workdir, tools_dir):
-    """The sink and the load client: taken from tools_dir (a meson build's
-    bench/ directory) when given, else compiled here with cc."""
+def build_tools(workdir, tools_dir, with_floor=False):
+    """The sink and the load client (and with_floor, the decrypt floor):
+    taken from tools_dir (a meson build's bench/ directory) when given, else
+    compiled here with cc. Returns (sink, client) or (sink, client, floor)."""
     if tools_dir:
         sink = os.path.join(tools_dir, "imf-bench-sink")
         client = os.path.join(tools_dir, "imf-bench-loadclient")
-        for p in (sink, client):
+        floor = os.path.join(tools_dir, "imf-bench-floor")
+        for p in (sink, client) + ((floor,) if with_floor else ()):
             if not os.access(p, os.X_OK):
                 sys.exit("bench: %s not found (build with meson first)" % p)
-        return sink, client
+        return (sink, client, floor) if with_floor else (sink, client)
     cc = os.environ.get("CC", "cc")
     multiarch = subprocess.run([cc, "-print-multiarch"], capture_output=True,
                                text=True).stdout.strip()
@@ -101,11 +114,16 @@ def build_tools(workdir, tools_dir):
     flags = ["-O2", "-std=c11", "-Wall", "-Wextra"]
     sink = os.path.join(workdir, "sink")
     client = os.path.join(workdir, "loadclient")
-    subprocess.run([cc] + flags + ["-o", sink, os.path.join(HERE, "sink.c")], check=True)
+    floor = os.path.join(workdir, "floor")
+    ssl = ["-L" + libdir, "-Wl,-rpath," + libdir, "-lssl", "-lcrypto"]
+    subprocess.run([cc] + flags + ["-o", sink, os.path.join(HERE, "sink.c"), "-lz"], check=True)
     subprocess.run([cc] + flags + ["-isystem", inc, "-o", client,
-                                   os.path.join(HERE, "loadclient.c"), "-L" + libdir,
-                                   "-Wl,-rpath," + libdir, "-lssl", "-lcrypto", "-lpthread"],
+                                   os.path.join(HERE, "loadclient.c")] + ssl + ["-lz", "-lpthread"],
                    check=True)
+    if with_floor:
+        subprocess.run([cc] + flags + ["-isystem", inc, "-o", floor,
+                                       os.path.join(HERE, "floor.c")] + ssl, check=True)
+        return sink, client, floor
     return sink, client
 
 
@@ -251,9 +269,31 @@ def stop_all():
 
 # ---- peers -------------------------------------------------------------------
 
+# nginx's mail proxy asks an HTTP server whether a login may pass and where
+# to send it; this one says yes to everyone and names the sink. It runs as a
+# process of its own (python3, standard library), started once per run.
+AUTH_RESPONDER = """\
+import http.server, sys
+SINK_PORT = sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Auth-Status", "OK")
+        self.send_header("Auth-Server", "127.0.0.1")
+        self.send_header("Auth-Port", SINK_PORT)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
 class Peers:
     def __init__(self, workdir, tools, imapfront_bin, sink_port, cert, key, combined, max_conn):
         self.workdir = workdir
+        self.auth = None  # the auth responder for nginx, started when first needed
+        self.auth_port = None
         self.tools = tools
         self.imapfront_bin = imapfront_bin
         self.sink_port = sink_port
@@ -266,19 +306,35 @@ class Peers:
             f.write(text)
         return path
 
-    def start(self, peer, wrapper=(), start_timeout=10):
+    def start_auth(self):
+        """Starts nginx's auth responder once (stopped at exit with the rest)."""
+        if self.auth is not None and self.auth.alive():
+            return
+        script = self.write("auth_responder.py", AUTH_RESPONDER)
+        for attempt in range(3):
+            port = free_port()
+            try:
+                self.auth = Proc("auth", [sys.executable, script, str(port), str(self.sink_port)],
+                                 self.workdir, port)
+                self.auth_port = port
+                return
+            except StartError as e:
+                if attempt == 2:
+                    sys.exit("bench: %s" % e)
+
+    def start(self, peer, wrapper=(), start_timeout=10, compress=False):
         """Starts peer on a free port (under wrapper, e.g. valgrind, when
         given); a port taken by someone else between the choice and the bind
         costs one more try."""
         for attempt in range(3):
             try:
-                return self.start_on(peer, free_port(), list(wrapper), start_timeout)
+                return self.start_on(peer, free_port(), list(wrapper), start_timeout, compress)
             except StartError as e:
                 if attempt == 2:
                     sys.exit("bench: %s" % e)
                 log("bench: %s; trying another port" % str(e).splitlines()[0])
 
-    def start_on(self, peer, port, wrapper, start_timeout):
+    def start_on(self, peer, port, wrapper, start_timeout, compress=False):
         if peer.startswith("imapfront"):
             workers = 2 if peer == "imapfront-w2" else 1
             ini = self.write("%s.ini" % peer, """\
@@ -297,7 +353,8 @@ private_key = %s
 
 [backend]
 servers = %s:%d
-""" % (workers, self.max_conn, HOST, port, self.cert, self.key, HOST, self.sink_port))
+%s""" % (workers, self.max_conn, HOST, port, self.cert, self.key, HOST, self.sink_port,
+         "\n[imap]\ncompress = on\n" if compress else ""))
             argv = [self.imapfront_bin, "-c", ini]
         elif peer == "haproxy":
             cfg = self.write("haproxy.cfg", """\
@@ -334,6 +391,43 @@ key = %s
 ciphersuites = TLS_AES_128_GCM_SHA256
 """ % (HOST, port, HOST, self.sink_port, self.cert, self.key))
             argv = [self.tools["stunnel4"], conf]
+        elif peer == "nginx":
+            self.start_auth()
+            prefix = os.path.join(self.workdir, "nginx")
+            os.makedirs(prefix, exist_ok=True)
+            # One process that is the worker (no master), so the PID the
+            # load client measures is the one doing the work.
+            conf = self.write("nginx.conf", """\
+load_module %s;
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile %d;
+pid %s/nginx.pid;
+error_log %s/error.log warn;
+
+events {
+    worker_connections %d;
+}
+
+mail {
+    server_name localhost;
+    auth_http %s:%d/auth;
+    proxy_pass_error_message on;
+    ssl_certificate %s;
+    ssl_certificate_key %s;
+    ssl_protocols TLSv1.3;
+    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
+
+    server {
+        listen %s:%d ssl;
+        protocol imap;
+    }
+}
+""" % (NGINX_MAIL_MODULE, 2 * self.max_conn + 200, prefix, prefix, 2 * self.max_conn + 100,
+                HOST, self.auth_port, self.cert, self.key, HOST, port))
+            argv = [self.tools["nginx-light"], "-p", prefix, "-e", os.path.join(prefix, "error.log"),
+                    "-c", conf]
         else:
             raise ValueError(peer)
         return Proc(peer, wrapper + argv, self.workdir, port, start_timeout), port
@@ -369,17 +463,24 @@ def run_client(client, args, timeout):
     return line, fields
 
 
+ALL_PEERS = ("imapfront", "haproxy", "stunnel", "nginx")
+
+
 # (name, peers, load-client arguments builder)
 def plan(opts):
     t = str(opts.seconds)
-    main_peers = [p for p in ("imapfront", "haproxy", "stunnel") if p in opts.peers]
+    main_peers = [p for p in ALL_PEERS if p in opts.peers]
+    real = ["realistic", "--sessions", str(opts.sessions), "--seconds", str(opts.real_seconds)]
     return [
         ("append1", main_peers, lambda: ["append", "--conns", "1", "--seconds", t]),
         ("noop", main_peers, lambda: ["noop", "--seconds", t]),
         ("idle", main_peers, lambda: ["idle", "--sessions", str(opts.idle)]),
+        ("idle_z", main_peers, lambda: ["idle", "--sessions", str(opts.idle), "--compress"]),
         ("handshake", main_peers, lambda: ["handshake", "--conns", "2", "--seconds", t]),
         ("append4", ["imapfront", "imapfront-w2"],
          lambda: ["append", "--conns", "4", "--seconds", t]),
+        ("realistic", main_peers, lambda: real),
+        ("realistic_z", main_peers, lambda: real + ["--compress"]),
     ]
 
 
@@ -396,6 +497,7 @@ FIGURES = [
     ("NOOP round trip p99 (us)", "noop", "p99_us", None, None),
     ("proxy CPU per NOOP (us)", "noop", "cpu_us_per_noop", "<=", 0.7),
     ("memory per idle logged-in session (KiB)", "idle", "kib_per_session", "<=", 0.5),
+    ("... with COMPRESS DEFLATE (KiB)", "idle_z", "kib_per_session", None, None),
     ("proxy CPU per full handshake (us)", "handshake", "cpu_us_per_handshake", "<=", 0.8),
     ("full handshakes per second (2 conns)", "handshake", "per_s", None, None),
 ]
@@ -411,30 +513,66 @@ def fmt(v):
     return "%.2f" % v
 
 
-def table(results, opts):
+# The realistic modes' rows: title, field.
+REAL_FIGURES = [
+    ("commands per second (all kinds)", "ops_per_s"),
+    ("proxy CPU per command (us)", "cpu_us_per_op"),
+    ("NOOP p50 / p99 (us)", ("noop_p50_us", "noop_p99_us")),
+    ("FETCH p50 / p99 (us)", ("fetch_p50_us", "fetch_p99_us")),
+    ("APPEND 50 KiB p50 / p99 (us)", ("append_p50_us", "append_p99_us")),
+    ("peak RSS of the peer (MiB)", "peak_rss_kib"),
+]
+
+
+def table(results, opts, floors=()):
     def med(mode, peer, field):
         return median([r.get(field) for r in results.get((mode, peer), [])])
 
+    peers = [p for p in ALL_PEERS if p in opts.peers]
+    names = {"imapfront": "imapfront", "haproxy": "HAProxy", "stunnel": "stunnel",
+             "nginx": "nginx"}
+    others = [p for p in peers if p not in ("imapfront", "haproxy")]
     lines = []
-    lines.append("| figure | imapfront | HAProxy | stunnel | imapfront / HAProxy | target | met |"
-                 " stunnel / HAProxy |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    main_modes = set(m for _, m, _, _, _ in FIGURES)
+    if not any((m, p) in results for m in main_modes for p in peers):
+        lines.append("(no append1, noop, idle or handshake measurement in this run)")
+    else:
+        lines.append("| figure | %s | imapfront / HAProxy | target | met | %s |"
+                     % (" | ".join(names[p] for p in peers),
+                        " | ".join("%s / HAProxy" % names[p] for p in others)))
+        lines.append("|---|" + "---|" * (len(peers) + 3 + len(others)))
     for title, mode, field, op, target in FIGURES:
-        v = {p: med(mode, p, field) for p in ("imapfront", "haproxy", "stunnel")}
-        h = v["haproxy"]
-        ri = v["imapfront"] / h if h and v["imapfront"] is not None else None
-        rs = v["stunnel"] / h if h and v["stunnel"] is not None else None
+        if not any((mode, p) in results for p in peers):
+            continue
+        v = {p: med(mode, p, field) for p in peers}
+        h = v.get("haproxy")
+        ratio = {p: (v[p] / h if h and v[p] is not None else None) for p in peers}
+        ri = ratio.get("imapfront")
         met = "-"
         if op is not None and ri is not None:
             met = "yes" if (ri >= target if op == ">=" else ri <= target) else "NO"
-        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            title, fmt(v["imapfront"]), fmt(h), fmt(v["stunnel"]),
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (
+            title, " | ".join(fmt(v[p]) for p in peers),
             ("%.2fx" % ri) if ri is not None else "-",
             ("%s %.2fx" % (op, target)) if op else "-", met,
-            ("%.2fx" % rs) if rs is not None else "-"))
+            " | ".join(("%.2fx" % ratio[p]) if ratio[p] is not None else "-" for p in others)))
     w1 = med("append4", "imapfront", "mibps")
     w2 = med("append4", "imapfront-w2", "mibps")
     extra = []
+    floor = median(list(floors))
+    if floor:
+        parts = []
+        for p in peers:
+            v = med("append1", p, "cpu_s_per_gib")
+            if v is not None:
+                parts.append("%s %.2fx" % (names[p], v / floor))
+        fi = med("append1", "imapfront", "cpu_s_per_gib")
+        verdict = ""
+        if fi is not None:
+            verdict = " (target for imapfront <= 1.60x: %s)" % ("yes" if fi / floor <= 1.6 else "NO")
+        extra.append("proxy CPU per GiB of APPEND / floor: %s; the BoringSSL decrypt floor "
+                     "(bench/floor.c, median of %d) is %.3f s per GiB%s"
+                     % (", ".join(parts) if parts else "-", len(floors), floor, verdict))
     if w1 is not None and w2 is not None:
         ratio = w2 / w1
         extra.append("imapfront APPEND at 4 connections: workers = 1: %s MiB/s, workers = 2: "
@@ -445,6 +583,43 @@ def table(results, opts):
     if d50 is not None:
         extra.append("NOOP straight to the sink (plain TCP, no proxy): p50 %s us, p99 %s us"
                      % (fmt(d50), fmt(d99)))
+    for mode in ("realistic", "realistic_z"):
+        if not any((mode, p) in results for p in peers):
+            continue
+        lines.append("")
+        lines.append("%s: %d logged-in sessions%s, a FETCH or NOOP every 200 ms and an APPEND of "
+                     "50 KiB every 10 s each, %g s" % (
+                         mode, opts.sessions,
+                         " with COMPRESS DEFLATE (imapfront terminates it; the others pass it "
+                         "through to the sink)" if mode == "realistic_z" else "",
+                         opts.real_seconds))
+        lines.append("")
+        lines.append("| figure | %s | imapfront / HAProxy | target | met |"
+                     % " | ".join(names[p] for p in peers))
+        lines.append("|---|" + "---|" * (len(peers) + 3))
+        for title, field in REAL_FIGURES:
+            if isinstance(field, tuple):
+                cells = []
+                for p in peers:
+                    a, b = med(mode, p, field[0]), med(mode, p, field[1])
+                    cells.append("%s / %s" % (fmt(a), fmt(b)))
+                vi, vh = med(mode, "imapfront", field[1]), med(mode, "haproxy", field[1])
+                ratio = vi / vh if vi is not None and vh else None
+                target, met = "p99 <= 1.00x", ("-" if ratio is None else
+                                               "yes" if ratio <= 1.0 else "NO")
+            else:
+                scale = 1 / 1024 if field == "peak_rss_kib" else 1
+                vals = {p: med(mode, p, field) for p in peers}
+                cells = [fmt(vals[p] * scale) if vals[p] is not None else "-" for p in peers]
+                vi, vh = vals.get("imapfront"), vals.get("haproxy")
+                ratio = vi / vh if vi is not None and vh else None
+                target, met = "-", "-"
+                if field == "cpu_us_per_op":
+                    target = "<= 0.60x"
+                    met = "-" if ratio is None else "yes" if ratio <= 0.6 else "NO"
+            lines.append("| %s | %s | %s | %s | %s |" % (
+                title, " | ".join(cells), ("%.2fx" % ratio) if ratio is not None else "-",
+                target, met))
     return "\n".join(lines), extra
 
 
@@ -454,7 +629,8 @@ def versions(tools, imapfront_bin):
             r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
             text = (r.stdout + r.stderr).strip().splitlines()
             for line in text:
-                if any(w in line for w in ("HAProxy version", "stunnel ", "imapfront")):
+                if any(w in line for w in ("HAProxy version", "stunnel ", "imapfront",
+                                           "nginx version")):
                     return line.strip()
             return text[0].strip() if text else "?"
         except (OSError, subprocess.TimeoutExpired):
@@ -463,6 +639,7 @@ def versions(tools, imapfront_bin):
         "imapfront": first_line([imapfront_bin, "-V"]),
         "haproxy": first_line([tools["haproxy"], "-v"]),
         "stunnel": first_line([tools["stunnel4"], "-version"]),
+        "nginx": first_line([tools["nginx-light"], "-v"]),
     }
 
 
@@ -486,10 +663,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--idle", type=int, default=2000, help="idle sessions (default 2000)")
-    ap.add_argument("--modes", default="append1,noop,idle,handshake,append4,direct",
-                    help="comma-separated subset of append1, noop, idle, handshake, append4 "
+    ap.add_argument("--modes",
+                    default="append1,noop,idle,idle_z,handshake,append4,direct,realistic,"
+                    "realistic_z",
+                    help="comma-separated subset of append1, noop, idle, idle_z (idle with "
+                    "COMPRESS DEFLATE), handshake, append4 "
                     "(imapfront workers = 1 vs 2 at 4 connections), direct (NOOP straight "
-                    "to the sink); default: all")
+                    "to the sink), realistic, realistic_z (the same with COMPRESS); "
+                    "default: all")
+    ap.add_argument("--sessions", type=int, default=2000,
+                    help="sessions of the realistic modes (default 2000)")
+    ap.add_argument("--realistic-seconds", dest="real_seconds", type=float, default=60.0,
+                    help="duration of each realistic measurement (default 60)")
     ap.add_argument("--tools-dir", help="directory with imf-bench-sink and imf-bench-loadclient "
                     "(a meson build's bench/); default: compile them into the temp dir")
     ap.add_argument("--no-install", action="store_true", help="never run apt-get")
@@ -503,39 +688,48 @@ def main():
     ap.add_argument("--retries", type=int, default=2,
                     help="how many times to measure again (default 2)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
-    ap.add_argument("--peers", default="imapfront,haproxy,stunnel",
-                    help="comma-separated subset of imapfront, haproxy, stunnel for the "
-                    "append1, noop, idle and handshake modes (default: all; stunnel opens "
-                    "idle sessions slowly, so leaving it out shortens a run a lot)")
+    ap.add_argument("--peers", default=",".join(ALL_PEERS),
+                    help="comma-separated subset of %s for every mode but append4 and "
+                    "direct (default: all; stunnel opens idle sessions slowly, so leaving it "
+                    "out shortens a run a lot)" % ", ".join(ALL_PEERS))
     opts = ap.parse_args()
     opts.modes = [m.strip() for m in opts.modes.split(",") if m.strip()]
     opts.peers = [p.strip() for p in opts.peers.split(",") if p.strip()]
-    if not opts.peers or any(p not in ("imapfront", "haproxy", "stunnel") for p in opts.peers):
-        sys.exit("bench: --peers takes a comma-separated subset of imapfront, haproxy, stunnel")
+    if not opts.peers or any(p not in ALL_PEERS for p in opts.peers):
+        sys.exit("bench: --peers takes a comma-separated subset of %s" % ", ".join(ALL_PEERS))
     known = [m for m, _, _ in plan(opts)] + ["direct"]
     if not opts.modes or any(m not in known for m in opts.modes):
         sys.exit("bench: --modes takes a comma-separated subset of %s" % ", ".join(known))
     if opts.quick:
         opts.rounds, opts.seconds, opts.idle = 1, 0.3, 100
+        opts.sessions, opts.real_seconds = 100, 3
         opts.quiet_wait, opts.retries = 0, 0
-    if not (1 <= opts.rounds <= 100 and 0 < opts.seconds <= 3600 and 1 <= opts.idle <= 100000):
-        sys.exit("bench: --rounds 1..100, --seconds up to 3600, --idle 1..100000")
+    if not (1 <= opts.rounds <= 100 and 0 < opts.seconds <= 3600 and 1 <= opts.idle <= 100000
+            and 1 <= opts.sessions <= 100000 and 0 < opts.real_seconds <= 3600):
+        sys.exit("bench: --rounds 1..100, --seconds up to 3600, --idle 1..100000, "
+                 "--sessions 1..100000, --realistic-seconds up to 3600")
 
     imapfront_bin = os.environ.get("IMAPFRONT_BIN",
                                    os.path.join(SOURCE_ROOT, "build", "src", "imapfront"))
     if not os.access(imapfront_bin, os.X_OK):
         sys.exit("bench: imapfront binary not found at %s (set IMAPFRONT_BIN)" % imapfront_bin)
     hard = raise_nofile()
-    if "idle" in opts.modes and 2 * opts.idle + 100 > hard:
+    if ("idle" in opts.modes or "idle_z" in opts.modes) and 2 * opts.idle + 100 > hard:
         sys.exit("bench: --idle %d needs %d file descriptors per proxy; the limit is %d"
                  % (opts.idle, 2 * opts.idle + 100, hard))
+    real_modes = [m for m in opts.modes if m.startswith("realistic")]
+    if real_modes and 2 * opts.sessions + 100 > hard:
+        sys.exit("bench: --sessions %d needs %d file descriptors per proxy; the limit is %d"
+                 % (opts.sessions, 2 * opts.sessions + 100, hard))
 
     tools = ensure_packages(opts.no_install)
     workdir = tempfile.mkdtemp(prefix="imf-bench-")
     results = {}
     raw = []
+    floors = []
+    failures = []
     try:
-        sink_bin, client = build_tools(workdir, opts.tools_dir)
+        sink_bin, client, floor_bin = build_tools(workdir, opts.tools_dir, with_floor=True)
         cert, key, combined = make_cert(workdir, tools["openssl"])
         sink_port = free_port()
         try:
@@ -543,11 +737,12 @@ def main():
         except StartError as e:
             sys.exit("bench: %s" % e)
         peers = Peers(workdir, tools, imapfront_bin, sink_port, cert, key, combined,
-                      max_conn=opts.idle + 200)
+                      max_conn=max(opts.idle, opts.sessions if real_modes else 0) + 200)
         # Bounds on one load-client run: its duration, or for idle the time
         # the slowest peer (stunnel: a thread per session) may take to open
         # the sessions, with a wide margin.
         timeout = max(opts.seconds * 3 + 120, 120 + opts.idle * 0.1)
+        real_timeout = opts.real_seconds + 10 + 120 + opts.sessions * 0.1
         vers = versions(tools, imapfront_bin)
         log("bench: %s" % machine())
         for k, v in vers.items():
@@ -560,17 +755,24 @@ def main():
             best = None
             for attempt in range(opts.retries + 1):
                 wait_quiet(opts.quiet_wait)
-                proc, port = (None, sink_port) if peer == "direct" else peers.start(peer)
+                proc, port = ((None, sink_port) if peer == "direct"
+                              else peers.start(peer, compress=mode in ("idle_z", "realistic_z")))
                 pid = proc.pid if proc is not None else None
+                # nginx's auth responder is ours too, not foreign load.
+                auth_pid = peers.auth.pid if peers.auth is not None else None
                 try:
                     b0, s0, c0 = system_busy_s(), pid_cpu_s(sink.pid), children_cpu_s()
                     p0, t0 = pid_cpu_s(pid), time.monotonic()
+                    a0 = pid_cpu_s(auth_pid)
                     extra = ["--port", str(port), "--label", peer]
                     if pid is not None:
                         extra += ["--pid", str(pid)]
-                    line, fields = run_client(client, args + extra, timeout)
+                    line, fields = run_client(client, args + extra,
+                                              real_timeout if mode.startswith("realistic")
+                                              else timeout)
                     b1, s1, c1 = system_busy_s(), pid_cpu_s(sink.pid), children_cpu_s()
                     p1, t1 = pid_cpu_s(pid), time.monotonic()
+                    a1 = pid_cpu_s(auth_pid)
                     if proc is not None and not proc.alive():
                         log("bench: %s died during %s:\n%s" % (peer, mode, proc.tail()))
                         fields = None
@@ -579,7 +781,8 @@ def main():
                         proc.stop()
                 if fields is None:
                     break
-                foreign = ((b1 - b0) - (s1 - s0) - (p1 - p0) - (c1 - c0)) / (t1 - t0) * 100
+                foreign = ((b1 - b0) - (s1 - s0) - (p1 - p0) - (c1 - c0) - (a1 - a0)) \
+                    / (t1 - t0) * 100
                 fields["foreign_cpu_pct"] = foreign
                 line += " foreign_cpu_pct=%.0f" % foreign
                 if best is None or foreign < best[1]["foreign_cpu_pct"]:
@@ -590,12 +793,28 @@ def main():
                     % (foreign, line))
             if best is None:
                 return
+            if best[1].get("failed", 0.0) != 0.0:
+                failures.append("%s/%s: failed=%s" % (mode, peer, fmt(best[1]["failed"])))
             results.setdefault((mode, peer), []).append(best[1])
             raw.append(best[0])
             log("  " + best[0])
 
         for rnd in range(opts.rounds):
             log("bench: round %d of %d" % (rnd + 1, opts.rounds))
+            if "append1" in opts.modes:
+                wait_quiet(opts.quiet_wait)
+                r = subprocess.run([floor_bin, "--mib", "32" if opts.quick else "256",
+                                    "--runs", "3" if opts.quick else "5"],
+                                   capture_output=True, text=True, timeout=600)
+                line, fields = parse_result(r.stdout)
+                if r.returncode != 0 or fields is None:
+                    log("bench: floor failed (exit %d): %s %s"
+                        % (r.returncode, r.stdout.strip(), r.stderr.strip()[-500:]))
+                    failures.append("floor: exit %d" % r.returncode)
+                else:
+                    floors.append(fields["cpu_s_per_gib"])
+                    raw.append(line)
+                    log("  " + line)
             for mode, mode_peers, args in plan(opts):
                 if mode not in opts.modes:
                     continue
@@ -608,14 +827,15 @@ def main():
             log("bench: the sink died:\n%s" % sink.tail())
         sink.stop()
 
-        tab, extra = table(results, opts)
+        tab, extra = table(results, opts, floors)
         cmd = "bench/run.py " + " ".join(sys.argv[1:])
         print()
         print("Machine: %s" % machine())
-        print("Peers: %s; %s; %s" % (vers["imapfront"], vers["haproxy"], vers["stunnel"]))
-        print("Run: %s (%d round%s, %g s per mode, %d idle sessions); medians"
+        print("Peers: %s" % "; ".join(vers[p] for p in ALL_PEERS))
+        print("Run: %s (%d round%s, %g s per mode, %d idle sessions, %d realistic sessions "
+              "for %g s); medians"
               % (cmd.strip(), opts.rounds, "s" if opts.rounds > 1 else "", opts.seconds,
-                 opts.idle))
+                 opts.idle, opts.sessions, opts.real_seconds))
         print()
         print(tab)
         print()
@@ -638,6 +858,11 @@ def main():
                    for p in ps if (m, p) not in results]
         if missing:
             log("bench: no result for %d measurement(s); see the messages above" % len(missing))
+            return 1
+        if failures:
+            # A relay that lost or changed bytes does not get a figure.
+            log("bench: FAILED checks (corrupt APPEND, wrong FETCH body, lost session): %s"
+                % ", ".join(failures))
             return 1
         return 0
     finally:
