@@ -205,10 +205,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
         store_down(st, "connect failed");
         return;
     }
-    if (c == &st->cmd) {
-        c->ready = true;
-        maybe_up(st);
-    }
+    /* Ready only when Redis answers: a stopped server's kernel still
+     * completes the TCP handshake. */
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -222,6 +220,17 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     else
         st->sub.ac = NULL;
     store_down(st, "connection lost");
+}
+
+/* The command connection's first answer. */
+static void on_pong(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct imf_store *st = store_of(ac);
+    const redisReply *reply = r;
+    if (st == NULL || reply == NULL || reply->type == REDIS_REPLY_ERROR)
+        return; /* an error: AUTH or SELECT failed too, and said so */
+    st->cmd.ready = true;
+    maybe_up(st);
 }
 
 /* AUTH and SELECT: an error reply means the store cannot be used. */
@@ -308,6 +317,7 @@ static void start_connect(struct imf_store *st)
     }
     if (st->db != 0)
         redisAsyncCommand(st->cmd.ac, on_setup_reply, NULL, "SELECT %u", (unsigned)st->db);
+    redisAsyncCommand(st->cmd.ac, on_pong, NULL, "PING");
     if (st->subscribe)
         redisAsyncCommand(st->sub.ac, on_message, NULL, "SUBSCRIBE %s", st->channel);
     uv_timer_start(&st->timer, on_timer, WATCH_MS, 0);

@@ -226,3 +226,28 @@ def test_store_forms_are_accepted(need_bin, cert, tmp_path):
         r = subprocess.run([h.BIN, "-t", "-c", str(path)], stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, (value, r.stderr)
+
+
+def test_store_that_stops_answering_is_dropped(proxy_factory, emulator_factory, redis, ctx):
+    """A Redis that accepts but never answers (SIGSTOP): the awaited reply
+    times out, the store is down; logins are answered meanwhile as
+    without a store. SIGCONT: it is rejoined."""
+    r = redis()
+    emu = emulator_factory(record=True)
+    p = replica(proxy_factory, emu, r.url)
+    os.kill(r.proc.pid, signal.SIGSTOP)
+    try:
+        tagged, took = guess(p, ctx, 0)
+        assert b" NO " in tagged and THROTTLED not in tagged, tagged
+        assert took < 0.45, took
+        store_up(p, 0)
+        p.log.wait_for(r"login store unreachable: .* reason=\"?no reply in time", timeout=5)
+        c = tls_session(p.port, ctx)
+        t0 = time.monotonic()
+        _, ok = c.command("L", "LOGIN demo demo")
+        assert ok.startswith(b"L OK") and time.monotonic() - t0 < 0.45, ok
+        c.close()
+    finally:
+        os.kill(r.proc.pid, signal.SIGCONT)
+    store_up(p, 1)
+    p.log.wait_for(r"store: login store reachable again", timeout=5)
