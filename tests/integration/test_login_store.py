@@ -32,8 +32,9 @@ class Redis:
     """A redis-server on 127.0.0.1 at a free port that stays the same
     across kill() and start(); no persistence."""
 
-    def __init__(self, workdir, port=None):
+    def __init__(self, workdir, port=None, password=None):
         self.port = port or h.free_port()
+        self.password = password
         self.dir = os.path.join(workdir, "redis-%d" % self.port)
         os.makedirs(self.dir, exist_ok=True)
         self.proc = None
@@ -43,19 +44,22 @@ class Redis:
         log = open(os.path.join(self.dir, "redis.log"), "ab")
         self.proc = subprocess.Popen(
             [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+             "--appendonly", "no", "--dir", self.dir] +
+            (["--requirepass", self.password] if self.password else []),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         h.wait_until(lambda: self.proc.poll() is None and self.cli("PING") == "PONG", 10,
                      "redis-server answering PING on port %d" % self.port)
 
-    def cli(self, *args):
-        r = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port)] + list(args),
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+    def cli(self, *args, db=0):
+        env = dict(os.environ, REDISCLI_AUTH=self.password) if self.password else None
+        r = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port), "-n", str(db)] +
+                           list(args), stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                           env=env)
         return r.stdout.decode("utf-8", "replace").strip()
 
-    def keys(self):
-        out = self.cli("--scan")
+    def keys(self, db=0):
+        out = self.cli("--scan", db=db)
         return [k for k in out.split("\n") if k]
 
     def kill(self):
@@ -73,8 +77,8 @@ class Redis:
 def redis(workdir):
     started = []
 
-    def start(port=None):
-        r = Redis(workdir, port)
+    def start(port=None, password=None):
+        r = Redis(workdir, port, password)
         started.append(r)
         return r
 
@@ -251,3 +255,24 @@ def test_store_that_stops_answering_is_dropped(proxy_factory, emulator_factory, 
         os.kill(r.proc.pid, signal.SIGCONT)
     store_up(p, 1)
     p.log.wait_for(r"store: login store reachable again", timeout=5)
+
+
+def test_store_password_file_and_db(proxy_factory, emulator_factory, redis, ctx, tmp_path):
+    secret = "Redis-Pass-Not-In-Logs"
+    r = redis(password=secret)
+    pw = tmp_path / "redis.pass"
+    pw.write_text(secret + "\n")
+    emu = emulator_factory(record=True)
+    p = replica(proxy_factory, emu, r.url + "/3", {"store_password_file": str(pw)})
+    guess(p, ctx, 0)
+    h.wait_until(lambda: len(r.keys(db=3)) >= 2, 5, "the failure counted in DB 3")
+    assert r.keys(db=0) == []
+    # A wrong password: the store is refused, said once, and logins go on.
+    ops.rewrite_ini(p, {"login": {"store_password": "Wrong-Redis-Pass-9", "store_password_file": ""}})
+    ops.sighup(p, r"store: login store changed: reconnecting")
+    store_up(p, 0)
+    p.log.wait_for(r"login store unreachable: .* reason=\"AUTH or SELECT refused\"", timeout=5)
+    tagged, _ = guess(p, ctx, 1)
+    assert b" NO " in tagged and THROTTLED not in tagged, tagged
+    text = "\n".join(p.log.lines())
+    assert secret not in text and "Wrong-Redis-Pass-9" not in text
