@@ -92,10 +92,11 @@ def store_up(proxy, value=1, timeout=10.0):
                             timeout=timeout, what="imapfront_login_store_up == %d" % value)
 
 
-def replica(proxy_factory, emu, store, login=None):
+def replica(proxy_factory, emu, store, login=None, workers=1):
     cfg = {"store": store, "delay_max": "500ms"}
     cfg.update(login or {})
-    p = ops.start_proxy(proxy_factory, emu.plain_port, extra={"login": cfg})
+    p = ops.start_proxy(proxy_factory, emu.plain_port,
+                        extra={"login": cfg, "proxy": {"workers": str(workers)}})
     store_up(p)
     return p
 
@@ -116,8 +117,10 @@ def test_two_replicas_share_failures_and_redis_holds_no_secret(proxy_factory, em
                                                               redis, ctx):
     r = redis()
     emu = emulator_factory(record=True)
-    a = replica(proxy_factory, emu, r.url)
+    a = replica(proxy_factory, emu, r.url, workers=2)  # one subscriber, two connections
     b = replica(proxy_factory, emu, r.url)
+    clients = r.cli("CLIENT", "LIST").split("\n")
+    assert len(clients) == 2 + 1 + 2 + 1, clients  # A, B and redis-cli
     # fail_free = 3 through A, answered at once.
     for i in range(3):
         tagged, took = guess(a, ctx, i)
