@@ -35,6 +35,7 @@ class Redis:
     def __init__(self, workdir, port=None, password=None):
         self.port = port or h.free_port()
         self.password = password
+        self.socket = None
         self.dir = os.path.join(workdir, "redis-%d" % self.port)
         os.makedirs(self.dir, exist_ok=True)
         self.proc = None
@@ -45,7 +46,8 @@ class Redis:
         self.proc = subprocess.Popen(
             [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir] +
-            (["--requirepass", self.password] if self.password else []),
+            (["--requirepass", self.password] if self.password else []) +
+            (["--unixsocket", self.socket, "--unixsocketperm", "700"] if self.socket else []),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         h.wait_until(lambda: self.proc.poll() is None and self.cli("PING") == "PONG", 10,
@@ -279,3 +281,14 @@ def test_store_password_file_and_db(proxy_factory, emulator_factory, redis, ctx,
     assert b" NO " in tagged and THROTTLED not in tagged, tagged
     text = "\n".join(p.log.lines())
     assert secret not in text and "Wrong-Redis-Pass-9" not in text
+
+
+def test_unix_socket_store(proxy_factory, emulator_factory, redis, ctx, tmp_path):
+    r = redis()
+    r.kill()
+    r.socket = str(tmp_path / "redis.sock")
+    r.start()
+    emu = emulator_factory(record=True)
+    p = replica(proxy_factory, emu, "unix:" + r.socket)
+    guess(p, ctx, 0)
+    h.wait_until(lambda: len(r.keys()) >= 2, 5, "the failure counted through the socket")
