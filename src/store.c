@@ -3,6 +3,7 @@
  * connect or a reply that takes longer than REPLY_TIMEOUT_MS drops it. */
 #include "imapfront/store.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -60,6 +61,9 @@ enum store_state {
     STORE_STATE_COUNT
 };
 
+static const char *const state_names[STORE_STATE_COUNT] = {"off", "waiting", "connecting", "up"};
+static_assert(sizeof(state_names) / sizeof(state_names[0]) == STORE_STATE_COUNT, "state names");
+
 struct store_conn {
     redisAsyncContext *ac; /* NULL when closed; ac->data points to the store */
     bool ready;            /* connected (and, the subscriber, subscribed) */
@@ -95,13 +99,22 @@ static _Atomic bool announced_down; /* "unreachable" logged, "again" not yet */
 static _Atomic bool ever_up;
 
 static void start_connect(struct imf_store *st);
+static void on_timer(uv_timer_t *t);
 
 /* The throttle's clock: monotonic milliseconds, alike in every worker. */
 static uint64_t now_ms(void)
 {
     return uv_hrtime() / 1000000;
 }
-static void on_timer(uv_timer_t *t);
+
+/* Every change of state goes through here. */
+static void set_state(struct imf_store *st, enum store_state to)
+{
+    if (st->state != to)
+        imf_debug("store", "%s: %s -> %s", st->label != NULL ? st->label : "-",
+                  state_names[st->state], state_names[to]);
+    st->state = to;
+}
 
 static void count_down(struct imf_store *st, bool down)
 {
@@ -142,7 +155,7 @@ static void store_down(struct imf_store *st, const char *reason)
                    "store", st->label, "reason", reason, NULL);
     if (st->closing)
         return;
-    st->state = STORE_WAITING;
+    set_state(st, STORE_WAITING);
     uv_timer_start(&st->timer, on_timer, st->backoff_ms, 0);
     st->backoff_ms = st->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : st->backoff_ms * 2;
 }
@@ -151,7 +164,7 @@ static void maybe_up(struct imf_store *st)
 {
     if (st->state != STORE_CONNECTING || !st->cmd.ready || (st->subscribe && !st->sub.ready))
         return;
-    st->state = STORE_UP;
+    set_state(st, STORE_UP);
     st->backoff_ms = BACKOFF_MIN_MS;
     count_down(st, false);
     if (atomic_load(&down_workers) == 0 && atomic_exchange(&announced_down, false))
@@ -308,7 +321,7 @@ static struct store_conn *conn_open(struct imf_store *st, struct store_conn *c)
 
 static void start_connect(struct imf_store *st)
 {
-    st->state = STORE_CONNECTING;
+    set_state(st, STORE_CONNECTING);
     st->since_ms = uv_now(st->loop);
     st->outstanding = 0;
     if (conn_open(st, &st->cmd) == NULL || (st->subscribe && conn_open(st, &st->sub) == NULL)) {
@@ -364,7 +377,7 @@ void imf_store_configure(struct imf_store *st, const struct imf_config *cfg)
     uv_timer_stop(&st->timer);
     forget_target(st);
     if (target[0] == '\0') {
-        st->state = STORE_OFF;
+        set_state(st, STORE_OFF);
         count_down(st, false);
         if (st->counted_set)
             atomic_fetch_sub(&set_workers, 1);
@@ -377,7 +390,7 @@ void imf_store_configure(struct imf_store *st, const struct imf_config *cfg)
     if (st->target == NULL || st->label == NULL ||
         (cfg->login_store_password != NULL && st->password == NULL)) {
         forget_target(st);
-        st->state = STORE_OFF;
+        set_state(st, STORE_OFF);
         imf_error("store", "out of memory: the login store stays off in this worker");
         return;
     }
@@ -392,7 +405,7 @@ void imf_store_configure(struct imf_store *st, const struct imf_config *cfg)
     st->counted_set = true;
     count_down(st, true); /* until connected */
     st->backoff_ms = BACKOFF_MIN_MS;
-    st->state = STORE_WAITING;
+    set_state(st, STORE_WAITING);
     if (had)
         imf_info("store", "login store changed: reconnecting to %s", st->label);
     /* Connected from the loop, so that a worker not yet running only
