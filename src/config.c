@@ -1323,6 +1323,9 @@ static int parse_store(struct parse_ctx *ctx, struct imf_config *cfg)
     if (*stop != '\0')
         goto bad;
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+#ifdef IMF_FUZZING
+    hints.ai_flags = AI_NUMERICHOST; /* no DNS queries from a fuzzer */
+#endif
     int gai = getaddrinfo(name, NULL, &hints, &res);
     if (gai != 0 || res == NULL) {
         fail(ctx, -EINVAL, line, "store", "cannot resolve \"%s\": %s", name, gai_strerror(gai));
