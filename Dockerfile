@@ -21,6 +21,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         gcc libc6-dev meson ninja-build pkg-config \
         libuv1-dev libinih-dev android-libboringssl-dev libmicrohttpd-dev zlib1g-dev \
+        libhiredis-dev \
  && rm -rf /var/lib/apt/lists/*
 COPY . /src
 WORKDIR /src
@@ -31,7 +32,8 @@ RUN meson setup build --buildtype=release -Dtests=disabled \
 FROM debian:12 AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-        libuv1 libinih1 android-libboringssl libmicrohttpd12 zlib1g ca-certificates \
+        libuv1 libinih1 android-libboringssl libmicrohttpd12 zlib1g libhiredis0.14 \
+        ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin imapfront \

@@ -17,6 +17,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -245,6 +246,8 @@ static const struct imf_option imf_options[] = {
     OPT("login", "user_lockout", BOOL, login_user_lockout, "off", 0, 0, NULL, 0),
     OPT("login", "trusted_networks", STRING, login_trusted_networks, "", 0, 0, NULL, 0),
     OPT("login", "max_tracked", UINT, login_max_tracked, "100000", 100, 10000000, NULL, 0),
+    OPT("login", "store", STRING, login_store, "", 0, 0, NULL, 0),
+    OPT("login", "store_password", STRING, login_store_password, "", 0, 0, NULL, IMF_CF_FILE),
     OPT("route", "map", STRING, route_map, "", 0, 0, NULL, 0),
     OPT("route", "default", STRING, route_default, "", 0, 0, NULL, 0),
     OPT("route", "ignore_case", BOOL, route_ignore_case, "yes", 0, 0, NULL, 0),
@@ -1275,6 +1278,76 @@ static size_t option_index(const char *section, const char *key)
     abort(); /* asked for a key that is not in the table */
 }
 
+/* [login] store: "redis://HOST:PORT[/DB]" (an IPv6 HOST in brackets) or
+ * "unix:/PATH". HOST may be a name: it is resolved here, at
+ * load (and at each reload), because hiredis would resolve it blocking the
+ * worker's loop. Fills the login_store_* fields. Returns 0 or fails ctx. */
+static int parse_store(struct parse_ctx *ctx, struct imf_config *cfg)
+{
+    size_t row = option_index("login", "store");
+    unsigned line = ctx->key_lines[row];
+    const char *v = cfg->login_store;
+    if (strncmp(v, "unix:", 5) == 0 && v[5] == '/') {
+        cfg->login_store_unix = v + 5;
+        return 0;
+    }
+    if (strncmp(v, "redis://", 8) != 0)
+        goto bad;
+    const char *host = v + 8, *end;
+    if (*host == '[') { /* [IPv6]:PORT */
+        host++;
+        end = strchr(host, ']');
+        if (end == NULL || end[1] != ':')
+            goto bad;
+    } else {
+        end = strchr(host, ':');
+        if (end == NULL)
+            goto bad;
+    }
+    size_t host_len = (size_t)(end - host);
+    char name[256];
+    if (host_len == 0 || host_len >= sizeof(name))
+        goto bad;
+    memcpy(name, host, host_len);
+    name[host_len] = '\0';
+    const char *p = end + (*end == ']' ? 2 : 1);
+    char *stop;
+    errno = 0;
+    unsigned long port = strtoul(p, &stop, 10);
+    if (stop == p || port == 0 || port > 65535 || errno != 0)
+        goto bad;
+    unsigned long db = 0;
+    if (*stop == '/') {
+        p = stop + 1;
+        db = strtoul(p, &stop, 10);
+        if (stop == p || db > 1000000 || errno != 0)
+            goto bad;
+    }
+    if (*stop != '\0')
+        goto bad;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+#ifdef IMF_FUZZING
+    hints.ai_flags = AI_NUMERICHOST; /* no DNS queries from a fuzzer */
+#endif
+    int gai = getaddrinfo(name, NULL, &hints, &res);
+    if (gai != 0 || res == NULL) {
+        fail(ctx, -EINVAL, line, "store", "cannot resolve \"%s\": %s", name, gai_strerror(gai));
+        return -1;
+    }
+    const void *a = res->ai_family == AF_INET6
+                        ? (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr
+                        : (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr;
+    inet_ntop(res->ai_family, a, cfg->login_store_host, sizeof(cfg->login_store_host));
+    freeaddrinfo(res);
+    cfg->login_store_port = (uint16_t)port;
+    cfg->login_store_db = (uint32_t)db;
+    return 0;
+bad:
+    fail(ctx, -EINVAL, line, "store",
+         "\"%s\" is not redis://HOST:PORT, redis://HOST:PORT/DB or unix:/PATH", v);
+    return -1;
+}
+
 /* What needs the whole file: required keys and keys that depend on each
  * other. */
 static void check_whole(struct parse_ctx *ctx)
@@ -1385,6 +1458,9 @@ static void check_whole(struct parse_ctx *ctx)
         }
         cfg->login_trusted_len = (size_t)n;
     }
+
+    if (cfg->login_store != NULL && parse_store(ctx, cfg) != 0)
+        return;
 
     size_t admin_row = option_index("admin", "address");
     for (size_t a = 0; a < cfg->listeners_len; a++) {

@@ -12,22 +12,11 @@
 #include "imapfront/log.h"
 #include "imapfront/proxy_proto.h"
 #include "imapfront/session_int.h"
+#include "imapfront/store.h"
 #include "imapfront/throttle.h"
 
 const char *const imf_stats_mech_names[IMF_MECH_COUNT] = {"login", "plain", "other"};
 static_assert(IMF_STATS_LOGIN_RESULTS == IMF_LOGIN_RESULT_COUNT, "login results");
-
-static void params_of(const struct imf_config *c, struct imf_throttle_params *p)
-{
-    p->fail_free = c->login_fail_free;
-    p->fail_ban = c->login_fail_ban;
-    p->address_fail_free = c->login_address_fail_free;
-    p->address_fail_ban = c->login_address_fail_ban;
-    p->window_ms = c->login_fail_window_ms;
-    p->ban_ms = c->login_ban_time_ms;
-    p->delay_max_ms = c->login_delay_max_ms;
-    p->user_lockout = c->login_user_lockout;
-}
 
 /* Monotonic milliseconds, the same clock in every worker. */
 static uint64_t now_ms(void)
@@ -49,11 +38,16 @@ bool imf_sess_login_refused(void *ctx, const struct imf_gate_login *l)
     if (!throttled(s))
         return false;
     struct imf_throttle_params p;
-    params_of(s->cfg, &p);
+    imf_throttle_params_from(s->cfg, &p);
     uint64_t delay;
     if (imf_throttle_begin(&p, &s->peer_addr.sa, l->user, strlen(l->user), now_ms(), &delay) ==
         IMF_THROTTLE_BAN)
         return true;
+    /* The verdict is given; what the shared store knows arrives later
+     * and counts from the next attempt on (see store.h). */
+    uint8_t keys[3][IMF_THROTTLE_KEY_LEN];
+    int n = imf_throttle_keys(&p, &s->peer_addr.sa, l->user, strlen(l->user), keys);
+    imf_store_read(s->worker->store, (const uint8_t(*)[IMF_THROTTLE_KEY_LEN])keys, n);
     s->login_pending = true;
     s->login_delay_ms = delay;
     return false;
@@ -67,9 +61,18 @@ static void throttle_end(struct imf_session *s, const struct imf_gate_login *l, 
         return;
     s->login_pending = false;
     struct imf_throttle_params p;
-    params_of(s->cfg, &p);
-    imf_throttle_end(&p, &s->peer_addr.sa, l->user, strlen(l->user), l->secret_hash, ok, aborted,
-                     now_ms());
+    imf_throttle_params_from(s->cfg, &p);
+    bool counted = imf_throttle_end(&p, &s->peer_addr.sa, l->user, strlen(l->user), l->secret_hash,
+                                    ok, aborted, now_ms());
+    if (!counted && !ok)
+        return;
+    uint8_t keys[3][IMF_THROTTLE_KEY_LEN];
+    int n = imf_throttle_keys(&p, &s->peer_addr.sa, l->user, strlen(l->user), keys);
+    if (counted)
+        imf_store_failed(s->worker->store, (const uint8_t(*)[IMF_THROTTLE_KEY_LEN])keys, n);
+    else /* the user's success clears its records, never the address's */
+        imf_store_cleared(s->worker->store, (const uint8_t(*)[IMF_THROTTLE_KEY_LEN])keys + 1,
+                          n - 1);
 }
 
 /* The session ends with an attempt unanswered: the backend has its

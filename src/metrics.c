@@ -13,6 +13,7 @@
 #include "imapfront/gate.h"
 #include "imapfront/session.h"
 #include "imapfront/stats.h"
+#include "imapfront/store.h"
 #include "imapfront/throttle.h"
 #include "imapfront/tls.h"
 
@@ -298,6 +299,19 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
            "Most records the throttle keeps (oldest evicted beyond).", capacity);
     scalar(&o, "imapfront_login_bans", "gauge",
            "Records under a ban now (logins refused by the proxy itself).", bans);
+    bool store_set, store_up;
+    uint64_t store_errors;
+    imf_store_stats(&store_set, &store_up, &store_errors);
+    if (store_set) {
+        scalar(&o, "imapfront_login_store_up", "gauge",
+               "1 when every worker reaches the [login] store, 0 while failures are counted "
+               "locally.",
+               store_up ? 1 : 0);
+        scalar(&o, "imapfront_login_store_errors_total", "counter",
+               "Connections to the [login] store that failed or were lost, and refused or "
+               "unanswered commands.",
+               store_errors);
+    }
 
     scalar(&o, "imapfront_shield_commands_held_total", "counter",
            "Commands held back because one was in flight (pipelining = off).", t->commands_held);

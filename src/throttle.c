@@ -10,8 +10,10 @@
 #include <uv.h>
 
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <openssl/siphash.h>
 
+#include "imapfront/config.h"
 #include "imapfront/iplimit.h"
 
 /* Logins in progress for one key before any has failed, past which more
@@ -37,6 +39,18 @@ static struct record *records;
 static uint32_t *index_heads;
 static uint32_t capacity, index_mask, in_use, free_next, oldest = NIL, newest = NIL;
 static uint64_t user_key[2], secret_key[2];
+
+void imf_throttle_params_from(const struct imf_config *c, struct imf_throttle_params *p)
+{
+    p->fail_free = c->login_fail_free;
+    p->fail_ban = c->login_fail_ban;
+    p->address_fail_free = c->login_address_fail_free;
+    p->address_fail_ban = c->login_address_fail_ban;
+    p->window_ms = c->login_fail_window_ms;
+    p->ban_ms = c->login_ban_time_ms;
+    p->delay_max_ms = c->login_delay_max_ms;
+    p->user_lockout = c->login_user_lockout;
+}
 
 int imf_throttle_setup(uint32_t max_records)
 {
@@ -122,8 +136,15 @@ static void make_key(uint8_t key[32], enum kind k, const uint8_t addr[17], const
             uint8_t c = (uint8_t)user[i];
             folded[i] = c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c;
         }
-        uint64_t h = SIPHASH_24(user_key, folded, n);
-        memcpy(key + 18, &h, 8);
+        /* Not keyed by user_key: every replica sharing a store must
+         * name the record alike (bucket() still hashes with the key). */
+        SHA256_CTX c;
+        uint8_t h[SHA256_DIGEST_LENGTH];
+        SHA256_Init(&c);
+        SHA256_Update(&c, "imapfront login user", 21);
+        SHA256_Update(&c, folded, n);
+        SHA256_Final(h, &c);
+        memcpy(key + 18, h, 8);
     }
 }
 
@@ -285,7 +306,7 @@ enum imf_throttle_verdict imf_throttle_begin(const struct imf_throttle_params *p
     return v;
 }
 
-void imf_throttle_end(const struct imf_throttle_params *p, const struct sockaddr *addr,
+bool imf_throttle_end(const struct imf_throttle_params *p, const struct sockaddr *addr,
                       const char *user, size_t user_len, uint64_t secret_hash, bool ok,
                       bool aborted, uint64_t now_ms)
 {
@@ -328,6 +349,61 @@ void imf_throttle_end(const struct imf_throttle_params *p, const struct sockaddr
             r->fails++;
         if (r->fails >= ks.ban[i])
             r->ban_until_ms = now_ms + p->ban_ms;
+    }
+    pthread_mutex_unlock(&lock);
+    return !ok && !aborted && !repeated;
+}
+
+int imf_throttle_keys(const struct imf_throttle_params *p, const struct sockaddr *addr,
+                      const char *user, size_t user_len, uint8_t out[3][IMF_THROTTLE_KEY_LEN])
+{
+    struct keys ks;
+    keys_of(p, addr, user, user_len, &ks);
+    memcpy(out, ks.k, sizeof(ks.k[0]) * (size_t)ks.n);
+    return ks.n;
+}
+
+uint32_t imf_throttle_ban_threshold(const struct imf_throttle_params *p,
+                                    const uint8_t key[IMF_THROTTLE_KEY_LEN])
+{
+    switch (key[0]) {
+    case KIND_ADDRESS:
+        return p->address_fail_ban;
+    case KIND_ADDRESS_USER:
+        return p->fail_ban;
+    case KIND_USER:
+        return p->user_lockout ? p->fail_ban : 0;
+    default:
+        return 0;
+    }
+}
+
+void imf_throttle_merge(const struct imf_throttle_params *p,
+                        const uint8_t key[IMF_THROTTLE_KEY_LEN], uint32_t count, uint64_t ttl_ms,
+                        uint64_t now_ms)
+{
+    uint32_t ban = imf_throttle_ban_threshold(p, key);
+    if (ban == 0)
+        return;
+    pthread_mutex_lock(&lock);
+    if (count == 0) {
+        uint32_t i = key[0] != KIND_ADDRESS ? find(key) : NIL;
+        if (i != NIL && records[i].pending == 0)
+            drop(i);
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    struct record *r = get(key, true);
+    if (r != NULL) {
+        expire(r, p, now_ms);
+        if (count > r->fails) {
+            r->fails = count > UINT16_MAX ? UINT16_MAX : (uint16_t)count;
+            /* Forgotten here when the store forgets it. */
+            uint64_t left = ttl_ms < p->window_ms ? ttl_ms : p->window_ms;
+            r->first_ms = now_ms + left > p->window_ms ? now_ms + left - p->window_ms : 0;
+        }
+        if (count >= ban && now_ms + ttl_ms > r->ban_until_ms)
+            r->ban_until_ms = now_ms + ttl_ms;
     }
     pthread_mutex_unlock(&lock);
 }

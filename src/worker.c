@@ -11,6 +11,7 @@
 #include "imapfront/chain.h"
 #include "imapfront/log.h"
 #include "imapfront/session.h"
+#include "imapfront/store.h"
 
 int imf_listen_socket(const struct sockaddr *addr, socklen_t len)
 {
@@ -113,6 +114,8 @@ static void finish_if_drained(struct imf_worker *w)
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_close((uv_handle_t *)&w->admit_timer, NULL);
     uv_close((uv_handle_t *)&w->wakeup, NULL);
+    imf_store_close(w->store); /* frees it once its handles have closed */
+    w->store = NULL;
 }
 
 void imf_worker_session_gone(struct imf_worker *w, struct imf_session *s)
@@ -156,6 +159,7 @@ static void adopt_pending(struct imf_worker *w)
     SSL_CTX_free(w->ssl_ctx);
     w->cfg = cfg;
     w->ssl_ctx = ctx;
+    imf_store_configure(w->store, cfg); /* reconnects if [login] store changed */
 }
 
 static void on_wakeup(uv_async_t *a)
@@ -223,6 +227,12 @@ int imf_worker_init(struct imf_worker *w, unsigned id, struct imf_config *cfg, S
         if (rc != 0)
             goto fail;
     }
+    w->store = imf_store_new(&w->loop, id == 0);
+    if (w->store == NULL) {
+        rc = UV_ENOMEM;
+        goto fail;
+    }
+    imf_store_configure(w->store, cfg);
     w->cfg = imf_config_ref(cfg);
     SSL_CTX_up_ref(ctx);
     w->ssl_ctx = ctx;

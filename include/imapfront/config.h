@@ -168,6 +168,13 @@ struct imf_config {
     char *login_trusted_networks; /* as written; NULL when empty */
     struct imf_config_cidr login_trusted[IMF_PROXY_FROM_MAX]; /* parsed */
     size_t login_trusted_len;
+    char *login_store;          /* as written; NULL: local memory only */
+    char *login_store_password; /* Redis AUTH; NULL: none */
+    /* login_store parsed (and its host name resolved) at load: */
+    char login_store_host[64];    /* numeric address, or a unix socket path below */
+    const char *login_store_unix; /* into login_store, after "unix:"; NULL for TCP */
+    uint16_t login_store_port;
+    uint32_t login_store_db; /* SELECTed after connecting (redis://HOST:PORT/DB) */
 
     /* [route] (route.h reads them) */
     char *route_map;        /* the user -> pool map file; NULL = none */

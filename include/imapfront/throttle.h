@@ -29,6 +29,11 @@ struct imf_throttle_params {
     bool user_lockout;     /* also count per user, from any address */
 };
 
+struct imf_config;
+
+/* The thresholds of cfg's [login] section into out. */
+void imf_throttle_params_from(const struct imf_config *cfg, struct imf_throttle_params *out);
+
 enum imf_throttle_verdict {
     IMF_THROTTLE_PASS, /* ask the backend; answer a failure after *out_delay_ms */
     IMF_THROTTLE_BAN,  /* refuse without asking the backend */
@@ -55,10 +60,35 @@ enum imf_throttle_verdict imf_throttle_begin(const struct imf_throttle_params *p
 /* Ends an attempt that imf_throttle_begin() passed: ok, or a failure whose
  * password hash is secret_hash (0: unknown; the same non-zero hash failing
  * again for the same address and user counts once). aborted: no verdict
- * came (the session ended): only the attempt in progress is undone. */
-void imf_throttle_end(const struct imf_throttle_params *p, const struct sockaddr *addr,
+ * came (the session ended): only the attempt in progress is undone.
+ * Returns true when a new failure was counted (not a repeated password). */
+bool imf_throttle_end(const struct imf_throttle_params *p, const struct sockaddr *addr,
                       const char *user, size_t user_len, uint64_t secret_hash, bool ok,
                       bool aborted, uint64_t now_ms);
+
+/* The octets of a record's key: kind, address, a hash of the user name.
+ * The same in every process (the hash is not keyed by a per-process
+ * secret), so that replicas sharing a store name one record alike. */
+#define IMF_THROTTLE_KEY_LEN 32
+
+/* The keys of an attempt's records (address; address and user; user with
+ * user_lockout) into out, in that order. Returns their number (2 or 3). */
+int imf_throttle_keys(const struct imf_throttle_params *p, const struct sockaddr *addr,
+                      const char *user, size_t user_len, uint8_t out[3][IMF_THROTTLE_KEY_LEN]);
+
+/* Merges what a shared store says of one record: count failures within
+ * the window, of which ttl_ms remain (the ban too, once count reaches the
+ * ban threshold of the key's kind). The local count only grows (the
+ * store's count includes this process's own failures). count 0: the
+ * user's success elsewhere cleared the record (dropped unless an attempt
+ * of its own is in progress). A key of a kind p does not use is ignored. */
+void imf_throttle_merge(const struct imf_throttle_params *p,
+                        const uint8_t key[IMF_THROTTLE_KEY_LEN], uint32_t count, uint64_t ttl_ms,
+                        uint64_t now_ms);
+
+/* The failures of key's kind at which p bans (0 for a malformed key). */
+uint32_t imf_throttle_ban_threshold(const struct imf_throttle_params *p,
+                                    const uint8_t key[IMF_THROTTLE_KEY_LEN]);
 
 /* For /metrics: records in use, bans in force (at now_ms), the capacity. */
 void imf_throttle_stats(uint64_t now_ms, uint64_t *out_records, uint64_t *out_bans,

@@ -15,6 +15,7 @@
 #include "imapfront/stats.h"
 
 struct imf_session;
+struct imf_store;
 
 struct imf_listener {
     uv_tcp_t handle;
@@ -59,6 +60,7 @@ struct imf_worker {
     bool draining;         /* listeners closed, waiting for sessions to end */
     bool started;
     struct imf_worker_stats stats;
+    struct imf_store *store; /* [login] store: shared counters (the first worker subscribes) */
 };
 
 /* Opens a listening TCP socket for addr with SO_REUSEADDR and SO_REUSEPORT

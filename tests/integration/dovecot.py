@@ -71,11 +71,12 @@ class Dovecot(h._Child):
     ssl_cert/ssl_key given: Dovecot advertises STARTTLS before login (it
     still listens in plaintext only), so tests can check that the proxy
     hides it. compress=True loads imap_zlib, so COMPRESS=DEFLATE appears in
-    the capabilities after login."""
+    the capabilities after login. extra: more configuration lines, last
+    (later settings override earlier ones)."""
 
     name = "dovecot"
 
-    def __init__(self, parent=None, ssl_cert=None, ssl_key=None, compress=False):
+    def __init__(self, parent=None, ssl_cert=None, ssl_key=None, compress=False, extra=()):
         # A short path: unix socket names are limited to 108 bytes, and the
         # unprivileged login/auth processes must be able to traverse it.
         self.dir = tempfile.mkdtemp(prefix="imf-dovecot-", dir=parent)
@@ -97,7 +98,8 @@ class Dovecot(h._Child):
         self.port = h.free_port()
         self.conf = os.path.join(self.dir, "dovecot.conf")
         with open(self.conf, "w") as f:
-            f.write(self._config(uid, gid, ssl_cert, ssl_key, compress))
+            f.write(self._config(uid, gid, ssl_cert, ssl_key, compress) +
+                    "".join(line + "\n" for line in extra))
         self.stderr_path = os.path.join(self.dir, "stderr.log")
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen([DOVECOT, "-F", "-c", self.conf],

@@ -286,7 +286,8 @@ def test_dockerfile_agrees_with_the_configs(docs):
     runtime_runs = " ".join(instr(runtime, "RUN"))
     assert not re.search(r"\S+-dev\b|\bmeson\b|\bgcc\b|build-essential", runtime_runs), \
         runtime_runs
-    for lib in ("libuv1", "libinih1", "android-libboringssl", "libmicrohttpd12", "zlib1g"):
+    for lib in ("libuv1", "libinih1", "android-libboringssl", "libmicrohttpd12", "zlib1g",
+                "libhiredis0.14"):
         assert re.search(r"\b%s\b" % re.escape(lib), runtime_runs), lib
     assert any(r.startswith("--from=") for r in instr(runtime, "COPY"))
     # Non-root, as the Deployment says.
@@ -318,6 +319,7 @@ DEBIAN = {
     "inih": ("libinih-dev", "libinih1"),
     "libmicrohttpd": ("libmicrohttpd-dev", "libmicrohttpd12"),
     "zlib": ("zlib1g-dev", "zlib1g"),
+    "hiredis": ("libhiredis-dev", "libhiredis0.14"),
 }
 NOT_IN_RELEASE = {"threads", "cmocka"}  # part of libc; tests only
 
