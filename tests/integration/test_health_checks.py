@@ -220,7 +220,7 @@ def test_silent_backend_banner_check_and_readyz(scripted, proxy_factory, ctx):
     assert ops.http_get(proxy.admin, "/readyz").status == 200
     # A banner check greets and leaves: it never logs in.
     assert not a.received(b"LOGIN")
-    assert a.received(b"LOGOUT")
+    assert a.wait_received(b"LOGOUT")
 
 
 def test_refused_login_names_the_reason(emulator, proxy_factory):
