@@ -10,7 +10,7 @@
 
 #include "imapfront/backend.h"
 #include "imapfront/log.h"
-#include "imapfront/proxy_proto.h"
+#include "imapfront/netaddr.h"
 
 struct imf_admin {
     struct MHD_Daemon *daemon;

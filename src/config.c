@@ -11,7 +11,7 @@
  * INI_HANDLER_LINENO), see every section header even when the section has no
  * keys, and refuse over-long lines instead of letting them be cut. */
 #include "imapfront/config.h"
-#include "imapfront/proxy_proto.h"
+#include "imapfront/netaddr.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -473,22 +473,6 @@ static int parse_port(const char *s, uint16_t *out)
         return -EINVAL;
     *out = (uint16_t)v;
     return 0;
-}
-
-void imf_format_sockaddr(const struct sockaddr *sa, char *out, size_t out_len)
-{
-    char host[INET6_ADDRSTRLEN];
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-        snprintf(out, out_len, "%s:%u", host, (unsigned)ntohs(a->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        snprintf(out, out_len, "[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
-    } else {
-        snprintf(out, out_len, "?");
-    }
 }
 
 int imf_config_parse_sockaddr(const char *text, struct imf_sockaddr *out_addr)
@@ -1272,6 +1256,28 @@ static size_t option_index(const char *section, const char *key)
     abort(); /* asked for a key that is not in the table */
 }
 
+/* A CIDR list key (text as written, NULL when empty) into out[0..
+ * IMF_CIDR_MAX) and *out_len; an error names the bad entry. */
+static int parse_cidrs(struct parse_ctx *ctx, const char *text, struct imf_cidr *out,
+                       size_t *out_len, unsigned line, const char *key)
+{
+    *out_len = 0;
+    if (text == NULL)
+        return 0;
+    const char *bad = NULL;
+    size_t bad_len = 0;
+    int n = imf_cidr_parse_list(text, out, IMF_CIDR_MAX, &bad, &bad_len);
+    if (n < 0) {
+        int shown = bad_len > IMF_CONFIG_QUOTE_MAX ? IMF_CONFIG_QUOTE_MAX : (int)bad_len;
+        fail(ctx, -EINVAL, line, key,
+             "\"%.*s\" is not an address or CIDR range (at most %d entries)", shown, bad,
+             IMF_CIDR_MAX);
+        return -EINVAL;
+    }
+    *out_len = (size_t)n;
+    return 0;
+}
+
 /* What needs the whole file: required keys and keys that depend on each
  * other. */
 static void check_whole(struct parse_ctx *ctx)
@@ -1324,19 +1330,9 @@ static void check_whole(struct parse_ctx *ctx)
     for (size_t li = 0; li < cfg->listeners_len; li++) {
         struct imf_listen_config *l = &cfg->listeners[li];
         const struct named_meta *lm = &ctx->meta[NAMED_LISTEN][li];
-        if (l->proxy_protocol_from != NULL) {
-            const char *bad = NULL;
-            size_t bad_len = 0;
-            int n = imf_cidr_parse_list(l->proxy_protocol_from, l->proxy_from, IMF_PROXY_FROM_MAX,
-                                        &bad, &bad_len);
-            if (n < 0) {
-                fail(ctx, -EINVAL, lm->key_lines[from_row], "proxy_protocol_from",
-                     "\"%.*s\" is not an address or CIDR range (at most %d entries)", (int)bad_len,
-                     bad, IMF_PROXY_FROM_MAX);
-                return;
-            }
-            l->proxy_from_len = (size_t)n;
-        }
+        if (parse_cidrs(ctx, l->proxy_protocol_from, l->proxy_from, &l->proxy_from_len,
+                        lm->key_lines[from_row], "proxy_protocol_from") < 0)
+            return;
         if (l->proxy_protocol != IMF_PROXY_PROTOCOL_OFF && l->proxy_from_len == 0) {
             snprintf(what, sizeof(what), "[listen.%s] proxy_protocol_from", l->name);
             fail(ctx, -EINVAL, lm->key_lines[pp_row] ? lm->key_lines[pp_row] : lm->header_line,
@@ -1353,35 +1349,13 @@ static void check_whole(struct parse_ctx *ctx)
         return;
     }
 
-    size_t allow_row = option_index("admin", "allow_from");
-    if (cfg->admin_allow_from != NULL) {
-        const char *bad = NULL;
-        size_t bad_len = 0;
-        int n = imf_cidr_parse_list(cfg->admin_allow_from, cfg->admin_allow, IMF_PROXY_FROM_MAX,
-                                    &bad, &bad_len);
-        if (n < 0) {
-            fail(ctx, -EINVAL, ctx->key_lines[allow_row], "allow_from",
-                 "\"%.*s\" is not an address or CIDR range (at most %d entries)", (int)bad_len, bad,
-                 IMF_PROXY_FROM_MAX);
-            return;
-        }
-        cfg->admin_allow_len = (size_t)n;
-    }
-
-    size_t trusted_row = option_index("login", "trusted_networks");
-    if (cfg->login_trusted_networks != NULL) {
-        const char *bad = NULL;
-        size_t bad_len = 0;
-        int n = imf_cidr_parse_list(cfg->login_trusted_networks, cfg->login_trusted,
-                                    IMF_PROXY_FROM_MAX, &bad, &bad_len);
-        if (n < 0) {
-            fail(ctx, -EINVAL, ctx->key_lines[trusted_row], "trusted_networks",
-                 "\"%.*s\" is not an address or CIDR range (at most %d entries)", (int)bad_len, bad,
-                 IMF_PROXY_FROM_MAX);
-            return;
-        }
-        cfg->login_trusted_len = (size_t)n;
-    }
+    if (parse_cidrs(ctx, cfg->admin_allow_from, cfg->admin_allow, &cfg->admin_allow_len,
+                    ctx->key_lines[option_index("admin", "allow_from")], "allow_from") < 0)
+        return;
+    if (parse_cidrs(ctx, cfg->login_trusted_networks, cfg->login_trusted, &cfg->login_trusted_len,
+                    ctx->key_lines[option_index("login", "trusted_networks")],
+                    "trusted_networks") < 0)
+        return;
 
     size_t admin_row = option_index("admin", "address");
     for (size_t a = 0; a < cfg->listeners_len; a++) {

@@ -22,8 +22,8 @@
 #include "imapfront/iplimit.h"
 #include "imapfront/throttle.h"
 #include "imapfront/log.h"
+#include "imapfront/netaddr.h"
 #include "imapfront/notify.h"
-#include "imapfront/proxy_proto.h"
 #include "imapfront/runas.h"
 #include "imapfront/stats.h"
 #include "imapfront/tls.h"
@@ -91,7 +91,7 @@ static void warn_weak_settings(const struct imf_config *cfg)
         imf_warn("tls", "[tls] legacy_ciphers = on: CBC cipher suites are offered to clients "
                         "that lack AEAD ones");
     if (cfg->admin_address.len != 0 && cfg->admin_allow_len == 0) {
-        struct imf_config_cidr loopback[2];
+        struct imf_cidr loopback[2];
         const char *bad;
         size_t bad_len;
         int n = imf_cidr_parse_list("127.0.0.0/8, ::1", loopback, 2, &bad, &bad_len);

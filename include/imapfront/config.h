@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "imapfront/netaddr.h"
+
 enum imf_listen_mode { IMF_LISTEN_IMPLICIT_TLS, IMF_LISTEN_STARTTLS, IMF_LISTEN_MODE_COUNT };
 
 enum imf_balance { IMF_BALANCE_FIRST, IMF_BALANCE_ROUNDROBIN, IMF_BALANCE_COUNT };
@@ -53,15 +55,6 @@ struct imf_sockaddr {
     socklen_t len;
 };
 
-#define IMF_PROXY_FROM_MAX 32
-
-/* One range of proxy_protocol_from (see proxy_proto.h for the matcher). */
-struct imf_config_cidr {
-    int family; /* AF_INET or AF_INET6 */
-    uint8_t addr[16];
-    unsigned prefix;
-};
-
 struct imf_listen_config {
     char name[64]; /* NAME of [listen.NAME] */
     struct imf_sockaddr address;
@@ -69,7 +62,7 @@ struct imf_listen_config {
     bool require_tls;
     enum imf_proxy_protocol proxy_protocol;
     char *proxy_protocol_from;                             /* as written; NULL when empty */
-    struct imf_config_cidr proxy_from[IMF_PROXY_FROM_MAX]; /* parsed */
+    struct imf_cidr proxy_from[IMF_CIDR_MAX]; /* parsed */
     size_t proxy_from_len;
 };
 
@@ -166,13 +159,13 @@ struct imf_config {
     bool login_user_lockout;      /* also count per user from any address */
     uint32_t login_max_tracked;   /* records of the table (fixed at start) */
     char *login_trusted_networks; /* as written; NULL when empty */
-    struct imf_config_cidr login_trusted[IMF_PROXY_FROM_MAX]; /* parsed */
+    struct imf_cidr login_trusted[IMF_CIDR_MAX]; /* parsed */
     size_t login_trusted_len;
 
     /* [admin] */
     struct imf_sockaddr admin_address; /* admin_address.len == 0: off */
     char *admin_allow_from;            /* as written; NULL when empty (anyone) */
-    struct imf_config_cidr admin_allow[IMF_PROXY_FROM_MAX]; /* parsed */
+    struct imf_cidr admin_allow[IMF_CIDR_MAX]; /* parsed */
     size_t admin_allow_len;
     uint32_t admin_max_connections;
     uint64_t admin_timeout_ms;
@@ -198,9 +191,7 @@ void imf_config_unref(struct imf_config *cfg);
 int imf_config_parse_size(const char *text, uint64_t *out_bytes);
 int imf_config_parse_duration(const char *text, uint64_t *out_ms);
 int imf_config_parse_sockaddr(const char *text, struct imf_sockaddr *out_addr);
-/* The reverse for logs: "192.0.2.1:993", "[2001:db8::1]:993", "?" for
- * another family. */
-void imf_format_sockaddr(const struct sockaddr *sa, char *out, size_t out_len);
+/* The reverse, imf_format_sockaddr, is in netaddr.h. */
 
 extern const char *const imf_listen_mode_names[IMF_LISTEN_MODE_COUNT];
 
