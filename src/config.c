@@ -75,8 +75,7 @@ enum imf_opt_type {
 /* A secret STRING (default empty) that may instead be read from a file
  * named by the key KEY_file: exactly one of the two; the file's content,
  * less one trailing newline. Keeps secrets out of a world-readable INI and
- * lets them come from a Kubernetes Secret or systemd credential. Rows of
- * the main sections only. */
+ * lets them come from a Kubernetes Secret or systemd credential. */
 #define IMF_CF_FILE 0x8u
 
 /* One value of an enum key. Flip `supported` when the feature lands. */
@@ -166,7 +165,8 @@ static const struct imf_choice forward_ip_choices[] = {
 
 #define FIELD_SIZE(type, field) sizeof(((type *)0)->field)
 /* OPT: a key of struct imf_config. OPT_LIST: the same for a SOCKADDR_LIST,
- * whose count lives in FIELD_len. LOPT: a key of every [listen.NAME]. */
+ * whose count lives in FIELD_len. LOPT: a key of every [listen.NAME];
+ * POPT, POPT_LIST: of every backend pool; COPT: of [certificate.NAME]. */
 #define OPT(sec, key, type, field, def, min, max, choices, flags) \
     {sec, key, IMF_OT_##type, offsetof(struct imf_config, field), \
      FIELD_SIZE(struct imf_config, field), 0, def, min, max, choices, flags}
@@ -177,6 +177,13 @@ static const struct imf_choice forward_ip_choices[] = {
 #define LOPT(sec, key, type, field, def, min, max, choices, flags) \
     {sec, key, IMF_OT_##type, offsetof(struct imf_listen_config, field), \
      FIELD_SIZE(struct imf_listen_config, field), 0, def, min, max, choices, flags}
+#define POPT(sec, key, type, field, def, min, max, choices, flags) \
+    {sec, key, IMF_OT_##type, offsetof(struct imf_pool_config, field), \
+     FIELD_SIZE(struct imf_pool_config, field), 0, def, min, max, choices, flags}
+#define POPT_LIST(sec, key, type, field, def, min, max, choices, flags) \
+    {sec, key, IMF_OT_##type, offsetof(struct imf_pool_config, field), \
+     FIELD_SIZE(struct imf_pool_config, field), offsetof(struct imf_pool_config, field##_len), \
+     def, min, max, choices, flags}
 #define COPT(sec, key, type, field, def, min, max, choices, flags) \
     {sec, key, IMF_OT_##type, offsetof(struct imf_cert_config, field), \
      FIELD_SIZE(struct imf_cert_config, field), 0, def, min, max, choices, flags}
@@ -199,30 +206,6 @@ static const struct imf_option imf_options[] = {
     OPT("tls", "legacy_ciphers", BOOL, legacy_ciphers, "off", 0, 0, NULL, 0),
     OPT("tls", "session_tickets", BOOL, session_tickets, "on", 0, 0, NULL, 0),
     OPT("tls", "handshake_timeout", DURATION, handshake_timeout_ms, "10s", 1, WEEK, NULL, 0),
-    OPT_LIST("backend", "servers", SOCKADDR_LIST, servers, "", 1, 64, NULL, IMF_CF_REQUIRED),
-    OPT("backend", "balance", ENUM, balance, "first", 0, 0, balance_choices, 0),
-    OPT("backend", "connect_timeout", DURATION, connect_timeout_ms, "5s", 1, WEEK, NULL, 0),
-    OPT("backend", "down_after", UINT, backend_down_after, "3", 1, 1000, NULL, 0),
-    OPT("backend", "retry_after", DURATION, backend_retry_after_ms, "10s", 1, WEEK, NULL, 0),
-    OPT("backend", "max_sessions", UINT, backend_max_sessions, "0", 0, 1000000, NULL, 0),
-    OPT("backend", "max_connecting", UINT, backend_max_connecting, "16", 0, 100000, NULL, 0),
-    OPT("backend", "queue_timeout", DURATION, queue_timeout_ms, "30s", 1, HOUR, NULL, 0),
-    OPT("backend", "connect_rate", UINT, connect_rate, "50", 0, 1000000, NULL, 0),
-    OPT("backend", "quirks", ENUM, quirks, "auto", 0, 0, quirks_choices, 0),
-    OPT("backend", "pipelining", BOOL, pipelining, "on", 0, 0, NULL, 0),
-    OPT("backend", "literal_plus", ENUM, literal_plus, "pass", 0, 0, literal_plus_choices, 0),
-    OPT("backend", "literal_crlf_split", BOOL, literal_crlf_split, "off", 0, 0, NULL, 0),
-    OPT("backend", "literal_crlf_split_delay", DURATION, literal_crlf_split_delay_ms, "5ms", 0, SEC, NULL, 0),
-    OPT("backend", "forward_client_ip", ENUM, forward_client_ip, "off", 0, 0, forward_ip_choices, 0),
-    OPT("backend", "idle", ENUM, idle_mode, "pass", 0, 0, idle_mode_choices, 0),
-    OPT("backend", "check", ENUM, check, "off", 0, 0, check_choices, 0),
-    OPT("backend", "check_interval", DURATION, check_interval_ms, "10s", 100, HOUR, NULL, 0),
-    OPT("backend", "check_timeout", DURATION, check_timeout_ms, "5s", 10, HOUR, NULL, 0),
-    OPT("backend", "check_user", STRING, check_user, "", 0, 0, NULL, 0),
-    OPT("backend", "check_password", STRING, check_password, "", 0, 0, NULL, IMF_CF_FILE),
-    OPT("backend", "check_mailbox", STRING, check_mailbox, "INBOX", 0, 0, NULL, 0),
-    OPT("backend", "idle_refresh", DURATION, idle_refresh_ms, "0", 0, WEEK, NULL, 0),
-    OPT("backend", "poll_interval", DURATION, poll_interval_ms, "30s", 100, HOUR, NULL, 0),
     OPT("imap", "max_line_length", SIZE, max_line_length, "64k", KiB, 16 * MiB, NULL, 0),
     OPT("imap", "max_literal_size", SIZE, max_literal_size, "64M", KiB, 4 * GiB, NULL, 0),
     OPT("imap", "max_command_size", SIZE, max_command_size, "128M", KiB, 16 * GiB, NULL, 0),
@@ -251,6 +234,36 @@ static const struct imf_option imf_options[] = {
     OPT("admin", "timeout", DURATION, admin_timeout_ms, "10s", SEC, HOUR, NULL, 0),
 };
 
+/* The keys of every backend pool, [backend.NAME] or [backend] (the pool
+ * "default"). Their section reads "backend": the documentation lists them
+ * once. */
+static const struct imf_option imf_pool_options[] = {
+    POPT_LIST("backend", "servers", SOCKADDR_LIST, servers, "", 1, 64, NULL, IMF_CF_REQUIRED),
+    POPT("backend", "balance", ENUM, balance, "first", 0, 0, balance_choices, 0),
+    POPT("backend", "connect_timeout", DURATION, connect_timeout_ms, "5s", 1, WEEK, NULL, 0),
+    POPT("backend", "down_after", UINT, down_after, "3", 1, 1000, NULL, 0),
+    POPT("backend", "retry_after", DURATION, retry_after_ms, "10s", 1, WEEK, NULL, 0),
+    POPT("backend", "max_sessions", UINT, max_sessions, "0", 0, 1000000, NULL, 0),
+    POPT("backend", "max_connecting", UINT, max_connecting, "16", 0, 100000, NULL, 0),
+    POPT("backend", "queue_timeout", DURATION, queue_timeout_ms, "30s", 1, HOUR, NULL, 0),
+    POPT("backend", "connect_rate", UINT, connect_rate, "50", 0, 1000000, NULL, 0),
+    POPT("backend", "quirks", ENUM, quirks, "auto", 0, 0, quirks_choices, 0),
+    POPT("backend", "pipelining", BOOL, pipelining, "on", 0, 0, NULL, 0),
+    POPT("backend", "literal_plus", ENUM, literal_plus, "pass", 0, 0, literal_plus_choices, 0),
+    POPT("backend", "literal_crlf_split", BOOL, literal_crlf_split, "off", 0, 0, NULL, 0),
+    POPT("backend", "literal_crlf_split_delay", DURATION, literal_crlf_split_delay_ms, "5ms", 0, SEC, NULL, 0),
+    POPT("backend", "forward_client_ip", ENUM, forward_client_ip, "off", 0, 0, forward_ip_choices, 0),
+    POPT("backend", "idle", ENUM, idle_mode, "pass", 0, 0, idle_mode_choices, 0),
+    POPT("backend", "check", ENUM, check, "off", 0, 0, check_choices, 0),
+    POPT("backend", "check_interval", DURATION, check_interval_ms, "10s", 100, HOUR, NULL, 0),
+    POPT("backend", "check_timeout", DURATION, check_timeout_ms, "5s", 10, HOUR, NULL, 0),
+    POPT("backend", "check_user", STRING, check_user, "", 0, 0, NULL, 0),
+    POPT("backend", "check_password", STRING, check_password, "", 0, 0, NULL, IMF_CF_FILE),
+    POPT("backend", "check_mailbox", STRING, check_mailbox, "INBOX", 0, 0, NULL, 0),
+    POPT("backend", "idle_refresh", DURATION, idle_refresh_ms, "0", 0, WEEK, NULL, 0),
+    POPT("backend", "poll_interval", DURATION, poll_interval_ms, "30s", 100, HOUR, NULL, 0),
+};
+
 /* The keys of every [listen.NAME] section. */
 static const struct imf_option imf_listen_options[] = {
     LOPT("listen.NAME", "address", SOCKADDR, address, "", 0, 0, NULL, IMF_CF_REQUIRED),
@@ -270,15 +283,14 @@ static const struct imf_option imf_cert_options[] = {
 /* clang-format on */
 
 /* The sections that are not [listen.NAME], in file order. */
-static const char *const imf_main_sections[] = {"proxy", "tls",   "backend",
-                                                "imap",  "login", "admin"};
+static const char *const imf_main_sections[] = {"proxy", "tls", "imap", "login", "admin"};
 
 #define IMF_OPTIONS_LEN        ARRAY_SIZE(imf_options)
 #define IMF_LISTEN_OPTIONS_LEN ARRAY_SIZE(imf_listen_options)
 
 /* Sections written any number of times as [PREFIX.NAME]: each is an array
  * in struct imf_config whose elements start with their char name[64]. */
-enum named_kind { NAMED_LISTEN, NAMED_CERT, NAMED_COUNT };
+enum named_kind { NAMED_LISTEN, NAMED_CERT, NAMED_POOL, NAMED_COUNT };
 struct named_section {
     const char *prefix; /* "listen." */
     const struct imf_option *options;
@@ -293,12 +305,16 @@ static const struct named_section named_sections[NAMED_COUNT] = {
      offsetof(struct imf_config, listeners_len)},
     {"certificate.", imf_cert_options, ARRAY_SIZE(imf_cert_options), sizeof(struct imf_cert_config),
      offsetof(struct imf_config, certs), offsetof(struct imf_config, certs_len)},
+    {"backend.", imf_pool_options, ARRAY_SIZE(imf_pool_options), sizeof(struct imf_pool_config),
+     offsetof(struct imf_config, pools), offsetof(struct imf_config, pools_len)},
 };
-#define NAMED_KEYS_MAX 8
+#define NAMED_KEYS_MAX 32
 static_assert(ARRAY_SIZE(imf_listen_options) <= NAMED_KEYS_MAX, "named keys");
 static_assert(ARRAY_SIZE(imf_cert_options) <= NAMED_KEYS_MAX, "named keys");
+static_assert(ARRAY_SIZE(imf_pool_options) <= NAMED_KEYS_MAX, "named keys");
 static_assert(offsetof(struct imf_listen_config, name) == 0, "name first");
 static_assert(offsetof(struct imf_cert_config, name) == 0, "name first");
+static_assert(offsetof(struct imf_pool_config, name) == 0, "name first");
 
 static void **named_array(struct imf_config *cfg, const struct named_section *ns)
 {
@@ -856,7 +872,10 @@ enum section_kind { SECTION_NONE, SECTION_MAIN, SECTION_NAMED };
 /* Per [PREFIX.NAME] section: where things were written, for messages. */
 struct named_meta {
     unsigned header_line;
+    bool plain; /* the pool "default" written as [backend] */
     unsigned key_lines[NAMED_KEYS_MAX];
+    unsigned file_lines[NAMED_KEYS_MAX]; /* IMF_CF_FILE rows: where KEY_file was set */
+    bool from_file[NAMED_KEYS_MAX];      /* ... and the value came from that file */
 };
 
 struct parse_ctx {
@@ -929,8 +948,10 @@ static bool valid_section_name(const char *s, size_t len)
     return true;
 }
 
+/* "[backend.default]" and "[backend]" name one pool: a second header for it
+ * is refused with a message that says so. */
 static void enter_named(struct parse_ctx *ctx, enum named_kind kind, const char *sec,
-                        const char *name, size_t nlen)
+                        const char *name, size_t nlen, bool plain)
 {
     const struct named_section *ns = &named_sections[kind];
     struct imf_config *cfg = ctx->cfg;
@@ -943,8 +964,14 @@ static void enter_named(struct parse_ctx *ctx, enum named_kind kind, const char 
     for (size_t i = 0; i < n; i++) {
         const char *other = named_elem(cfg, ns, i);
         if (strlen(other) == nlen && memcmp(other, name, nlen) == 0) {
-            fail(ctx, -EINVAL, ctx->line, sec, "duplicate section (first on line %u)",
-                 ctx->meta[kind][i].header_line);
+            if (ctx->meta[kind][i].plain != plain)
+                fail(ctx, -EINVAL, ctx->line, sec,
+                     "[backend] is the pool \"default\", already defined on line %u; "
+                     "write only one of [backend] and [backend.default]",
+                     ctx->meta[kind][i].header_line);
+            else
+                fail(ctx, -EINVAL, ctx->line, sec, "duplicate section (first on line %u)",
+                     ctx->meta[kind][i].header_line);
             return;
         }
     }
@@ -967,6 +994,7 @@ static void enter_named(struct parse_ctx *ctx, enum named_kind kind, const char 
     memcpy(elem, name, nlen);
     elem[nlen] = '\0';
     m[n].header_line = ctx->line;
+    m[n].plain = plain;
     ctx->kind = SECTION_NAMED;
     ctx->named = kind;
     ctx->section = n;
@@ -998,9 +1026,13 @@ static void enter_section(struct parse_ctx *ctx, const char *s, size_t len)
     for (int k = 0; k < NAMED_COUNT; k++) {
         size_t plen = strlen(named_sections[k].prefix);
         if (nlen >= plen && memcmp(name, named_sections[k].prefix, plen) == 0) {
-            enter_named(ctx, (enum named_kind)k, sec, name + plen, nlen - plen);
+            enter_named(ctx, (enum named_kind)k, sec, name + plen, nlen - plen, false);
             return;
         }
+    }
+    if (nlen == strlen("backend") && memcmp(name, "backend", nlen) == 0) {
+        enter_named(ctx, NAMED_POOL, sec, IMF_POOL_DEFAULT, strlen(IMF_POOL_DEFAULT), true);
+        return;
     }
     for (size_t i = 0; i < ARRAY_SIZE(imf_main_sections); i++) {
         if (strlen(imf_main_sections[i]) == nlen && memcmp(imf_main_sections[i], name, nlen) == 0) {
@@ -1115,23 +1147,44 @@ static int read_secret(const char *path, char **out, char *why, size_t why_len)
     return 0;
 }
 
-/* "KEY_file = PATH" for a row with IMF_CF_FILE (index i of the main table):
+/* Where the keys of one section went, for on_key: the struct the values go
+ * into, and per row of its table the lines of KEY and KEY_file. */
+struct section_lines {
+    void *base;
+    unsigned *key_lines;
+    unsigned *file_lines;
+    bool *from_file;
+};
+
+/* "[backend]" for the pool written so, else "[PREFIX.NAME]". */
+static void named_label(struct parse_ctx *ctx, enum named_kind k, size_t e, char *buf,
+                        size_t buf_len)
+{
+    const struct named_section *ns = &named_sections[k];
+    if (ctx->meta[k][e].plain)
+        snprintf(buf, buf_len, "[backend]");
+    else
+        snprintf(buf, buf_len, "[%s%s]", ns->prefix, named_elem(ctx->cfg, ns, e));
+}
+
+/* "KEY_file = PATH" for a row with IMF_CF_FILE (index i of its table):
  * the value comes from the file. An empty PATH counts as not set. */
 static int on_file_key(struct parse_ctx *ctx, const struct imf_option *opt, size_t i,
-                       const char *key, const char *value, const char *secname)
+                       const char *key, const char *value, const char *secname,
+                       const struct section_lines *sl)
 {
-    if (ctx->file_lines[i] != 0) {
+    if (sl->file_lines[i] != 0) {
         fail(ctx, -EINVAL, ctx->line, key, "set twice in %s (first on line %u)", secname,
-             ctx->file_lines[i]);
+             sl->file_lines[i]);
         return 0;
     }
-    ctx->file_lines[i] = ctx->line;
+    sl->file_lines[i] = ctx->line;
     if (value[0] == '\0')
         return 1;
-    char **field = (char **)((char *)ctx->cfg + opt->offset);
+    char **field = (char **)((char *)sl->base + opt->offset);
     if (*field != NULL) {
         fail(ctx, -EINVAL, ctx->line, key, "%s is set too (line %u); set only one of them",
-             opt->key, ctx->key_lines[i]);
+             opt->key, sl->key_lines[i]);
         return 0;
     }
     char why[512];
@@ -1140,7 +1193,7 @@ static int on_file_key(struct parse_ctx *ctx, const struct imf_option *opt, size
         fail(ctx, rc, ctx->line, key, "%s", why);
         return 0;
     }
-    ctx->from_file[i] = true;
+    sl->from_file[i] = true;
     return 1;
 }
 
@@ -1150,8 +1203,7 @@ static int on_key(void *user, const char *section, const char *key, const char *
     struct parse_ctx *ctx = user;
     const struct imf_option *table;
     size_t len;
-    void *base;
-    unsigned *lines;
+    struct section_lines sl;
     char secname[IMF_CONFIG_QUOTE_MAX + 16];
     const char *main_section = NULL;
     (void)section; /* inih truncates long section names; we track our own */
@@ -1162,18 +1214,18 @@ static int on_key(void *user, const char *section, const char *key, const char *
     case SECTION_MAIN:
         table = imf_options;
         len = IMF_OPTIONS_LEN;
-        base = ctx->cfg;
-        lines = ctx->key_lines;
+        sl = (struct section_lines){ctx->cfg, ctx->key_lines, ctx->file_lines, ctx->from_file};
         main_section = imf_main_sections[ctx->section];
         snprintf(secname, sizeof(secname), "[%s]", main_section);
         break;
     case SECTION_NAMED: {
         const struct named_section *ns = &named_sections[ctx->named];
+        struct named_meta *m = &ctx->meta[ctx->named][ctx->section];
         table = ns->options;
         len = ns->options_len;
-        base = named_elem(ctx->cfg, ns, ctx->section);
-        lines = ctx->meta[ctx->named][ctx->section].key_lines;
-        snprintf(secname, sizeof(secname), "[%s%s]", ns->prefix, (const char *)base);
+        sl = (struct section_lines){named_elem(ctx->cfg, ns, ctx->section), m->key_lines,
+                                    m->file_lines, m->from_file};
+        named_label(ctx, ctx->named, ctx->section, secname, sizeof(secname));
         break;
     }
     default:
@@ -1187,14 +1239,15 @@ static int on_key(void *user, const char *section, const char *key, const char *
             strcmp(table[i].key, key) == 0)
             break;
     }
-    if (i == len && main_section != NULL) {
+    if (i == len) {
         size_t klen = strlen(key), slen = sizeof("_file") - 1;
         if (klen > slen && strcmp(key + klen - slen, "_file") == 0) {
             for (i = 0; i < len; i++)
-                if ((table[i].flags & IMF_CF_FILE) && strcmp(table[i].section, main_section) == 0 &&
+                if ((table[i].flags & IMF_CF_FILE) &&
+                    (main_section == NULL || strcmp(table[i].section, main_section) == 0) &&
                     strlen(table[i].key) == klen - slen &&
                     strncmp(table[i].key, key, klen - slen) == 0)
-                    return on_file_key(ctx, &table[i], i, key, value, secname);
+                    return on_file_key(ctx, &table[i], i, key, value, secname, &sl);
         }
     }
     if (i == len) {
@@ -1202,24 +1255,25 @@ static int on_key(void *user, const char *section, const char *key, const char *
         return 0;
     }
     const struct imf_option *opt = &table[i];
-    if (lines[i] != 0) {
-        fail(ctx, -EINVAL, ctx->line, key, "set twice in %s (first on line %u)", secname, lines[i]);
+    if (sl.key_lines[i] != 0) {
+        fail(ctx, -EINVAL, ctx->line, key, "set twice in %s (first on line %u)", secname,
+             sl.key_lines[i]);
         return 0;
     }
-    if ((opt->flags & IMF_CF_FILE) && value[0] != '\0' && ctx->file_lines[i] != 0 &&
-        *(char **)((char *)base + opt->offset) != NULL) {
+    if ((opt->flags & IMF_CF_FILE) && value[0] != '\0' && sl.file_lines[i] != 0 &&
+        *(char **)((char *)sl.base + opt->offset) != NULL) {
         fail(ctx, -EINVAL, ctx->line, key, "%s_file is set too (line %u); set only one of them",
-             key, ctx->file_lines[i]);
+             key, sl.file_lines[i]);
         return 0;
     }
-    lines[i] = ctx->line;
+    sl.key_lines[i] = ctx->line;
     if (value[0] == '\0' && (opt->flags & IMF_CF_REQUIRED)) {
         fail(ctx, -EINVAL, ctx->line, key, "must not be empty");
         return 0;
     }
 
     char why[512];
-    int rc = set_value(opt, base, value, why, sizeof(why));
+    int rc = set_value(opt, sl.base, value, why, sizeof(why));
     if (rc < 0) {
         fail(ctx, rc, ctx->line, key, "%s", why);
         return 0;
@@ -1231,10 +1285,12 @@ static int on_key(void *user, const char *section, const char *key, const char *
         union {
             struct imf_config c;
             struct imf_listen_config l;
+            struct imf_cert_config cert;
+            struct imf_pool_config p;
         } scratch;
         memset(&scratch, 0, sizeof(scratch));
         rc = set_value(opt, &scratch, opt->def, why, sizeof(why));
-        bool same = rc == 0 && field_equal(opt, base, &scratch);
+        bool same = rc == 0 && field_equal(opt, sl.base, &scratch);
         free_field(opt, &scratch);
         if (rc < 0) {
             fail(ctx, rc, ctx->line, key, "bad built-in default: %s", why);
@@ -1278,6 +1334,65 @@ static int parse_cidrs(struct parse_ctx *ctx, const char *text, struct imf_cidr 
     return 0;
 }
 
+static size_t pool_row(const char *key)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(imf_pool_options); i++)
+        if (strcmp(imf_pool_options[i].key, key) == 0)
+            return i;
+    abort(); /* asked for a key that is not in the table */
+}
+
+/* The cross-checks of one pool (m: where its keys were written). */
+static void check_pool(struct parse_ctx *ctx, struct imf_pool_config *p, const struct named_meta *m)
+{
+    /* check = login sends these in quoted strings: they must be quotable
+     * (RFC 9051: no CR, LF or NUL; 8-bit text would need a literal, which
+     * an old server may refuse). The value itself is never echoed: it may
+     * be the password. */
+    if (p->check == IMF_CHECK_LOGIN) {
+        static const char *const keys[] = {"check_user", "check_password", "check_mailbox"};
+        const char *values[] = {p->check_user, p->check_password, p->check_mailbox};
+        for (size_t k = 0; k < ARRAY_SIZE(keys); k++) {
+            size_t row = pool_row(keys[k]);
+            unsigned line = m->key_lines[row];
+            if (m->from_file[row])
+                line = m->file_lines[row];
+            if (values[k] == NULL) {
+                fail(ctx, -EINVAL, line != 0 ? line : m->key_lines[pool_row("check")], keys[k],
+                     "required by check = login%s",
+                     (imf_pool_options[row].flags & IMF_CF_FILE) ? " (or its _file form)" : "");
+                return;
+            }
+            if (strlen(values[k]) > 1000) {
+                fail(ctx, -EINVAL, line, keys[k], "longer than 1000 characters");
+                return;
+            }
+            for (const unsigned char *c = (const unsigned char *)values[k]; *c != '\0'; c++) {
+                if (*c == '\r' || *c == '\n' || *c >= 0x80) {
+                    fail(ctx, -EINVAL, line, keys[k],
+                         "holds CR, LF or an 8-bit character, which an IMAP quoted string "
+                         "cannot carry");
+                    return;
+                }
+            }
+        }
+    }
+
+    /* quirks is a preset of the shields; a shield's own key, when written,
+     * wins over the preset (auto applies it per server, in gate.c). */
+    p->pipelining_set = m->key_lines[pool_row("pipelining")] != 0;
+    p->literal_plus_set = m->key_lines[pool_row("literal_plus")] != 0;
+    p->literal_crlf_split_set = m->key_lines[pool_row("literal_crlf_split")] != 0;
+    if (p->quirks == IMF_QUIRKS_EXCHANGE55) {
+        if (!p->pipelining_set)
+            p->pipelining = false;
+        if (!p->literal_plus_set)
+            p->literal_plus = IMF_LITERAL_PLUS_SYNC;
+        if (!p->literal_crlf_split_set)
+            p->literal_crlf_split = true;
+    }
+}
+
 /* What needs the whole file: required keys and keys that depend on each
  * other. */
 static void check_whole(struct parse_ctx *ctx)
@@ -1295,8 +1410,9 @@ static void check_whole(struct parse_ctx *ctx)
             for (size_t i = 0; i < ns->options_len; i++) {
                 const struct imf_option *opt = &ns->options[i];
                 if ((opt->flags & IMF_CF_REQUIRED) && ctx->meta[k][e].key_lines[i] == 0) {
-                    snprintf(what, sizeof(what), "[%s%s] %s", ns->prefix, named_elem(cfg, ns, e),
-                             opt->key);
+                    char label[IMF_CONFIG_QUOTE_MAX + 16];
+                    named_label(ctx, (enum named_kind)k, e, label, sizeof(label));
+                    snprintf(what, sizeof(what), "%s %s", label, opt->key);
                     fail(ctx, -EINVAL, ctx->meta[k][e].header_line, what, "required");
                     return;
                 }
@@ -1310,6 +1426,21 @@ static void check_whole(struct parse_ctx *ctx)
             fail(ctx, -EINVAL, 0, what, "required");
             return;
         }
+    }
+    /* Sessions use the pool "default" until the route map picks others. */
+    if (cfg->pools_len == 0) {
+        fail(ctx, -EINVAL, 0, "[backend] servers", "required");
+        return;
+    }
+    if (imf_config_pool(cfg, IMF_POOL_DEFAULT) == NULL) {
+        fail(ctx, -EINVAL, ctx->meta[NAMED_POOL][0].header_line, "[backend]",
+             "required: the pool sessions use (or name it [backend.default])");
+        return;
+    }
+    for (size_t e = 0; e < cfg->pools_len; e++) {
+        check_pool(ctx, &cfg->pools[e], &ctx->meta[NAMED_POOL][e]);
+        if (ctx->rc != 0)
+            return;
     }
 
     /* Two listeners on one address would share it through SO_REUSEPORT and
@@ -1382,40 +1513,6 @@ static void check_whole(struct parse_ctx *ctx)
         return;
     }
 
-    /* check = login sends these in quoted strings: they must be quotable
-     * (RFC 9051: no CR, LF or NUL; 8-bit text would need a literal, which
-     * an old server may refuse). The value itself is never echoed: it may
-     * be the password. */
-    if (cfg->check == IMF_CHECK_LOGIN) {
-        static const char *const keys[] = {"check_user", "check_password", "check_mailbox"};
-        const char *values[] = {cfg->check_user, cfg->check_password, cfg->check_mailbox};
-        for (size_t k = 0; k < ARRAY_SIZE(keys); k++) {
-            size_t row = option_index("backend", keys[k]);
-            unsigned line = ctx->key_lines[row];
-            if (ctx->from_file[row])
-                line = ctx->file_lines[row];
-            if (values[k] == NULL) {
-                fail(ctx, -EINVAL,
-                     line != 0 ? line : ctx->key_lines[option_index("backend", "check")], keys[k],
-                     "required by check = login%s",
-                     (imf_options[row].flags & IMF_CF_FILE) ? " (or its _file form)" : "");
-                return;
-            }
-            if (strlen(values[k]) > 1000) {
-                fail(ctx, -EINVAL, line, keys[k], "longer than 1000 characters");
-                return;
-            }
-            for (const unsigned char *p = (const unsigned char *)values[k]; *p != '\0'; p++) {
-                if (*p == '\r' || *p == '\n' || *p >= 0x80) {
-                    fail(ctx, -EINVAL, line, keys[k],
-                         "holds CR, LF or an 8-bit character, which an IMAP quoted string "
-                         "cannot carry");
-                    return;
-                }
-            }
-        }
-    }
-
     /* A whole command holds at least one literal of the largest size. */
     size_t mc = option_index("imap", "max_command_size");
     if (cfg->max_command_size < cfg->max_literal_size + cfg->max_line_length) {
@@ -1429,21 +1526,6 @@ static void check_whole(struct parse_ctx *ctx)
             return;
         }
         cfg->max_command_size = cfg->max_literal_size + cfg->max_line_length;
-    }
-
-    /* quirks is a preset of the shields; a shield's own key, when written,
-     * wins over the preset (auto applies it per server, in gate.c). */
-    cfg->pipelining_set = ctx->key_lines[option_index("backend", "pipelining")] != 0;
-    cfg->literal_plus_set = ctx->key_lines[option_index("backend", "literal_plus")] != 0;
-    cfg->literal_crlf_split_set =
-        ctx->key_lines[option_index("backend", "literal_crlf_split")] != 0;
-    if (cfg->quirks == IMF_QUIRKS_EXCHANGE55) {
-        if (!cfg->pipelining_set)
-            cfg->pipelining = false;
-        if (!cfg->literal_plus_set)
-            cfg->literal_plus = IMF_LITERAL_PLUS_SYNC;
-        if (!cfg->literal_crlf_split_set)
-            cfg->literal_crlf_split = true;
     }
 }
 
@@ -1600,4 +1682,18 @@ void imf_config_unref(struct imf_config *cfg)
      * the last one so that the free sees everyone else's. */
     if (atomic_fetch_sub_explicit(&cfg->refs, 1, memory_order_acq_rel) == 1)
         free_config(cfg);
+}
+
+const struct imf_pool_config *imf_config_pool(const struct imf_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->pools_len; i++)
+        if (strcmp(cfg->pools[i].name, name) == 0)
+            return &cfg->pools[i];
+    return NULL;
+}
+
+bool imf_config_pool_used(const struct imf_config *cfg, const struct imf_pool_config *pool)
+{
+    (void)cfg; /* the route map ([route], route.c) will be asked here */
+    return strcmp(pool->name, IMF_POOL_DEFAULT) == 0;
 }

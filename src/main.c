@@ -81,6 +81,12 @@ static void current_tls(void *arg, struct imf_config **out_cfg, SSL_CTX **out_ct
  * each reload, so that they are not forgotten. */
 static void warn_weak_settings(const struct imf_config *cfg)
 {
+    for (size_t p = 0; p < cfg->pools_len; p++)
+        if (!imf_config_pool_used(cfg, &cfg->pools[p]))
+            imf_warn("backend",
+                     "[backend.%s] is used by no route: no session reaches its servers "
+                     "(sessions use the pool default)",
+                     cfg->pools[p].name);
     if (cfg->min_version < TLS1_2_VERSION)
         imf_warn("tls",
                  "[tls] min_version = %s: clients may use TLS %s, which is deprecated "
@@ -111,9 +117,13 @@ static void send_status(struct imf_main *m, const char *prefix)
     for (unsigned i = 0; i < m->workers_len; i++)
         active += atomic_load(&m->workers[i].stats.sessions_active);
     struct imf_backend_info info[IMF_BACKEND_MAX];
-    size_t n = imf_backend_info(m->cfg, info, IMF_BACKEND_MAX), up = 0;
-    for (size_t i = 0; i < n; i++)
-        up += !info[i].down;
+    size_t n = 0, up = 0;
+    for (size_t p = 0; p < m->cfg->pools_len; p++) {
+        size_t pn = imf_backend_info(&m->cfg->pools[p], info, IMF_BACKEND_MAX);
+        for (size_t i = 0; i < pn; i++)
+            up += !info[i].down;
+        n += pn;
+    }
     char text[256];
     snprintf(text, sizeof(text), "%sSTATUS=%" PRIu64 " session%s open, %zu of %zu backend%s up%s",
              prefix, active, active == 1 ? "" : "s", up, n, n == 1 ? "" : "s",
@@ -577,11 +587,15 @@ int main(int argc, char **argv)
         uv_timer_start(&m.status_timer, on_status_timer, IMF_NOTIFY_STATUS_MS,
                        IMF_NOTIFY_STATUS_MS);
     warn_weak_settings(m.cfg);
-    if (m.cfg->literal_crlf_split && m.cfg->pipelining)
-        imf_warn("main", "[backend] literal_crlf_split works only with pipelining = off: a "
-                         "backend busy with earlier commands reads the two writes at once");
+    for (size_t p = 0; p < m.cfg->pools_len; p++)
+        if (m.cfg->pools[p].literal_crlf_split && m.cfg->pools[p].pipelining)
+            imf_warn("main",
+                     "pool %s: literal_crlf_split works only with pipelining = off: a "
+                     "backend busy with earlier commands reads the two writes at once",
+                     m.cfg->pools[p].name);
     imf_info("main", "imapfront %s started: %u worker%s, backend %s", IMF_VERSION, m.workers_len,
-             m.workers_len == 1 ? "" : "s", m.cfg->servers[0].text);
+             m.workers_len == 1 ? "" : "s",
+             imf_config_pool(m.cfg, IMF_POOL_DEFAULT)->servers[0].text);
     send_status(&m, "READY=1\n");
     uv_run(m.loop, UV_RUN_DEFAULT);
     imf_admin_stop(m.admin);

@@ -61,7 +61,7 @@ struct imf_listen_config {
     enum imf_listen_mode mode;
     bool require_tls;
     enum imf_proxy_protocol proxy_protocol;
-    char *proxy_protocol_from;                             /* as written; NULL when empty */
+    char *proxy_protocol_from;                /* as written; NULL when empty */
     struct imf_cidr proxy_from[IMF_CIDR_MAX]; /* parsed */
     size_t proxy_from_len;
 };
@@ -74,6 +74,41 @@ struct imf_cert_config {
     char *private_key;
     char *server_names; /* as written: names separated by commas or spaces */
     unsigned certificate_line, private_key_line; /* where they were written */
+};
+
+/* The pool a plain [backend] section defines. */
+#define IMF_POOL_DEFAULT "default"
+
+/* [backend.NAME]: a pool of backend servers and how sessions use them.
+ * A session keeps a pointer to its pool (inside its config snapshot). */
+struct imf_pool_config {
+    char name[64]; /* NAME of [backend.NAME]; "default" for [backend] */
+    struct imf_sockaddr *servers;
+    size_t servers_len;
+    enum imf_balance balance;
+    uint64_t connect_timeout_ms;
+    uint32_t down_after;       /* failed connects in a row that mark a server down */
+    uint64_t retry_after_ms;   /* how long a down server is skipped */
+    uint32_t max_sessions;     /* backend connections per server, 0 = no limit */
+    uint32_t max_connecting;   /* connects in progress per server, 0 = no limit */
+    uint64_t queue_timeout_ms; /* how long a session may wait for a backend */
+    uint32_t connect_rate;     /* connects a second to a warming server, 0 = off */
+    enum imf_quirks quirks;
+    bool pipelining;
+    enum imf_literal_plus literal_plus;
+    bool literal_crlf_split;
+    bool pipelining_set, literal_plus_set, literal_crlf_split_set; /* written in the file */
+    uint64_t literal_crlf_split_delay_ms; /* settle time between the two writes */
+    enum imf_forward_ip forward_client_ip;
+    enum imf_idle_mode idle_mode;
+    enum imf_check check;
+    uint64_t check_interval_ms; /* a check of every server this often */
+    uint64_t check_timeout_ms;  /* a check taking longer fails */
+    char *check_user;           /* check = login: the service account */
+    char *check_password;       /* never logged; or read from check_password_file */
+    char *check_mailbox;        /* check = login: EXAMINEd by the check */
+    uint64_t idle_refresh_ms;   /* 0 = never: re-issue a client's IDLE to the backend this often */
+    uint64_t poll_interval_ms;  /* idle = poll: NOOP this often */
 };
 
 struct imf_config {
@@ -106,33 +141,9 @@ struct imf_config {
     bool session_tickets;
     uint64_t handshake_timeout_ms;
 
-    /* [backend] */
-    struct imf_sockaddr *servers;
-    size_t servers_len;
-    enum imf_balance balance;
-    uint64_t connect_timeout_ms;
-    uint32_t backend_down_after;     /* failed connects in a row that mark a server down */
-    uint64_t backend_retry_after_ms; /* how long a down server is skipped */
-    uint32_t backend_max_sessions;   /* backend connections per server, 0 = no limit */
-    uint32_t backend_max_connecting; /* connects in progress per server, 0 = no limit */
-    uint64_t queue_timeout_ms;       /* how long a session may wait for a backend */
-    uint32_t connect_rate;           /* connects a second to a warming server, 0 = off */
-    enum imf_quirks quirks;
-    bool pipelining;
-    enum imf_literal_plus literal_plus;
-    bool literal_crlf_split;
-    bool pipelining_set, literal_plus_set, literal_crlf_split_set; /* written in the file */
-    uint64_t literal_crlf_split_delay_ms; /* settle time between the two writes */
-    enum imf_forward_ip forward_client_ip;
-    enum imf_idle_mode idle_mode;
-    enum imf_check check;
-    uint64_t check_interval_ms; /* a check of every server this often */
-    uint64_t check_timeout_ms;  /* a check taking longer fails */
-    char *check_user;           /* check = login: the service account */
-    char *check_password;       /* never logged; or read from check_password_file */
-    char *check_mailbox;        /* check = login: EXAMINEd by the check */
-    uint64_t idle_refresh_ms;   /* 0 = never: re-issue a client's IDLE to the backend this often */
-    uint64_t poll_interval_ms;  /* idle = poll: NOOP this often */
+    /* [backend.NAME], in file order; [backend] is the pool "default" */
+    struct imf_pool_config *pools;
+    size_t pools_len;
 
     /* [imap] */
     uint64_t max_line_length;
@@ -156,15 +167,15 @@ struct imf_config {
     uint64_t login_fail_window_ms;
     uint64_t login_ban_time_ms;
     uint64_t login_delay_max_ms;
-    bool login_user_lockout;      /* also count per user from any address */
-    uint32_t login_max_tracked;   /* records of the table (fixed at start) */
-    char *login_trusted_networks; /* as written; NULL when empty */
+    bool login_user_lockout;                     /* also count per user from any address */
+    uint32_t login_max_tracked;                  /* records of the table (fixed at start) */
+    char *login_trusted_networks;                /* as written; NULL when empty */
     struct imf_cidr login_trusted[IMF_CIDR_MAX]; /* parsed */
     size_t login_trusted_len;
 
     /* [admin] */
-    struct imf_sockaddr admin_address; /* admin_address.len == 0: off */
-    char *admin_allow_from;            /* as written; NULL when empty (anyone) */
+    struct imf_sockaddr admin_address;         /* admin_address.len == 0: off */
+    char *admin_allow_from;                    /* as written; NULL when empty (anyone) */
     struct imf_cidr admin_allow[IMF_CIDR_MAX]; /* parsed */
     size_t admin_allow_len;
     uint32_t admin_max_connections;
@@ -186,6 +197,14 @@ int imf_config_parse(const char *name, const char *text, struct imf_config **out
 /* Reference counting; the last unref frees. Safe across threads. */
 struct imf_config *imf_config_ref(struct imf_config *cfg);
 void imf_config_unref(struct imf_config *cfg);
+
+/* The pool named name, or NULL. Borrowed from cfg. */
+const struct imf_pool_config *imf_config_pool(const struct imf_config *cfg, const char *name);
+
+/* Whether sessions can reach the pool. Until the route module exists
+ * every session uses the pool "default"; the route map will answer here
+ * for the pools it names. `imapfront -t` warns about the others. */
+bool imf_config_pool_used(const struct imf_config *cfg, const struct imf_pool_config *pool);
 
 /* Value parsers shared with the rest of the program; 0 or -EINVAL/-ERANGE. */
 int imf_config_parse_size(const char *text, uint64_t *out_bytes);

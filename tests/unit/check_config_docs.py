@@ -20,7 +20,7 @@ import os
 import re
 import sys
 
-ROW_RE = re.compile(r"^\s*(OPT|OPT_LIST|LOPT|COPT)\((.*)\),\s*$")
+ROW_RE = re.compile(r"^\s*(OPT|OPT_LIST|LOPT|COPT|POPT|POPT_LIST)\((.*)\),\s*$")
 CHOICES_START_RE = re.compile(r"^static const struct imf_choice (\w+)\[\] = \{\s*$")
 CHOICE_RE = re.compile(r'^\s*\{"([^"]*)",\s*[^,]+,\s*(true|false)\},\s*$')
 HEADING_RE = re.compile(r"^##\s+\[([^\]]+)\]\s*$")
