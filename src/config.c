@@ -77,6 +77,11 @@ enum imf_opt_type {
  * less one trailing newline. Keeps secrets out of a world-readable INI and
  * lets them come from a Kubernetes Secret or systemd credential. */
 #define IMF_CF_FILE 0x8u
+/* A SIGHUP cannot apply it (a socket bound, a table sized, privileges
+ * dropped at start): a reload keeps the running value and says so, or, in
+ * a section that is a socket ([listen.NAME]), is refused. As PgBouncer's
+ * CF_NO_RELOAD. */
+#define IMF_CF_RESTART 0x10u
 
 /* One value of an enum key. Flip `supported` when the feature lands. */
 struct imf_choice {
@@ -192,11 +197,11 @@ static const struct imf_choice forward_ip_choices[] = {
  * lines and compares them with docs/configuration.md. To enable a feature,
  * drop IMF_CF_NOT_YET from its row (or set its choice to true above). */
 static const struct imf_option imf_options[] = {
-    OPT("proxy", "workers", UINT, workers, "auto", 1, 64, NULL, IMF_CF_AUTO),
+    OPT("proxy", "workers", UINT, workers, "auto", 1, 64, NULL, IMF_CF_AUTO | IMF_CF_RESTART),
     OPT("proxy", "max_connections", UINT, max_connections, "10000", 1, 1000000, NULL, 0),
     OPT("proxy", "max_connections_per_ip", UINT, max_connections_per_ip, "0", 0, 1000000, NULL, 0),
-    OPT("proxy", "ip_prefix_v6", UINT, ip_prefix_v6, "64", 32, 128, NULL, 0),
-    OPT("proxy", "user", STRING, user, "", 0, 0, NULL, 0),
+    OPT("proxy", "ip_prefix_v6", UINT, ip_prefix_v6, "64", 32, 128, NULL, IMF_CF_RESTART),
+    OPT("proxy", "user", STRING, user, "", 0, 0, NULL, IMF_CF_RESTART),
     OPT("proxy", "log_level", ENUM, log_level, "info", 0, 0, log_level_choices, 0),
     OPT("proxy", "log_format", ENUM, log_format, "text", 0, 0, log_format_choices, 0),
     OPT("proxy", "drain_timeout", DURATION, drain_timeout_ms, "30s", 0, WEEK, NULL, 0),
@@ -227,11 +232,11 @@ static const struct imf_option imf_options[] = {
     OPT("login", "delay_max", DURATION, login_delay_max_ms, "16s", 0, HOUR, NULL, 0),
     OPT("login", "user_lockout", BOOL, login_user_lockout, "off", 0, 0, NULL, 0),
     OPT("login", "trusted_networks", STRING, login_trusted_networks, "", 0, 0, NULL, 0),
-    OPT("login", "max_tracked", UINT, login_max_tracked, "100000", 100, 10000000, NULL, 0),
-    OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, 0),
+    OPT("login", "max_tracked", UINT, login_max_tracked, "100000", 100, 10000000, NULL, IMF_CF_RESTART),
+    OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, IMF_CF_RESTART),
     OPT("admin", "allow_from", STRING, admin_allow_from, "", 0, 0, NULL, 0),
-    OPT("admin", "max_connections", UINT, admin_max_connections, "256", 1, 10000, NULL, 0),
-    OPT("admin", "timeout", DURATION, admin_timeout_ms, "10s", SEC, HOUR, NULL, 0),
+    OPT("admin", "max_connections", UINT, admin_max_connections, "256", 1, 10000, NULL, IMF_CF_RESTART),
+    OPT("admin", "timeout", DURATION, admin_timeout_ms, "10s", SEC, HOUR, NULL, IMF_CF_RESTART),
 };
 
 /* The keys of every backend pool, [backend.NAME] or [backend] (the pool
@@ -266,7 +271,7 @@ static const struct imf_option imf_pool_options[] = {
 
 /* The keys of every [listen.NAME] section. */
 static const struct imf_option imf_listen_options[] = {
-    LOPT("listen.NAME", "address", SOCKADDR, address, "", 0, 0, NULL, IMF_CF_REQUIRED),
+    LOPT("listen.NAME", "address", SOCKADDR, address, "", 0, 0, NULL, IMF_CF_REQUIRED | IMF_CF_RESTART),
     LOPT("listen.NAME", "mode", ENUM, mode, "implicit-tls", 0, 0, listen_mode_choices, 0),
     LOPT("listen.NAME", "require_tls", BOOL, require_tls, "yes", 0, 0, NULL, 0),
     LOPT("listen.NAME", "proxy_protocol", ENUM, proxy_protocol, "off", 0, 0, proxy_protocol_choices, 0),
@@ -293,6 +298,7 @@ static const char *const imf_main_sections[] = {"proxy", "tls", "imap", "login",
 enum named_kind { NAMED_LISTEN, NAMED_CERT, NAMED_POOL, NAMED_COUNT };
 struct named_section {
     const char *prefix; /* "listen." */
+    bool fixed;         /* sockets: a reload may not add, remove or move one */
     const struct imf_option *options;
     size_t options_len;
     size_t elem_size;
@@ -300,13 +306,15 @@ struct named_section {
     size_t len_offset;   /* of its element count */
 };
 static const struct named_section named_sections[NAMED_COUNT] = {
-    {"listen.", imf_listen_options, ARRAY_SIZE(imf_listen_options),
+    {"listen.", true, imf_listen_options, ARRAY_SIZE(imf_listen_options),
      sizeof(struct imf_listen_config), offsetof(struct imf_config, listeners),
      offsetof(struct imf_config, listeners_len)},
-    {"certificate.", imf_cert_options, ARRAY_SIZE(imf_cert_options), sizeof(struct imf_cert_config),
-     offsetof(struct imf_config, certs), offsetof(struct imf_config, certs_len)},
-    {"backend.", imf_pool_options, ARRAY_SIZE(imf_pool_options), sizeof(struct imf_pool_config),
-     offsetof(struct imf_config, pools), offsetof(struct imf_config, pools_len)},
+    {"certificate.", false, imf_cert_options, ARRAY_SIZE(imf_cert_options),
+     sizeof(struct imf_cert_config), offsetof(struct imf_config, certs),
+     offsetof(struct imf_config, certs_len)},
+    {"backend.", false, imf_pool_options, ARRAY_SIZE(imf_pool_options),
+     sizeof(struct imf_pool_config), offsetof(struct imf_config, pools),
+     offsetof(struct imf_config, pools_len)},
 };
 #define NAMED_KEYS_MAX 32
 static_assert(ARRAY_SIZE(imf_listen_options) <= NAMED_KEYS_MAX, "named keys");
@@ -1696,4 +1704,191 @@ bool imf_config_pool_used(const struct imf_config *cfg, const struct imf_pool_co
 {
     (void)cfg; /* the route map ([route], route.c) will be asked here */
     return strcmp(pool->name, IMF_POOL_DEFAULT) == 0;
+}
+
+/* ---- reload: what needs a restart ---------------------------------------- */
+
+/* The row's value in base, as a user would write it, for messages. */
+static void format_field(const struct imf_option *opt, const void *base, char *buf, size_t buf_len)
+{
+    const char *field = (const char *)base + opt->offset;
+    switch (opt->type) {
+    case IMF_OT_BOOL:
+        snprintf(buf, buf_len, "%s", load_uint(field, opt->size) ? "on" : "off");
+        return;
+    case IMF_OT_STRING: {
+        const char *v = *(char *const *)field;
+        /* A secret is never echoed. */
+        snprintf(buf, buf_len, "%s",
+                 v == NULL                    ? "(empty)"
+                 : (opt->flags & IMF_CF_FILE) ? "(secret)"
+                                              : v);
+        return;
+    }
+    case IMF_OT_ENUM: {
+        uint64_t v = load_uint(field, opt->size);
+        for (const struct imf_choice *c = opt->choices; c->name != NULL; c++) {
+            if ((uint64_t)c->value == v) {
+                snprintf(buf, buf_len, "%s", c->name);
+                return;
+            }
+        }
+        snprintf(buf, buf_len, "%" PRIu64, v);
+        return;
+    }
+    case IMF_OT_SOCKADDR: {
+        const struct imf_sockaddr *a = (const void *)field;
+        snprintf(buf, buf_len, "%s", a->len == 0 ? "(empty)" : a->text);
+        return;
+    }
+    case IMF_OT_SOCKADDR_LIST: {
+        size_t n = *(const size_t *)((const char *)base + opt->len_offset);
+        snprintf(buf, buf_len, "%zu address%s", n, n == 1 ? "" : "es");
+        return;
+    }
+    case IMF_OT_UINT:
+        if ((opt->flags & IMF_CF_AUTO) && load_uint(field, opt->size) == 0) {
+            snprintf(buf, buf_len, "auto");
+            return;
+        }
+        /* fall through */
+    default:
+        format_value(opt->type, load_uint(field, opt->size), buf, buf_len);
+        return;
+    }
+}
+
+/* Sets the row's field of dst to its value in src. 0 or -ENOMEM (dst
+ * unchanged). */
+static int copy_field(const struct imf_option *opt, void *dst, const void *src)
+{
+    char *df = (char *)dst + opt->offset;
+    const char *sf = (const char *)src + opt->offset;
+    switch (opt->type) {
+    case IMF_OT_STRING: {
+        const char *v = *(char *const *)sf;
+        char *copy = NULL;
+        if (v != NULL && (copy = strdup(v)) == NULL)
+            return -ENOMEM;
+        free_field(opt, dst);
+        *(char **)df = copy;
+        return 0;
+    }
+    case IMF_OT_SOCKADDR_LIST: {
+        size_t n = *(const size_t *)((const char *)src + opt->len_offset);
+        const struct imf_sockaddr *v = *(struct imf_sockaddr *const *)sf;
+        struct imf_sockaddr *copy = NULL;
+        if (n > 0) {
+            copy = malloc(n * sizeof(*copy));
+            if (copy == NULL)
+                return -ENOMEM;
+            memcpy(copy, v, n * sizeof(*copy));
+        }
+        free_field(opt, dst);
+        *(struct imf_sockaddr **)df = copy;
+        *(size_t *)((char *)dst + opt->len_offset) = n;
+        return 0;
+    }
+    case IMF_OT_SOCKADDR:
+        memcpy(df, sf, sizeof(struct imf_sockaddr));
+        return 0;
+    default:
+        store_uint(df, opt->size, load_uint(sf, opt->size));
+        return 0;
+    }
+}
+
+static void *named_find(const struct imf_config *cfg, const struct named_section *ns,
+                        const char *name)
+{
+    struct imf_config *c = (struct imf_config *)cfg; /* the accessors are not const */
+    for (size_t i = 0; i < *named_len(c, ns); i++)
+        if (strcmp(named_elem(c, ns, i), name) == 0)
+            return named_elem(c, ns, i);
+    return NULL;
+}
+
+/* The restart rows of one table, between a running section and the next
+ * one (both non-NULL). A change is kept back to the running value and
+ * reported, or, with refuse set, written into why and -EBUSY returned. */
+static int restart_rows(const struct imf_option *table, size_t len, const char *label,
+                        const void *running, void *next, bool refuse, imf_config_restart_fn report,
+                        void *arg, char *why, size_t why_len)
+{
+    for (size_t i = 0; i < len; i++) {
+        const struct imf_option *opt = &table[i];
+        if (!(opt->flags & IMF_CF_RESTART) || field_equal(opt, running, next))
+            continue;
+        char what[IMF_CONFIG_QUOTE_MAX + 48], kept[160];
+        snprintf(what, sizeof(what), "%s %s", label, opt->key);
+        format_field(opt, running, kept, sizeof(kept));
+        if (refuse) {
+            snprintf(why, why_len, "%s changed (still %s)", what, kept);
+            return -EBUSY;
+        }
+        if (copy_field(opt, next, running) < 0) {
+            snprintf(why, why_len, "out of memory");
+            return -ENOMEM;
+        }
+        if (report != NULL)
+            report(arg, what, kept);
+    }
+    return 0;
+}
+
+int imf_config_restart_keys(const struct imf_config *running, struct imf_config *next,
+                            imf_config_restart_fn report, void *arg, char *why, size_t why_len)
+{
+    char label[IMF_CONFIG_QUOTE_MAX + 16];
+    /* First what refuses the reload, so that next is untouched then. */
+    for (int k = 0; k < NAMED_COUNT; k++) {
+        const struct named_section *ns = &named_sections[k];
+        if (!ns->fixed)
+            continue;
+        struct imf_config *r = (struct imf_config *)running;
+        for (size_t e = 0; e < *named_len(r, ns); e++) {
+            const char *name = named_elem(r, ns, e);
+            void *n = named_find(next, ns, name);
+            snprintf(label, sizeof(label), "[%s%s]", ns->prefix, name);
+            if (n == NULL) {
+                snprintf(why, why_len, "%s was removed", label);
+                return -EBUSY;
+            }
+            int rc = restart_rows(ns->options, ns->options_len, label, named_elem(r, ns, e), n,
+                                  true, NULL, NULL, why, why_len);
+            if (rc < 0)
+                return rc;
+        }
+        for (size_t e = 0; e < *named_len(next, ns); e++) {
+            const char *name = named_elem(next, ns, e);
+            if (named_find(running, ns, name) == NULL) {
+                snprintf(why, why_len, "[%s%s] was added", ns->prefix, name);
+                return -EBUSY;
+            }
+        }
+    }
+    for (size_t i = 0; i < IMF_OPTIONS_LEN; i++) {
+        snprintf(label, sizeof(label), "[%s]", imf_options[i].section);
+        int rc = restart_rows(&imf_options[i], 1, label, running, next, false, report, arg, why,
+                              why_len);
+        if (rc < 0)
+            return rc;
+    }
+    for (int k = 0; k < NAMED_COUNT; k++) {
+        const struct named_section *ns = &named_sections[k];
+        if (ns->fixed)
+            continue;
+        for (size_t e = 0; e < *named_len(next, ns); e++) {
+            char *n = named_elem(next, ns, e);
+            const void *r = named_find(running, ns, n);
+            if (r == NULL)
+                continue; /* a new section: nothing runs with it yet */
+            snprintf(label, sizeof(label), "[%s%s]", ns->prefix, n);
+            int rc = restart_rows(ns->options, ns->options_len, label, r, n, false, report, arg,
+                                  why, why_len);
+            if (rc < 0)
+                return rc;
+        }
+    }
+    return 0;
 }

@@ -203,22 +203,12 @@ static size_t check_run_as(const struct imf_config *cfg, bool check_only)
     return n;
 }
 
-/* Listener sockets are bound once, at start: a reload cannot move them. */
-static bool same_listeners(const struct imf_config *a, const struct imf_config *b)
+/* A key a reload cannot apply changed: the running value stays. */
+static void report_restart(void *arg, const char *what, const char *kept)
 {
-    if (a->listeners_len != b->listeners_len)
-        return false;
-    for (size_t i = 0; i < a->listeners_len; i++)
-        if (strcmp(a->listeners[i].name, b->listeners[i].name) != 0 ||
-            strcmp(a->listeners[i].address.text, b->listeners[i].address.text) != 0)
-            return false;
-    return true;
-}
-
-static bool same_admin(const struct imf_config *a, const struct imf_config *b)
-{
-    return a->admin_address.len == b->admin_address.len &&
-           (a->admin_address.len == 0 || strcmp(a->admin_address.text, b->admin_address.text) == 0);
+    (void)arg;
+    imf_warn("main", "reload: %s changed; that needs a restart; keeping the old value %s", what,
+             kept);
 }
 
 enum reload_what {
@@ -250,40 +240,25 @@ static void reload(struct imf_main *m, enum reload_what what)
         imf_certwatch_update(m->certwatch, m->cfg);
         return;
     }
-    if (!same_listeners(m->cfg, cfg)) {
+    /* Listening sockets, workers, the admin socket, the ip_prefix_v6 open
+     * sessions were counted under, the login table's size and the user are
+     * all set once at start: the table flags them (IMF_CF_RESTART). A
+     * changed listener refuses the reload; the others keep their running
+     * value, so cfg says what actually runs. */
+    if (imf_config_restart_keys(m->cfg, cfg, report_restart, NULL, err, sizeof(err)) < 0) {
         imf_error("main",
-                  "reload refused, the running configuration stays: %s: the "
-                  "[listen.NAME] sections (names, addresses) changed; restart to apply",
-                  m->path);
+                  "reload refused, the running configuration stays: %s: %s; restart to apply",
+                  m->path, err);
         SSL_CTX_free(ctx);
         imf_config_unref(cfg);
         return;
     }
-    if (cfg->workers != m->cfg->workers)
-        imf_warn("main", "reload: [proxy] workers changed; that needs a restart (still %u)",
-                 m->workers_len);
-    /* Open sessions were counted under the old prefix and are released
-     * under the same one: it cannot change while they run. */
-    if (cfg->ip_prefix_v6 != imf_iplimit_prefix_v6())
-        imf_warn("main", "reload: [proxy] ip_prefix_v6 changed; that needs a restart (still %u)",
-                 imf_iplimit_prefix_v6());
-    /* The login table is sized once: its records survive reloads. */
-    if (cfg->login_max_tracked != imf_throttle_capacity())
-        imf_warn("main", "reload: [login] max_tracked changed; that needs a restart (still %u)",
-                 imf_throttle_capacity());
     imf_log_setup((enum imf_log_level)cfg->log_level, (enum imf_log_format)cfg->log_format);
     if (what == RELOAD_ALL)
         warn_weak_settings(cfg);
     for (unsigned i = 0; i < m->workers_len; i++)
         imf_worker_reload(&m->workers[i], cfg, ctx);
     imf_checker_reload(m->checker, cfg);
-    if (!same_admin(m->cfg, cfg))
-        imf_warn("main", "reload: [admin] address changed; that needs a restart (still %s)",
-                 m->cfg->admin_address.len != 0 ? m->cfg->admin_address.text : "off");
-    else if (cfg->admin_max_connections != m->cfg->admin_max_connections ||
-             cfg->admin_timeout_ms != m->cfg->admin_timeout_ms)
-        imf_warn("main", "reload: [admin] max_connections or timeout changed; that needs a "
-                         "restart");
     uv_mutex_lock(&m->cfg_lock);
     struct imf_config *old = m->cfg;
     SSL_CTX *old_ctx = m->ssl_ctx;

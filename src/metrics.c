@@ -90,14 +90,18 @@ static void per_listener(struct out *o, const struct imf_admin_view *view,
 {
     char l1[256];
     head(o, name, type, help);
-    for (size_t li = 0; li < cfg->listeners_len; li++) {
+    /* Every worker has the same sockets, in the same order (the start's:
+     * a reload may reorder the sections, never change the set). */
+    (void)cfg;
+    size_t len = view->workers_len > 0 ? view->workers[0].listeners_len : 0;
+    for (size_t li = 0; li < len; li++) {
         uint64_t n = 0;
         for (unsigned w = 0; w < view->workers_len; w++)
             if (li < view->workers[w].listeners_len)
                 n += atomic_load(
                     (_Atomic uint64_t *)((char *)&view->workers[w].listeners[li] + off));
         emit(o, "%s{listener=\"%s\"} %" PRIu64 "\n", name,
-             label(cfg->listeners[li].name, l1, sizeof(l1)), n);
+             label(view->workers[0].listeners[li].name, l1, sizeof(l1)), n);
     }
 }
 

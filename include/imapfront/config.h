@@ -206,6 +206,20 @@ const struct imf_pool_config *imf_config_pool(const struct imf_config *cfg, cons
  * for the pools it names. `imapfront -t` warns about the others. */
 bool imf_config_pool_used(const struct imf_config *cfg, const struct imf_pool_config *pool);
 
+/* Called for each key a reload cannot apply and that changed: what is
+ * "[proxy] workers", kept the running value as a user writes it ("auto"). */
+typedef void (*imf_config_restart_fn)(void *arg, const char *what, const char *kept);
+
+/* What a reload from running to next cannot apply: the keys the option
+ * table flags "needs a restart". A [listen.NAME] section (a socket) added,
+ * removed or with such a key changed refuses the reload: returns -EBUSY
+ * with the reason in why and next untouched. Any other such key that
+ * changed gets its running value back in next, and report (may be NULL)
+ * is called. Sections are matched by name, never by position. Returns 0,
+ * -EBUSY, or -ENOMEM (why says so). next must not be shared yet. */
+int imf_config_restart_keys(const struct imf_config *running, struct imf_config *next,
+                            imf_config_restart_fn report, void *arg, char *why, size_t why_len);
+
 /* Value parsers shared with the rest of the program; 0 or -EINVAL/-ERANGE. */
 int imf_config_parse_size(const char *text, uint64_t *out_bytes);
 int imf_config_parse_duration(const char *text, uint64_t *out_ms);

@@ -1166,6 +1166,94 @@ static void test_pools(void **state)
                  "[backend.default])");
 }
 
+/* Reload: the keys the table flags as needing a restart, found by name. */
+struct kept {
+    char lines[8][160];
+    size_t n;
+};
+
+static void note_kept(void *arg, const char *what, const char *kept)
+{
+    struct kept *k = arg;
+    if (k->n < 8)
+        snprintf(k->lines[k->n++], sizeof(k->lines[0]), "%s=%s", what, kept);
+}
+
+#define TWO_LISTENERS                                                                     \
+    "[listen.a]\naddress = 127.0.0.1:9993\n[listen.b]\naddress = 127.0.0.1:9994\n[tls]\n" \
+    "certificate = c\nprivate_key = k\n[backend]\nservers = 127.0.0.1:1\n"
+
+static void test_restart_keys(void **state)
+{
+    (void)state;
+    struct imf_config *run = parse_ok(TWO_LISTENERS "[proxy]\nworkers = 2\nuser = mail\n"
+                                                    "[admin]\naddress = 127.0.0.1:9100\n");
+    char why[256] = "";
+    struct kept k = {0};
+
+    /* Sections reordered, restart keys changed, other keys changed. */
+    struct imf_config *next =
+        parse_ok("[listen.b]\naddress = 127.0.0.1:9994\nmode = starttls\n"
+                 "[listen.a]\naddress = 127.0.0.1:9993\n[tls]\ncertificate = c\nprivate_key = k\n"
+                 "[backend]\nservers = 127.0.0.1:2\n[proxy]\nworkers = auto\nip_prefix_v6 = 56\n"
+                 "max_connections = 5\n[admin]\naddress = 127.0.0.1:9101\ntimeout = 20s\n");
+    assert_int_equal(imf_config_restart_keys(run, next, note_kept, &k, why, sizeof(why)), 0);
+    assert_int_equal(k.n, 5);
+    assert_string_equal(k.lines[0], "[proxy] workers=2");
+    assert_string_equal(k.lines[1], "[proxy] ip_prefix_v6=64");
+    assert_string_equal(k.lines[2], "[proxy] user=mail");
+    assert_string_equal(k.lines[3], "[admin] address=127.0.0.1:9100");
+    assert_string_equal(k.lines[4], "[admin] timeout=10s");
+    /* The running values are back in next; the rest is next's. */
+    assert_int_equal(next->workers, 2);
+    assert_int_equal(next->ip_prefix_v6, 64);
+    assert_string_equal(next->user, "mail");
+    assert_string_equal(next->admin_address.text, "127.0.0.1:9100");
+    assert_int_equal(next->admin_timeout_ms, 10000);
+    assert_int_equal(next->max_connections, 5);
+    assert_string_equal(DEF(next)->servers[0].text, "127.0.0.1:2");
+    assert_int_equal(next->listeners[0].mode, IMF_LISTEN_STARTTLS);
+    /* Once kept, nothing more to report. */
+    k.n = 0;
+    assert_int_equal(imf_config_restart_keys(run, next, note_kept, &k, why, sizeof(why)), 0);
+    assert_int_equal(k.n, 0);
+    imf_config_unref(next);
+
+    /* A listening socket cannot move, appear or go: refused, next untouched. */
+    static const struct {
+        const char *text, *why;
+    } refused[] = {
+        {"[listen.a]\naddress = 127.0.0.1:9993\n[listen.b]\naddress = 127.0.0.1:9995\n",
+         "[listen.b] address changed (still 127.0.0.1:9994)"},
+        {"[listen.a]\naddress = 127.0.0.1:9993\n", "[listen.b] was removed"},
+        {"[listen.a]\naddress = 127.0.0.1:9993\n[listen.c]\naddress = 127.0.0.1:9994\n",
+         "[listen.b] was removed"},
+        {"[listen.a]\naddress = 127.0.0.1:9993\n[listen.b]\naddress = 127.0.0.1:9994\n"
+         "[listen.c]\naddress = 127.0.0.1:9995\n",
+         "[listen.c] was added"},
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        char text[1024];
+        snprintf(text, sizeof(text),
+                 "%s[tls]\ncertificate = c\nprivate_key = k\n[backend]\nservers = 127.0.0.1:1\n"
+                 "[proxy]\nworkers = 3\n",
+                 refused[i].text);
+        next = parse_ok(text);
+        k.n = 0;
+        assert_int_equal(imf_config_restart_keys(run, next, note_kept, &k, why, sizeof(why)),
+                         -EBUSY);
+        assert_string_equal(why, refused[i].why);
+        assert_int_equal(k.n, 0);
+        assert_int_equal(next->workers, 3);
+        imf_config_unref(next);
+    }
+    /* The same config: nothing to say. */
+    k.n = 0;
+    assert_int_equal(imf_config_restart_keys(run, run, note_kept, &k, why, sizeof(why)), 0);
+    assert_int_equal(k.n, 0);
+    imf_config_unref(run);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1206,6 +1294,7 @@ int main(void)
         cmocka_unit_test(test_err_buffers),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_pools),
+        cmocka_unit_test(test_restart_keys),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
