@@ -1342,12 +1342,19 @@ static int parse_cidrs(struct parse_ctx *ctx, const char *text, struct imf_cidr 
     return 0;
 }
 
-static size_t pool_row(const char *key)
+/* The row of key in the table of a named section kind. */
+static size_t named_row(enum named_kind kind, const char *key)
 {
-    for (size_t i = 0; i < ARRAY_SIZE(imf_pool_options); i++)
-        if (strcmp(imf_pool_options[i].key, key) == 0)
+    const struct named_section *ns = &named_sections[kind];
+    for (size_t i = 0; i < ns->options_len; i++)
+        if (strcmp(ns->options[i].key, key) == 0)
             return i;
     abort(); /* asked for a key that is not in the table */
+}
+
+static size_t pool_row(const char *key)
+{
+    return named_row(NAMED_POOL, key);
 }
 
 /* The cross-checks of one pool (m: where its keys were written). */
@@ -1453,7 +1460,7 @@ static void check_whole(struct parse_ctx *ctx)
 
     /* Two listeners on one address would share it through SO_REUSEPORT and
      * split the connections between them without a word. */
-    size_t addr_row = 0; /* "address" is the first listener row */
+    size_t addr_row = named_row(NAMED_LISTEN, "address");
     for (size_t b = 1; b < cfg->listeners_len; b++) {
         for (size_t a = 0; a < b; a++) {
             if (same_endpoint(&cfg->listeners[a].address, &cfg->listeners[b].address)) {
@@ -1465,7 +1472,8 @@ static void check_whole(struct parse_ctx *ctx)
         }
     }
     /* PROXY headers are taken only from the balancers named. */
-    size_t pp_row = 3, from_row = 4; /* proxy_protocol, proxy_protocol_from */
+    size_t pp_row = named_row(NAMED_LISTEN, "proxy_protocol");
+    size_t from_row = named_row(NAMED_LISTEN, "proxy_protocol_from");
     for (size_t li = 0; li < cfg->listeners_len; li++) {
         struct imf_listen_config *l = &cfg->listeners[li];
         const struct named_meta *lm = &ctx->meta[NAMED_LISTEN][li];
@@ -1615,8 +1623,9 @@ static int parse_text(const char *name, const char *text, size_t text_len,
         ctx.cfg->certificate_line = ctx.key_lines[option_index("tls", "certificate")];
         ctx.cfg->private_key_line = ctx.key_lines[option_index("tls", "private_key")];
         for (size_t i = 0; i < ctx.cfg->certs_len; i++) {
-            ctx.cfg->certs[i].certificate_line = ctx.meta[NAMED_CERT][i].key_lines[0];
-            ctx.cfg->certs[i].private_key_line = ctx.meta[NAMED_CERT][i].key_lines[1];
+            const unsigned *lines = ctx.meta[NAMED_CERT][i].key_lines;
+            ctx.cfg->certs[i].certificate_line = lines[named_row(NAMED_CERT, "certificate")];
+            ctx.cfg->certs[i].private_key_line = lines[named_row(NAMED_CERT, "private_key")];
         }
     }
     for (int k = 0; k < NAMED_COUNT; k++)
