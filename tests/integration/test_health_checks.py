@@ -322,3 +322,29 @@ def test_named_pool_is_checked_on_its_own(scripted, emulator, proxy_factory, ctx
                        r"backend=%s took=\d+ms pool=archive$" % A, since=mark, timeout=10,
                        alive=proxy.check_alive)
     assert ops.scrape(proxy).value("imapfront_backend_up", pool="archive", server=A) == 1
+
+
+def test_pool_added_and_removed_by_reload(scripted, emulator, proxy_factory):
+    """A pool a reload adds is checked from then on; one a reload removes
+    is no longer shown."""
+    a = scripted("silent")
+    A = ops.addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port)
+    assert not ops.scrape(proxy).labelsets("imapfront_backend_check_failing")
+    ops.rewrite_ini(proxy, {"backend.archive": {
+        "servers": A, "check": "banner", "check_interval": "200ms", "check_timeout": "600ms",
+        "down_after": "1"}})
+    mark = proxy.log.mark()
+    ops.sighup(proxy, ops.RELOADED)
+    proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
+                       r"backend=%s .* pool=archive$" % A, since=mark, timeout=10,
+                       alive=proxy.check_alive)
+    assert ops.scrape(proxy).value("imapfront_backend_check_failing", pool="archive",
+                                   server=A) == 1
+
+    ops.rewrite_ini(proxy, drop=("backend.archive",))
+    ops.sighup(proxy, ops.RELOADED)
+    m = ops.scrape(proxy)
+    assert [ls["pool"] for ls in m.labelsets("imapfront_backend_up")] == ["default"]
+    assert not m.labelsets("imapfront_backend_check_failing")  # no pool has checks now
+    assert ops.http_get(proxy.admin, "/readyz").status == 200
