@@ -176,7 +176,8 @@ static void test_iplimit(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_v1),        cmocka_unit_test(test_v2),
+        cmocka_unit_test(test_v1),
+        cmocka_unit_test(test_v2),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_iplimit),
     };
