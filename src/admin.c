@@ -10,7 +10,7 @@
 
 #include "imapfront/backend.h"
 #include "imapfront/log.h"
-#include "imapfront/proxy_proto.h"
+#include "imapfront/netaddr.h"
 
 struct imf_admin {
     struct MHD_Daemon *daemon;
@@ -56,8 +56,12 @@ bool imf_admin_ready(const struct imf_admin_view *view)
 {
     if (atomic_load(view->draining))
         return false;
+    /* Ready when every pool sessions can reach has a server up. */
     struct imf_config *cfg = view->config_ref(view->arg);
-    bool up = imf_backend_any_up(cfg);
+    bool up = true;
+    for (size_t p = 0; p < cfg->pools_len && up; p++)
+        if (imf_config_pool_used(cfg, &cfg->pools[p]))
+            up = imf_backend_any_up(&cfg->pools[p]);
     imf_config_unref(cfg);
     return up;
 }

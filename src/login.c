@@ -10,7 +10,7 @@
 #include <openssl/mem.h>
 
 #include "imapfront/log.h"
-#include "imapfront/proxy_proto.h"
+#include "imapfront/netaddr.h"
 #include "imapfront/session_int.h"
 #include "imapfront/store.h"
 #include "imapfront/throttle.h"

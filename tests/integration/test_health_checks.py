@@ -385,3 +385,60 @@ def test_login_check_against_dovecot(dovecot_factory, proxy_factory, ctx):  # no
     with h.TLSClient(proxy.port, ctx) as c:
         c.read_line()
         assert c.command("a", "LOGIN demo demo")[-1].startswith(b"a OK")
+
+
+def test_named_pool_is_checked_on_its_own(scripted, emulator, proxy_factory, ctx):
+    """A [backend.NAME] pool has its own checks, its own health and its own
+    `pool` label; sessions keep using the pool default, and /readyz looks
+    only at pools sessions can reach (no route uses the archive yet)."""
+    a = scripted("silent")
+    A, D = ops.addr(a.port), ops.addr(emulator.plain_port)
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port, extra={
+        "backend.archive": {"servers": A, "check": "banner", "check_interval": "200ms",
+                            "check_timeout": "600ms", "down_after": "1"}})
+    proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
+                       r"backend=%s step=greeting reason=\"no answer to greeting within 600ms\" "
+                       r"pool=archive$" % A, timeout=10, alive=proxy.check_alive)
+    m = ops.scrape(proxy)
+    assert m.value("imapfront_backend_up", pool="archive", server=A) == 0
+    assert m.value("imapfront_backend_check_failing", pool="archive", server=A) == 1
+    assert m.value("imapfront_backend_up", pool="default", server=D) == 1
+    # The default pool has check = off: its server is never checked.
+    assert m.value("imapfront_backend_checks_total", pool="default", server=D, result="ok") == 0
+    assert m.value("imapfront_backend_checks_total", pool="default", server=D,
+                   result="failed") == 0
+    assert ops.http_get(proxy.admin, "/readyz").status == 200
+    assert ops.session_backend(proxy, ctx) == D
+
+    a.mode = "healthy"
+    mark = proxy.log.mark()
+    proxy.log.wait_for(r"\binfo backend: server passed its check, back in rotation "
+                       r"backend=%s took=\d+ms pool=archive$" % A, since=mark, timeout=10,
+                       alive=proxy.check_alive)
+    assert ops.scrape(proxy).value("imapfront_backend_up", pool="archive", server=A) == 1
+
+
+def test_pool_added_and_removed_by_reload(scripted, emulator, proxy_factory):
+    """A pool a reload adds is checked from then on; one a reload removes
+    is no longer shown."""
+    a = scripted("silent")
+    A = ops.addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port)
+    assert not ops.scrape(proxy).labelsets("imapfront_backend_check_failing")
+    ops.rewrite_ini(proxy, {"backend.archive": {
+        "servers": A, "check": "banner", "check_interval": "200ms", "check_timeout": "600ms",
+        "down_after": "1"}})
+    mark = proxy.log.mark()
+    ops.sighup(proxy, ops.RELOADED)
+    proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
+                       r"backend=%s .* pool=archive$" % A, since=mark, timeout=10,
+                       alive=proxy.check_alive)
+    assert ops.scrape(proxy).value("imapfront_backend_check_failing", pool="archive",
+                                   server=A) == 1
+
+    ops.rewrite_ini(proxy, drop=("backend.archive",))
+    ops.sighup(proxy, ops.RELOADED)
+    m = ops.scrape(proxy)
+    assert [ls["pool"] for ls in m.labelsets("imapfront_backend_up")] == ["default"]
+    assert not m.labelsets("imapfront_backend_check_failing")  # no pool has checks now
+    assert ops.http_get(proxy.admin, "/readyz").status == 200
