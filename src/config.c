@@ -1788,12 +1788,6 @@ const struct imf_pool_config *imf_config_pool(const struct imf_config *cfg, cons
     return NULL;
 }
 
-bool imf_config_pool_used(const struct imf_config *cfg, const struct imf_pool_config *pool)
-{
-    (void)cfg; /* the route map ([route], route.c) will be asked here */
-    return strcmp(pool->name, IMF_POOL_DEFAULT) == 0;
-}
-
 /* ---- reload: what needs a restart ---------------------------------------- */
 
 /* The row's value in base, as a user would write it, for messages. */

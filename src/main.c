@@ -34,10 +34,15 @@
 #define IMF_VERSION "0.1.0"
 #endif
 
-/* The backend pools a route may name. Only [backend] ("default") exists
- * until named pools land. */
-static const char *const known_pools[] = {"default"};
-#define KNOWN_POOLS_LEN (sizeof(known_pools) / sizeof(known_pools[0]))
+/* The names of cfg's pools, for the route map (which copies them); NULL
+ * when out of memory (the map then knows no pool and says so). */
+static const char **pool_names(const struct imf_config *cfg)
+{
+    const char **names = calloc(cfg->pools_len + 1, sizeof(*names));
+    for (size_t i = 0; names != NULL && i < cfg->pools_len; i++)
+        names[i] = cfg->pools[i].name;
+    return names;
+}
 
 /* How often STATUS= goes to the service manager (only under systemd). */
 #define IMF_NOTIFY_STATUS_MS 5000
@@ -83,16 +88,19 @@ static void current_tls(void *arg, struct imf_config **out_cfg, SSL_CTX **out_ct
     uv_mutex_unlock(&m->cfg_lock);
 }
 
+/* Pools no session can reach under cfg and the route map (NULL: none). */
+static void warn_unused_pools(const struct imf_config *cfg, const struct imf_route *route)
+{
+    for (size_t p = 0; p < cfg->pools_len; p++)
+        if (!imf_route_reaches(cfg, route, cfg->pools[p].name))
+            imf_warn("backend", "[backend.%s] is used by no route: no session reaches its servers",
+                     cfg->pools[p].name);
+}
+
 /* Settings that are allowed but weaken something: said at start and at
  * each reload, so that they are not forgotten. */
 static void warn_weak_settings(const struct imf_config *cfg)
 {
-    for (size_t p = 0; p < cfg->pools_len; p++)
-        if (!imf_config_pool_used(cfg, &cfg->pools[p]))
-            imf_warn("backend",
-                     "[backend.%s] is used by no route: no session reaches its servers "
-                     "(sessions use the pool default)",
-                     cfg->pools[p].name);
     if (cfg->min_version < TLS1_2_VERSION)
         imf_warn("tls",
                  "[tls] min_version = %s: clients may use TLS %s, which is deprecated "
@@ -279,7 +287,12 @@ static void reload(struct imf_main *m, enum reload_what what)
     } else {
         imf_info("main", "configuration reloaded from %s; new sessions use it", m->path);
         /* A bad map logs and keeps the running one. */
-        imf_route_reload(cfg, known_pools, KNOWN_POOLS_LEN);
+        const char **pools = pool_names(cfg);
+        imf_route_reload(cfg, pools, pools != NULL ? cfg->pools_len : 0);
+        free(pools);
+        struct imf_route *route = imf_route_current();
+        warn_unused_pools(cfg, route);
+        imf_route_unref(route);
     }
 }
 
@@ -479,11 +492,14 @@ int main(int argc, char **argv)
     }
     if (check_only) {
         warn_weak_settings(m.cfg);
+        struct imf_route *route = NULL;
         if (imf_route_configured(m.cfg)) {
             struct imf_route_params rp;
-            struct imf_route *route = NULL;
-            imf_route_params_from_config(m.cfg, known_pools, KNOWN_POOLS_LEN, &rp);
-            if (imf_route_load(&rp, &route, err, sizeof(err)) != 0) {
+            const char **pools = pool_names(m.cfg);
+            imf_route_params_from_config(m.cfg, pools, pools != NULL ? m.cfg->pools_len : 0, &rp);
+            rc = imf_route_load(&rp, &route, err, sizeof(err));
+            free(pools);
+            if (rc != 0) {
                 fprintf(stderr, "%s\n", err);
                 SSL_CTX_free(m.ssl_ctx);
                 imf_config_unref(m.cfg);
@@ -491,8 +507,9 @@ int main(int argc, char **argv)
             }
             if (rp.path != NULL)
                 printf("route map %s: %zu entries\n", rp.path, imf_route_count(route));
-            imf_route_unref(route);
         }
+        warn_unused_pools(m.cfg, route);
+        imf_route_unref(route);
         printf("%s: configuration ok\n", path);
         SSL_CTX_free(m.ssl_ctx);
         imf_config_unref(m.cfg);
@@ -580,11 +597,17 @@ int main(int argc, char **argv)
         return 1;
     }
     imf_certwatch_update(m.certwatch, m.cfg);
-    rc = imf_route_start(m.loop, m.cfg, known_pools, KNOWN_POOLS_LEN, err, sizeof(err));
+    const char **pools = pool_names(m.cfg);
+    rc = imf_route_start(m.loop, m.cfg, pools, pools != NULL ? m.cfg->pools_len : 0, err,
+                         sizeof(err));
+    free(pools);
     if (rc != 0) {
         imf_error("route", "%s", err);
         return 1;
     }
+    struct imf_route *route = imf_route_current();
+    warn_unused_pools(m.cfg, route);
+    imf_route_unref(route);
     uv_timer_init(m.loop, &m.status_timer);
     m.status_timer.data = &m;
     if (imf_notify_enabled(&m.notify))

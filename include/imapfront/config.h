@@ -213,11 +213,6 @@ void imf_config_unref(struct imf_config *cfg);
 /* The pool named name, or NULL. Borrowed from cfg. */
 const struct imf_pool_config *imf_config_pool(const struct imf_config *cfg, const char *name);
 
-/* Whether sessions can reach the pool. Until the route module exists
- * every session uses the pool "default"; the route map will answer here
- * for the pools it names. `imapfront -t` warns about the others. */
-bool imf_config_pool_used(const struct imf_config *cfg, const struct imf_pool_config *pool);
-
 /* Called for each key a reload cannot apply and that changed: what is
  * "[proxy] workers", kept the running value as a user writes it ("auto"). */
 typedef void (*imf_config_restart_fn)(void *arg, const char *what, const char *kept);

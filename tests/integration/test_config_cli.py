@@ -139,3 +139,20 @@ def test_pools_without_default_refused(need_bin, cert, d):
     assert r.returncode == 1, (r.returncode, r.stderr)
     prefix = "%s:%d: [backend]: required" % (path, line_of(text, "[backend.main]"))
     assert r.stderr.startswith(prefix), r.stderr
+
+
+def test_route_map_decides_which_pools_are_used(need_bin, cert, d):
+    """With [route], a pool is reached when the map or [route] default names
+    it: -t warns about the others only, and the pool default is no
+    exception."""
+    mapfile = write(d, "users.map", "alice@example.org archive\n*@new.example.org modern\n")
+    text = good_ini(cert, "\n[backend.archive]\nservers = 127.0.0.1:11144\n"
+                          "\n[backend.modern]\nservers = 127.0.0.1:11145\n"
+                          "\n[backend.spare]\nservers = 127.0.0.1:11146\n"
+                          "\n[route]\nmap = %s\ndefault = modern\n" % mapfile)
+    path = write(d, "routed.ini", text)
+    r = check(path)
+    assert r.returncode == 0, r.stderr
+    unused = set(re.findall(r"\bwarn backend: \[backend\.(\w+)\] is used by no route", r.stderr))
+    assert unused == {"default", "spare"}, r.stderr
+    assert "route map %s: 2 entries" % mapfile in r.stdout, r.stdout

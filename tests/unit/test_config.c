@@ -18,6 +18,7 @@
 #include <openssl/ssl.h>
 
 #include "imapfront/config.h"
+#include "imapfront/route.h"
 #include "imapfront/log.h"
 
 #ifndef IMF_SRCDIR
@@ -1126,9 +1127,9 @@ static void test_pools(void **state)
     assert_int_equal(n->idle_mode, IMF_IDLE_POLL);
     assert_int_equal(n->servers[0].ss.ss_family, AF_INET6);
     assert_int_equal(n->quirks, IMF_QUIRKS_AUTO);
-    /* Until routing exists only "default" is reached. */
-    assert_true(imf_config_pool_used(cfg, d));
-    assert_false(imf_config_pool_used(cfg, a));
+    /* Without [route] only "default" is reached. */
+    assert_true(imf_route_reaches(cfg, NULL, d->name));
+    assert_false(imf_route_reaches(cfg, NULL, a->name));
     imf_config_unref(cfg);
 
     /* [backend.default] is [backend] under its own name. */
