@@ -36,7 +36,8 @@ struct probe {
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_connect_t connect_req;
-    unsigned open_handles;
+    uv_getaddrinfo_t resolve_req; /* a server written as a name: its lookup */
+    unsigned open_handles;        /* the handles, and the lookup while it runs */
     enum probe_step step;
     bool reported; /* the outcome went to the health table */
     bool closing;  /* uv_close called */
@@ -163,9 +164,10 @@ static void checker_free_when_done(struct imf_checker *ck)
     free(ck);
 }
 
-static void on_closed(uv_handle_t *h)
+/* One of the probe's handles closed (or its lookup ended): the last one
+ * frees it. */
+static void probe_put(struct probe *p)
 {
-    struct probe *p = h->data;
     if (--p->open_handles > 0)
         return;
     struct imf_checker *ck = p->ck;
@@ -179,6 +181,11 @@ static void on_closed(uv_handle_t *h)
     imf_bc_cleanup(&p->bc);
     free(p);
     checker_free_when_done(ck);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    probe_put(h->data);
 }
 
 static void probe_close(struct probe *p)
@@ -374,6 +381,32 @@ static void on_connected(uv_connect_t *req, int status)
         fail(p, "cannot read: %s", uv_strerror(rc));
 }
 
+/* A named server's lookup ended: the check connects to its first IPv4
+ * or IPv6 address (sessions try the others too). */
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct probe *p = req->data;
+    const struct addrinfo *ai = res;
+    while (ai != NULL && ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+        ai = ai->ai_next;
+    if (!p->closing) {
+        char host[sizeof(p->pool->servers[0].text)], port[8];
+        if (imf_sockaddr_host_port(&p->pool->servers[p->index], host, sizeof(host), port,
+                                   sizeof(port)) != 0)
+            snprintf(host, sizeof(host), "%s", server_of(p));
+        int rc = status;
+        if (rc == 0 && ai == NULL)
+            fail(p, "cannot resolve %s: no IPv4 or IPv6 address", host);
+        else if (rc < 0)
+            fail(p, "cannot resolve %s: %s", host, uv_strerror(rc));
+        else if ((rc = uv_tcp_connect(&p->connect_req, &p->tcp, ai->ai_addr, on_connected)) < 0)
+            fail(p, "connect failed: %s", uv_strerror(rc));
+    }
+    if (res != NULL)
+        uv_freeaddrinfo(res);
+    probe_put(p);
+}
+
 static void on_timeout(uv_timer_t *t)
 {
     struct probe *p = t->data;
@@ -421,6 +454,20 @@ static void probe_start(struct imf_checker *ck, const struct imf_pool_config *po
     p->open_handles = 2;
     uv_timer_start(&p->timer, on_timeout, pool->check_timeout_ms, 0);
     const struct imf_sockaddr *a = &pool->servers[index];
+    if (a->named) {
+        char host[sizeof(a->text)], port[8];
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        p->resolve_req.data = p;
+        int rc = imf_sockaddr_host_port(a, host, sizeof(host), port, sizeof(port));
+        if (rc == 0)
+            rc = uv_getaddrinfo(ck->loop, &p->resolve_req, on_resolved, host, port, &hints);
+        if (rc < 0) {
+            fail(p, "cannot resolve %s: %s", host, uv_strerror(rc));
+            return;
+        }
+        p->open_handles++;
+        return;
+    }
     int rc =
         uv_tcp_connect(&p->connect_req, &p->tcp, (const struct sockaddr *)&a->ss, on_connected);
     if (rc < 0)

@@ -555,10 +555,72 @@ int imf_config_parse_sockaddr(const char *text, struct imf_sockaddr *out_addr)
     return 0;
 }
 
+/* A DNS host name (RFC 1123 labels, and '_' which some sites use): at
+ * most 253 octets, labels of 1..63, not all digits and dots (that would be
+ * a mistyped IPv4 address). */
+static bool valid_host_name(const char *h, size_t len)
+{
+    if (len == 0 || len > 253)
+        return false;
+    size_t label = 0;
+    bool alpha = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = h[i];
+        if (c == '.') {
+            if (label == 0 || h[i - 1] == '-')
+                return false;
+            label = 0;
+            continue;
+        }
+        bool letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+        bool ok = letter || (c >= '0' && c <= '9') || (c == '-' && label > 0);
+        if (!ok || ++label > 63)
+            return false;
+        alpha = alpha || letter || c == '-';
+    }
+    return alpha && h[len - 1] != '-';
+}
+
+int imf_config_parse_server(const char *text, struct imf_sockaddr *out_addr)
+{
+    if (imf_config_parse_sockaddr(text, out_addr) == 0)
+        return 0;
+    struct imf_sockaddr a;
+    memset(&a, 0, sizeof(a));
+    size_t len = strlen(text);
+    const char *colon = strrchr(text, ':');
+    uint16_t port;
+    if (len >= sizeof(a.text) || colon == NULL || !valid_host_name(text, (size_t)(colon - text)) ||
+        parse_port(colon + 1, &port) < 0 || port == 0)
+        return -EINVAL;
+    memcpy(a.text, text, len + 1);
+    a.named = true;
+    *out_addr = a;
+    return 0;
+}
+
+int imf_sockaddr_host_port(const struct imf_sockaddr *a, char *host, size_t host_len, char *port,
+                           size_t port_len)
+{
+    const char *colon = strrchr(a->text, ':');
+    if (colon == NULL)
+        return -EINVAL;
+    size_t hlen = (size_t)(colon - a->text);
+    size_t plen = strlen(colon + 1);
+    if (hlen >= host_len || plen >= port_len)
+        return -EINVAL;
+    memcpy(host, a->text, hlen);
+    host[hlen] = '\0';
+    memcpy(port, colon + 1, plen + 1);
+    return 0;
+}
+
 /* Same address and port, for cross-checks. Port 0 means "kernel picks" and
  * never clashes. */
 static bool same_endpoint(const struct imf_sockaddr *a, const struct imf_sockaddr *b)
 {
+    if (a->named || b->named)
+        return a->named && b->named && strcasecmp(a->text, b->text) == 0;
     if (a->len == 0 || b->len == 0 || a->ss.ss_family != b->ss.ss_family)
         return false;
     if (a->ss.ss_family == AF_INET) {
@@ -686,7 +748,7 @@ static int set_list(const struct imf_option *opt, void *base, const char *value,
         if (ok) {
             memcpy(item, p, ilen);
             item[ilen] = '\0';
-            ok = imf_config_parse_sockaddr(item, &a) == 0;
+            ok = imf_config_parse_server(item, &a) == 0;
         }
         if (!ok) {
             char tmp[IMF_CONFIG_QUOTE_MAX + 4];
@@ -694,7 +756,8 @@ static int set_list(const struct imf_option *opt, void *base, const char *value,
             snprintf(tmp, sizeof(tmp), "%.*s%s", shown, p,
                      ilen > IMF_CONFIG_QUOTE_MAX ? "..." : "");
             snprintf(q, sizeof(q), "\"%s\"", tmp);
-            snprintf(why, why_len, "%s is not an address (use IPv4:port or [IPv6]:port)", q);
+            snprintf(why, why_len, "%s is not an address (use IPv4:port, [IPv6]:port or name:port)",
+                     q);
             free(list);
             return -EINVAL;
         }
@@ -870,7 +933,8 @@ static bool field_equal(const struct imf_option *opt, const void *a, const void 
         if (na != nb)
             return false;
         for (size_t i = 0; i < na; i++)
-            if (x[i].len != y[i].len || memcmp(&x[i].ss, &y[i].ss, x[i].len) != 0)
+            if (x[i].named != y[i].named || strcmp(x[i].text, y[i].text) != 0 ||
+                x[i].len != y[i].len || memcmp(&x[i].ss, &y[i].ss, x[i].len) != 0)
                 return false;
         return true;
     }

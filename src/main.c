@@ -5,6 +5,7 @@
 #include <pwd.h>
 #include <sys/resource.h>
 #include <inttypes.h>
+#include <netdb.h>
 #include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -95,6 +96,34 @@ static void warn_unused_pools(const struct imf_config *cfg, const struct imf_rou
         if (!imf_route_reaches(cfg, route, cfg->pools[p].name))
             imf_warn("backend", "[backend.%s] is used by no route: no session reaches its servers",
                      cfg->pools[p].name);
+}
+
+/* -t only: backend servers written as names that do not resolve now. Not
+ * an error (DNS may be down while checking, and names are resolved again on
+ * every connect), but worth saying. Blocks; never used by a running proxy. */
+static void warn_unresolved_servers(const struct imf_config *cfg)
+{
+    for (size_t p = 0; p < cfg->pools_len; p++) {
+        const struct imf_pool_config *pool = &cfg->pools[p];
+        for (size_t i = 0; i < pool->servers_len; i++) {
+            char host[sizeof(pool->servers[i].text)], port[8];
+            if (!pool->servers[i].named ||
+                imf_sockaddr_host_port(&pool->servers[i], host, sizeof(host), port, sizeof(port)) !=
+                    0)
+                continue;
+            struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+            int gai = getaddrinfo(host, port, &hints, &res);
+            if (gai != 0)
+                imf_warn("backend",
+                         "[backend%s%s] servers: cannot resolve %s now: %s (it is resolved "
+                         "again on every connect)",
+                         strcmp(pool->name, IMF_POOL_DEFAULT) == 0 ? "" : ".",
+                         strcmp(pool->name, IMF_POOL_DEFAULT) == 0 ? "" : pool->name, host,
+                         gai_strerror(gai));
+            else
+                freeaddrinfo(res);
+        }
+    }
 }
 
 /* Settings that are allowed but weaken something: said at start and at
@@ -492,6 +521,7 @@ int main(int argc, char **argv)
     }
     if (check_only) {
         warn_weak_settings(m.cfg);
+        warn_unresolved_servers(m.cfg);
         struct imf_route *route = NULL;
         if (imf_route_configured(m.cfg)) {
             struct imf_route_params rp;

@@ -9,7 +9,13 @@
  * head has waited longer, so the oldest waiter of the process goes first
  * (a freed slot is seen at once by its own worker, by the others within
  * QUEUE_POLL_MS). A connect that times out is retried, the next server or
- * the same again, until queue_timeout. */
+ * the same again, until queue_timeout.
+ *
+ * A server written as a host name is resolved on every connect, on the
+ * worker's loop (uv_getaddrinfo: the lookup runs in libuv's thread pool),
+ * and its addresses are tried in order, all within one connect_timeout;
+ * a name that does not resolve, or none of whose addresses answers, is a
+ * failed connect of that server. */
 #include <inttypes.h>
 #include <stdio.h>
 
@@ -22,6 +28,32 @@ static void next_server(struct imf_session *s);
 static void want_backend(struct imf_session *s);
 static void on_connect_timeout(uv_timer_t *t);
 static void on_backend_connected(uv_connect_t *req, int status);
+static void connect_to(struct imf_session *s, const struct sockaddr *sa);
+static const struct sockaddr *take_address(struct imf_session *s);
+static void backend_failed(struct imf_session *s, const char *why, enum imf_connect_result r);
+
+/* A lookup in flight. Its session waits for it before being freed (it is
+ * counted in open_handles); a lookup the session no longer wants (the
+ * connect timed out, the session closed) is abandoned and its answer
+ * dropped. */
+struct sess_resolve {
+    uv_getaddrinfo_t req;
+    struct imf_session *s;
+    bool abandoned;
+};
+
+/* Drops the lookup and the addresses of the current connect. */
+static void forget_addresses(struct imf_session *s)
+{
+    if (s->resolving != NULL) {
+        s->resolving->abandoned = true;
+        uv_cancel((uv_req_t *)&s->resolving->req); /* may fail: it then runs to the end */
+        s->resolving = NULL;
+    }
+    if (s->addrs != NULL)
+        uv_freeaddrinfo(s->addrs);
+    s->addrs = s->addr_next = NULL;
+}
 
 /* How often a worker with waiting sessions looks for slots freed by other
  * workers (a slot freed by its own sessions is seen at once). */
@@ -114,6 +146,7 @@ static void kick(struct imf_worker *w, uint64_t delay_ms)
 
 void imf_sess_release_backend(struct imf_session *s)
 {
+    forget_addresses(s);
     if (s->queued)
         dequeue(s);
     bool freed = s->holds_session || s->holds_connect;
@@ -234,6 +267,26 @@ static void on_failed_backend_closed(uv_handle_t *h)
     }
 }
 
+/* One address of a named server refused: the next one, unless the
+ * attempt was given up meanwhile. */
+static void on_address_failed_closed(uv_handle_t *h)
+{
+    struct imf_session *s = h->data;
+    s->open_handles--;
+    s->backend.inited = false;
+    s->backend.closing = false;
+    if (s->state == SESS_CONNECTING && !s->connect_abandoned) {
+        const struct sockaddr *sa = take_address(s);
+        if (sa != NULL) {
+            connect_to(s, sa);
+            return;
+        }
+        backend_failed(s, "no address answered", IMF_CONNECT_FAILED);
+    } else if (s->open_handles == 0) {
+        imf_sess_free(s);
+    }
+}
+
 /* The current server failed (refused, unreachable, timed out): note it for
  * passive health, give its slots back, and go on to the next one once its
  * handle has closed. */
@@ -248,6 +301,12 @@ static void backend_failed(struct imf_session *s, const char *why, enum imf_conn
         s->saw_timeout = true;
     imf_sess_release_backend(s);
     s->connect_abandoned = true;
+    if (!s->backend.inited) {
+        /* Failed before a socket existed (the name did not resolve). */
+        s->plan_pos++;
+        next_server(s);
+        return;
+    }
     s->backend.closing = true;
     uv_close((uv_handle_t *)&s->backend.tcp, on_failed_backend_closed);
 }
@@ -282,11 +341,11 @@ static void next_server(struct imf_session *s)
     want_backend(s);
 }
 
-/* Connects to plan[plan_pos], whose slots the session holds. */
-static void start_connect(struct imf_session *s)
+/* Connects to sa, an address of plan[plan_pos] (whose slots the session
+ * holds); the connect timer is running. */
+static void connect_to(struct imf_session *s, const struct sockaddr *sa)
 {
     const struct imf_sockaddr *srv = &s->pool->servers[s->plan[s->plan_pos]];
-    s->backend_name = srv->text;
     int rc = uv_tcp_init(&s->worker->loop, &s->backend.tcp);
     if (rc != 0) {
         imf_sess_release_backend(s);
@@ -296,14 +355,10 @@ static void start_connect(struct imf_session *s)
     s->backend.tcp.data = s;
     s->backend.inited = true;
     s->open_handles++;
-    s->connect_abandoned = false;
-    imf_sess_set_state(s, SESS_CONNECTING);
     /* Freed by on_backend_connected, which libuv calls exactly once (with
      * UV_ECANCELED when the handle closes first). */
     uv_connect_t *req = malloc(sizeof(*req));
-    rc = req != NULL ? uv_tcp_connect(req, &s->backend.tcp, (const struct sockaddr *)&srv->ss,
-                                      on_backend_connected)
-                     : UV_ENOMEM;
+    rc = req != NULL ? uv_tcp_connect(req, &s->backend.tcp, sa, on_backend_connected) : UV_ENOMEM;
     if (rc != 0) {
         free(req);
         if (rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOBUFS || rc == UV_ENOMEM) {
@@ -320,8 +375,92 @@ static void start_connect(struct imf_session *s)
         return;
     }
     req->data = s;
+}
+
+/* The next address of a named server that is IPv4 or IPv6, or NULL. */
+static const struct sockaddr *take_address(struct imf_session *s)
+{
+    /* Bounded by the length of the list getaddrinfo gave. */
+    while (s->addr_next != NULL) {
+        const struct addrinfo *ai = s->addr_next;
+        s->addr_next = ai->ai_next;
+        if (ai->ai_family == AF_INET || ai->ai_family == AF_INET6)
+            return ai->ai_addr;
+    }
+    return NULL;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct sess_resolve *r = (struct sess_resolve *)req;
+    struct imf_session *s = r->s;
+    bool abandoned = r->abandoned;
+    free(r);
+    s->open_handles--;
+    if (abandoned || s->state != SESS_CONNECTING || s->connect_abandoned) {
+        if (res != NULL)
+            uv_freeaddrinfo(res);
+        if (s->open_handles == 0)
+            imf_sess_free(s);
+        return;
+    }
+    s->resolving = NULL;
+    const struct imf_sockaddr *srv = &s->pool->servers[s->plan[s->plan_pos]];
+    char host[sizeof(srv->text)], port[8], why[sizeof(srv->text) + 96];
+    if (imf_sockaddr_host_port(srv, host, sizeof(host), port, sizeof(port)) != 0)
+        snprintf(host, sizeof(host), "%s", srv->text);
+    s->addrs = s->addr_next = res;
+    const struct sockaddr *sa = status == 0 ? take_address(s) : NULL;
+    if (sa == NULL) {
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", host,
+                 status < 0 ? uv_strerror(status) : "no IPv4 or IPv6 address");
+        backend_failed(s, why, IMF_CONNECT_FAILED);
+        return;
+    }
+    connect_to(s, sa);
+}
+
+/* Starts the lookup of a named server. */
+static void resolve(struct imf_session *s, const struct imf_sockaddr *srv)
+{
+    char host[sizeof(srv->text)], port[8];
+    struct sess_resolve *r = malloc(sizeof(*r));
+    if (r == NULL) {
+        imf_sess_release_backend(s);
+        imf_sess_close(s, IMF_CLOSE_NO_MEMORY, false);
+        return;
+    }
+    r->s = s;
+    r->abandoned = false;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    int rc = imf_sockaddr_host_port(srv, host, sizeof(host), port, sizeof(port));
+    if (rc == 0)
+        rc = uv_getaddrinfo(&s->worker->loop, &r->req, on_resolved, host, port, &hints);
+    if (rc != 0) {
+        free(r);
+        char why[sizeof(srv->text) + 96];
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", srv->text, uv_strerror(rc));
+        backend_failed(s, why, IMF_CONNECT_FAILED);
+        return;
+    }
+    s->resolving = r;
+    s->open_handles++;
+}
+
+/* Connects to plan[plan_pos], whose slots the session holds; a named
+ * server is looked up first. connect_timeout covers the whole attempt. */
+static void start_connect(struct imf_session *s)
+{
+    const struct imf_sockaddr *srv = &s->pool->servers[s->plan[s->plan_pos]];
+    s->backend_name = srv->text;
+    s->connect_abandoned = false;
+    imf_sess_set_state(s, SESS_CONNECTING);
     uv_timer_stop(&s->timer);
     uv_timer_start(&s->timer, on_connect_timeout, s->pool->connect_timeout_ms, 0);
+    if (srv->named)
+        resolve(s, srv);
+    else
+        connect_to(s, (const struct sockaddr *)&srv->ss);
 }
 
 void imf_sess_connect_backend(struct imf_session *s)
@@ -362,11 +501,22 @@ static void on_backend_connected(uv_connect_t *req, int status)
     free(req);
     if (s->state != SESS_CONNECTING || s->connect_abandoned)
         return; /* given up already (timeout, client gone): the handle closes */
-    uv_timer_stop(&s->timer);
     if (status < 0) {
+        if (s->addr_next != NULL) {
+            /* Another address of the same name may answer: same timer. */
+            imf_log_kv(IMF_LOG_INFO, "backend", "connect to one address failed, trying the next",
+                       "client", s->peer, "backend", s->backend_name, "reason", uv_strerror(status),
+                       NULL);
+            s->backend.closing = true;
+            uv_close((uv_handle_t *)&s->backend.tcp, on_address_failed_closed);
+            return;
+        }
+        uv_timer_stop(&s->timer);
         backend_failed(s, uv_strerror(status), IMF_CONNECT_FAILED);
         return;
     }
+    uv_timer_stop(&s->timer);
+    forget_addresses(s);
     imf_backend_report(s->pool, s->plan[s->plan_pos], IMF_CONNECT_OK);
     /* The connect slot is held until the server speaks (imf_sess_greeted):
      * a slow server completes TCP connects from its listen queue long

@@ -48,12 +48,23 @@ enum imf_proxy_protocol {
     IMF_PROXY_PROTOCOL_COUNT
 };
 
-/* A socket address as written ("127.0.0.1:993", "[::1]:993") and resolved. */
+/* A socket address as written ("127.0.0.1:993", "[::1]:993") and resolved,
+ * or (a backend server only) a host name and port ("mail.example.org:143"):
+ * named is then set, ss and len are empty, and the name is resolved on
+ * every connect (imf_sockaddr_host_port gives its parts). */
 struct imf_sockaddr {
     char text[128];
     struct sockaddr_storage ss;
     socklen_t len;
+    bool named;
 };
+
+/* The host and port of a named address: host is text up to its last ':'
+ * (written into host, at most host_len bytes with the NUL), port the
+ * digits after it (into port, at least 6 bytes). Returns 0, or -EINVAL when
+ * a does not fit (never for an address the config accepted). */
+int imf_sockaddr_host_port(const struct imf_sockaddr *a, char *host, size_t host_len, char *port,
+                           size_t port_len);
 
 struct imf_listen_config {
     char name[64]; /* NAME of [listen.NAME] */
@@ -231,6 +242,10 @@ int imf_config_restart_keys(const struct imf_config *running, struct imf_config 
 int imf_config_parse_size(const char *text, uint64_t *out_bytes);
 int imf_config_parse_duration(const char *text, uint64_t *out_ms);
 int imf_config_parse_sockaddr(const char *text, struct imf_sockaddr *out_addr);
+/* As imf_config_parse_sockaddr, and also "NAME:PORT" with a DNS host name
+ * (letters, digits, '-' and '_' in dot-separated labels), not resolved:
+ * out_addr->named is then set. */
+int imf_config_parse_server(const char *text, struct imf_sockaddr *out_addr);
 /* The reverse, imf_format_sockaddr, is in netaddr.h. */
 
 extern const char *const imf_listen_mode_names[IMF_LISTEN_MODE_COUNT];

@@ -165,6 +165,11 @@ struct imf_session {
     uint8_t plan_len, plan_pos;
     uint8_t plan_up;        /* plan[0..plan_up) were up when it was made */
     bool connect_abandoned; /* the pending connect was given up (timeout) */
+    /* A server written as a host name (upstream.c): its lookup in flight
+     * (counted in open_handles), then its addresses, tried in order; held
+     * only while connecting. */
+    struct sess_resolve *resolving;
+    struct addrinfo *addrs, *addr_next;
 
     /* Logins (throttle.h): the attempt in progress and a failure's held
      * answer. */
@@ -237,11 +242,11 @@ void imf_sess_do_handshake(struct imf_session *s);
 int imf_sess_begin_tls(struct imf_session *s);
 void imf_sess_start_tls(struct imf_session *s);
 
-/* upstream.c: admission, connecting to a backend server, failover and
- * passive health. */
+/* upstream.c: admission, connecting to a backend server (resolving its
+ * name first when it has one), failover and passive health. */
 void imf_sess_connect_backend(struct imf_session *s);
-/* Leaves the queue and gives back the slots the session holds (its
- * backend is closing); idempotent. */
+/* Leaves the queue, gives back the slots the session holds and drops
+ * the addresses of a connect (its backend is closing); idempotent. */
 void imf_sess_release_backend(struct imf_session *s);
 /* The backend sent its first bytes (or closed): its connect is over, for
  * max_connecting. */

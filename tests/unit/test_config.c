@@ -587,6 +587,22 @@ static void test_sockaddr_list(void **state)
     assert_string_equal(DEF(cfg)->servers[1].text, "[::1]:143");
     assert_int_equal(DEF(cfg)->servers[1].ss.ss_family, AF_INET6);
     assert_string_equal(DEF(cfg)->servers[2].text, "10.0.0.1:1");
+    assert_false(DEF(cfg)->servers[0].named);
+    imf_config_unref(cfg);
+
+    /* Host names are kept as written, resolved later (not here). */
+    cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
+                   "[backend]\nservers = mail.example.org:143, nonexistent.invalid:993, "
+                   "127.0.0.1:143\n");
+    assert_int_equal(DEF(cfg)->servers_len, 3);
+    assert_true(DEF(cfg)->servers[0].named);
+    assert_int_equal(DEF(cfg)->servers[0].len, 0);
+    char host[64], port[8];
+    assert_int_equal(
+        imf_sockaddr_host_port(&DEF(cfg)->servers[1], host, sizeof(host), port, sizeof(port)), 0);
+    assert_string_equal(host, "nonexistent.invalid");
+    assert_string_equal(port, "993");
+    assert_false(DEF(cfg)->servers[2].named);
     imf_config_unref(cfg);
 
     /* 64 servers fit, 65 do not. */
@@ -609,9 +625,23 @@ static void test_sockaddr_list(void **state)
                  "t.ini:2: servers: empty entry in the list");
     expect_error("[backend]\nservers = 127.0.0.1:1,,127.0.0.1:2\n",
                  "t.ini:2: servers: empty entry in the list");
-    expect_error("[backend]\nservers = 127.0.0.1:1, mail.example.com:143\n",
-                 "t.ini:2: servers: \"mail.example.com:143\" is not an address "
-                 "(use IPv4:port or [IPv6]:port)");
+    expect_error("[backend]\nservers = 127.0.0.1:1, mail.example.com\n",
+                 "t.ini:2: servers: \"mail.example.com\" is not an address "
+                 "(use IPv4:port, [IPv6]:port or name:port)");
+    expect_error("[backend]\nservers = mail..example.com:143\n",
+                 "t.ini:2: servers: \"mail..example.com:143\" is not an address "
+                 "(use IPv4:port, [IPv6]:port or name:port)");
+    expect_error("[backend]\nservers = 10.0.0.300:143\n",
+                 "t.ini:2: servers: \"10.0.0.300:143\" is not an address "
+                 "(use IPv4:port, [IPv6]:port or name:port)");
+    expect_error("[backend]\nservers = -mail.example.com:143\n",
+                 "t.ini:2: servers: \"-mail.example.com:143\" is not an address "
+                 "(use IPv4:port, [IPv6]:port or name:port)");
+    expect_error("[backend]\nservers = mail.example.com:0\n",
+                 "t.ini:2: servers: \"mail.example.com:0\" is not an address "
+                 "(use IPv4:port, [IPv6]:port or name:port)");
+    expect_error("[backend]\nservers = mail.example.com:143, MAIL.example.com:143\n",
+                 "t.ini:2: servers: MAIL.example.com:143 is listed twice");
     expect_error("[backend]\nservers = 127.0.0.1:1, [::1]:2, 127.0.0.1:1\n",
                  "t.ini:2: servers: 127.0.0.1:1 is listed twice");
     expect_error("[backend]\nservers =\n", "t.ini:2: servers: must not be empty");
