@@ -11,21 +11,24 @@
 #include <strings.h>
 
 #include "imapfront/backend.h"
+#include "imapfront/backend_tls.h"
 #include "imapfront/bclient.h"
 #include "imapfront/log.h"
 
 enum probe_step {
     STEP_CONNECT,
     STEP_GREETING,
-    STEP_LOGIN, /* with the CAPABILITY that may come first */
+    STEP_STARTTLS, /* tls = starttls: its answer */
+    STEP_TLS,      /* tls = on | starttls: the handshake */
+    STEP_LOGIN,    /* with the CAPABILITY that may come first */
     STEP_EXAMINE,
     STEP_NOOP,
     STEP_LOGOUT, /* the outcome is known: saying goodbye */
     STEP_COUNT
 };
 
-static const char *const step_names[STEP_COUNT] = {"connect", "greeting", "LOGIN",
-                                                   "EXAMINE", "NOOP",     "LOGOUT"};
+static const char *const step_names[STEP_COUNT] = {
+    "connect", "greeting", "STARTTLS", "TLS handshake", "LOGIN", "EXAMINE", "NOOP", "LOGOUT"};
 
 struct probe {
     struct probe *next;
@@ -45,6 +48,11 @@ struct probe {
     /* The conversation (src/bclient.c); its tags are imfcheck1, 2 ... so a
      * late answer to an earlier step is never taken for the current one. */
     struct imf_bc bc;
+    /* tls = on | starttls: the same TLS as a session's (backend_tls.h),
+     * over two chains of ciphertext. */
+    SSL *ssl;
+    struct imf_tls_io io;
+    struct imf_chain tin, tout;
 };
 
 /* One write in flight: a server may answer a command before the write that
@@ -179,6 +187,10 @@ static void probe_put(struct probe *p)
     }
     imf_config_unref(p->cfg);
     imf_bc_cleanup(&p->bc);
+    if (p->ssl != NULL)
+        SSL_free(p->ssl);
+    imf_chain_clear(&p->tin);
+    imf_chain_clear(&p->tout);
     free(p);
     checker_free_when_done(ck);
 }
@@ -214,20 +226,15 @@ static void on_written(uv_write_t *req, int status)
         probe_close(p);
 }
 
-/* Sends what the conversation has for the server, under the current step. */
-static void flush(struct probe *p)
+/* Sends bytes[0 .. len) (copied) under the current step. */
+static void send_raw(struct probe *p, const uint8_t *bytes, size_t len)
 {
-    const uint8_t *bytes;
-    size_t len = imf_bc_output(&p->bc, &bytes);
-    if (len == 0 || p->closing)
-        return;
     struct probe_write *pw = malloc(sizeof(*pw) + len);
     if (pw == NULL) {
         fail(p, "cannot send %s: out of memory", step_name(p));
         return;
     }
     memcpy(pw->data, bytes, len);
-    imf_bc_consumed(&p->bc, len);
     pw->step = p->step;
     pw->len = len;
     pw->req.data = p;
@@ -238,6 +245,40 @@ static void flush(struct probe *p)
         free(pw);
         fail(p, "cannot send %s: %s", step_name(p), uv_strerror(rc));
     }
+}
+
+/* Sends the ciphertext the SSL produced. */
+static void send_tls(struct probe *p)
+{
+    /* Bounded by what the SSL wrote. */
+    while (p->tout.bytes > 0 && !p->closing) {
+        size_t avail;
+        const uint8_t *q = imf_chain_peek(&p->tout, &avail);
+        send_raw(p, q, avail);
+        imf_chain_consume(&p->tout, avail);
+    }
+}
+
+/* Sends what the conversation has for the server, under the current step
+ * (encrypted once TLS is up). */
+static void flush(struct probe *p)
+{
+    const uint8_t *bytes;
+    size_t len = imf_bc_output(&p->bc, &bytes);
+    if (len == 0 || p->closing)
+        return;
+    if (p->ssl == NULL) {
+        send_raw(p, bytes, len);
+        imf_bc_consumed(&p->bc, len);
+        return;
+    }
+    int n = SSL_write(p->ssl, bytes, (int)len);
+    imf_bc_consumed(&p->bc, len);
+    if (n != (int)len) {
+        fail(p, "cannot send %s: TLS write failed", step_name(p));
+        return;
+    }
+    send_tls(p);
 }
 
 /* Starts the command of step (arg: an astring or NULL). */
@@ -276,12 +317,21 @@ static void login(struct probe *p)
     flush(p);
 }
 
+static void start_tls(struct probe *p);
+
 /* What the conversation found. The server's text goes into reasons as it
  * came, bounded: the log escapes control bytes. */
 static void on_result(struct probe *p, enum imf_bc_result r)
 {
     switch (r) {
     case IMF_BC_READY:
+        if (p->pool->tls == IMF_BACKEND_TLS_STARTTLS && p->ssl == NULL) {
+            if (imf_bc_preauth(&p->bc))
+                fail(p, "STARTTLS impossible after a PREAUTH greeting");
+            else
+                command(p, STEP_STARTTLS, "STARTTLS", NULL);
+            return;
+        }
         if (p->pool->check == IMF_CHECK_BANNER)
             pass(p);
         else if (imf_bc_authenticated(&p->bc)) /* PREAUTH */
@@ -290,7 +340,9 @@ static void on_result(struct probe *p, enum imf_bc_result r)
             login(p);
         return;
     case IMF_BC_OK:
-        if (p->step == STEP_LOGIN)
+        if (p->step == STEP_STARTTLS)
+            start_tls(p);
+        else if (p->step == STEP_LOGIN)
             command(p, STEP_EXAMINE, "EXAMINE", p->pool->check_mailbox);
         else if (p->step == STEP_EXAMINE)
             command(p, STEP_NOOP, "NOOP", NULL);
@@ -332,7 +384,81 @@ static void on_data(struct probe *p, const uint8_t *data, size_t len)
         if (r == IMF_BC_NONE || p->closing)
             return;
         on_result(p, r);
+        if (p->step == STEP_TLS) {
+            /* Anything after STARTTLS's OK came before our handshake:
+             * unprotected, maybe injected on the path. */
+            if (len > 0)
+                fail(p, "the server sent plaintext after its STARTTLS answer");
+            return;
+        }
     }
+}
+
+/* The handshake, then what the server sends under TLS. */
+static void on_tls_data(struct probe *p)
+{
+    if (p->step == STEP_TLS) {
+        int rc = SSL_do_handshake(p->ssl);
+        send_tls(p);
+        if (rc != 1) {
+            int err = SSL_get_error(p->ssl, rc);
+            if (err == SSL_ERROR_WANT_READ && !p->io.in_eof)
+                return;
+            char reason[256];
+            imf_btls_handshake_reason(p->ssl, &p->io, reason, sizeof(reason));
+            fail(p, "TLS handshake failed: %s", reason);
+            return;
+        }
+        char why[256];
+        if (!imf_btls_pin_matches(p->pool, p->ssl, why, sizeof(why))) {
+            fail(p, "%s", why);
+            return;
+        }
+        if (p->pool->tls == IMF_BACKEND_TLS_STARTTLS) {
+            /* Greeted already: go on as after the greeting. */
+            p->step = STEP_GREETING;
+            on_result(p, IMF_BC_READY);
+            if (p->closing)
+                return;
+        } else {
+            p->step = STEP_GREETING;
+        }
+    }
+    uint8_t buf[4096];
+    /* Bounded: each pass decrypts at least one byte, or stops. */
+    while (!p->closing) {
+        int n = SSL_read(p->ssl, buf, sizeof(buf));
+        if (n <= 0) {
+            int err = SSL_get_error(p->ssl, n);
+            if (err == SSL_ERROR_WANT_READ && !p->io.in_eof)
+                return;
+            if (p->step == STEP_LOGOUT) {
+                probe_close(p);
+                return;
+            }
+            fail(p, "TLS read failed during %s: %s", step_name(p),
+                 imf_tls_failure_reason(p->ssl, &p->io));
+            return;
+        }
+        on_data(p, buf, (size_t)n);
+    }
+}
+
+/* tls = on after the connect, starttls after STARTTLS's OK. */
+static void start_tls(struct probe *p)
+{
+    imf_chain_init(&p->tin, NULL);
+    imf_chain_init(&p->tout, NULL);
+    p->io.in = &p->tin;
+    p->io.out = &p->tout;
+    p->io.peer = "check";
+    p->ssl = imf_btls_ssl_new(p->pool, &p->pool->servers[p->index], &p->io);
+    if (p->ssl == NULL) {
+        fail(p, "cannot start TLS: out of memory");
+        return;
+    }
+    p->step = STEP_TLS;
+    on_tls_data(p);
 }
 
 /* One buffer for every probe: the main loop is a single thread and on_data
@@ -350,6 +476,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     struct probe *p = s->data;
     if (p->closing)
         return;
+    if (nread > 0 && p->ssl != NULL) {
+        if (imf_chain_append(&p->tin, buf->base, (size_t)nread) != 0) {
+            fail(p, "out of memory during %s", step_name(p));
+            return;
+        }
+        on_tls_data(p);
+        return;
+    }
     if (nread > 0) {
         on_data(p, (const uint8_t *)buf->base, (size_t)nread);
         return;
@@ -377,8 +511,12 @@ static void on_connected(uv_connect_t *req, int status)
     }
     p->step = STEP_GREETING;
     int rc = uv_read_start((uv_stream_t *)&p->tcp, on_alloc, on_read);
-    if (rc < 0)
+    if (rc < 0) {
         fail(p, "cannot read: %s", uv_strerror(rc));
+        return;
+    }
+    if (p->pool->tls == IMF_BACKEND_TLS_ON)
+        start_tls(p);
 }
 
 /* A named server's lookup ended: the check connects to its first IPv4

@@ -15,6 +15,7 @@
 
 #include <arpa/inet.h>
 #include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netdb.h>
@@ -163,6 +164,12 @@ static const struct imf_choice check_choices[] = {
     {"login", IMF_CHECK_LOGIN, true},
     {NULL, 0, false},
 };
+static const struct imf_choice backend_tls_choices[] = {
+    {"off", IMF_BACKEND_TLS_OFF, true},
+    {"on", IMF_BACKEND_TLS_ON, true},
+    {"starttls", IMF_BACKEND_TLS_STARTTLS, true},
+    {NULL, 0, false},
+};
 static const struct imf_choice forward_ip_choices[] = {
     {"off", IMF_FORWARD_IP_OFF, true},
     {"id", IMF_FORWARD_IP_ID, true},
@@ -273,6 +280,11 @@ static const struct imf_option imf_pool_options[] = {
     POPT("backend", "check_mailbox", STRING, check_mailbox, "INBOX", 0, 0, NULL, 0),
     POPT("backend", "idle_refresh", DURATION, idle_refresh_ms, "0", 0, WEEK, NULL, 0),
     POPT("backend", "poll_interval", DURATION, poll_interval_ms, "30s", 100, HOUR, NULL, 0),
+    POPT("backend", "tls", ENUM, tls, "off", 0, 0, backend_tls_choices, 0),
+    POPT("backend", "tls_ca_file", STRING, tls_ca_file, "", 0, 0, NULL, 0),
+    POPT("backend", "tls_verify", BOOL, tls_verify, "yes", 0, 0, NULL, 0),
+    POPT("backend", "tls_server_name", STRING, tls_server_name, "", 0, 0, NULL, 0),
+    POPT("backend", "tls_pin_sha256", STRING, tls_pin_sha256, "", 0, 0, NULL, 0),
 };
 
 /* The keys of every [listen.NAME] section. */
@@ -1497,6 +1509,44 @@ static size_t pool_row(const char *key)
     return named_row(NAMED_POOL, key);
 }
 
+/* A SHA-256 digest written as 64 hex digits (optionally "AB:CD:..."), or
+ * as 44 characters of base64 (RFC 4648, with its one '=' of padding). */
+static int parse_pin(const char *text, uint8_t out[IMF_PIN_LEN])
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t len = strlen(text);
+    if (len == 44 && text[43] == '=' && text[42] != '=') {
+        uint32_t acc = 0;
+        unsigned bits = 0;
+        size_t n = 0;
+        for (size_t i = 0; i < 43; i++) {
+            const char *c = text[i] != '\0' ? strchr(b64, text[i]) : NULL;
+            if (c == NULL)
+                return -EINVAL;
+            acc = (acc << 6) | (uint32_t)(c - b64);
+            bits += 6;
+            if (bits >= 8) {
+                bits -= 8;
+                out[n++] = (uint8_t)(acc >> bits);
+            }
+        }
+        /* 43 characters carry 258 bits: the last 2 must be zero. */
+        return n == IMF_PIN_LEN && (acc & ((1u << bits) - 1)) == 0 ? 0 : -EINVAL;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < len;) {
+        if (n == IMF_PIN_LEN || !isxdigit((unsigned char)text[i]) ||
+            !isxdigit((unsigned char)text[i + 1]))
+            return -EINVAL;
+        char pair[3] = {text[i], text[i + 1], '\0'};
+        out[n++] = (uint8_t)strtoul(pair, NULL, 16);
+        i += 2;
+        if (text[i] == ':' && n < IMF_PIN_LEN && text[i + 1] != '\0')
+            i++;
+    }
+    return n == IMF_PIN_LEN ? 0 : -EINVAL;
+}
+
 /* The cross-checks of one pool (m: where its keys were written). */
 static void check_pool(struct parse_ctx *ctx, struct imf_pool_config *p, const struct named_meta *m)
 {
@@ -1531,6 +1581,27 @@ static void check_pool(struct parse_ctx *ctx, struct imf_pool_config *p, const s
                 }
             }
         }
+    }
+
+    if (p->tls_server_name != NULL &&
+        !valid_host_name(p->tls_server_name, strlen(p->tls_server_name))) {
+        char q[IMF_CONFIG_QUOTE_MAX + 8];
+        quote(p->tls_server_name, q, sizeof(q));
+        fail(ctx, -EINVAL, m->key_lines[pool_row("tls_server_name")], "tls_server_name",
+             "%s is not a host name", q);
+        return;
+    }
+    if (p->tls_pin_sha256 != NULL) {
+        if (parse_pin(p->tls_pin_sha256, p->tls_pin) != 0) {
+            char q[IMF_CONFIG_QUOTE_MAX + 8];
+            quote(p->tls_pin_sha256, q, sizeof(q));
+            fail(ctx, -EINVAL, m->key_lines[pool_row("tls_pin_sha256")], "tls_pin_sha256",
+                 "%s is not a SHA-256 digest (64 hex digits, ':' between pairs allowed, or 44 "
+                 "base64 characters)",
+                 q);
+            return;
+        }
+        p->tls_pin_set = true;
     }
 
     /* quirks is a preset of the shields; a shield's own key, when written,
@@ -1699,6 +1770,10 @@ static void free_config(struct imf_config *cfg)
         for (size_t e = 0; e < *named_len(cfg, ns); e++)
             for (size_t i = 0; i < ns->options_len; i++)
                 free_field(&ns->options[i], named_elem(cfg, ns, e));
+        if (k == NAMED_POOL)
+            for (size_t e = 0; e < cfg->pools_len; e++)
+                if (cfg->pools[e].tls_ctx_free != NULL)
+                    cfg->pools[e].tls_ctx_free(cfg->pools[e].tls_ctx);
         free(*named_array(cfg, ns));
     }
     free(cfg->path);

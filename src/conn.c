@@ -20,7 +20,7 @@ static void on_written(uv_write_t *req, int status)
     free(w);
     size_t n = c->wlen;
     c->wlen = 0;
-    imf_chain_consume(&c->tx, n);
+    imf_chain_consume(c->wire != NULL ? c->wire : &c->tx, n);
     cb(c, status);
 }
 
@@ -39,19 +39,20 @@ int imf_conn_write(struct imf_conn *c, imf_conn_written_cb cb)
     uv_buf_t bufs[WRITE_IOV_MAX];
     size_t total;
     unsigned n;
+    struct imf_chain *tx = c->wire != NULL ? c->wire : &c->tx;
     /* Try the socket right away, as long as it takes everything. */
     for (;;) {
-        if (c->wlen != 0 || c->tx.bytes == 0)
+        if (c->wlen != 0 || tx->bytes == 0)
             return 0;
-        n = front(&c->tx, bufs, &total);
+        n = front(tx, bufs, &total);
         int done = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
         if (done < 0 && done != UV_EAGAIN)
             return done;
         if (done <= 0)
             break;
-        imf_chain_consume(&c->tx, (size_t)done);
+        imf_chain_consume(tx, (size_t)done);
         if ((size_t)done != total) {
-            n = front(&c->tx, bufs, &total);
+            n = front(tx, bufs, &total);
             break;
         }
     }

@@ -17,6 +17,7 @@
 
 #include "imapfront/admin.h"
 #include "imapfront/backend.h"
+#include "imapfront/backend_tls.h"
 #include "imapfront/certwatch.h"
 #include "imapfront/check.h"
 #include "imapfront/config.h"
@@ -139,6 +140,17 @@ static void warn_weak_settings(const struct imf_config *cfg)
     if (cfg->legacy_ciphers)
         imf_warn("tls", "[tls] legacy_ciphers = on: CBC cipher suites are offered to clients "
                         "that lack AEAD ones");
+    for (size_t p = 0; p < cfg->pools_len; p++) {
+        const struct imf_pool_config *pool = &cfg->pools[p];
+        bool dflt = strcmp(pool->name, IMF_POOL_DEFAULT) == 0;
+        if (pool->quirks == IMF_QUIRKS_EXCHANGE55 && pool->tls != IMF_BACKEND_TLS_OFF)
+            imf_warn("backend",
+                     "[backend%s%s] quirks = exchange55 with tls = %s: Exchange 5.5's receive "
+                     "bug (Q239082) lives in its TLS path, where the shields cannot reach it; "
+                     "relay to it in plaintext over a trusted network instead",
+                     dflt ? "" : ".", dflt ? "" : pool->name,
+                     pool->tls == IMF_BACKEND_TLS_ON ? "on" : "starttls");
+    }
     if (cfg->admin_address.len != 0 && cfg->admin_allow_len == 0) {
         struct imf_cidr loopback[2];
         const char *bad;
@@ -272,7 +284,10 @@ static void reload(struct imf_main *m, enum reload_what what)
         imf_error("main", "reload failed, the running configuration stays: %s", err);
         return;
     }
-    if (imf_tls_ctx_new(cfg, &ctx, err, sizeof(err)) != 0) {
+    if (imf_tls_ctx_new(cfg, &ctx, err, sizeof(err)) != 0 ||
+        (what != RELOAD_CERTS && imf_btls_prepare(cfg, err, sizeof(err)) != 0)) {
+        SSL_CTX_free(ctx);
+        ctx = NULL;
         if (what == RELOAD_CERTS)
             imf_error("tls", "certificate reload failed, the running certificates stay: %s", err);
         else
@@ -511,6 +526,13 @@ int main(int argc, char **argv)
     rc = imf_tls_ctx_new(m.cfg, &m.ssl_ctx, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "%s\n", err);
+        imf_config_unref(m.cfg);
+        return 1;
+    }
+    rc = imf_btls_prepare(m.cfg, err, sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "%s\n", err);
+        SSL_CTX_free(m.ssl_ctx);
         imf_config_unref(m.cfg);
         return 1;
     }

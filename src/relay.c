@@ -320,6 +320,11 @@ static void note_profile(struct imf_session *s)
     if (s->pool->quirks != IMF_QUIRKS_AUTO ||
         !imf_backend_note_profile(s->pool, s->server_index, (int)pr))
         return;
+    if (pr == IMF_PROFILE_EXCHANGE55 && s->pool->tls != IMF_BACKEND_TLS_OFF)
+        imf_log_kv(IMF_LOG_WARN, "backend",
+                   "Exchange 5.5 reached over TLS: its receive bug (Q239082) lives in its TLS "
+                   "path, where the shields cannot reach it",
+                   "backend", imf_sess_backend_label(s), NULL);
     const struct imf_gate_shields *sh = imf_gate_shields(&s->gate);
     imf_log_kv(IMF_LOG_INFO, "backend", "server profile", "backend", imf_sess_backend_label(s),
                "profile", imf_gate_profile_names[pr], "pipelining", sh->pipelining ? "on" : "off",

@@ -179,6 +179,7 @@ void imf_sess_free(struct imf_session *s)
     free(s->yield_idle);
     free(s->split_timer);
     imf_telemetry_free(&s->tracker);
+    imf_btls_free(s);
     if (s->ssl != NULL)
         SSL_free(s->ssl);
     imf_config_unref(s->cfg);
@@ -512,14 +513,14 @@ static void on_client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 static void on_backend_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct imf_session *s = h->data;
-    imf_conn_read_buf(&s->backend.rx, buf);
+    imf_conn_read_buf(imf_btls_wire_in(s), buf);
 }
 
 static void on_backend_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     struct imf_session *s = st->data;
     if (buf->base != NULL)
-        imf_chain_commit(&s->backend.rx, nread > 0 ? (size_t)nread : 0);
+        imf_chain_commit(imf_btls_wire_in(s), nread > 0 ? (size_t)nread : 0);
     if (nread == 0)
         return;
     imf_sess_greeted(s);
@@ -533,8 +534,10 @@ static void on_backend_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 /* Starts or stops reading each socket according to the watermarks. */
 static void update_reading(struct imf_session *s)
 {
-    size_t up = s->client.rx.bytes + s->c_z.bytes + s->c_plain.bytes + s->backend.tx.bytes;
-    size_t down = s->backend.rx.bytes + s->p_tx.bytes + s->client.tx.bytes;
+    size_t up = s->client.rx.bytes + s->c_z.bytes + s->c_plain.bytes + s->backend.tx.bytes +
+                imf_btls_buffered(s, true);
+    size_t down =
+        s->backend.rx.bytes + s->p_tx.bytes + s->client.tx.bytes + imf_btls_buffered(s, false);
     if (!s->client.blocked && up >= s->high)
         s->client.blocked = true;
     else if (s->client.blocked && up <= s->low)
@@ -549,6 +552,8 @@ static void update_reading(struct imf_session *s)
     imf_conn_want_read(&s->client, want_client, on_client_alloc, on_client_read);
     bool want_backend = s->backend.up && !s->backend.closing && !s->backend.eof &&
                         !s->backend.blocked && s->state == SESS_RELAY;
+    if (imf_btls_negotiating(s)) /* TLS to the backend being set up: read it all */
+        want_backend = s->state == SESS_CONNECTING && !s->backend.closing && !s->backend.eof;
     imf_conn_want_read(&s->backend, want_backend, on_backend_alloc, on_backend_read);
 }
 
@@ -581,7 +586,10 @@ static void pump_pass(struct imf_session *s)
             return;
         if (s->state == SESS_HANDSHAKE)
             imf_sess_do_handshake(s);
+        if (s->state == SESS_CONNECTING && s->btls != NULL)
+            imf_btls_step(s);
         if (s->state == SESS_RELAY) {
+            imf_btls_decrypt(s);
             imf_sess_pump_upstream(s);
             if (s->state == SESS_RELAY) {
                 imf_sess_process_responses(s);
@@ -613,16 +621,20 @@ static void pump_pass(struct imf_session *s)
         }
         if (s->state == SESS_CLOSED)
             return;
-        size_t c_before = s->client.tx.bytes, b_before = s->backend.tx.bytes;
+        size_t c_before = s->client.tx.bytes;
+        size_t b_before = s->backend.tx.bytes + imf_btls_buffered(s, true);
         if (!s->client.closing)
             write_side(s, &s->client);
         if (s->state == SESS_CLOSED)
             return;
-        if (s->backend.up && !s->backend.closing)
+        if (s->state == SESS_RELAY)
+            imf_btls_encrypt(s);
+        if ((s->backend.up || imf_btls_negotiating(s)) && s->backend.inited && !s->backend.closing)
             write_side(s, &s->backend);
         if (s->state == SESS_CLOSED)
             return;
-        bool again = s->client.tx.bytes < c_before || s->backend.tx.bytes < b_before;
+        bool again = s->client.tx.bytes < c_before ||
+                     s->backend.tx.bytes + imf_btls_buffered(s, true) < b_before;
         if (s->split_wait && s->backend.tx.bytes == 0 && s->backend.wlen == 0 &&
             s->state == SESS_RELAY && imf_sess_split_drained(s))
             again = true; /* the rest of the command may go now */

@@ -259,6 +259,11 @@ static void on_failed_backend_closed(uv_handle_t *h)
     s->open_handles--;
     s->backend.inited = false;
     s->backend.closing = false;
+    s->backend.eof = false;
+    s->backend.reading = false;
+    imf_chain_clear(&s->backend.rx); /* what a failed negotiation left */
+    imf_chain_clear(&s->backend.tx);
+    imf_btls_free(s);
     if (s->state == SESS_CONNECTING) {
         s->plan_pos++;
         next_server(s);
@@ -491,8 +496,15 @@ static void send_client_id(struct imf_session *s)
 static void on_connect_timeout(uv_timer_t *t)
 {
     struct imf_session *s = t->data;
-    if (s->state == SESS_CONNECTING && !s->connect_abandoned)
-        backend_failed(s, "connect timeout", IMF_CONNECT_TIMEOUT);
+    if (s->state != SESS_CONNECTING || s->connect_abandoned)
+        return;
+    if (imf_btls_negotiating(s)) {
+        char why[96];
+        snprintf(why, sizeof(why), "connect timeout (in the %s)", imf_btls_step_name(s));
+        backend_failed(s, why, IMF_CONNECT_TIMEOUT);
+        return;
+    }
+    backend_failed(s, "connect timeout", IMF_CONNECT_TIMEOUT);
 }
 
 static void on_backend_connected(uv_connect_t *req, int status)
@@ -515,8 +527,32 @@ static void on_backend_connected(uv_connect_t *req, int status)
         backend_failed(s, uv_strerror(status), IMF_CONNECT_FAILED);
         return;
     }
-    uv_timer_stop(&s->timer);
     forget_addresses(s);
+    if (s->pool->tls != IMF_BACKEND_TLS_OFF) {
+        /* TLS (and STARTTLS first) under the same connect timer; it ends
+         * in imf_sess_backend_up or imf_sess_backend_failed. */
+        if (imf_btls_start(s) != 0) {
+            imf_sess_close(s, IMF_CLOSE_NO_MEMORY, false);
+            return;
+        }
+        uv_tcp_nodelay(&s->backend.tcp, 1);
+        imf_sess_pump(s);
+        return;
+    }
+    imf_sess_backend_up(s);
+}
+
+void imf_sess_backend_failed(struct imf_session *s, const char *why)
+{
+    if (s->state == SESS_CONNECTING && !s->connect_abandoned) {
+        uv_timer_stop(&s->timer);
+        backend_failed(s, why, IMF_CONNECT_FAILED);
+    }
+}
+
+void imf_sess_backend_up(struct imf_session *s)
+{
+    uv_timer_stop(&s->timer);
     imf_backend_report(s->pool, s->plan[s->plan_pos], IMF_CONNECT_OK);
     /* The connect slot is held until the server speaks (imf_sess_greeted):
      * a slow server completes TCP connects from its listen queue long

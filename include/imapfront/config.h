@@ -40,6 +40,17 @@ enum imf_check {
     IMF_CHECK_COUNT
 };
 
+/* How a pool's servers are spoken to (backend_tls.h). */
+enum imf_backend_tls {
+    IMF_BACKEND_TLS_OFF,
+    IMF_BACKEND_TLS_ON,       /* TLS from the first byte (imaps) */
+    IMF_BACKEND_TLS_STARTTLS, /* greeting, STARTTLS, then TLS */
+    IMF_BACKEND_TLS_COUNT
+};
+
+/* SHA-256 digest length, for tls_pin_sha256. */
+#define IMF_PIN_LEN 32
+
 enum imf_proxy_protocol {
     IMF_PROXY_PROTOCOL_OFF,
     IMF_PROXY_PROTOCOL_V1,
@@ -120,6 +131,19 @@ struct imf_pool_config {
     char *check_mailbox;        /* check = login: EXAMINEd by the check */
     uint64_t idle_refresh_ms;   /* 0 = never: re-issue a client's IDLE to the backend this often */
     uint64_t poll_interval_ms;  /* idle = poll: NOOP this often */
+    /* TLS to the servers (backend_tls.c). */
+    enum imf_backend_tls tls;
+    char *tls_ca_file;     /* NULL: the system store */
+    bool tls_verify;       /* verify the chain and the name */
+    char *tls_server_name; /* NULL: the host as written in servers, when a name */
+    char *tls_pin_sha256;  /* as written; NULL when empty */
+    bool tls_pin_set;
+    uint8_t tls_pin[IMF_PIN_LEN]; /* tls_pin_sha256 decoded */
+    /* The client SSL_CTX of a pool with tls != off, built after the file is
+     * read (imf_btls_prepare) and freed with the snapshot through
+     * tls_ctx_free (config.c does not link the TLS library). */
+    void *tls_ctx;
+    void (*tls_ctx_free)(void *ctx);
 };
 
 struct imf_config {

@@ -14,7 +14,10 @@
 struct imf_conn {
     uv_tcp_t tcp;
     struct imf_chain rx, tx;
-    size_t wlen;  /* bytes of tx in the write in flight (0 = none) */
+    /* When set, the socket writes this chain instead of tx: TLS to the
+     * backend, where tx holds plaintext (backend_tls.c). */
+    struct imf_chain *wire;
+    size_t wlen;  /* bytes of the written chain in the write in flight (0 = none) */
     bool inited;  /* tcp initialised, so it must be closed */
     bool up;      /* connected */
     bool reading; /* uv_read_start active */
@@ -27,7 +30,7 @@ struct imf_conn {
  * gives it (UV_ECANCELED when the socket closed first). */
 typedef void (*imf_conn_written_cb)(struct imf_conn *c, int status);
 
-/* Writes the front of c->tx unless a write is in flight. Most writes
+/* Writes the front of c->tx (c->wire when set) unless a write is in flight. Most writes
  * complete at once (uv_try_write) and need no request; one that does not
  * takes a request, allocated here and freed before cb runs, so that an idle
  * connection holds none. Returns 0, or a negative libuv error (the caller

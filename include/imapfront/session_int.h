@@ -1,6 +1,6 @@
 /* session_int: what the files of one session share (private to them:
- * session.c, relay.c, compress.c, session_tls.c, upstream.c, keeper.c,
- * shield.c; nothing else includes it).
+ * session.c, relay.c, compress.c, session_tls.c, session_btls.c, upstream.c,
+ * keeper.c, shield.c; nothing else includes it).
  *
  * Bytes move through chains, one set per direction:
  *
@@ -9,6 +9,11 @@
  *
  *   backend socket -> backend.rx -> response framer + gate -> p_tx
  *   (plaintext) -> SSL_write -> client.tx (ciphertext) -> client socket
+ *
+ * With TLS to the backend (session_btls.c), its socket reads into and
+ * writes from two ciphertext chains of s->btls, and backend.rx/tx stay
+ * plaintext: ciphertext -> SSL_read -> backend.rx, backend.tx -> SSL_write
+ * -> ciphertext (conn.wire).
  *
  * Each direction is bounded by [imap] buffer_limit: when what it holds
  * reaches the limit the session stops reading its source, and resumes below
@@ -27,6 +32,7 @@
 #include <zlib.h>
 #include <openssl/ssl.h>
 
+#include "imapfront/backend_tls.h"
 #include "imapfront/chain.h"
 #include "imapfront/conn.h"
 #include "imapfront/gate.h"
@@ -170,6 +176,9 @@ struct imf_session {
      * only while connecting. */
     struct sess_resolve *resolving;
     struct addrinfo *addrs, *addr_next;
+    /* TLS to the backend (session_btls.c), NULL with tls = off: allocated
+     * at connect, freed when the backend socket has closed. */
+    struct imf_btls *btls;
 
     /* Logins (throttle.h): the attempt in progress and a failure's held
      * answer. */
@@ -251,6 +260,32 @@ void imf_sess_release_backend(struct imf_session *s);
 /* The backend sent its first bytes (or closed): its connect is over, for
  * max_connecting. */
 void imf_sess_greeted(struct imf_session *s);
+
+/* The backend is connected, and its TLS (if any) is up: relay. */
+void imf_sess_backend_up(struct imf_session *s);
+/* Connecting to the current server failed after the TCP connect (TLS,
+ * STARTTLS, the pin): a failed connect, logged with why; the session goes
+ * on to the next server. */
+void imf_sess_backend_failed(struct imf_session *s, const char *why);
+
+/* session_btls.c: TLS to the backend (tls = on | starttls). */
+/* The TCP connect is done: sets up s->btls (its chains, conn.wire) and the
+ * first step. 0 or UV_ENOMEM (s->btls may then be set: freed as usual). */
+int imf_btls_start(struct imf_session *s);
+/* Advances the negotiation with what arrived (SESS_CONNECTING); ends in
+ * imf_sess_backend_up() or imf_sess_backend_failed(). */
+void imf_btls_step(struct imf_session *s);
+bool imf_btls_negotiating(const struct imf_session *s);
+/* Where the backend socket's reads go: the ciphertext chain, or backend.rx. */
+struct imf_chain *imf_btls_wire_in(struct imf_session *s);
+/* Ciphertext held towards the backend (up) or from it, for the watermarks. */
+size_t imf_btls_buffered(const struct imf_session *s, bool up);
+/* Once up: backend ciphertext -> backend.rx; backend.tx -> ciphertext. */
+void imf_btls_decrypt(struct imf_session *s);
+void imf_btls_encrypt(struct imf_session *s);
+/* The negotiation's step, for log lines ("TLS handshake"...). */
+const char *imf_btls_step_name(const struct imf_session *s);
+void imf_btls_free(struct imf_session *s);
 
 /* keeper.c: the IDLE keeper's timer. */
 void imf_sess_idle_begin(struct imf_session *s);

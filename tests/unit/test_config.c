@@ -647,6 +647,75 @@ static void test_sockaddr_list(void **state)
     expect_error("[backend]\nservers =\n", "t.ini:2: servers: must not be empty");
 }
 
+/* ---- TLS to the backend ------------------------------------------------- */
+
+static void test_backend_tls_keys(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_base("");
+    assert_int_equal(DEF(cfg)->tls, IMF_BACKEND_TLS_OFF);
+    assert_true(DEF(cfg)->tls_verify);
+    assert_null(DEF(cfg)->tls_ca_file);
+    assert_null(DEF(cfg)->tls_server_name);
+    assert_false(DEF(cfg)->tls_pin_set);
+    assert_null(DEF(cfg)->tls_ctx); /* built later, by imf_btls_prepare */
+    imf_config_unref(cfg);
+
+    /* The same digest in the three forms accepted. */
+    static const char *const forms[] = {
+        "tls_pin_sha256 = 000102030405060708090a0b0c0d0e0f101112131415161718191A1B1C1D1E1F\n",
+        "tls_pin_sha256 = 00:01:02:03:04:05:06:07:08:09:0A:0B:0C:0D:0E:0F:10:11:12:13:14:15:16:"
+        "17:18:19:1A:1B:1C:1D:1E:1F\n",
+        "tls_pin_sha256 = AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+    };
+    for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+        char extra[512];
+        snprintf(extra, sizeof(extra),
+                 "tls = starttls\ntls_ca_file = ca.pem\ntls_verify = no\n"
+                 "tls_server_name = mail.example.org\n%s",
+                 forms[i]);
+        cfg = parse_base(extra);
+        const struct imf_pool_config *p = DEF(cfg);
+        assert_int_equal(p->tls, IMF_BACKEND_TLS_STARTTLS);
+        assert_string_equal(p->tls_ca_file, "ca.pem");
+        assert_false(p->tls_verify);
+        assert_string_equal(p->tls_server_name, "mail.example.org");
+        assert_true(p->tls_pin_set);
+        for (unsigned b = 0; b < IMF_PIN_LEN; b++)
+            assert_int_equal(p->tls_pin[b], b);
+        imf_config_unref(cfg);
+    }
+
+    expect_base_error("tls = yes\n", "t.ini:8: tls: \"yes\" is not one of off, on, starttls");
+    expect_base_error("tls_pin_sha256 = 0001\n",
+                      "t.ini:8: tls_pin_sha256: \"0001\" is not a SHA-256 digest (64 hex digits, "
+                      "':' between pairs allowed, or 44 base64 characters)");
+    /* One hex digit short, one too many, a bad character, base64 without
+     * its padding or with bits past the digest. */
+    static const char *const bad[] = {
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1",
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f00",
+        "g00102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        "00:01:02:03:04:05:06:07:08:09:0A:0B:0C:0D:0E:0F:10:11:12:13:14:15:16:17:18:19:1A:1B:1C:"
+        "1D:1E:1F:",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh9=",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char extra[256];
+        snprintf(extra, sizeof(extra), "tls = on\ntls_pin_sha256 = %s\n", bad[i]);
+        struct imf_config *c = (struct imf_config *)(uintptr_t)1;
+        char err[512] = "";
+        char text[8192];
+        snprintf(text, sizeof(text), "%s%s", BASE, extra);
+        assert_true(imf_config_parse("t.ini", text, &c, err, sizeof(err)) < 0);
+        assert_non_null(strstr(err, "t.ini:9: tls_pin_sha256: "));
+        assert_non_null(strstr(err, "is not a SHA-256 digest"));
+    }
+    expect_base_error("tls_server_name = not a name\n",
+                      "t.ini:8: tls_server_name: \"not a name\" is not a host name");
+}
+
 /* ---- file syntax -------------------------------------------------------- */
 
 static void test_inline_comments(void **state)
@@ -1300,6 +1369,7 @@ int main(void)
         cmocka_unit_test(test_enum),
         cmocka_unit_test(test_sockaddr),
         cmocka_unit_test(test_sockaddr_list),
+        cmocka_unit_test(test_backend_tls_keys),
         cmocka_unit_test(test_inline_comments),
         cmocka_unit_test(test_line_endings_and_bom),
         cmocka_unit_test(test_unknown),
