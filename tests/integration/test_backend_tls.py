@@ -328,3 +328,61 @@ def test_exchange55_detected_over_tls_warns_once(emulator_factory, cert, proxy_f
                r"lives in its TLS path, where the shields cannot reach it backend=%s$" % S)
     proxy.log.wait_for(warning, timeout=5)
     assert len([ln for ln in proxy.log.lines() if re.search(warning, ln)]) == 1
+
+
+def test_big_message_through_both_tls_legs(dovecot_tls, pki, proxy_factory, ctx):
+    """8 MiB each way through a 64k buffer_limit: the backend side's
+    ciphertext chains are under the same watermarks as the rest."""
+    S = ops.addr(dovecot_tls.imaps)
+    extra = backend(S, tls="on", tls_ca_file=pki["ca"])
+    extra["imap"] = {"buffer_limit": "64k"}
+    proxy = ops.start_proxy(proxy_factory, dovecot_tls.imaps, extra=extra)
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!#%&()*+,-./:;<=>?\r\n"
+    body = b"Subject: big\r\n\r\n" + line * ((8 << 20) // len(line))
+    c = imaplib.IMAP4_SSL("127.0.0.1", proxy.port, ssl_context=ctx, timeout=60)
+    try:
+        assert c.login("demo", "demo")[0] == "OK"
+        c.create("Big")
+        typ, data = c.append("Big", None, None, body)
+        assert typ == "OK", data
+        typ, data = c.select("Big")
+        assert typ == "OK"
+        typ, data = c.fetch(data[0], "(BODY.PEEK[])")
+        assert typ == "OK"
+        assert hashlib.sha256(data[0][1]).hexdigest() == hashlib.sha256(body).hexdigest()
+    finally:
+        c.logout()
+
+
+def test_silent_server_times_out_in_handshake(dovecot_tls, pki, proxy_factory, ctx):
+    """A server that accepts and never answers the ClientHello: the connect
+    timer covers the handshake, and the next server takes the session."""
+    silent = h.FakeBackend(lambda conn: conn.recv(65536) and conn.recv(65536))
+    try:
+        Q, S = ops.addr(silent.port), ops.addr(dovecot_tls.imaps)
+        proxy = ops.start_proxy(proxy_factory, silent.port, extra=backend(
+            "%s, %s" % (Q, S), tls="on", tls_ca_file=pki["ca"], connect_timeout="500ms"))
+        mark = proxy.log.mark()
+        assert ops.session_backend(proxy, ctx) == S
+        assert proxy.log.find(r"connect failed .*backend=%s reason=\"connect timeout \(in the TLS "
+                              r"handshake\)\"" % Q, mark)
+    finally:
+        silent.stop()
+
+
+def test_reload_fixes_the_ca(dovecot_tls, pki, proxy_factory, ctx):
+    """SIGHUP builds the pools' TLS contexts anew: a wrong CA replaced by the
+    right one lets new sessions through; a CA file that cannot be read
+    refuses the reload and keeps the running one."""
+    S = ops.addr(dovecot_tls.imaps)
+    proxy = ops.start_proxy(proxy_factory, dovecot_tls.imaps,
+                            extra=backend(S, tls="on", tls_ca_file=pki["wrong_ca"]))
+    expect_unavailable(proxy, ctx)
+    ops.rewrite_ini(proxy, {"backend": {"tls_ca_file": pki["ca"]}})
+    ops.sighup(proxy, ops.RELOADED)
+    round_trip(proxy, ctx)
+    missing = pki["ca"] + ".missing"
+    ops.rewrite_ini(proxy, {"backend": {"tls_ca_file": missing}})
+    m = ops.sighup(proxy, ops.RELOAD_FAILED)
+    assert "[backend] tls_ca_file: cannot load %s: " % missing in m.group(1)
+    round_trip(proxy, ctx)
