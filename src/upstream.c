@@ -280,7 +280,12 @@ static void on_address_failed_closed(uv_handle_t *h)
     s->open_handles--;
     s->backend.inited = false;
     s->backend.closing = false;
-    if (s->state == SESS_CONNECTING && !s->connect_abandoned) {
+    if (s->state == SESS_CONNECTING && s->connect_abandoned) {
+        /* The attempt timed out while this socket closed (backend_failed
+         * left the rest to us): the next server. */
+        s->plan_pos++;
+        next_server(s);
+    } else if (s->state == SESS_CONNECTING) {
         const struct sockaddr *sa = take_address(s);
         if (sa != NULL) {
             connect_to(s, sa);
@@ -312,6 +317,8 @@ static void backend_failed(struct imf_session *s, const char *why, enum imf_conn
         next_server(s);
         return;
     }
+    if (s->backend.closing)
+        return; /* closing to try the next address: on_address_failed_closed goes on */
     s->backend.closing = true;
     uv_close((uv_handle_t *)&s->backend.tcp, on_failed_backend_closed);
 }
