@@ -20,6 +20,7 @@ enum probe_step {
     STEP_GREETING,
     STEP_STARTTLS, /* tls = starttls: its answer */
     STEP_TLS,      /* tls = on | starttls: the handshake */
+    STEP_RECAP,    /* tls = starttls: CAPABILITY again, under TLS */
     STEP_LOGIN,    /* with the CAPABILITY that may come first */
     STEP_EXAMINE,
     STEP_NOOP,
@@ -27,8 +28,9 @@ enum probe_step {
     STEP_COUNT
 };
 
-static const char *const step_names[STEP_COUNT] = {
-    "connect", "greeting", "STARTTLS", "TLS handshake", "LOGIN", "EXAMINE", "NOOP", "LOGOUT"};
+static const char *const step_names[STEP_COUNT] = {"connect",       "greeting",   "STARTTLS",
+                                                   "TLS handshake", "CAPABILITY", "LOGIN",
+                                                   "EXAMINE",       "NOOP",       "LOGOUT"};
 
 struct probe {
     struct probe *next;
@@ -342,6 +344,8 @@ static void on_result(struct probe *p, enum imf_bc_result r)
     case IMF_BC_OK:
         if (p->step == STEP_STARTTLS)
             start_tls(p);
+        else if (p->step == STEP_RECAP)
+            on_result(p, IMF_BC_READY); /* as if greeted, with the new list */
         else if (p->step == STEP_LOGIN)
             command(p, STEP_EXAMINE, "EXAMINE", p->pool->check_mailbox);
         else if (p->step == STEP_EXAMINE)
@@ -415,9 +419,9 @@ static void on_tls_data(struct probe *p)
             return;
         }
         if (p->pool->tls == IMF_BACKEND_TLS_STARTTLS) {
-            /* Greeted already: go on as after the greeting. */
-            p->step = STEP_GREETING;
-            on_result(p, IMF_BC_READY);
+            /* Greeted already; what the greeting announced came before TLS
+             * and is not trusted: the login form follows a fresh list. */
+            command(p, STEP_RECAP, "CAPABILITY", NULL);
             if (p->closing)
                 return;
         } else {
