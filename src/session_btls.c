@@ -98,7 +98,7 @@ int imf_btls_start(struct imf_session *s)
     s->btls = b;
     s->backend.wire = &b->out;
     if (s->pool->tls == IMF_BACKEND_TLS_STARTTLS) {
-        b->bc = malloc(sizeof(*b->bc));
+        b->bc = calloc(1, sizeof(*b->bc));
         if (b->bc == NULL)
             return UV_ENOMEM;
         imf_bc_init(b->bc, "imfbtls");
