@@ -75,6 +75,40 @@ def test_store_answering_ok_to_everything_crashes_the_proxy(proxy_factory, emula
         fake.stop()
 
 
+@need_redis
+def test_store_announcing_a_huge_array_stalls_the_proxy(proxy_factory, emulator_factory,
+                                                        ctx):
+    """Input: `[login] store = redis://127.0.0.1:PORT` where PORT is a TCP
+    server that answers each of the first 16 reads with
+    `*2147483647\r\n` and 1000 `:1\r\n` elements (an array of 2^31
+    elements that never completes), then goes quiet.
+    Expected: the reply is not complete within a second, so the store is
+    declared unreachable (`login store unreachable`, metric 0); logins are
+    answered at once throughout; memory bounded.
+    Observed: logins are answered for about a second, then the proxy
+    stops answering: TLS handshakes of new sessions time out (10 s), the
+    process runs at 100 % CPU and its RSS grows by about 200 MB/s (1.2 GB
+    after 7.5 s, with 22 GB free it would go on towards 16 GiB, the size of
+    an array of 2^31 pointers), nothing is logged, and SIGTERM is not
+    obeyed within 10 s. (It looks as if the announced element count is
+    allocated and then walked when the reply is dropped at the
+    one-second timeout.) Anyone who can answer on the store address can
+    take every replica down."""
+    fake = fake_store(lambda n: b"*2147483647\r\n" + b":1\r\n" * 1000 if n < 16 else None)
+    emu = emulator_factory(record=True)
+    try:
+        p = replica(proxy_factory, emu.plain_port, "redis://127.0.0.1:%d" % fake.port)
+        h.wait_until(lambda: len(fake.conns) >= 1, 5, "the proxy connecting to the store")
+        tagged, took = attempt(p, ctx, "LOGIN demo %s0" % PASSWORD)
+        assert b" NO " in tagged and took < FAST, (tagged, took)
+        p.log.wait_for(r"\bwarn store: login store unreachable", timeout=5,
+                       alive=p.check_alive)  # fails here
+        good_login_is_prompt(p, ctx)
+        assert p.rss_kib() < 200 * 1024, p.rss_kib()
+    finally:
+        fake.stop()
+
+
 def test_check_fifo_does_not_hang(need_bin, cert, tmp_path):
     """Input: `[route] map = X` where X is a FIFO nobody writes to;
     `imapfront -t -c proxy.ini`.
