@@ -727,3 +727,39 @@ def test_check_tagged_ok_for_a_wrong_tag(raw, proxy_factory, wrong):
     assert b"EXAMINE" not in b.verbs(), b.lines
     assert ops.scrape(proxy).value("imapfront_backend_up", server=ops.addr(b.port)) == 0
     no_secret_leak(proxy, b)
+
+
+@pytest.mark.parametrize("data,rc,out", [
+    (b"\xc3\x84lice@example.org default\n\xc3\xa4lice@example.org default\n", 0, "2 entries"),
+    (b"Alice@example.org default\nalice@example.org\n", 1, ":2: "),
+    (b"bob@a@b.example default\n*@b.example default\n", 0, "2 entries"),
+], ids=["8bit_not_folded", "bad_second_line", "two_at_signs"])
+def test_check_case_folding_of_map_names(need_bin, cert, tmp_path, data, rc, out):
+    """ignore_case (on by default) folds ASCII letters only: two names
+    that differ in an 8-bit octet's case are two entries; a pattern holds
+    the part after the last "@"."""
+    path = str(tmp_path / "route.map")
+    write(path, data)
+    r = check(check_ini(tmp_path, cert, path))
+    assert r.returncode == rc, (r.stdout, r.stderr)
+    if rc:
+        assert r.stderr.startswith(path + out), r.stderr
+    else:
+        assert "route map %s: %s\n" % (path, out) in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("greeting", [
+    b"* OK " + b"z" * (4 << 20),
+    b"* BYE go away\r\n",
+    b"HTTP/1.1 400 Bad Request\r\n\r\n",
+], ids=["endless_greeting", "bye_greeting", "not_imap"])
+def test_check_bad_greetings_fail_in_time(raw, proxy_factory, greeting):
+    """A greeting that never ends, a BYE, an HTTP answer: the check fails at the greeting, within check_timeout, and
+    sends no LOGIN."""
+    b = raw(greeting, ok)
+    proxy = ops.start_proxy(proxy_factory, b.port, extra=login_checks(b.port))
+    step, reason = fails(proxy, b.port)
+    assert step == "greeting", (step, reason)
+    assert b"LOGIN" not in b.verbs() and b"Chk-Pw" not in b.received
+    proxy.check_alive()
+    assert proxy.rss_kib() < 200 * 1024
