@@ -12,7 +12,7 @@ import signal
 import imapfront_harness as h
 import ops_support as ops
 from test_attack3 import (CREDS, FAST, PASSWORD, THROTTLED, RawBackend, attempt,  # noqa: F401
-                          auth_lines_at_backend, check, check_ini, fails, fake_store,
+                          auth_lines_at_backend, check, check_ini, fails, fake_store, publish,
                           good_login_is_prompt, loaded, map_text, need_redis, ok, raw, redis,
                           replica, serving, write)
 from test_login_store import store_up
@@ -254,3 +254,34 @@ def test_case_twins_in_the_map_are_refused(need_bin, cert, tmp_path):
     r = check(check_ini(tmp_path, cert, path))
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert r.stderr.startswith(path + ":2: "), r.stderr
+
+
+@need_redis
+def test_negative_count_announced_bans_the_owner(proxy_factory, emulator_factory, redis, ctx):
+    """Input: after one failed LOGIN demo from 127.0.0.1, `PUBLISH
+    imapfront:login:0 "<key> -5 600000"` for each of the two keys it made
+    (the announcement format is "KEY COUNT TTL_MS").
+    Expected: a malformed (negative) count is ignored like `abc` or
+    `0x10` are (test_attack3.py::test_hostile_announcements); the owner's
+    LOGIN demo demo from 127.0.0.1 succeeds.
+    Observed: `L NO [AUTHENTICATIONFAILED] Authentication failed`, the
+    proxy's ban: -5 is taken as a huge count (the same root as
+    test_negative_value_under_a_key_bans_the_owner). A count above 2^64
+    (99999999999999999999) bans too; that one may be meant as saturation,
+    since anyone who can publish can send 1000000 anyway."""
+    r = redis()
+    emu = emulator_factory(record=True)
+    p = replica(proxy_factory, emu.plain_port, r.url)
+    store_up(p)
+    tagged, _ = attempt(p, ctx, "LOGIN demo %s0" % PASSWORD)
+    assert b" NO " in tagged
+    h.wait_until(lambda: len(r.keys()) >= 2, 5, "the failure counted in Redis")
+    keys = sorted(r.keys())
+    for k in keys:
+        publish(r, "%s -5 600000" % k)
+    other = keys[0].replace("7f000001", "7f000005")
+    tracked = ops.scrape(p).get("imapfront_login_tracked", default=0)
+    publish(r, "%s 1 600000" % other)
+    ops.wait_metrics(p, lambda m: m.get("imapfront_login_tracked", default=0) > tracked,
+                     what="the sentinel announcement tracked")
+    good_login_is_prompt(p, ctx, source="127.0.0.1")  # fails here

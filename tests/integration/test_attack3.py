@@ -763,3 +763,55 @@ def test_check_bad_greetings_fail_in_time(raw, proxy_factory, greeting):
     assert b"LOGIN" not in b.verbs() and b"Chk-Pw" not in b.received
     proxy.check_alive()
     assert proxy.rss_kib() < 200 * 1024
+
+
+CHANNEL = "imapfront:login:0"  # seen with PUBSUB CHANNELS; messages "KEY COUNT TTL_MS"
+
+
+def publish(r, body):
+    """PUBLISH body (any octets, any size) on CHANNEL, in RESP over a
+    socket of our own; returns Redis's answer line."""
+    args = [b"PUBLISH", CHANNEL.encode(), body.encode("latin-1")]
+    cmd = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+    with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+        s.sendall(cmd)
+        answer = h.recv_line(s)
+    assert answer.startswith(b":"), answer
+    return answer
+
+
+@need_redis
+@pytest.mark.parametrize("body", [
+    "{key} abc 600000", "{key} 0x10 600000",
+    "{key} 1 -1", "{key} 1 abc", "{key} 1 99999999999999999999", "{key}", "{key} 1",
+    "", "garbage", "imapfront:login:zz 1 600000", "imapfront:login:%s 1 600000" % ("0" * 70),
+    "{key} 1 600000 extra words", "x" * (1 << 20), "{key}\x00 9 600000",
+], ids=["count_text", "count_hex", "ttl_negative", "ttl_text",
+        "ttl_overflow", "key_only", "no_ttl", "empty", "garbage", "bad_hex", "long_key",
+        "extra_words", "one_mib", "nul"])
+def test_hostile_announcements(proxy_factory, emulator_factory, redis, ctx, body):
+    """Someone who can PUBLISH on imapfront's channel sends malformed
+    announcements about the guesser's own records: the proxy lives, and
+    the owner (same address, one failure so far) still logs in at once."""
+    r = redis()
+    emu = emulator_factory(record=True)
+    p = replica(proxy_factory, emu.plain_port, r.url)
+    store_up(p)
+    assert r.cli("PUBSUB", "CHANNELS") == CHANNEL
+    tagged, _ = attempt(p, ctx, "LOGIN demo %s0" % PASSWORD)
+    assert b" NO " in tagged
+    h.wait_until(lambda: len(r.keys()) >= 2, 5, "the failure counted in Redis")
+    keys = sorted(r.keys())
+    for k in keys:
+        publish(r, body.replace("{key}", k))
+    # A well-formed announcement for another address after them: once it
+    # is tracked, the hostile ones were handled (a channel keeps order).
+    other = keys[0].replace("7f000001", "7f000005")
+    assert other != keys[0], keys
+    tracked = ops.scrape(p).get("imapfront_login_tracked", default=0)
+    r.cli("PUBLISH", CHANNEL, "%s 1 600000" % other)
+    ops.wait_metrics(p, lambda m: m.get("imapfront_login_tracked", default=0) > tracked,
+                     what="the sentinel announcement tracked")
+    p.check_alive()
+    good_login_is_prompt(p, ctx, source="127.0.0.1")
+    assert p.rss_kib() < 200 * 1024
