@@ -815,3 +815,24 @@ def test_hostile_announcements(proxy_factory, emulator_factory, redis, ctx, body
     p.check_alive()
     good_login_is_prompt(p, ctx, source="127.0.0.1")
     assert p.rss_kib() < 200 * 1024
+
+
+@pytest.mark.parametrize("pw", ["p\u00e4ss-W\u00f6rd", "pass\rword"], ids=["8bit", "cr"])
+def test_check_password_a_quoted_string_cannot_carry(need_bin, cert, tmp_path, pw):
+    """A check password with 8-bit octets or a CR cannot be sent quoted
+    (and the check sends no literal): `imapfront -t` refuses it naming
+    FILE:LINE and the key, without echoing the password."""
+    ini = str(tmp_path / "proxy.ini")
+    text = h.render_ini({
+        "proxy": {"workers": "1"},
+        "listen.imaps": {"address": "127.0.0.1:0"},
+        "tls": {"certificate": cert[0], "private_key": cert[1]},
+        "backend": {"servers": "127.0.0.1:1", "check": "login", "check_user": "svc",
+                    "check_password": pw},
+    })
+    write(ini, text.encode("utf-8"))
+    r = check(ini)
+    assert r.returncode == 1, r.stdout
+    line = text.split("\n").index("check_password = %s" % pw) + 1
+    assert r.stderr.startswith("%s:%d: check_password: " % (ini, line)), r.stderr
+    assert pw not in r.stderr and "ss-W" not in r.stderr and "pass\r" not in r.stderr
