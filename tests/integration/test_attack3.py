@@ -369,6 +369,25 @@ def check(ini, timeout=30):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def test_case_twins_in_the_map(need_bin, cert, tmp_path):
+    """With ignore_case on (the default), Alice@ and alice@ are one user:
+    twice with the same pool is one entry, with different pools an error
+    naming the second line."""
+    path = str(tmp_path / "route.map")
+    write(path, b"Alice@example.org default\nalice@example.org default\n")
+    r = check(check_ini(tmp_path, cert, path))
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "route map %s: 1 entries" % path in r.stdout, r.stdout
+    write(path, b"Alice@example.org default\nalice@example.org new\n")
+    ini = str(tmp_path / "proxy.ini")
+    with open(ini, "a") as f:
+        f.write("\n[backend.new]\nservers = 127.0.0.1:2\n")
+    r = check(ini)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.startswith(path + ":2: "), r.stderr
+    assert "already routed to pool default" in r.stderr, r.stderr
+
+
 def test_check_crlf_map(need_bin, cert, tmp_path):
     path = str(tmp_path / "route.map")
     write(path, map_text(4, "\r\n"))
