@@ -328,7 +328,7 @@ def check_burst(p, ctx, r, results):
     assert len(results) == 8
     for tagged, took in results:
         assert b" NO " in tagged, tagged
-        assert took < 1.0 + 0.5, (tagged, took)  # a delay is at most delay_max
+        assert took < 1.0 + 1.0, (tagged, took)  # a delay is at most delay_max (+ a busy machine)
     store_up(p, 0)
     p.check_alive()
     good_login_is_prompt(p, ctx)
@@ -855,3 +855,206 @@ def test_check_password_a_quoted_string_cannot_carry(need_bin, cert, tmp_path, p
     line = text.split("\n").index("check_password = %s" % pw) + 1
     assert r.stderr.startswith("%s:%d: check_password: " % (ini, line)), r.stderr
     assert pw not in r.stderr and "ss-W" not in r.stderr and "pass\r" not in r.stderr
+
+
+# Found failing by the attack and fixed since: each docstring says what it was.
+
+
+@need_redis
+def test_negative_value_under_a_key_bans_the_owner(proxy_factory, emulator_factory, redis,
+                                                   ctx):
+    """Input: one failed LOGIN demo from 127.0.0.1 (Redis gets its two
+    imapfront:login:<hex> keys), then `SET <key> -5` on each key, then a
+    second wrong guess and LOGIN demo demo (the right password) from
+    127.0.0.1.
+    Expected: two failures are below fail_free = 3; a garbage (negative)
+    counter in the store must not refuse a login beyond the local verdict:
+    L OK.
+    Was: -4 read as a huge unsigned count, the owner banned. Now a count
+    set below 1 in the store starts over at 1, and announcements take only
+    plain decimal counts."""
+    r = redis()
+    emu = emulator_factory(record=True)
+    p = replica(proxy_factory, emu.plain_port, r.url)
+    store_up(p)
+    tagged, _ = attempt(p, ctx, "LOGIN demo %s0" % PASSWORD)
+    assert b" NO " in tagged
+    h.wait_until(lambda: len(r.keys()) >= 2, 5, "the failure counted in Redis")
+    for k in r.keys():
+        r.cli("SET", k, "-5")
+    tagged, took = attempt(p, ctx, "LOGIN demo %s1" % PASSWORD)
+    assert b" NO " in tagged and THROTTLED not in tagged, tagged
+    good_login_is_prompt(p, ctx, source="127.0.0.1")
+    p.check_alive()
+
+
+
+@need_redis
+def test_store_answering_ok_to_everything_crashes_the_proxy(proxy_factory, emulator_factory,
+                                                            ctx):
+    """Input: `[login] store = redis://127.0.0.1:PORT` where PORT is a TCP
+    server that answers every read with eight `+OK\\r\\n` (more replies
+    than commands: what a confused proxy or a wrong service could send).
+    Expected: the proxy lives, says the store is unusable, and answers
+    logins as without a store.
+    Was: SIGABRT (hiredis asserts on a reply no command asked for). Now
+    the reader refuses replies nobody asked for and the store is dropped."""
+    fake = fake_store(lambda n: b"+OK\r\n" * 8)
+    emu = emulator_factory(record=True)
+    try:
+        p = replica(proxy_factory, emu.plain_port, "redis://127.0.0.1:%d" % fake.port)
+        h.wait_until(lambda: len(fake.conns) >= 1, 5, "the proxy connecting to the store")
+        tagged, took = attempt(p, ctx, "LOGIN demo %s0" % PASSWORD)
+        assert b" NO " in tagged and took < FAST, (tagged, took)
+        good_login_is_prompt(p, ctx)
+        p.check_alive()
+    finally:
+        fake.stop()
+
+
+
+@need_redis
+def test_store_announcing_a_huge_array_stalls_the_proxy(proxy_factory, emulator_factory,
+                                                        ctx):
+    """Input: `[login] store = redis://127.0.0.1:PORT` where PORT is a TCP
+    server that answers each of the first 16 reads with
+    `*2147483647\r\n` and 1000 `:1\r\n` elements (an array of 2^31
+    elements that never completes), then goes quiet.
+    Expected: the reply is not complete within a second, so the store is
+    declared unreachable (`login store unreachable`, metric 0); logins are
+    answered at once throughout; memory bounded.
+    Was: 100 % CPU and memory growing without bound. Now the reader
+    refuses arrays and strings larger than any reply the proxy asks for."""
+    fake = fake_store(lambda n: b"*2147483647\r\n" + b":1\r\n" * 1000 if n < 16 else None)
+    emu = emulator_factory(record=True)
+    try:
+        p = replica(proxy_factory, emu.plain_port, "redis://127.0.0.1:%d" % fake.port)
+        h.wait_until(lambda: len(fake.conns) >= 1, 5, "the proxy connecting to the store")
+        tagged, took = attempt(p, ctx, "LOGIN demo %s0" % PASSWORD)
+        assert b" NO " in tagged and took < FAST, (tagged, took)
+        p.log.wait_for(r"\bwarn store: login store unreachable", timeout=5,
+                       alive=p.check_alive)
+        good_login_is_prompt(p, ctx)
+        assert p.rss_kib() < 200 * 1024, p.rss_kib()
+    finally:
+        fake.stop()
+
+
+
+def test_check_fifo_does_not_hang(need_bin, cert, tmp_path):
+    """Input: `[route] map = X` where X is a FIFO nobody writes to;
+    `imapfront -t -c proxy.ini`.
+    Expected: exit status 1 within seconds and `X: ...` on stderr (not a
+    regular file).
+    Was: -t blocked in open(). Now the map is opened without blocking
+    and a FIFO is refused as not a regular file."""
+    path = str(tmp_path / "route.fifo")
+    os.mkfifo(path)
+    r = check(check_ini(tmp_path, cert, path), timeout=15)
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.startswith(path + ":"), r.stderr
+
+
+
+def test_sighup_to_a_fifo_map(workdir, emulator, proxy_factory, tmp_path, ctx):
+    """Input: a running proxy with a good map; proxy.ini rewritten with
+    `[route] map = FIFO` (no writer), SIGHUP; then proxy.ini back to a good
+    4-entry map and SIGHUP again.
+    Expected: `error route: FIFO: ...; the running route map stays`, then
+    `route map GOOD: 4 entries`.
+    Was: the reload blocked in open(). Fixed with the map's non-blocking open."""
+    path = str(tmp_path / "route.map")
+    write(path, map_text(2))
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port, extra={"route": {"map": path}})
+    proxy.log.wait_for(loaded(path), alive=proxy.check_alive)
+    fifo = str(tmp_path / "route.fifo")
+    os.mkfifo(fifo)
+    ops.rewrite_ini(proxy, {"route": {"map": fifo}})
+    mark = proxy.log.mark()
+    proxy.proc.send_signal(signal.SIGHUP)
+    proxy.log.wait_for(ops.RELOADED, since=mark, timeout=10, alive=proxy.check_alive)
+    serving(proxy, ctx)
+    assert ops.http_get(proxy.admin, "/healthz").status == 200
+    proxy.log.wait_for(r"\berror route: %s: " % re.escape(fifo), since=mark, timeout=10,
+                       alive=proxy.check_alive)
+    good = str(tmp_path / "good.map")
+    write(good, map_text(4))
+    ops.rewrite_ini(proxy, {"route": {"map": good}})
+    mark = proxy.log.mark()
+    proxy.proc.send_signal(signal.SIGHUP)
+    m = proxy.log.wait_for(loaded(good), since=mark, timeout=10, alive=proxy.check_alive)
+    assert m.group(1) == "4"
+
+
+
+def test_fifo_map_blocks_shutdown(workdir, emulator, proxy_factory, tmp_path, ctx):
+    """Input: as test_sighup_to_a_fifo_map (SIGHUP with map = a FIFO
+    without a writer), then SIGTERM.
+    Expected: the proxy drains and exits (drain_timeout is 30 s by
+    default; with no session open it exits at once).
+    Was: SIGTERM ignored after the blocked reload. Fixed with the map's
+    non-blocking open."""
+    path = str(tmp_path / "route.map")
+    write(path, map_text(2))
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port, extra={"route": {"map": path}})
+    proxy.log.wait_for(loaded(path), alive=proxy.check_alive)
+    fifo = str(tmp_path / "route.fifo")
+    os.mkfifo(fifo)
+    ops.rewrite_ini(proxy, {"route": {"map": fifo}})
+    mark = proxy.log.mark()
+    proxy.proc.send_signal(signal.SIGHUP)
+    proxy.log.wait_for(ops.RELOADED, since=mark, timeout=10, alive=proxy.check_alive)
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.proc.wait(10) is not None  # exits: the reload no longer blocks
+
+
+
+def test_fifo_renamed_over_the_watched_map(workdir, emulator, proxy_factory, tmp_path, ctx):
+    """Input: a running proxy watching a good map; a FIFO (no writer) is
+    renamed over the map file, as a mistaken deploy could do.
+    Expected: `error route: MAP: ...; the running route map stays` and
+    the proxy still answers SIGHUP (`configuration reloaded`).
+    Was: the watcher's reload blocked. Fixed with the map's non-blocking open."""
+    path = str(tmp_path / "route.map")
+    write(path, map_text(2))
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port, extra={"route": {"map": path}})
+    proxy.log.wait_for(loaded(path), alive=proxy.check_alive)
+    mark = proxy.log.mark()
+    os.mkfifo(path + ".new")
+    os.replace(path + ".new", path)
+    proxy.log.wait_for(r"\berror route: %s: " % re.escape(path), since=mark, timeout=10,
+                       alive=proxy.check_alive)
+    serving(proxy, ctx)
+    mark = proxy.log.mark()
+    proxy.proc.send_signal(signal.SIGHUP)
+    proxy.log.wait_for(ops.RELOADED, since=mark, timeout=10, alive=proxy.check_alive)
+
+
+
+@need_redis
+def test_negative_count_announced_bans_the_owner(proxy_factory, emulator_factory, redis, ctx):
+    """Input: after one failed LOGIN demo from 127.0.0.1, `PUBLISH
+    imapfront:login:0 "<key> -5 600000"` for each of the two keys it made
+    (the announcement format is "KEY COUNT TTL_MS").
+    Expected: a malformed (negative) count is ignored like `abc` or
+    `0x10` are (test_attack3.py::test_hostile_announcements); the owner's
+    LOGIN demo demo from 127.0.0.1 succeeds.
+    Was: -5 (and counts past 2^64) read as huge counts. Now an
+    announcement's count must be a plain decimal of at most 2^32 - 1, else
+    it is ignored."""
+    r = redis()
+    emu = emulator_factory(record=True)
+    p = replica(proxy_factory, emu.plain_port, r.url)
+    store_up(p)
+    tagged, _ = attempt(p, ctx, "LOGIN demo %s0" % PASSWORD)
+    assert b" NO " in tagged
+    h.wait_until(lambda: len(r.keys()) >= 2, 5, "the failure counted in Redis")
+    keys = sorted(r.keys())
+    for k in keys:
+        publish(r, "%s -5 600000" % k)
+    other = keys[0].replace("7f000001", "7f000005")
+    tracked = ops.scrape(p).get("imapfront_login_tracked", default=0)
+    publish(r, "%s 1 600000" % other)
+    ops.wait_metrics(p, lambda m: m.get("imapfront_login_tracked", default=0) > tracked,
+                     what="the sentinel announcement tracked")
+    good_login_is_prompt(p, ctx, source="127.0.0.1")
