@@ -12,6 +12,7 @@
 #include "imapfront/throttle.h"
 #include "imapfront/log.h"
 #include "imapfront/proxy_proto.h"
+#include "imapfront/route.h"
 #include "imapfront/session_int.h"
 #include "imapfront/util.h"
 
@@ -163,6 +164,7 @@ void imf_sess_free(struct imf_session *s)
     imf_chain_clear(&s->p_z);
     imf_chain_clear(&s->l_tx);
     imf_sess_login_abort(s);
+    imf_sess_lf_free(s);
     imf_gate_cleanup(&s->gate);
     free(s->user);
     if (s->login_held != NULL)
@@ -581,7 +583,9 @@ static void pump_pass(struct imf_session *s)
             return;
         if (s->state == SESS_HANDSHAKE)
             imf_sess_do_handshake(s);
-        if (s->state == SESS_RELAY) {
+        if (s->state == SESS_RELAY && s->lf != NULL)
+            imf_sess_lf_pump(s);
+        if (s->state == SESS_RELAY && s->lf == NULL) {
             imf_sess_pump_upstream(s);
             if (s->state == SESS_RELAY) {
                 imf_sess_process_responses(s);
@@ -721,6 +725,10 @@ static void admit(struct imf_session *s)
     if (s->lcfg->mode == IMF_LISTEN_STARTTLS) {
         if (s->refusal != NULL) {
             imf_sess_bye(s, IMF_CLOSE_REFUSED, s->refusal);
+            return;
+        }
+        if (imf_route_configured(s->cfg)) {
+            imf_sess_lf_start(s); /* the proxy greets; the backend comes at login */
             return;
         }
         /* The backend's greeting, with STARTTLS announced, is the first
