@@ -114,7 +114,8 @@ static void refuse(struct imf_lobby *lb, const struct imf_framer_ev *ev, const c
         }
         lb->discarding = true;
         lb->discard_answer = text;
-        snprintf(lb->tag, sizeof(lb->tag), "%s", tag);
+        if (tag != lb->tag)
+            snprintf(lb->tag, sizeof(lb->tag), "%s", tag);
         return;
     }
     if (ev->literal_flags & IMF_LIT_PRESENT)
