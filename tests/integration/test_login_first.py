@@ -2,14 +2,24 @@
 greets the client itself, answers it until a login, logs in to the routed
 pool's backend for it and then relays as a transparent session does."""
 
+import base64
+import hashlib
 import imaplib
-import re
+import os
+import shutil
 import socket
-import ssl
+import subprocess
 import time
+import uuid
+
+import pytest
 
 import imapfront_harness as h
 import ops_support as ops
+from dovecot import dovecot, dovecot_factory  # noqa: F401
+
+CURL = shutil.which("curl")
+MBSYNC = shutil.which("mbsync")
 
 PASSWORD = "demo"
 SECRET = "Wr0ng-S3cret-Never-Logged"
@@ -138,7 +148,6 @@ def test_login_literals_sync_and_nonsync(proxy_factory, emulator_factory, tmp_pa
 
 def test_authenticate_plain_ir_continuation_cancel(proxy_factory, emulator_factory, tmp_path,
                                                    ctx):
-    import base64
     proxy, emu = start(proxy_factory, emulator_factory, tmp_path)
     good = base64.b64encode(b"\0demo\0demo").decode()
     with session(proxy, ctx) as c:
@@ -219,3 +228,176 @@ def test_starttls_listener_require_tls(proxy_factory, emulator_factory, tmp_path
     assert ok.startswith(b"L OK"), ok
     assert b"STARTTLS" not in ok
     t.close()
+
+
+# ------------------------------------------------- real clients, two servers ----
+
+@pytest.fixture(params=["emulator", "dovecot"])
+def backend(request, emulator_factory):
+    """(port, name) of a fresh emulator or of the shared Dovecot (users
+    demo/demo on both)."""
+    if request.param == "emulator":
+        return emulator_factory().plain_port, "emulator"
+    return request.getfixturevalue("dovecot").port, "dovecot"
+
+
+def routed_proxy(proxy_factory, tmp_path, port, extra=None):
+    path = str(tmp_path / "route.map")
+    write(path, "demo default\n")
+    sections = {"route": {"map": path}, "proxy": {"log_level": "debug"}}
+    for k, v in (extra or {}).items():
+        sections.setdefault(k, {}).update(v)
+    return proxy_factory(port, extra=sections)
+
+
+def test_imaplib_append_fetch(proxy_factory, backend, tmp_path, ctx):
+    port, _ = backend
+    proxy = routed_proxy(proxy_factory, tmp_path, port)
+    token = uuid.uuid4().hex
+    msg = b"Subject: lf %s\r\nMessage-ID: <%s@lf>\r\n\r\nbody %s\r\n" % (
+        token.encode(), token.encode(), token.encode())
+    m = imaplib.IMAP4_SSL("127.0.0.1", proxy.port, ssl_context=ctx, timeout=20)
+    assert "AUTH=PLAIN" in m.capabilities
+    assert m.login("demo", "demo")[0] == "OK"
+    assert m.append("INBOX", None, None, msg)[0] == "OK"
+    assert m.select("INBOX")[0] == "OK"
+    typ, data = m.search(None, "HEADER", "Message-ID", "<%s@lf>" % token)
+    assert typ == "OK" and len(data[0].split()) == 1, data
+    typ, data = m.fetch(data[0].split()[0], "(BODY.PEEK[])")
+    assert typ == "OK" and data[0][1] == msg, data
+    m.logout()
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed")
+def test_curl_append_fetch(proxy_factory, backend, tmp_path, cert):
+    port, _ = backend
+    proxy = routed_proxy(proxy_factory, tmp_path, port)
+    base = "imaps://127.0.0.1:%d" % proxy.port
+    common = [CURL, "-sS", "--max-time", "60", "--cacert", cert[0], "-u", "demo:demo"]
+    token = uuid.uuid4().hex.encode()
+    msg = b"Subject: curl %s\r\nMessage-ID: <%s@lf>\r\n\r\n" % (token, token) + os.urandom(
+        64 * 1024).hex().encode() + b"\r\n"
+    f = tmp_path / "m.eml"
+    f.write_bytes(msg)
+    run = lambda args: subprocess.run(args, capture_output=True, timeout=120)  # noqa: E731
+    r = run(common + ["-T", str(f), base + "/INBOX"])
+    assert r.returncode == 0, r
+    r = run(common + ["-X", "UID SEARCH HEADER Message-ID %s@lf" % token.decode(),
+                      base + "/INBOX"])
+    assert r.returncode == 0, r
+    uid = int(r.stdout.split(b"SEARCH")[1].split()[0])
+    r = run(common + [base + "/INBOX;UID=%d" % uid])
+    assert r.returncode == 0, r
+    assert hashlib.sha256(r.stdout).digest() == hashlib.sha256(msg).digest()
+    # curl logs in with AUTHENTICATE PLAIN (SASL-IR) when offered.
+    proxy.log.wait_for(r"login: login ok result=ok user=demo .*mech=PLAIN", timeout=5)
+
+
+@pytest.mark.skipif(MBSYNC is None, reason="mbsync (isync) is not installed")
+def test_mbsync_up_and_down(proxy_factory, backend, tmp_path, cert):
+    port, which = backend
+    proxy = routed_proxy(proxy_factory, tmp_path, port)
+    box = "LF" + uuid.uuid4().hex[:8]
+    up, down = tmp_path / "up", tmp_path / "down"
+    for d in ("cur", "new", "tmp"):
+        (up / box / d).mkdir(parents=True)
+    down.mkdir()
+    sent = set()
+    for i in range(20):
+        data = b"Subject: mb %d\nMessage-ID: <mb%d.%s@lf>\n\n%s\n" % (
+            i, i, box.encode(), os.urandom(100 * i + 1).hex().encode())
+        (up / box / "new" / ("1700000000.%d_%d.gen" % (i, i))).write_bytes(data)
+        sent.add(hashlib.sha256(data).hexdigest())
+    for d in (up / box / "new", up / box):
+        os.utime(d, (time.time() - 10, time.time() - 10))
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text(
+        "IMAPAccount far\nHost localhost\nPort %d\nUser demo\nPass demo\n"
+        "SSLType IMAPS\nCertificateFile %s\nTimeout 60\n\n"
+        "IMAPStore far\nAccount far\n\n"
+        "MaildirStore up\nPath %s/\n\nMaildirStore down\nPath %s/\n\n"
+        "Channel up\nFar :far:\nNear :up:\nPatterns %s\nCreate Both\nSync All\n"
+        "Expunge None\nSyncState *\n\n"
+        "Channel down\nFar :far:\nNear :down:\nPatterns %s\nCreate Both\nSync All\n"
+        "Expunge None\nSyncState *\n" % (proxy.port, cert[0], up, down, box, box))
+    env = dict(os.environ, HOME=str(tmp_path))
+    for channel in ("up", "down"):
+        r = subprocess.run([MBSYNC, "-c", str(rc), channel], capture_output=True, env=env,
+                           timeout=120)
+        assert r.returncode == 0, (channel, r.stdout[-2000:], r.stderr[-2000:], proxy.tail())
+    got = set()
+    for sub in ("cur", "new"):
+        for f in (down / box / sub).iterdir():
+            data = f.read_bytes()
+            data = b"".join(l for l in data.splitlines(True) if not l.startswith(b"X-TUID: "))
+            got.add(hashlib.sha256(data.replace(b"\r\n", b"\n")).hexdigest())
+    assert got == sent
+
+
+def test_dovecot_sees_the_client_address(proxy_factory, dovecot, tmp_path, ctx):
+    """forward_client_ip = id: the proxy's ID goes before the login, and
+    Dovecot logs the real client's port."""
+    proxy = routed_proxy(proxy_factory, tmp_path, dovecot.port,
+                         extra={"backend": {"forward_client_ip": "id"}})
+    mark = dovecot.log.mark()
+    with session(proxy, ctx) as c:
+        c.read_line()
+        assert c.command("L", "LOGIN demo demo")[1].startswith(b"L OK")
+        client_port = c.sock.getsockname()[1]
+        assert c.command("N", "NOOP")[1].startswith(b"N OK")
+    logins = h.wait_until(lambda: [kv for kv in dovecot.logins(mark)
+                                   if kv.get("rport") == str(client_port)], 10,
+                          "dovecot login line with the client's port")
+    assert logins[0]["user"] == "demo"
+
+
+# ------------------------------------------------------------------ attacks ----
+
+def test_attacks_before_login(proxy_factory, emulator_factory, tmp_path, ctx):
+    proxy, emu = start(proxy_factory, emulator_factory, tmp_path,
+                       extra={"imap": {"max_line_length": "1024"}})
+    with session(proxy, ctx) as c:
+        c.read_line()
+        # Garbage, one line at a time: refused, the session stays.
+        c.write(b"\x01\x02garbage\r\n")
+        assert c.read_line() == b"* BAD Invalid tag or command line\r\n"
+        c.write(b"\r\n")
+        assert c.read_line() == b"* BAD Invalid tag or command line\r\n"
+        # A tag used twice: nothing is in flight before login; both answered.
+        assert c.command("t", "NOOP")[1] == b"t OK NOOP completed\r\n"
+        assert c.command("t", "NOOP")[1] == b"t OK NOOP completed\r\n"
+        # Commands smuggled inside LOGIN's literals are credentials.
+        smuggled = b"x SELECT INBOX\r\n"
+        c.write(b"L LOGIN {%d+}\r\n" % len(smuggled) + smuggled + b" {6+}\r\ny NOOP\r\n")
+        _, tagged = c.read_until_tagged("L")
+        assert tagged == b"L NO [AUTHENTICATIONFAILED] Authentication failed\r\n", tagged
+        # A refused command's {N+} literal is swallowed, never a command.
+        c.write(b"s SELECT {12+}\r\nz LOGOUT\r\nxx\r\n")
+        assert c.read_line() == b"s BAD Log in first\r\n"
+        assert c.command("n", "NOOP")[1] == b"n OK NOOP completed\r\n"
+        # An over-long line ends the session with a BYE.
+        c.write(b"a " + b"A" * 4000 + b"\r\n")
+        assert c.read_line() == b"* BYE Command line too long\r\n"
+        c.expect_eof()
+    # Nothing of that reached the backend: no connection was ever made.
+    assert backend_conns(emu) == 0
+
+
+def test_nothing_secret_in_debug_logs(proxy_factory, emulator_factory, tmp_path, ctx):
+    proxy, emu = start(proxy_factory, emulator_factory, tmp_path)
+    wrong = SECRET.encode()
+    plain = base64.b64encode(b"\0demo\0" + wrong).decode()
+    with session(proxy, ctx) as c:
+        c.read_line()
+        assert c.command("a", "LOGIN demo %s" % SECRET)[1].startswith(b"a NO")
+        c.write(b"b LOGIN demo {%d}\r\n" % len(wrong))
+        assert c.read_line().startswith(b"+ ")
+        c.write(wrong + b"\r\n")
+        assert c.read_until_tagged("b")[1].startswith(b"b NO")
+        assert c.command("c", "AUTHENTICATE PLAIN " + plain)[1].startswith(b"c NO")
+        assert c.command("d", "LOGIN stranger %s" % SECRET)[1].startswith(b"d NO")
+        assert c.command("e", "LOGIN demo demo")[1].startswith(b"e OK")
+    text = proxy.log.text()
+    assert " debug " in text or "debug" in text
+    for needle in (SECRET, plain, base64.b64encode(wrong).decode()):
+        assert needle not in text, needle
