@@ -3,6 +3,7 @@ greets the client itself, answers it until a login, logs in to the routed
 pool's backend for it and then relays as a transparent session does."""
 
 import base64
+import re
 import hashlib
 import imaplib
 import os
@@ -401,3 +402,65 @@ def test_nothing_secret_in_debug_logs(proxy_factory, emulator_factory, tmp_path,
     assert " debug " in text or "debug" in text
     for needle in (SECRET, plain, base64.b64encode(wrong).decode()):
         assert needle not in text, needle
+
+
+# ------------------------------------------------------------ backend faults ----
+
+def test_backend_bye_or_garbage_then_retry(proxy_factory, tmp_path, ctx):
+    """A backend that says BYE to the login, then one that answers garbage:
+    each gives the client NO [UNAVAILABLE] and a log line; the next login
+    connects again and succeeds."""
+    script = iter(["bye", "garbage", "ok"])
+    seen = []
+
+    def backend(conn):
+        what = next(script)
+        conn.sendall(b"* OK [CAPABILITY IMAP4rev1] fake ready\r\n")
+        line = h.recv_line(conn)
+        seen.append(line)
+        tag = line.split(b" ", 1)[0]
+        if what == "bye":
+            conn.sendall(b"* BYE going away\r\n")
+        elif what == "garbage":
+            conn.sendall(b"\x00\x01 not imap at all\r\n")
+        else:
+            conn.sendall(tag + b" OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
+            line = h.recv_line(conn)
+            conn.sendall(line.split(b" ", 1)[0] + b" OK NOOP done\r\n")
+            h.recv_line(conn)
+        conn.close()
+
+    fake = h.FakeBackend(backend)
+    try:
+        path = str(tmp_path / "route.map")
+        write(path, "demo default\n")
+        proxy = proxy_factory(fake.port, extra={"route": {"map": path}})
+        mark = proxy.log.mark()
+        with session(proxy, ctx) as c:
+            c.read_line()
+            for tag in ("L1", "L2"):
+                _, tagged = c.command(tag, "LOGIN demo demo")
+                assert tagged.startswith(tag.encode() + b" NO [UNAVAILABLE]"), tagged
+            _, tagged = c.command("L3", "LOGIN demo demo")
+            # Capability hygiene: the proxy's LITERAL+ (it converts {N+}
+            # for a backend without it).
+            assert tagged == b"L3 OK [CAPABILITY IMAP4rev1 IDLE LITERAL+] Logged in\r\n", tagged
+            assert c.command("N", "NOOP")[1] == b"N OK NOOP done\r\n"
+        proxy.log.wait_for(r"backend: login-first backend closed .*reason=\"the backend said BYE\"",
+                           since=mark)
+        proxy.log.wait_for(r"backend: login-first backend closed .*phase=login", since=mark)
+        # The backend was logged in to in the form it digests: quoted LOGIN.
+        assert all(re.match(rb'^imf\d+ LOGIN "demo" "demo"\r\n$', l) for l in seen), seen
+        assert not fake.errors, fake.errors
+    finally:
+        fake.stop()
+
+
+def test_failed_logins_are_throttled(proxy_factory, emulator_factory, tmp_path, ctx):
+    proxy, emu = start(proxy_factory, emulator_factory, tmp_path,
+                       extra={"login": {"fail_free": "1", "fail_ban": "2", "delay_max": "1s"}})
+    with session(proxy, ctx) as c:
+        c.read_line()
+        answers = [c.command("L%d" % i, "LOGIN demo %s%d" % (SECRET, i))[1] for i in range(3)]
+    assert all(b" NO " in a for a in answers), answers
+    proxy.log.wait_for(r"login: login failed result=throttled user=demo", timeout=5)
