@@ -1,7 +1,7 @@
 /* libFuzzer: the lobby of a login-first session in a mini session
  * (tests/unit/lobby_driver.h). The first byte chooses the listener
- * (STARTTLS offered, require_tls, TLS already up) and a cut point; the rest
- * is what the client sends. Invariants, for any input:
+ * (STARTTLS offered, require_tls, TLS already up), the second a cut point;
+ * the rest is what the client sends. Invariants, for any input:
  *   - the transcript (answers, logins handed on, STARTTLS, close) is the
  *     same fed whole, cut at the chosen point, and one byte at a time;
  *   - a login handed on has a user and a password of at most
