@@ -388,6 +388,10 @@ static void login_failed(struct imf_session *s, enum imf_bc_result r)
         imf_log_kv(IMF_LOG_WARN, "backend", "login-first login answered BAD", "client", s->peer,
                    "backend", imf_sess_backend_label(s), NULL);
     imf_sess_login_finished(s, (const uint8_t *)line, len);
+    imf_debug("session",
+              "client=%s backend connection kept for a retry (greeted, logged in to "
+              "nobody)",
+              s->peer);
     set_phase(s, LF_LOBBY);
     if (!imf_sess_login_hold(s, (const uint8_t *)line, len))
         answer_tagged(s, "NO", text);

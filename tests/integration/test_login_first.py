@@ -464,3 +464,26 @@ def test_failed_logins_are_throttled(proxy_factory, emulator_factory, tmp_path, 
         answers = [c.command("L%d" % i, "LOGIN demo %s%d" % (SECRET, i))[1] for i in range(3)]
     assert all(b" NO " in a for a in answers), answers
     proxy.log.wait_for(r"login: login failed result=throttled user=demo", timeout=5)
+
+
+def test_queue_timeout_then_retry(proxy_factory, emulator_factory, tmp_path, ctx):
+    """max_sessions = 1: a second login waits in the queue, is answered NO
+    [UNAVAILABLE] at queue_timeout and logs in once the slot is free."""
+    proxy, emu = start(proxy_factory, emulator_factory, tmp_path,
+                       extra={"backend": {"max_sessions": "1", "queue_timeout": "1s"}})
+    mark = proxy.log.mark()
+    first = session(proxy, ctx)
+    first.read_line()
+    assert first.command("L", "LOGIN demo demo")[1].startswith(b"L OK")
+    with session(proxy, ctx) as c:
+        c.read_line()
+        t0 = time.monotonic()
+        _, tagged = c.command("Q", "LOGIN demo demo")
+        waited = time.monotonic() - t0
+        assert tagged.startswith(b"Q NO [UNAVAILABLE]"), tagged
+        assert 0.9 <= waited < 5, waited
+        first.command("Z", "LOGOUT")
+        first.close()
+        assert c.command("R", "LOGIN demo demo")[1].startswith(b"R OK")
+    proxy.log.wait_for(r'login-first login not sent .*reason="gave up waiting for a busy backend"',
+                       since=mark)
