@@ -80,8 +80,16 @@ static const char *pool_for(const char *user, size_t user_len, const char **out_
         out = "default";
     else
         *out_why = "no such pool";
-    imf_debug("route", "user=%.*s match=%s pool=%s", (int)(user_len < 255 ? user_len : 255), user,
-              imf_route_match_names[m], pool != NULL ? pool : "-");
+    if (imf_log_enabled(IMF_LOG_DEBUG)) {
+        /* The user's bytes go through the key=value quoting (no control
+         * byte reaches the log as is). */
+        char name[IMF_ROUTE_USER_MAX + 1];
+        size_t n = user_len < IMF_ROUTE_USER_MAX ? user_len : IMF_ROUTE_USER_MAX;
+        memcpy(name, user, n);
+        name[n] = '\0';
+        imf_log_kv(IMF_LOG_DEBUG, "route", "lookup", "user", name, "match",
+                   imf_route_match_names[m], "pool", pool != NULL ? pool : "-", NULL);
+    }
     imf_route_unref(r);
     return out;
 }
