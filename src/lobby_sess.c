@@ -273,6 +273,7 @@ static void begin_login(struct imf_session *s)
         return;
     }
     const char *why = NULL;
+    s->pool = NULL;
     const char *pool = pool_for((const char *)c.user, c.user_len, &why);
     if (pool == NULL) {
         /* The same answer as a wrong password: which users exist is
@@ -281,6 +282,7 @@ static void begin_login(struct imf_session *s)
                       strcmp(why, "user not routed") == 0 ? AUTH_FAILED : UNAVAILABLE, why);
         return;
     }
+    s->pool = pool;
     imf_log_kv(IMF_LOG_INFO, "login", "login-first route", "client", s->peer, "user",
                imf_gate_login(&s->gate)->user, "pool", pool, NULL);
     if (lf->bc_live && imf_bc_state(&lf->bc) == IMF_BC_S_READY) {

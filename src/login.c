@@ -130,7 +130,9 @@ void imf_sess_login_finished(struct imf_session *s, const uint8_t *line, size_t 
                l->authz[0] != '\0' ? l->authz : "-", "mech", l->mech, "client", s->peer, "tls",
                s->tls_version ? s->tls_version : "-", "backend",
                asked ? imf_sess_backend_label(s) : "-", "backend_ms", asked ? ms : "-", "delay_ms",
-               delay, "response", text[0] != '\0' ? text : "-", NULL);
+               delay, "response", text[0] != '\0' ? text : "-",
+               /* login-first sessions only: the pool the route chose */
+               s->pool != NULL ? "pool" : NULL, s->pool, NULL);
     if (r == IMF_LOGIN_OK && s->user == NULL)
         s->user = strdup(l->user[0] != '\0' ? l->user : "-");
     if (r != IMF_LOGIN_FAILED)

@@ -204,6 +204,7 @@ struct imf_session {
      * the backend, from the proxy's greeting until the login succeeds
      * (lobby_sess.c); NULL otherwise. */
     struct imf_lf *lf;
+    const char *pool; /* login-first: the pool of the last login (static), else NULL */
 };
 
 /* session.c: accept, admission, the pump, the timers, closing and the summary line. */

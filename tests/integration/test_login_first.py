@@ -97,8 +97,8 @@ def test_login_then_relay_append_fetch(proxy_factory, emulator_factory, tmp_path
     assert kv["user"] == "demo"
     assert kv["backend"] == "127.0.0.1:%d" % emu.plain_port
     proxy.log.wait_for(r"login: login-first route .*user=demo pool=default", since=mark)
-    proxy.log.wait_for(r"login: login ok result=ok user=demo .*backend=127\.0\.0\.1:%d"
-                       % emu.plain_port, since=mark)
+    proxy.log.wait_for(r"login: login ok result=ok user=demo .*backend=127\.0\.0\.1:%d .*"
+                       r"pool=default$" % emu.plain_port, since=mark)
 
 
 def test_imaplib_login_and_authenticate(proxy_factory, emulator_factory, tmp_path, ctx):
