@@ -10,7 +10,8 @@
 
 #include "imapfront/backend.h"
 #include "imapfront/log.h"
-#include "imapfront/proxy_proto.h"
+#include "imapfront/route.h"
+#include "imapfront/netaddr.h"
 
 struct imf_admin {
     struct MHD_Daemon *daemon;
@@ -56,8 +57,14 @@ bool imf_admin_ready(const struct imf_admin_view *view)
 {
     if (atomic_load(view->draining))
         return false;
+    /* Ready when every pool sessions can reach has a server up. */
     struct imf_config *cfg = view->config_ref(view->arg);
-    bool up = imf_backend_any_up(cfg);
+    struct imf_route *route = imf_route_current();
+    bool up = true;
+    for (size_t p = 0; p < cfg->pools_len && up; p++)
+        if (imf_route_reaches(cfg, route, cfg->pools[p].name))
+            up = imf_backend_any_up(&cfg->pools[p]);
+    imf_route_unref(route);
     imf_config_unref(cfg);
     return up;
 }

@@ -14,6 +14,7 @@
 #define SLOTS 256
 
 struct health {
+    char pool[64]; /* a server of two pools is counted in each */
     char address[128];
     _Atomic uint32_t fails;      /* consecutive failed connects */
     _Atomic uint64_t down_until; /* imf_clock_ms() until which it is skipped */
@@ -65,27 +66,39 @@ static void start_warming(struct health *h)
     atomic_store(&h->warming, true);
 }
 
+const char *imf_backend_pool_key(const struct imf_pool_config *pool)
+{
+    return strcmp(pool->name, IMF_POOL_DEFAULT) == 0 ? NULL : "pool";
+}
+
 uint64_t imf_clock_ms(void)
 {
     return imf_clock_us() / 1000;
 }
 
-/* The slot of an address, created on first use. Lookups are lock-free:
- * slots are only ever appended, and published by slots_used. */
-static struct health *slot_of(const char *address)
+static bool slot_is(const struct health *h, const struct imf_pool_config *pool, const char *address)
+{
+    return strcmp(h->address, address) == 0 && strcmp(h->pool, pool->name) == 0;
+}
+
+/* The slot of a server of pool (by the pool's name and the address as
+ * written), created on first use. Lookups are lock-free: slots are only
+ * ever appended, and published by slots_used. */
+static struct health *slot_of(const struct imf_pool_config *pool, const char *address)
 {
     size_t used = atomic_load_explicit(&slots_used, memory_order_acquire);
     for (size_t i = 0; i < used; i++)
-        if (strcmp(slots[i].address, address) == 0)
+        if (slot_is(&slots[i], pool, address))
             return &slots[i];
     pthread_mutex_lock(&slots_lock);
     used = atomic_load_explicit(&slots_used, memory_order_relaxed);
     struct health *h = NULL;
     for (size_t i = 0; i < used && h == NULL; i++)
-        if (strcmp(slots[i].address, address) == 0)
+        if (slot_is(&slots[i], pool, address))
             h = &slots[i];
     if (h == NULL && used < SLOTS) {
         h = &slots[used];
+        snprintf(h->pool, sizeof(h->pool), "%s", pool->name);
         strncpy(h->address, address, sizeof(h->address) - 1);
         start_warming(h);
         atomic_store_explicit(&slots_used, used + 1, memory_order_release);
@@ -100,11 +113,11 @@ static bool is_down(struct health *h, uint64_t now)
                          atomic_load_explicit(&h->check_down, memory_order_relaxed));
 }
 
-size_t imf_backend_plan(const struct imf_config *cfg, uint8_t *out_order, size_t *out_up)
+size_t imf_backend_plan(const struct imf_pool_config *pool, uint8_t *out_order, size_t *out_up)
 {
-    size_t n = cfg->servers_len;
+    size_t n = pool->servers_len;
     size_t start = 0;
-    if (cfg->balance == IMF_BALANCE_ROUNDROBIN && n > 0)
+    if (pool->balance == IMF_BALANCE_ROUNDROBIN && n > 0)
         start = (size_t)(atomic_fetch_add_explicit(&rr_next, 1, memory_order_relaxed) % n);
     uint64_t now = imf_clock_ms();
     size_t up = 0, down = n;
@@ -112,7 +125,7 @@ size_t imf_backend_plan(const struct imf_config *cfg, uint8_t *out_order, size_t
      * (reversed below so they too keep their order). */
     for (size_t k = 0; k < n; k++) {
         uint8_t i = (uint8_t)((start + k) % n);
-        if (is_down(slot_of(cfg->servers[i].text), now))
+        if (is_down(slot_of(pool, pool->servers[i].text), now))
             out_order[--down] = i;
         else
             out_order[up++] = i;
@@ -126,27 +139,28 @@ size_t imf_backend_plan(const struct imf_config *cfg, uint8_t *out_order, size_t
     return n;
 }
 
-/* True when a server of cfg other than index is up. */
-static bool another_up(const struct imf_config *cfg, size_t index, uint64_t now)
+/* True when a server of pool other than index is up. */
+static bool another_up(const struct imf_pool_config *pool, size_t index, uint64_t now)
 {
-    for (size_t i = 0; i < cfg->servers_len; i++)
-        if (i != index && !is_down(slot_of(cfg->servers[i].text), now))
+    for (size_t i = 0; i < pool->servers_len; i++)
+        if (i != index && !is_down(slot_of(pool, pool->servers[i].text), now))
             return true;
     return false;
 }
 
-void imf_backend_report(const struct imf_config *cfg, size_t index, enum imf_connect_result r)
+void imf_backend_report(const struct imf_pool_config *pool, size_t index, enum imf_connect_result r)
 {
-    const char *address = cfg->servers[index].text;
-    struct health *h = slot_of(address);
+    const char *address = pool->servers[index].text;
+    struct health *h = slot_of(pool, address);
     if (h == NULL)
         return;
     uint64_t now = imf_clock_ms();
     if (r == IMF_CONNECT_OK) {
         atomic_fetch_add_explicit(&h->connects_ok, 1, memory_order_relaxed);
         atomic_store(&h->last_ok_ms, now);
-        if (atomic_exchange(&h->fails, 0) >= cfg->backend_down_after) {
-            imf_log_kv(IMF_LOG_INFO, "backend", "server is back", "backend", address, NULL);
+        if (atomic_exchange(&h->fails, 0) >= pool->down_after) {
+            imf_log_kv(IMF_LOG_INFO, "backend", "server is back", "backend", address,
+                       imf_backend_pool_key(pool), pool->name, NULL);
             start_warming(h);
         }
         atomic_store(&h->down_until, 0);
@@ -161,44 +175,44 @@ void imf_backend_report(const struct imf_config *cfg, size_t index, enum imf_con
          * completes connects is slow (overloaded), not down, and taking
          * it out would turn its slowness into an outage. */
         uint64_t ok = atomic_load(&h->last_ok_ms), failed = atomic_load(&h->last_failed_ms);
-        bool recent_ok = ok != 0 && now - ok < cfg->backend_retry_after_ms;
+        bool recent_ok = ok != 0 && now - ok < pool->retry_after_ms;
         if (recent_ok && failed <= ok)
             return;
     }
     uint32_t fails = atomic_fetch_add(&h->fails, 1) + 1;
-    if (fails < cfg->backend_down_after)
+    if (fails < pool->down_after)
         return;
     char n[16];
     snprintf(n, sizeof(n), "%u", fails);
-    if (!another_up(cfg, index, now)) {
+    if (!another_up(pool, index, now)) {
         /* Fail open: passive health alone never empties the pool (active
          * checks can). The server stays in rotation and is still tried. */
-        if (fails == cfg->backend_down_after)
+        if (fails == pool->down_after)
             imf_log_kv(IMF_LOG_WARN, "backend",
                        "server failing, but it is the last one up: still tried", "backend", address,
-                       "failures", n, NULL);
+                       "failures", n, imf_backend_pool_key(pool), pool->name, NULL);
         return;
     }
-    uint64_t until = now + cfg->backend_retry_after_ms;
+    uint64_t until = now + pool->retry_after_ms;
     uint64_t was = atomic_exchange(&h->down_until, until);
     if (was <= now)
         imf_log_kv(IMF_LOG_WARN, "backend", "server marked down", "backend", address, "failures", n,
-                   NULL);
+                   imf_backend_pool_key(pool), pool->name, NULL);
 }
 
-bool imf_backend_any_up(const struct imf_config *cfg)
+bool imf_backend_any_up(const struct imf_pool_config *pool)
 {
     uint64_t now = imf_clock_ms();
-    for (size_t i = 0; i < cfg->servers_len; i++)
-        if (!is_down(slot_of(cfg->servers[i].text), now))
+    for (size_t i = 0; i < pool->servers_len; i++)
+        if (!is_down(slot_of(pool, pool->servers[i].text), now))
             return true;
     return false;
 }
 
-int imf_backend_check_report(const struct imf_config *cfg, size_t index, bool ok,
+int imf_backend_check_report(const struct imf_pool_config *pool, size_t index, bool ok,
                              uint64_t duration_us)
 {
-    struct health *h = slot_of(cfg->servers[index].text);
+    struct health *h = slot_of(pool, pool->servers[index].text);
     if (h == NULL)
         return 0;
     atomic_store(&h->check_us, duration_us);
@@ -215,15 +229,15 @@ int imf_backend_check_report(const struct imf_config *cfg, size_t index, bool ok
     }
     atomic_fetch_add(&h->checks_failed, 1);
     uint32_t fails = atomic_fetch_add(&h->check_fails, 1) + 1;
-    if (fails < cfg->backend_down_after)
+    if (fails < pool->down_after)
         return 0;
     return atomic_exchange(&h->check_down, true) ? 0 : 1;
 }
 
-void imf_backend_check_clear(const struct imf_config *cfg)
+void imf_backend_check_clear(const struct imf_pool_config *pool)
 {
-    for (size_t i = 0; i < cfg->servers_len; i++) {
-        struct health *h = slot_of(cfg->servers[i].text);
+    for (size_t i = 0; i < pool->servers_len; i++) {
+        struct health *h = slot_of(pool, pool->servers[i].text);
         if (h != NULL) {
             atomic_store(&h->check_fails, 0);
             atomic_store(&h->check_down, false);
@@ -231,13 +245,15 @@ void imf_backend_check_clear(const struct imf_config *cfg)
     }
 }
 
-size_t imf_backend_info(const struct imf_config *cfg, struct imf_backend_info *out, size_t max)
+size_t imf_backend_info(const struct imf_pool_config *pool, struct imf_backend_info *out,
+                        size_t max)
 {
     uint64_t now = imf_clock_ms();
     size_t n = 0;
-    for (size_t i = 0; i < cfg->servers_len && n < max; i++) {
-        struct health *h = slot_of(cfg->servers[i].text);
-        out[n].address = cfg->servers[i].text;
+    for (size_t i = 0; i < pool->servers_len && n < max; i++) {
+        struct health *h = slot_of(pool, pool->servers[i].text);
+        out[n].pool = pool->name;
+        out[n].address = pool->servers[i].text;
         out[n].connects_ok = h != NULL ? atomic_load(&h->connects_ok) : 0;
         out[n].connects_failed = h != NULL ? atomic_load(&h->connects_failed) : 0;
         out[n].down = is_down(h, now);
@@ -252,15 +268,15 @@ size_t imf_backend_info(const struct imf_config *cfg, struct imf_backend_info *o
         out[n].queue_waits = h != NULL ? atomic_load(&h->queue_waits) : 0;
         out[n].queue_wait_ms = h != NULL ? atomic_load(&h->queue_wait_ms) : 0;
         out[n].queue_timeouts = h != NULL ? atomic_load(&h->queue_timeouts) : 0;
-        out[n].warming = h != NULL && atomic_load(&h->warming) && cfg->connect_rate != 0;
+        out[n].warming = h != NULL && atomic_load(&h->warming) && pool->connect_rate != 0;
         n++;
     }
     return n;
 }
 
-bool imf_backend_note_profile(const struct imf_config *cfg, size_t index, int profile)
+bool imf_backend_note_profile(const struct imf_pool_config *pool, size_t index, int profile)
 {
-    struct health *h = slot_of(cfg->servers[index].text);
+    struct health *h = slot_of(pool, pool->servers[index].text);
     return h != NULL &&
            atomic_exchange_explicit(&h->profile, profile, memory_order_relaxed) != profile;
 }
@@ -303,15 +319,15 @@ static bool take_token(struct health *h, uint32_t rate, uint64_t *out_wait_ms)
     }
 }
 
-enum imf_admit imf_backend_acquire(const struct imf_config *cfg, size_t index,
-                                   const struct imf_config *limits, uint64_t *out_wait_ms)
+enum imf_admit imf_backend_acquire(const struct imf_pool_config *pool, size_t index,
+                                   const struct imf_pool_config *limits, uint64_t *out_wait_ms)
 {
-    struct health *h = slot_of(cfg->servers[index].text);
+    struct health *h = slot_of(pool, pool->servers[index].text);
     if (h == NULL)
         return IMF_ADMIT_OK; /* no slot, no limits (past SLOTS addresses) */
-    if (!take(&h->sessions, limits->backend_max_sessions))
+    if (!take(&h->sessions, limits->max_sessions))
         return IMF_ADMIT_FULL;
-    if (!take(&h->connecting, limits->backend_max_connecting)) {
+    if (!take(&h->connecting, limits->max_connecting)) {
         atomic_fetch_sub(&h->sessions, 1);
         return IMF_ADMIT_FULL;
     }
@@ -323,31 +339,31 @@ enum imf_admit imf_backend_acquire(const struct imf_config *cfg, size_t index,
     return IMF_ADMIT_OK;
 }
 
-void imf_backend_connect_done(const struct imf_config *cfg, size_t index)
+void imf_backend_connect_done(const struct imf_pool_config *pool, size_t index)
 {
-    struct health *h = slot_of(cfg->servers[index].text);
+    struct health *h = slot_of(pool, pool->servers[index].text);
     if (h != NULL)
         atomic_fetch_sub(&h->connecting, 1);
 }
 
-void imf_backend_release(const struct imf_config *cfg, size_t index)
+void imf_backend_release(const struct imf_pool_config *pool, size_t index)
 {
-    struct health *h = slot_of(cfg->servers[index].text);
+    struct health *h = slot_of(pool, pool->servers[index].text);
     if (h != NULL)
         atomic_fetch_sub(&h->sessions, 1);
 }
 
-void imf_backend_queue_count(const struct imf_config *cfg, size_t index, int delta)
+void imf_backend_queue_count(const struct imf_pool_config *pool, size_t index, int delta)
 {
-    struct health *h = slot_of(cfg->servers[index].text);
+    struct health *h = slot_of(pool, pool->servers[index].text);
     if (h != NULL)
         atomic_fetch_add(&h->queued, (uint32_t)delta);
 }
 
-void imf_backend_queue_done(const struct imf_config *cfg, size_t index, uint64_t wait_ms,
+void imf_backend_queue_done(const struct imf_pool_config *pool, size_t index, uint64_t wait_ms,
                             bool timed_out)
 {
-    struct health *h = slot_of(cfg->servers[index].text);
+    struct health *h = slot_of(pool, pool->servers[index].text);
     if (h == NULL)
         return;
     if (timed_out) {

@@ -30,8 +30,9 @@ static const char *const step_names[STEP_COUNT] = {"connect", "greeting", "LOGIN
 struct probe {
     struct probe *next;
     struct imf_checker *ck;
-    struct imf_config *cfg; /* the snapshot it started with (one reference) */
-    size_t index;           /* into cfg->servers */
+    struct imf_config *cfg;             /* the snapshot it started with (one reference) */
+    const struct imf_pool_config *pool; /* the pool checked, inside cfg */
+    size_t index;                       /* into pool->servers */
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_connect_t connect_req;
@@ -59,21 +60,31 @@ struct probe_write {
     char data[];
 };
 
+/* The tick of one pool: each pool has its own check_interval. Kept, by
+ * the pool's name, for the checker's whole life (stopped while the pool
+ * is gone or has check = off), closed only by imf_checker_stop. */
+struct pool_tick {
+    struct pool_tick *next;
+    struct imf_checker *ck;
+    uv_timer_t timer; /* timer.data: this */
+    char name[64];
+    uint64_t interval_ms; /* the timer runs at this interval; 0 = stopped */
+    bool closed;
+};
+
 struct imf_checker {
     uv_loop_t *loop;
-    uv_timer_t tick;
     struct imf_config *cfg; /* current snapshot (one reference) */
     struct probe *probes;
-    bool running; /* the tick timer is started */
+    struct pool_tick *ticks;
     bool stopping;
-    bool tick_closed;
 };
 
 static void probe_close(struct probe *p);
 
 static const char *server_of(const struct probe *p)
 {
-    return p->cfg->servers[p->index].text;
+    return p->pool->servers[p->index].text;
 }
 
 /* The step for logs: a login that had to ask for CAPABILITY first says so. */
@@ -97,22 +108,27 @@ static void report(struct probe *p, bool ok, const char *reason)
 {
     /* Nothing is recorded once stopping, or once a reload turned checks
      * off (the table was cleared then). */
-    if (p->reported || p->ck->stopping || p->ck->cfg->check == IMF_CHECK_OFF)
+    if (p->reported || p->ck->stopping)
+        return;
+    const struct imf_pool_config *now = imf_config_pool(p->ck->cfg, p->pool->name);
+    if (now == NULL || now->check == IMF_CHECK_OFF)
         return;
     p->reported = true;
     uint64_t us = elapsed_us(p);
-    int change = imf_backend_check_report(p->cfg, p->index, ok, us);
+    int change = imf_backend_check_report(p->pool, p->index, ok, us);
     if (change > 0) {
         imf_log_kv(IMF_LOG_WARN, "backend", "server failed its check, out of rotation", "backend",
-                   server_of(p), "step", step_name(p), "reason", reason, NULL);
+                   server_of(p), "step", step_name(p), "reason", reason,
+                   imf_backend_pool_key(p->pool), p->pool->name, NULL);
     } else if (change < 0) {
         char took[32];
         snprintf(took, sizeof(took), "%" PRIu64 "ms", us / 1000);
         imf_log_kv(IMF_LOG_INFO, "backend", "server passed its check, back in rotation", "backend",
-                   server_of(p), "took", took, NULL);
+                   server_of(p), "took", took, imf_backend_pool_key(p->pool), p->pool->name, NULL);
     } else if (!ok && imf_log_enabled(IMF_LOG_DEBUG)) {
         imf_log_kv(IMF_LOG_DEBUG, "backend", "check failed", "backend", server_of(p), "step",
-                   step_name(p), "reason", reason, NULL);
+                   step_name(p), "reason", reason, imf_backend_pool_key(p->pool), p->pool->name,
+                   NULL);
     }
 }
 
@@ -129,14 +145,22 @@ static void fail(struct probe *p, const char *fmt, ...)
     probe_close(p);
 }
 
-/* After imf_checker_stop: frees the checker once its tick and every probe
+/* After imf_checker_stop: frees the checker once its ticks and every probe
  * are closed. */
 static void checker_free_when_done(struct imf_checker *ck)
 {
-    if (ck->stopping && ck->tick_closed && ck->probes == NULL) {
-        imf_config_unref(ck->cfg);
-        free(ck);
+    if (!ck->stopping || ck->probes != NULL)
+        return;
+    for (const struct pool_tick *t = ck->ticks; t != NULL; t = t->next)
+        if (!t->closed)
+            return;
+    while (ck->ticks != NULL) {
+        struct pool_tick *t = ck->ticks;
+        ck->ticks = t->next;
+        free(t);
     }
+    imf_config_unref(ck->cfg);
+    free(ck);
 }
 
 static void on_closed(uv_handle_t *h)
@@ -232,7 +256,7 @@ static void pass(struct probe *p)
 static void login(struct probe *p)
 {
     p->step = STEP_LOGIN;
-    const char *user = p->cfg->check_user, *pw = p->cfg->check_password;
+    const char *user = p->pool->check_user, *pw = p->pool->check_password;
     int rc = imf_bc_login(&p->bc, user, strlen(user), pw, strlen(pw));
     if (rc == -ENOTSUP) {
         fail(p, "the server allows no login (LOGINDISABLED and no AUTH=PLAIN)");
@@ -251,16 +275,16 @@ static void on_result(struct probe *p, enum imf_bc_result r)
 {
     switch (r) {
     case IMF_BC_READY:
-        if (p->cfg->check == IMF_CHECK_BANNER)
+        if (p->pool->check == IMF_CHECK_BANNER)
             pass(p);
         else if (imf_bc_authenticated(&p->bc)) /* PREAUTH */
-            command(p, STEP_EXAMINE, "EXAMINE", p->cfg->check_mailbox);
+            command(p, STEP_EXAMINE, "EXAMINE", p->pool->check_mailbox);
         else
             login(p);
         return;
     case IMF_BC_OK:
         if (p->step == STEP_LOGIN)
-            command(p, STEP_EXAMINE, "EXAMINE", p->cfg->check_mailbox);
+            command(p, STEP_EXAMINE, "EXAMINE", p->pool->check_mailbox);
         else if (p->step == STEP_EXAMINE)
             command(p, STEP_NOOP, "NOOP", NULL);
         else if (p->step == STEP_NOOP)
@@ -358,30 +382,33 @@ static void on_timeout(uv_timer_t *t)
         return;
     }
     char limit[32];
-    snprintf(limit, sizeof(limit), "%" PRIu64 "ms", p->cfg->check_timeout_ms);
+    snprintf(limit, sizeof(limit), "%" PRIu64 "ms", p->pool->check_timeout_ms);
     if (p->step == STEP_CONNECT)
         fail(p, "connect not done within %s", limit);
     else
         fail(p, "no answer to %s within %s", step_name(p), limit);
 }
 
-static bool probing(const struct imf_checker *ck, const char *address)
+static bool probing(const struct imf_checker *ck, const struct imf_pool_config *pool,
+                    const char *address)
 {
     for (const struct probe *p = ck->probes; p != NULL; p = p->next)
-        if (strcmp(server_of(p), address) == 0)
+        if (strcmp(p->pool->name, pool->name) == 0 && strcmp(server_of(p), address) == 0)
             return true;
     return false;
 }
 
-static void probe_start(struct imf_checker *ck, size_t index)
+/* Checks pool->servers[index] (pool: of ck->cfg). */
+static void probe_start(struct imf_checker *ck, const struct imf_pool_config *pool, size_t index)
 {
     struct probe *p = calloc(1, sizeof(*p));
     if (p == NULL) {
-        imf_warn("backend", "check of %s skipped: out of memory", ck->cfg->servers[index].text);
+        imf_warn("backend", "check of %s skipped: out of memory", pool->servers[index].text);
         return;
     }
     p->ck = ck;
     p->cfg = imf_config_ref(ck->cfg);
+    p->pool = pool;
     p->index = index;
     p->start_ns = uv_hrtime();
     p->step = STEP_CONNECT;
@@ -392,37 +419,83 @@ static void probe_start(struct imf_checker *ck, size_t index)
     uv_timer_init(ck->loop, &p->timer);
     p->tcp.data = p->timer.data = p->connect_req.data = p;
     p->open_handles = 2;
-    uv_timer_start(&p->timer, on_timeout, p->cfg->check_timeout_ms, 0);
-    const struct imf_sockaddr *a = &p->cfg->servers[index];
+    uv_timer_start(&p->timer, on_timeout, pool->check_timeout_ms, 0);
+    const struct imf_sockaddr *a = &pool->servers[index];
     int rc =
         uv_tcp_connect(&p->connect_req, &p->tcp, (const struct sockaddr *)&a->ss, on_connected);
     if (rc < 0)
         fail(p, "connect failed: %s", uv_strerror(rc));
 }
 
-static void on_tick(uv_timer_t *t)
+static void on_tick(uv_timer_t *timer)
 {
-    struct imf_checker *ck = t->data;
-    for (size_t i = 0; i < ck->cfg->servers_len; i++)
-        if (!probing(ck, ck->cfg->servers[i].text))
-            probe_start(ck, i);
+    struct pool_tick *t = timer->data;
+    struct imf_checker *ck = t->ck;
+    const struct imf_pool_config *pool = imf_config_pool(ck->cfg, t->name);
+    if (pool == NULL)
+        return;
+    for (size_t i = 0; i < pool->servers_len; i++)
+        if (!probing(ck, pool, pool->servers[i].text))
+            probe_start(ck, pool, i);
 }
 
-/* Starts, restarts or stops the tick for ck->cfg. A newly started tick
- * fires at once, so a broken server is found without waiting an interval. */
-static void schedule(struct imf_checker *ck, bool interval_changed)
+/* The tick of the pool named name, created (stopped) on first use; NULL
+ * when out of memory or the timer cannot be set up. */
+static struct pool_tick *tick_of(struct imf_checker *ck, const char *name)
 {
-    if (ck->cfg->check == IMF_CHECK_OFF) {
-        if (ck->running)
-            uv_timer_stop(&ck->tick);
-        ck->running = false;
-        imf_backend_check_clear(ck->cfg);
-        return;
+    for (struct pool_tick *t = ck->ticks; t != NULL; t = t->next)
+        if (strcmp(t->name, name) == 0)
+            return t;
+    struct pool_tick *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    if (uv_timer_init(ck->loop, &t->timer) < 0) {
+        free(t);
+        return NULL;
     }
-    if (ck->running && !interval_changed)
-        return;
-    uv_timer_start(&ck->tick, on_tick, 0, ck->cfg->check_interval_ms);
-    ck->running = true;
+    t->ck = ck;
+    t->timer.data = t;
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->next = ck->ticks;
+    ck->ticks = t;
+    return t;
+}
+
+/* Starts, restarts or stops each pool's tick for ck->cfg (old: the config
+ * before, or NULL). A newly started tick fires at once, so a broken
+ * server is found without waiting an interval. What checks found about a
+ * pool whose checks stop (check = off, or the pool is gone) is forgotten. */
+static void schedule(struct imf_checker *ck, const struct imf_config *old)
+{
+    for (size_t i = 0; old != NULL && i < old->pools_len; i++) {
+        const struct imf_pool_config *was = &old->pools[i];
+        const struct imf_pool_config *now = imf_config_pool(ck->cfg, was->name);
+        if (was->check != IMF_CHECK_OFF && (now == NULL || now->check == IMF_CHECK_OFF))
+            imf_backend_check_clear(was);
+    }
+    for (struct pool_tick *t = ck->ticks; t != NULL; t = t->next) {
+        const struct imf_pool_config *now = imf_config_pool(ck->cfg, t->name);
+        if (t->interval_ms != 0 && (now == NULL || now->check == IMF_CHECK_OFF)) {
+            uv_timer_stop(&t->timer);
+            t->interval_ms = 0;
+        }
+    }
+    for (size_t i = 0; i < ck->cfg->pools_len; i++) {
+        const struct imf_pool_config *pool = &ck->cfg->pools[i];
+        if (pool->check == IMF_CHECK_OFF) {
+            imf_backend_check_clear(pool);
+            continue;
+        }
+        struct pool_tick *t = tick_of(ck, pool->name);
+        if (t == NULL) {
+            imf_warn("backend", "checks of pool %s not started: out of memory", pool->name);
+            continue;
+        }
+        if (t->interval_ms == pool->check_interval_ms)
+            continue;
+        uv_timer_start(&t->timer, on_tick, 0, pool->check_interval_ms);
+        t->interval_ms = pool->check_interval_ms;
+    }
 }
 
 int imf_checker_start(uv_loop_t *loop, struct imf_config *cfg, struct imf_checker **out_ck)
@@ -430,15 +503,9 @@ int imf_checker_start(uv_loop_t *loop, struct imf_config *cfg, struct imf_checke
     struct imf_checker *ck = calloc(1, sizeof(*ck));
     if (ck == NULL)
         return UV_ENOMEM;
-    int rc = uv_timer_init(loop, &ck->tick);
-    if (rc < 0) {
-        free(ck);
-        return rc;
-    }
     ck->loop = loop;
-    ck->tick.data = ck;
     ck->cfg = imf_config_ref(cfg);
-    schedule(ck, false);
+    schedule(ck, NULL);
     *out_ck = ck;
     return 0;
 }
@@ -447,17 +514,15 @@ void imf_checker_reload(struct imf_checker *ck, struct imf_config *cfg)
 {
     struct imf_config *old = ck->cfg;
     ck->cfg = imf_config_ref(cfg);
-    if (old->check != IMF_CHECK_OFF && cfg->check == IMF_CHECK_OFF)
-        imf_backend_check_clear(old);
-    schedule(ck, old->check_interval_ms != cfg->check_interval_ms);
+    schedule(ck, old);
     imf_config_unref(old);
 }
 
 static void on_tick_closed(uv_handle_t *h)
 {
-    struct imf_checker *ck = h->data;
-    ck->tick_closed = true;
-    checker_free_when_done(ck);
+    struct pool_tick *t = h->data;
+    t->closed = true;
+    checker_free_when_done(t->ck);
 }
 
 void imf_checker_stop(struct imf_checker *ck)
@@ -467,5 +532,7 @@ void imf_checker_stop(struct imf_checker *ck)
     ck->stopping = true;
     for (struct probe *p = ck->probes; p != NULL; p = p->next)
         probe_close(p);
-    uv_close((uv_handle_t *)&ck->tick, on_tick_closed);
+    for (struct pool_tick *t = ck->ticks; t != NULL; t = t->next)
+        uv_close((uv_handle_t *)&t->timer, on_tick_closed);
+    checker_free_when_done(ck); /* no tick and no probe: nothing to wait for */
 }

@@ -11,7 +11,7 @@
  * INI_HANDLER_LINENO), see every section header even when the section has no
  * keys, and refuse over-long lines instead of letting them be cut. */
 #include "imapfront/config.h"
-#include "imapfront/proxy_proto.h"
+#include "imapfront/netaddr.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -76,9 +76,13 @@ enum imf_opt_type {
 /* A secret STRING (default empty) that may instead be read from a file
  * named by the key KEY_file: exactly one of the two; the file's content,
  * less one trailing newline. Keeps secrets out of a world-readable INI and
- * lets them come from a Kubernetes Secret or systemd credential. Rows of
- * the main sections only. */
+ * lets them come from a Kubernetes Secret or systemd credential. */
 #define IMF_CF_FILE 0x8u
+/* A SIGHUP cannot apply it (a socket bound, a table sized, privileges
+ * dropped at start): a reload keeps the running value and says so, or, in
+ * a section that is a socket ([listen.NAME]), is refused. As PgBouncer's
+ * CF_NO_RELOAD. */
+#define IMF_CF_RESTART 0x10u
 
 /* One value of an enum key. Flip `supported` when the feature lands. */
 struct imf_choice {
@@ -167,7 +171,8 @@ static const struct imf_choice forward_ip_choices[] = {
 
 #define FIELD_SIZE(type, field) sizeof(((type *)0)->field)
 /* OPT: a key of struct imf_config. OPT_LIST: the same for a SOCKADDR_LIST,
- * whose count lives in FIELD_len. LOPT: a key of every [listen.NAME]. */
+ * whose count lives in FIELD_len. LOPT: a key of every [listen.NAME];
+ * POPT, POPT_LIST: of every backend pool; COPT: of [certificate.NAME]. */
 #define OPT(sec, key, type, field, def, min, max, choices, flags) \
     {sec, key, IMF_OT_##type, offsetof(struct imf_config, field), \
      FIELD_SIZE(struct imf_config, field), 0, def, min, max, choices, flags}
@@ -178,6 +183,13 @@ static const struct imf_choice forward_ip_choices[] = {
 #define LOPT(sec, key, type, field, def, min, max, choices, flags) \
     {sec, key, IMF_OT_##type, offsetof(struct imf_listen_config, field), \
      FIELD_SIZE(struct imf_listen_config, field), 0, def, min, max, choices, flags}
+#define POPT(sec, key, type, field, def, min, max, choices, flags) \
+    {sec, key, IMF_OT_##type, offsetof(struct imf_pool_config, field), \
+     FIELD_SIZE(struct imf_pool_config, field), 0, def, min, max, choices, flags}
+#define POPT_LIST(sec, key, type, field, def, min, max, choices, flags) \
+    {sec, key, IMF_OT_##type, offsetof(struct imf_pool_config, field), \
+     FIELD_SIZE(struct imf_pool_config, field), offsetof(struct imf_pool_config, field##_len), \
+     def, min, max, choices, flags}
 #define COPT(sec, key, type, field, def, min, max, choices, flags) \
     {sec, key, IMF_OT_##type, offsetof(struct imf_cert_config, field), \
      FIELD_SIZE(struct imf_cert_config, field), 0, def, min, max, choices, flags}
@@ -186,11 +198,11 @@ static const struct imf_choice forward_ip_choices[] = {
  * lines and compares them with docs/configuration.md. To enable a feature,
  * drop IMF_CF_NOT_YET from its row (or set its choice to true above). */
 static const struct imf_option imf_options[] = {
-    OPT("proxy", "workers", UINT, workers, "auto", 1, 64, NULL, IMF_CF_AUTO),
+    OPT("proxy", "workers", UINT, workers, "auto", 1, 64, NULL, IMF_CF_AUTO | IMF_CF_RESTART),
     OPT("proxy", "max_connections", UINT, max_connections, "10000", 1, 1000000, NULL, 0),
     OPT("proxy", "max_connections_per_ip", UINT, max_connections_per_ip, "0", 0, 1000000, NULL, 0),
-    OPT("proxy", "ip_prefix_v6", UINT, ip_prefix_v6, "64", 32, 128, NULL, 0),
-    OPT("proxy", "user", STRING, user, "", 0, 0, NULL, 0),
+    OPT("proxy", "ip_prefix_v6", UINT, ip_prefix_v6, "64", 32, 128, NULL, IMF_CF_RESTART),
+    OPT("proxy", "user", STRING, user, "", 0, 0, NULL, IMF_CF_RESTART),
     OPT("proxy", "log_level", ENUM, log_level, "info", 0, 0, log_level_choices, 0),
     OPT("proxy", "log_format", ENUM, log_format, "text", 0, 0, log_format_choices, 0),
     OPT("proxy", "drain_timeout", DURATION, drain_timeout_ms, "30s", 0, WEEK, NULL, 0),
@@ -200,30 +212,6 @@ static const struct imf_option imf_options[] = {
     OPT("tls", "legacy_ciphers", BOOL, legacy_ciphers, "off", 0, 0, NULL, 0),
     OPT("tls", "session_tickets", BOOL, session_tickets, "on", 0, 0, NULL, 0),
     OPT("tls", "handshake_timeout", DURATION, handshake_timeout_ms, "10s", 1, WEEK, NULL, 0),
-    OPT_LIST("backend", "servers", SOCKADDR_LIST, servers, "", 1, 64, NULL, IMF_CF_REQUIRED),
-    OPT("backend", "balance", ENUM, balance, "first", 0, 0, balance_choices, 0),
-    OPT("backend", "connect_timeout", DURATION, connect_timeout_ms, "5s", 1, WEEK, NULL, 0),
-    OPT("backend", "down_after", UINT, backend_down_after, "3", 1, 1000, NULL, 0),
-    OPT("backend", "retry_after", DURATION, backend_retry_after_ms, "10s", 1, WEEK, NULL, 0),
-    OPT("backend", "max_sessions", UINT, backend_max_sessions, "0", 0, 1000000, NULL, 0),
-    OPT("backend", "max_connecting", UINT, backend_max_connecting, "16", 0, 100000, NULL, 0),
-    OPT("backend", "queue_timeout", DURATION, queue_timeout_ms, "30s", 1, HOUR, NULL, 0),
-    OPT("backend", "connect_rate", UINT, connect_rate, "50", 0, 1000000, NULL, 0),
-    OPT("backend", "quirks", ENUM, quirks, "auto", 0, 0, quirks_choices, 0),
-    OPT("backend", "pipelining", BOOL, pipelining, "on", 0, 0, NULL, 0),
-    OPT("backend", "literal_plus", ENUM, literal_plus, "pass", 0, 0, literal_plus_choices, 0),
-    OPT("backend", "literal_crlf_split", BOOL, literal_crlf_split, "off", 0, 0, NULL, 0),
-    OPT("backend", "literal_crlf_split_delay", DURATION, literal_crlf_split_delay_ms, "5ms", 0, SEC, NULL, 0),
-    OPT("backend", "forward_client_ip", ENUM, forward_client_ip, "off", 0, 0, forward_ip_choices, 0),
-    OPT("backend", "idle", ENUM, idle_mode, "pass", 0, 0, idle_mode_choices, 0),
-    OPT("backend", "check", ENUM, check, "off", 0, 0, check_choices, 0),
-    OPT("backend", "check_interval", DURATION, check_interval_ms, "10s", 100, HOUR, NULL, 0),
-    OPT("backend", "check_timeout", DURATION, check_timeout_ms, "5s", 10, HOUR, NULL, 0),
-    OPT("backend", "check_user", STRING, check_user, "", 0, 0, NULL, 0),
-    OPT("backend", "check_password", STRING, check_password, "", 0, 0, NULL, IMF_CF_FILE),
-    OPT("backend", "check_mailbox", STRING, check_mailbox, "INBOX", 0, 0, NULL, 0),
-    OPT("backend", "idle_refresh", DURATION, idle_refresh_ms, "0", 0, WEEK, NULL, 0),
-    OPT("backend", "poll_interval", DURATION, poll_interval_ms, "30s", 100, HOUR, NULL, 0),
     OPT("imap", "max_line_length", SIZE, max_line_length, "64k", KiB, 16 * MiB, NULL, 0),
     OPT("imap", "max_literal_size", SIZE, max_literal_size, "64M", KiB, 4 * GiB, NULL, 0),
     OPT("imap", "max_command_size", SIZE, max_command_size, "128M", KiB, 16 * GiB, NULL, 0),
@@ -245,21 +233,51 @@ static const struct imf_option imf_options[] = {
     OPT("login", "delay_max", DURATION, login_delay_max_ms, "16s", 0, HOUR, NULL, 0),
     OPT("login", "user_lockout", BOOL, login_user_lockout, "off", 0, 0, NULL, 0),
     OPT("login", "trusted_networks", STRING, login_trusted_networks, "", 0, 0, NULL, 0),
-    OPT("login", "max_tracked", UINT, login_max_tracked, "100000", 100, 10000000, NULL, 0),
+    OPT("login", "max_tracked", UINT, login_max_tracked, "100000", 100, 10000000, NULL, IMF_CF_RESTART),
     OPT("login", "store", STRING, login_store, "", 0, 0, NULL, 0),
     OPT("login", "store_password", STRING, login_store_password, "", 0, 0, NULL, IMF_CF_FILE),
     OPT("route", "map", STRING, route_map, "", 0, 0, NULL, 0),
     OPT("route", "default", STRING, route_default, "", 0, 0, NULL, 0),
     OPT("route", "ignore_case", BOOL, route_ignore_case, "yes", 0, 0, NULL, 0),
-    OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, 0),
+    OPT("admin", "address", SOCKADDR, admin_address, "", 0, 0, NULL, IMF_CF_RESTART),
     OPT("admin", "allow_from", STRING, admin_allow_from, "", 0, 0, NULL, 0),
-    OPT("admin", "max_connections", UINT, admin_max_connections, "256", 1, 10000, NULL, 0),
-    OPT("admin", "timeout", DURATION, admin_timeout_ms, "10s", SEC, HOUR, NULL, 0),
+    OPT("admin", "max_connections", UINT, admin_max_connections, "256", 1, 10000, NULL, IMF_CF_RESTART),
+    OPT("admin", "timeout", DURATION, admin_timeout_ms, "10s", SEC, HOUR, NULL, IMF_CF_RESTART),
+};
+
+/* The keys of every backend pool, [backend.NAME] or [backend] (the pool
+ * "default"). Their section reads "backend": the documentation lists them
+ * once. */
+static const struct imf_option imf_pool_options[] = {
+    POPT_LIST("backend", "servers", SOCKADDR_LIST, servers, "", 1, 64, NULL, IMF_CF_REQUIRED),
+    POPT("backend", "balance", ENUM, balance, "first", 0, 0, balance_choices, 0),
+    POPT("backend", "connect_timeout", DURATION, connect_timeout_ms, "5s", 1, WEEK, NULL, 0),
+    POPT("backend", "down_after", UINT, down_after, "3", 1, 1000, NULL, 0),
+    POPT("backend", "retry_after", DURATION, retry_after_ms, "10s", 1, WEEK, NULL, 0),
+    POPT("backend", "max_sessions", UINT, max_sessions, "0", 0, 1000000, NULL, 0),
+    POPT("backend", "max_connecting", UINT, max_connecting, "16", 0, 100000, NULL, 0),
+    POPT("backend", "queue_timeout", DURATION, queue_timeout_ms, "30s", 1, HOUR, NULL, 0),
+    POPT("backend", "connect_rate", UINT, connect_rate, "50", 0, 1000000, NULL, 0),
+    POPT("backend", "quirks", ENUM, quirks, "auto", 0, 0, quirks_choices, 0),
+    POPT("backend", "pipelining", BOOL, pipelining, "on", 0, 0, NULL, 0),
+    POPT("backend", "literal_plus", ENUM, literal_plus, "pass", 0, 0, literal_plus_choices, 0),
+    POPT("backend", "literal_crlf_split", BOOL, literal_crlf_split, "off", 0, 0, NULL, 0),
+    POPT("backend", "literal_crlf_split_delay", DURATION, literal_crlf_split_delay_ms, "5ms", 0, SEC, NULL, 0),
+    POPT("backend", "forward_client_ip", ENUM, forward_client_ip, "off", 0, 0, forward_ip_choices, 0),
+    POPT("backend", "idle", ENUM, idle_mode, "pass", 0, 0, idle_mode_choices, 0),
+    POPT("backend", "check", ENUM, check, "off", 0, 0, check_choices, 0),
+    POPT("backend", "check_interval", DURATION, check_interval_ms, "10s", 100, HOUR, NULL, 0),
+    POPT("backend", "check_timeout", DURATION, check_timeout_ms, "5s", 10, HOUR, NULL, 0),
+    POPT("backend", "check_user", STRING, check_user, "", 0, 0, NULL, 0),
+    POPT("backend", "check_password", STRING, check_password, "", 0, 0, NULL, IMF_CF_FILE),
+    POPT("backend", "check_mailbox", STRING, check_mailbox, "INBOX", 0, 0, NULL, 0),
+    POPT("backend", "idle_refresh", DURATION, idle_refresh_ms, "0", 0, WEEK, NULL, 0),
+    POPT("backend", "poll_interval", DURATION, poll_interval_ms, "30s", 100, HOUR, NULL, 0),
 };
 
 /* The keys of every [listen.NAME] section. */
 static const struct imf_option imf_listen_options[] = {
-    LOPT("listen.NAME", "address", SOCKADDR, address, "", 0, 0, NULL, IMF_CF_REQUIRED),
+    LOPT("listen.NAME", "address", SOCKADDR, address, "", 0, 0, NULL, IMF_CF_REQUIRED | IMF_CF_RESTART),
     LOPT("listen.NAME", "mode", ENUM, mode, "implicit-tls", 0, 0, listen_mode_choices, 0),
     LOPT("listen.NAME", "require_tls", BOOL, require_tls, "yes", 0, 0, NULL, 0),
     LOPT("listen.NAME", "proxy_protocol", ENUM, proxy_protocol, "off", 0, 0, proxy_protocol_choices, 0),
@@ -276,17 +294,17 @@ static const struct imf_option imf_cert_options[] = {
 /* clang-format on */
 
 /* The sections that are not [listen.NAME], in file order. */
-static const char *const imf_main_sections[] = {"proxy", "tls",   "backend", "imap",
-                                                "login", "route", "admin"};
+static const char *const imf_main_sections[] = {"proxy", "tls", "imap", "login", "route", "admin"};
 
 #define IMF_OPTIONS_LEN        ARRAY_SIZE(imf_options)
 #define IMF_LISTEN_OPTIONS_LEN ARRAY_SIZE(imf_listen_options)
 
 /* Sections written any number of times as [PREFIX.NAME]: each is an array
  * in struct imf_config whose elements start with their char name[64]. */
-enum named_kind { NAMED_LISTEN, NAMED_CERT, NAMED_COUNT };
+enum named_kind { NAMED_LISTEN, NAMED_CERT, NAMED_POOL, NAMED_COUNT };
 struct named_section {
     const char *prefix; /* "listen." */
+    bool fixed;         /* sockets: a reload may not add, remove or move one */
     const struct imf_option *options;
     size_t options_len;
     size_t elem_size;
@@ -294,17 +312,23 @@ struct named_section {
     size_t len_offset;   /* of its element count */
 };
 static const struct named_section named_sections[NAMED_COUNT] = {
-    {"listen.", imf_listen_options, ARRAY_SIZE(imf_listen_options),
+    {"listen.", true, imf_listen_options, ARRAY_SIZE(imf_listen_options),
      sizeof(struct imf_listen_config), offsetof(struct imf_config, listeners),
      offsetof(struct imf_config, listeners_len)},
-    {"certificate.", imf_cert_options, ARRAY_SIZE(imf_cert_options), sizeof(struct imf_cert_config),
-     offsetof(struct imf_config, certs), offsetof(struct imf_config, certs_len)},
+    {"certificate.", false, imf_cert_options, ARRAY_SIZE(imf_cert_options),
+     sizeof(struct imf_cert_config), offsetof(struct imf_config, certs),
+     offsetof(struct imf_config, certs_len)},
+    {"backend.", false, imf_pool_options, ARRAY_SIZE(imf_pool_options),
+     sizeof(struct imf_pool_config), offsetof(struct imf_config, pools),
+     offsetof(struct imf_config, pools_len)},
 };
-#define NAMED_KEYS_MAX 8
+#define NAMED_KEYS_MAX 32
 static_assert(ARRAY_SIZE(imf_listen_options) <= NAMED_KEYS_MAX, "named keys");
 static_assert(ARRAY_SIZE(imf_cert_options) <= NAMED_KEYS_MAX, "named keys");
+static_assert(ARRAY_SIZE(imf_pool_options) <= NAMED_KEYS_MAX, "named keys");
 static_assert(offsetof(struct imf_listen_config, name) == 0, "name first");
 static_assert(offsetof(struct imf_cert_config, name) == 0, "name first");
+static_assert(offsetof(struct imf_pool_config, name) == 0, "name first");
 
 static void **named_array(struct imf_config *cfg, const struct named_section *ns)
 {
@@ -479,22 +503,6 @@ static int parse_port(const char *s, uint16_t *out)
         return -EINVAL;
     *out = (uint16_t)v;
     return 0;
-}
-
-void imf_format_sockaddr(const struct sockaddr *sa, char *out, size_t out_len)
-{
-    char host[INET6_ADDRSTRLEN];
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-        snprintf(out, out_len, "%s:%u", host, (unsigned)ntohs(a->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        snprintf(out, out_len, "[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
-    } else {
-        snprintf(out, out_len, "?");
-    }
 }
 
 int imf_config_parse_sockaddr(const char *text, struct imf_sockaddr *out_addr)
@@ -878,7 +886,10 @@ enum section_kind { SECTION_NONE, SECTION_MAIN, SECTION_NAMED };
 /* Per [PREFIX.NAME] section: where things were written, for messages. */
 struct named_meta {
     unsigned header_line;
+    bool plain; /* the pool "default" written as [backend] */
     unsigned key_lines[NAMED_KEYS_MAX];
+    unsigned file_lines[NAMED_KEYS_MAX]; /* IMF_CF_FILE rows: where KEY_file was set */
+    bool from_file[NAMED_KEYS_MAX];      /* ... and the value came from that file */
 };
 
 struct parse_ctx {
@@ -951,8 +962,10 @@ static bool valid_section_name(const char *s, size_t len)
     return true;
 }
 
+/* "[backend.default]" and "[backend]" name one pool: a second header for it
+ * is refused with a message that says so. */
 static void enter_named(struct parse_ctx *ctx, enum named_kind kind, const char *sec,
-                        const char *name, size_t nlen)
+                        const char *name, size_t nlen, bool plain)
 {
     const struct named_section *ns = &named_sections[kind];
     struct imf_config *cfg = ctx->cfg;
@@ -965,8 +978,14 @@ static void enter_named(struct parse_ctx *ctx, enum named_kind kind, const char 
     for (size_t i = 0; i < n; i++) {
         const char *other = named_elem(cfg, ns, i);
         if (strlen(other) == nlen && memcmp(other, name, nlen) == 0) {
-            fail(ctx, -EINVAL, ctx->line, sec, "duplicate section (first on line %u)",
-                 ctx->meta[kind][i].header_line);
+            if (ctx->meta[kind][i].plain != plain)
+                fail(ctx, -EINVAL, ctx->line, sec,
+                     "[backend] is the pool \"default\", already defined on line %u; "
+                     "write only one of [backend] and [backend.default]",
+                     ctx->meta[kind][i].header_line);
+            else
+                fail(ctx, -EINVAL, ctx->line, sec, "duplicate section (first on line %u)",
+                     ctx->meta[kind][i].header_line);
             return;
         }
     }
@@ -989,6 +1008,7 @@ static void enter_named(struct parse_ctx *ctx, enum named_kind kind, const char 
     memcpy(elem, name, nlen);
     elem[nlen] = '\0';
     m[n].header_line = ctx->line;
+    m[n].plain = plain;
     ctx->kind = SECTION_NAMED;
     ctx->named = kind;
     ctx->section = n;
@@ -1020,9 +1040,13 @@ static void enter_section(struct parse_ctx *ctx, const char *s, size_t len)
     for (int k = 0; k < NAMED_COUNT; k++) {
         size_t plen = strlen(named_sections[k].prefix);
         if (nlen >= plen && memcmp(name, named_sections[k].prefix, plen) == 0) {
-            enter_named(ctx, (enum named_kind)k, sec, name + plen, nlen - plen);
+            enter_named(ctx, (enum named_kind)k, sec, name + plen, nlen - plen, false);
             return;
         }
+    }
+    if (nlen == strlen("backend") && memcmp(name, "backend", nlen) == 0) {
+        enter_named(ctx, NAMED_POOL, sec, IMF_POOL_DEFAULT, strlen(IMF_POOL_DEFAULT), true);
+        return;
     }
     for (size_t i = 0; i < ARRAY_SIZE(imf_main_sections); i++) {
         if (strlen(imf_main_sections[i]) == nlen && memcmp(imf_main_sections[i], name, nlen) == 0) {
@@ -1137,23 +1161,44 @@ static int read_secret(const char *path, char **out, char *why, size_t why_len)
     return 0;
 }
 
-/* "KEY_file = PATH" for a row with IMF_CF_FILE (index i of the main table):
+/* Where the keys of one section went, for on_key: the struct the values go
+ * into, and per row of its table the lines of KEY and KEY_file. */
+struct section_lines {
+    void *base;
+    unsigned *key_lines;
+    unsigned *file_lines;
+    bool *from_file;
+};
+
+/* "[backend]" for the pool written so, else "[PREFIX.NAME]". */
+static void named_label(struct parse_ctx *ctx, enum named_kind k, size_t e, char *buf,
+                        size_t buf_len)
+{
+    const struct named_section *ns = &named_sections[k];
+    if (ctx->meta[k][e].plain)
+        snprintf(buf, buf_len, "[backend]");
+    else
+        snprintf(buf, buf_len, "[%s%s]", ns->prefix, named_elem(ctx->cfg, ns, e));
+}
+
+/* "KEY_file = PATH" for a row with IMF_CF_FILE (index i of its table):
  * the value comes from the file. An empty PATH counts as not set. */
 static int on_file_key(struct parse_ctx *ctx, const struct imf_option *opt, size_t i,
-                       const char *key, const char *value, const char *secname)
+                       const char *key, const char *value, const char *secname,
+                       const struct section_lines *sl)
 {
-    if (ctx->file_lines[i] != 0) {
+    if (sl->file_lines[i] != 0) {
         fail(ctx, -EINVAL, ctx->line, key, "set twice in %s (first on line %u)", secname,
-             ctx->file_lines[i]);
+             sl->file_lines[i]);
         return 0;
     }
-    ctx->file_lines[i] = ctx->line;
+    sl->file_lines[i] = ctx->line;
     if (value[0] == '\0')
         return 1;
-    char **field = (char **)((char *)ctx->cfg + opt->offset);
+    char **field = (char **)((char *)sl->base + opt->offset);
     if (*field != NULL) {
         fail(ctx, -EINVAL, ctx->line, key, "%s is set too (line %u); set only one of them",
-             opt->key, ctx->key_lines[i]);
+             opt->key, sl->key_lines[i]);
         return 0;
     }
     char why[512];
@@ -1162,7 +1207,7 @@ static int on_file_key(struct parse_ctx *ctx, const struct imf_option *opt, size
         fail(ctx, rc, ctx->line, key, "%s", why);
         return 0;
     }
-    ctx->from_file[i] = true;
+    sl->from_file[i] = true;
     return 1;
 }
 
@@ -1172,8 +1217,7 @@ static int on_key(void *user, const char *section, const char *key, const char *
     struct parse_ctx *ctx = user;
     const struct imf_option *table;
     size_t len;
-    void *base;
-    unsigned *lines;
+    struct section_lines sl;
     char secname[IMF_CONFIG_QUOTE_MAX + 16];
     const char *main_section = NULL;
     (void)section; /* inih truncates long section names; we track our own */
@@ -1184,18 +1228,18 @@ static int on_key(void *user, const char *section, const char *key, const char *
     case SECTION_MAIN:
         table = imf_options;
         len = IMF_OPTIONS_LEN;
-        base = ctx->cfg;
-        lines = ctx->key_lines;
+        sl = (struct section_lines){ctx->cfg, ctx->key_lines, ctx->file_lines, ctx->from_file};
         main_section = imf_main_sections[ctx->section];
         snprintf(secname, sizeof(secname), "[%s]", main_section);
         break;
     case SECTION_NAMED: {
         const struct named_section *ns = &named_sections[ctx->named];
+        struct named_meta *m = &ctx->meta[ctx->named][ctx->section];
         table = ns->options;
         len = ns->options_len;
-        base = named_elem(ctx->cfg, ns, ctx->section);
-        lines = ctx->meta[ctx->named][ctx->section].key_lines;
-        snprintf(secname, sizeof(secname), "[%s%s]", ns->prefix, (const char *)base);
+        sl = (struct section_lines){named_elem(ctx->cfg, ns, ctx->section), m->key_lines,
+                                    m->file_lines, m->from_file};
+        named_label(ctx, ctx->named, ctx->section, secname, sizeof(secname));
         break;
     }
     default:
@@ -1209,14 +1253,15 @@ static int on_key(void *user, const char *section, const char *key, const char *
             strcmp(table[i].key, key) == 0)
             break;
     }
-    if (i == len && main_section != NULL) {
+    if (i == len) {
         size_t klen = strlen(key), slen = sizeof("_file") - 1;
         if (klen > slen && strcmp(key + klen - slen, "_file") == 0) {
             for (i = 0; i < len; i++)
-                if ((table[i].flags & IMF_CF_FILE) && strcmp(table[i].section, main_section) == 0 &&
+                if ((table[i].flags & IMF_CF_FILE) &&
+                    (main_section == NULL || strcmp(table[i].section, main_section) == 0) &&
                     strlen(table[i].key) == klen - slen &&
                     strncmp(table[i].key, key, klen - slen) == 0)
-                    return on_file_key(ctx, &table[i], i, key, value, secname);
+                    return on_file_key(ctx, &table[i], i, key, value, secname, &sl);
         }
     }
     if (i == len) {
@@ -1224,24 +1269,25 @@ static int on_key(void *user, const char *section, const char *key, const char *
         return 0;
     }
     const struct imf_option *opt = &table[i];
-    if (lines[i] != 0) {
-        fail(ctx, -EINVAL, ctx->line, key, "set twice in %s (first on line %u)", secname, lines[i]);
+    if (sl.key_lines[i] != 0) {
+        fail(ctx, -EINVAL, ctx->line, key, "set twice in %s (first on line %u)", secname,
+             sl.key_lines[i]);
         return 0;
     }
-    if ((opt->flags & IMF_CF_FILE) && value[0] != '\0' && ctx->file_lines[i] != 0 &&
-        *(char **)((char *)base + opt->offset) != NULL) {
+    if ((opt->flags & IMF_CF_FILE) && value[0] != '\0' && sl.file_lines[i] != 0 &&
+        *(char **)((char *)sl.base + opt->offset) != NULL) {
         fail(ctx, -EINVAL, ctx->line, key, "%s_file is set too (line %u); set only one of them",
-             key, ctx->file_lines[i]);
+             key, sl.file_lines[i]);
         return 0;
     }
-    lines[i] = ctx->line;
+    sl.key_lines[i] = ctx->line;
     if (value[0] == '\0' && (opt->flags & IMF_CF_REQUIRED)) {
         fail(ctx, -EINVAL, ctx->line, key, "must not be empty");
         return 0;
     }
 
     char why[512];
-    int rc = set_value(opt, base, value, why, sizeof(why));
+    int rc = set_value(opt, sl.base, value, why, sizeof(why));
     if (rc < 0) {
         fail(ctx, rc, ctx->line, key, "%s", why);
         return 0;
@@ -1253,10 +1299,12 @@ static int on_key(void *user, const char *section, const char *key, const char *
         union {
             struct imf_config c;
             struct imf_listen_config l;
+            struct imf_cert_config cert;
+            struct imf_pool_config p;
         } scratch;
         memset(&scratch, 0, sizeof(scratch));
         rc = set_value(opt, &scratch, opt->def, why, sizeof(why));
-        bool same = rc == 0 && field_equal(opt, base, &scratch);
+        bool same = rc == 0 && field_equal(opt, sl.base, &scratch);
         free_field(opt, &scratch);
         if (rc < 0) {
             fail(ctx, rc, ctx->line, key, "bad built-in default: %s", why);
@@ -1348,6 +1396,94 @@ bad:
     return -1;
 }
 
+/* A CIDR list key (text as written, NULL when empty) into out[0..
+ * IMF_CIDR_MAX) and *out_len; an error names the bad entry. */
+static int parse_cidrs(struct parse_ctx *ctx, const char *text, struct imf_cidr *out,
+                       size_t *out_len, unsigned line, const char *key)
+{
+    *out_len = 0;
+    if (text == NULL)
+        return 0;
+    const char *bad = NULL;
+    size_t bad_len = 0;
+    int n = imf_cidr_parse_list(text, out, IMF_CIDR_MAX, &bad, &bad_len);
+    if (n < 0) {
+        int shown = bad_len > IMF_CONFIG_QUOTE_MAX ? IMF_CONFIG_QUOTE_MAX : (int)bad_len;
+        fail(ctx, -EINVAL, line, key,
+             "\"%.*s\" is not an address or CIDR range (at most %d entries)", shown, bad,
+             IMF_CIDR_MAX);
+        return -EINVAL;
+    }
+    *out_len = (size_t)n;
+    return 0;
+}
+
+/* The row of key in the table of a named section kind. */
+static size_t named_row(enum named_kind kind, const char *key)
+{
+    const struct named_section *ns = &named_sections[kind];
+    for (size_t i = 0; i < ns->options_len; i++)
+        if (strcmp(ns->options[i].key, key) == 0)
+            return i;
+    abort(); /* asked for a key that is not in the table */
+}
+
+static size_t pool_row(const char *key)
+{
+    return named_row(NAMED_POOL, key);
+}
+
+/* The cross-checks of one pool (m: where its keys were written). */
+static void check_pool(struct parse_ctx *ctx, struct imf_pool_config *p, const struct named_meta *m)
+{
+    /* check = login sends these in quoted strings: they must be quotable
+     * (RFC 9051: no CR, LF or NUL; 8-bit text would need a literal, which
+     * an old server may refuse). The value itself is never echoed: it may
+     * be the password. */
+    if (p->check == IMF_CHECK_LOGIN) {
+        static const char *const keys[] = {"check_user", "check_password", "check_mailbox"};
+        const char *values[] = {p->check_user, p->check_password, p->check_mailbox};
+        for (size_t k = 0; k < ARRAY_SIZE(keys); k++) {
+            size_t row = pool_row(keys[k]);
+            unsigned line = m->key_lines[row];
+            if (m->from_file[row])
+                line = m->file_lines[row];
+            if (values[k] == NULL) {
+                fail(ctx, -EINVAL, line != 0 ? line : m->key_lines[pool_row("check")], keys[k],
+                     "required by check = login%s",
+                     (imf_pool_options[row].flags & IMF_CF_FILE) ? " (or its _file form)" : "");
+                return;
+            }
+            if (strlen(values[k]) > 1000) {
+                fail(ctx, -EINVAL, line, keys[k], "longer than 1000 characters");
+                return;
+            }
+            for (const unsigned char *c = (const unsigned char *)values[k]; *c != '\0'; c++) {
+                if (*c == '\r' || *c == '\n' || *c >= 0x80) {
+                    fail(ctx, -EINVAL, line, keys[k],
+                         "holds CR, LF or an 8-bit character, which an IMAP quoted string "
+                         "cannot carry");
+                    return;
+                }
+            }
+        }
+    }
+
+    /* quirks is a preset of the shields; a shield's own key, when written,
+     * wins over the preset (auto applies it per server, in gate.c). */
+    p->pipelining_set = m->key_lines[pool_row("pipelining")] != 0;
+    p->literal_plus_set = m->key_lines[pool_row("literal_plus")] != 0;
+    p->literal_crlf_split_set = m->key_lines[pool_row("literal_crlf_split")] != 0;
+    if (p->quirks == IMF_QUIRKS_EXCHANGE55) {
+        if (!p->pipelining_set)
+            p->pipelining = false;
+        if (!p->literal_plus_set)
+            p->literal_plus = IMF_LITERAL_PLUS_SYNC;
+        if (!p->literal_crlf_split_set)
+            p->literal_crlf_split = true;
+    }
+}
+
 /* What needs the whole file: required keys and keys that depend on each
  * other. */
 static void check_whole(struct parse_ctx *ctx)
@@ -1365,8 +1501,9 @@ static void check_whole(struct parse_ctx *ctx)
             for (size_t i = 0; i < ns->options_len; i++) {
                 const struct imf_option *opt = &ns->options[i];
                 if ((opt->flags & IMF_CF_REQUIRED) && ctx->meta[k][e].key_lines[i] == 0) {
-                    snprintf(what, sizeof(what), "[%s%s] %s", ns->prefix, named_elem(cfg, ns, e),
-                             opt->key);
+                    char label[IMF_CONFIG_QUOTE_MAX + 16];
+                    named_label(ctx, (enum named_kind)k, e, label, sizeof(label));
+                    snprintf(what, sizeof(what), "%s %s", label, opt->key);
                     fail(ctx, -EINVAL, ctx->meta[k][e].header_line, what, "required");
                     return;
                 }
@@ -1381,10 +1518,25 @@ static void check_whole(struct parse_ctx *ctx)
             return;
         }
     }
+    /* Sessions use the pool "default" until the route map picks others. */
+    if (cfg->pools_len == 0) {
+        fail(ctx, -EINVAL, 0, "[backend] servers", "required");
+        return;
+    }
+    if (imf_config_pool(cfg, IMF_POOL_DEFAULT) == NULL) {
+        fail(ctx, -EINVAL, ctx->meta[NAMED_POOL][0].header_line, "[backend]",
+             "required: the pool sessions use (or name it [backend.default])");
+        return;
+    }
+    for (size_t e = 0; e < cfg->pools_len; e++) {
+        check_pool(ctx, &cfg->pools[e], &ctx->meta[NAMED_POOL][e]);
+        if (ctx->rc != 0)
+            return;
+    }
 
     /* Two listeners on one address would share it through SO_REUSEPORT and
      * split the connections between them without a word. */
-    size_t addr_row = 0; /* "address" is the first listener row */
+    size_t addr_row = named_row(NAMED_LISTEN, "address");
     for (size_t b = 1; b < cfg->listeners_len; b++) {
         for (size_t a = 0; a < b; a++) {
             if (same_endpoint(&cfg->listeners[a].address, &cfg->listeners[b].address)) {
@@ -1396,23 +1548,14 @@ static void check_whole(struct parse_ctx *ctx)
         }
     }
     /* PROXY headers are taken only from the balancers named. */
-    size_t pp_row = 3, from_row = 4; /* proxy_protocol, proxy_protocol_from */
+    size_t pp_row = named_row(NAMED_LISTEN, "proxy_protocol");
+    size_t from_row = named_row(NAMED_LISTEN, "proxy_protocol_from");
     for (size_t li = 0; li < cfg->listeners_len; li++) {
         struct imf_listen_config *l = &cfg->listeners[li];
         const struct named_meta *lm = &ctx->meta[NAMED_LISTEN][li];
-        if (l->proxy_protocol_from != NULL) {
-            const char *bad = NULL;
-            size_t bad_len = 0;
-            int n = imf_cidr_parse_list(l->proxy_protocol_from, l->proxy_from, IMF_PROXY_FROM_MAX,
-                                        &bad, &bad_len);
-            if (n < 0) {
-                fail(ctx, -EINVAL, lm->key_lines[from_row], "proxy_protocol_from",
-                     "\"%.*s\" is not an address or CIDR range (at most %d entries)", (int)bad_len,
-                     bad, IMF_PROXY_FROM_MAX);
-                return;
-            }
-            l->proxy_from_len = (size_t)n;
-        }
+        if (parse_cidrs(ctx, l->proxy_protocol_from, l->proxy_from, &l->proxy_from_len,
+                        lm->key_lines[from_row], "proxy_protocol_from") < 0)
+            return;
         if (l->proxy_protocol != IMF_PROXY_PROTOCOL_OFF && l->proxy_from_len == 0) {
             snprintf(what, sizeof(what), "[listen.%s] proxy_protocol_from", l->name);
             fail(ctx, -EINVAL, lm->key_lines[pp_row] ? lm->key_lines[pp_row] : lm->header_line,
@@ -1429,35 +1572,13 @@ static void check_whole(struct parse_ctx *ctx)
         return;
     }
 
-    size_t allow_row = option_index("admin", "allow_from");
-    if (cfg->admin_allow_from != NULL) {
-        const char *bad = NULL;
-        size_t bad_len = 0;
-        int n = imf_cidr_parse_list(cfg->admin_allow_from, cfg->admin_allow, IMF_PROXY_FROM_MAX,
-                                    &bad, &bad_len);
-        if (n < 0) {
-            fail(ctx, -EINVAL, ctx->key_lines[allow_row], "allow_from",
-                 "\"%.*s\" is not an address or CIDR range (at most %d entries)", (int)bad_len, bad,
-                 IMF_PROXY_FROM_MAX);
-            return;
-        }
-        cfg->admin_allow_len = (size_t)n;
-    }
-
-    size_t trusted_row = option_index("login", "trusted_networks");
-    if (cfg->login_trusted_networks != NULL) {
-        const char *bad = NULL;
-        size_t bad_len = 0;
-        int n = imf_cidr_parse_list(cfg->login_trusted_networks, cfg->login_trusted,
-                                    IMF_PROXY_FROM_MAX, &bad, &bad_len);
-        if (n < 0) {
-            fail(ctx, -EINVAL, ctx->key_lines[trusted_row], "trusted_networks",
-                 "\"%.*s\" is not an address or CIDR range (at most %d entries)", (int)bad_len, bad,
-                 IMF_PROXY_FROM_MAX);
-            return;
-        }
-        cfg->login_trusted_len = (size_t)n;
-    }
+    if (parse_cidrs(ctx, cfg->admin_allow_from, cfg->admin_allow, &cfg->admin_allow_len,
+                    ctx->key_lines[option_index("admin", "allow_from")], "allow_from") < 0)
+        return;
+    if (parse_cidrs(ctx, cfg->login_trusted_networks, cfg->login_trusted, &cfg->login_trusted_len,
+                    ctx->key_lines[option_index("login", "trusted_networks")],
+                    "trusted_networks") < 0)
+        return;
 
     if (cfg->login_store != NULL && parse_store(ctx, cfg) != 0)
         return;
@@ -1487,40 +1608,6 @@ static void check_whole(struct parse_ctx *ctx)
         return;
     }
 
-    /* check = login sends these in quoted strings: they must be quotable
-     * (RFC 9051: no CR, LF or NUL; 8-bit text would need a literal, which
-     * an old server may refuse). The value itself is never echoed: it may
-     * be the password. */
-    if (cfg->check == IMF_CHECK_LOGIN) {
-        static const char *const keys[] = {"check_user", "check_password", "check_mailbox"};
-        const char *values[] = {cfg->check_user, cfg->check_password, cfg->check_mailbox};
-        for (size_t k = 0; k < ARRAY_SIZE(keys); k++) {
-            size_t row = option_index("backend", keys[k]);
-            unsigned line = ctx->key_lines[row];
-            if (ctx->from_file[row])
-                line = ctx->file_lines[row];
-            if (values[k] == NULL) {
-                fail(ctx, -EINVAL,
-                     line != 0 ? line : ctx->key_lines[option_index("backend", "check")], keys[k],
-                     "required by check = login%s",
-                     (imf_options[row].flags & IMF_CF_FILE) ? " (or its _file form)" : "");
-                return;
-            }
-            if (strlen(values[k]) > 1000) {
-                fail(ctx, -EINVAL, line, keys[k], "longer than 1000 characters");
-                return;
-            }
-            for (const unsigned char *p = (const unsigned char *)values[k]; *p != '\0'; p++) {
-                if (*p == '\r' || *p == '\n' || *p >= 0x80) {
-                    fail(ctx, -EINVAL, line, keys[k],
-                         "holds CR, LF or an 8-bit character, which an IMAP quoted string "
-                         "cannot carry");
-                    return;
-                }
-            }
-        }
-    }
-
     /* A whole command holds at least one literal of the largest size. */
     size_t mc = option_index("imap", "max_command_size");
     if (cfg->max_command_size < cfg->max_literal_size + cfg->max_line_length) {
@@ -1534,21 +1621,6 @@ static void check_whole(struct parse_ctx *ctx)
             return;
         }
         cfg->max_command_size = cfg->max_literal_size + cfg->max_line_length;
-    }
-
-    /* quirks is a preset of the shields; a shield's own key, when written,
-     * wins over the preset (auto applies it per server, in gate.c). */
-    cfg->pipelining_set = ctx->key_lines[option_index("backend", "pipelining")] != 0;
-    cfg->literal_plus_set = ctx->key_lines[option_index("backend", "literal_plus")] != 0;
-    cfg->literal_crlf_split_set =
-        ctx->key_lines[option_index("backend", "literal_crlf_split")] != 0;
-    if (cfg->quirks == IMF_QUIRKS_EXCHANGE55) {
-        if (!cfg->pipelining_set)
-            cfg->pipelining = false;
-        if (!cfg->literal_plus_set)
-            cfg->literal_plus = IMF_LITERAL_PLUS_SYNC;
-        if (!cfg->literal_crlf_split_set)
-            cfg->literal_crlf_split = true;
     }
 }
 
@@ -1630,8 +1702,9 @@ static int parse_text(const char *name, const char *text, size_t text_len,
         ctx.cfg->certificate_line = ctx.key_lines[option_index("tls", "certificate")];
         ctx.cfg->private_key_line = ctx.key_lines[option_index("tls", "private_key")];
         for (size_t i = 0; i < ctx.cfg->certs_len; i++) {
-            ctx.cfg->certs[i].certificate_line = ctx.meta[NAMED_CERT][i].key_lines[0];
-            ctx.cfg->certs[i].private_key_line = ctx.meta[NAMED_CERT][i].key_lines[1];
+            const unsigned *lines = ctx.meta[NAMED_CERT][i].key_lines;
+            ctx.cfg->certs[i].certificate_line = lines[named_row(NAMED_CERT, "certificate")];
+            ctx.cfg->certs[i].private_key_line = lines[named_row(NAMED_CERT, "private_key")];
         }
     }
     for (int k = 0; k < NAMED_COUNT; k++)
@@ -1705,4 +1778,199 @@ void imf_config_unref(struct imf_config *cfg)
      * the last one so that the free sees everyone else's. */
     if (atomic_fetch_sub_explicit(&cfg->refs, 1, memory_order_acq_rel) == 1)
         free_config(cfg);
+}
+
+const struct imf_pool_config *imf_config_pool(const struct imf_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->pools_len; i++)
+        if (strcmp(cfg->pools[i].name, name) == 0)
+            return &cfg->pools[i];
+    return NULL;
+}
+
+/* ---- reload: what needs a restart ---------------------------------------- */
+
+/* The row's value in base, as a user would write it, for messages. */
+static void format_field(const struct imf_option *opt, const void *base, char *buf, size_t buf_len)
+{
+    const char *field = (const char *)base + opt->offset;
+    switch (opt->type) {
+    case IMF_OT_BOOL:
+        snprintf(buf, buf_len, "%s", load_uint(field, opt->size) ? "on" : "off");
+        return;
+    case IMF_OT_STRING: {
+        const char *v = *(char *const *)field;
+        /* A secret is never echoed. */
+        snprintf(buf, buf_len, "%s",
+                 v == NULL                    ? "(empty)"
+                 : (opt->flags & IMF_CF_FILE) ? "(secret)"
+                                              : v);
+        return;
+    }
+    case IMF_OT_ENUM: {
+        uint64_t v = load_uint(field, opt->size);
+        for (const struct imf_choice *c = opt->choices; c->name != NULL; c++) {
+            if ((uint64_t)c->value == v) {
+                snprintf(buf, buf_len, "%s", c->name);
+                return;
+            }
+        }
+        snprintf(buf, buf_len, "%" PRIu64, v);
+        return;
+    }
+    case IMF_OT_SOCKADDR: {
+        const struct imf_sockaddr *a = (const void *)field;
+        snprintf(buf, buf_len, "%s", a->len == 0 ? "(empty)" : a->text);
+        return;
+    }
+    case IMF_OT_SOCKADDR_LIST: {
+        size_t n = *(const size_t *)((const char *)base + opt->len_offset);
+        snprintf(buf, buf_len, "%zu address%s", n, n == 1 ? "" : "es");
+        return;
+    }
+    case IMF_OT_UINT:
+        if ((opt->flags & IMF_CF_AUTO) && load_uint(field, opt->size) == 0) {
+            snprintf(buf, buf_len, "auto");
+            return;
+        }
+        /* fall through */
+    default:
+        format_value(opt->type, load_uint(field, opt->size), buf, buf_len);
+        return;
+    }
+}
+
+/* Sets the row's field of dst to its value in src. 0 or -ENOMEM (dst
+ * unchanged). */
+static int copy_field(const struct imf_option *opt, void *dst, const void *src)
+{
+    char *df = (char *)dst + opt->offset;
+    const char *sf = (const char *)src + opt->offset;
+    switch (opt->type) {
+    case IMF_OT_STRING: {
+        const char *v = *(char *const *)sf;
+        char *copy = NULL;
+        if (v != NULL && (copy = strdup(v)) == NULL)
+            return -ENOMEM;
+        free_field(opt, dst);
+        *(char **)df = copy;
+        return 0;
+    }
+    case IMF_OT_SOCKADDR_LIST: {
+        size_t n = *(const size_t *)((const char *)src + opt->len_offset);
+        const struct imf_sockaddr *v = *(struct imf_sockaddr *const *)sf;
+        struct imf_sockaddr *copy = NULL;
+        if (n > 0) {
+            copy = malloc(n * sizeof(*copy));
+            if (copy == NULL)
+                return -ENOMEM;
+            memcpy(copy, v, n * sizeof(*copy));
+        }
+        free_field(opt, dst);
+        *(struct imf_sockaddr **)df = copy;
+        *(size_t *)((char *)dst + opt->len_offset) = n;
+        return 0;
+    }
+    case IMF_OT_SOCKADDR:
+        memcpy(df, sf, sizeof(struct imf_sockaddr));
+        return 0;
+    default:
+        store_uint(df, opt->size, load_uint(sf, opt->size));
+        return 0;
+    }
+}
+
+static void *named_find(const struct imf_config *cfg, const struct named_section *ns,
+                        const char *name)
+{
+    struct imf_config *c = (struct imf_config *)cfg; /* the accessors are not const */
+    for (size_t i = 0; i < *named_len(c, ns); i++)
+        if (strcmp(named_elem(c, ns, i), name) == 0)
+            return named_elem(c, ns, i);
+    return NULL;
+}
+
+/* The restart rows of one table, between a running section and the next
+ * one (both non-NULL). A change is kept back to the running value and
+ * reported, or, with refuse set, written into why and -EBUSY returned. */
+static int restart_rows(const struct imf_option *table, size_t len, const char *label,
+                        const void *running, void *next, bool refuse, imf_config_restart_fn report,
+                        void *arg, char *why, size_t why_len)
+{
+    for (size_t i = 0; i < len; i++) {
+        const struct imf_option *opt = &table[i];
+        if (!(opt->flags & IMF_CF_RESTART) || field_equal(opt, running, next))
+            continue;
+        char what[IMF_CONFIG_QUOTE_MAX + 48], kept[160];
+        snprintf(what, sizeof(what), "%s %s", label, opt->key);
+        format_field(opt, running, kept, sizeof(kept));
+        if (refuse) {
+            snprintf(why, why_len, "%s changed (still %s)", what, kept);
+            return -EBUSY;
+        }
+        if (copy_field(opt, next, running) < 0) {
+            snprintf(why, why_len, "out of memory");
+            return -ENOMEM;
+        }
+        if (report != NULL)
+            report(arg, what, kept);
+    }
+    return 0;
+}
+
+int imf_config_restart_keys(const struct imf_config *running, struct imf_config *next,
+                            imf_config_restart_fn report, void *arg, char *why, size_t why_len)
+{
+    char label[IMF_CONFIG_QUOTE_MAX + 16];
+    /* First what refuses the reload, so that next is untouched then. */
+    for (int k = 0; k < NAMED_COUNT; k++) {
+        const struct named_section *ns = &named_sections[k];
+        if (!ns->fixed)
+            continue;
+        struct imf_config *r = (struct imf_config *)running;
+        for (size_t e = 0; e < *named_len(r, ns); e++) {
+            const char *name = named_elem(r, ns, e);
+            void *n = named_find(next, ns, name);
+            snprintf(label, sizeof(label), "[%s%s]", ns->prefix, name);
+            if (n == NULL) {
+                snprintf(why, why_len, "%s was removed", label);
+                return -EBUSY;
+            }
+            int rc = restart_rows(ns->options, ns->options_len, label, named_elem(r, ns, e), n,
+                                  true, NULL, NULL, why, why_len);
+            if (rc < 0)
+                return rc;
+        }
+        for (size_t e = 0; e < *named_len(next, ns); e++) {
+            const char *name = named_elem(next, ns, e);
+            if (named_find(running, ns, name) == NULL) {
+                snprintf(why, why_len, "[%s%s] was added", ns->prefix, name);
+                return -EBUSY;
+            }
+        }
+    }
+    for (size_t i = 0; i < IMF_OPTIONS_LEN; i++) {
+        snprintf(label, sizeof(label), "[%s]", imf_options[i].section);
+        int rc = restart_rows(&imf_options[i], 1, label, running, next, false, report, arg, why,
+                              why_len);
+        if (rc < 0)
+            return rc;
+    }
+    for (int k = 0; k < NAMED_COUNT; k++) {
+        const struct named_section *ns = &named_sections[k];
+        if (ns->fixed)
+            continue;
+        for (size_t e = 0; e < *named_len(next, ns); e++) {
+            char *n = named_elem(next, ns, e);
+            const void *r = named_find(running, ns, n);
+            if (r == NULL)
+                continue; /* a new section: nothing runs with it yet */
+            snprintf(label, sizeof(label), "[%s%s]", ns->prefix, n);
+            int rc = restart_rows(ns->options, ns->options_len, label, r, n, false, report, arg,
+                                  why, why_len);
+            if (rc < 0)
+                return rc;
+        }
+    }
+    return 0;
 }

@@ -4,17 +4,18 @@
  * open. */
 #include "imapfront/iplimit.h"
 
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "imapfront/netaddr.h"
+
 #define BUCKETS 4096
 
 struct entry {
     struct entry *next;
-    uint8_t key[17]; /* family byte + 16 address bytes */
+    uint8_t key[IMF_NETADDR_KEY_LEN]; /* family byte + 16 address bytes */
     uint32_t count;
 };
 
@@ -38,53 +39,33 @@ unsigned imf_iplimit_prefix_v6(void)
     return atomic_load(&prefix_v6);
 }
 
-/* The key of addr: IPv4 (also IPv4-mapped IPv6) as the whole address, IPv6
- * as its first prefix_v6 bits with the rest zeroed. */
-static bool key_of(const struct sockaddr *addr, uint8_t key[17])
+/* IPv4 whole, IPv6 by prefix_v6 (netaddr.h). */
+static bool key_of(const struct sockaddr *addr, uint8_t key[IMF_NETADDR_KEY_LEN])
 {
-    memset(key, 0, 17);
-    if (addr->sa_family == AF_INET) {
-        key[0] = 4;
-        memcpy(key + 1, &((const struct sockaddr_in *)addr)->sin_addr, 4);
-        return true;
-    }
-    if (addr->sa_family != AF_INET6)
-        return false;
-    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)addr)->sin6_addr;
-    if (IN6_IS_ADDR_V4MAPPED(a6)) {
-        key[0] = 4;
-        memcpy(key + 1, a6->s6_addr + 12, 4);
-        return true;
-    }
-    unsigned bits = atomic_load(&prefix_v6);
-    key[0] = 6;
-    memcpy(key + 1, a6->s6_addr, bits / 8);
-    if (bits % 8 != 0)
-        key[1 + bits / 8] = a6->s6_addr[bits / 8] & (uint8_t)(0xff << (8 - bits % 8));
-    return true;
+    return imf_netaddr_key(addr, atomic_load(&prefix_v6), key);
 }
 
-static size_t hash(const uint8_t key[17])
+static size_t hash(const uint8_t key[IMF_NETADDR_KEY_LEN])
 {
     /* FNV-1a: addresses are not chosen by an attacker beyond their own,
      * and a bucket collision costs only a short list walk. */
     uint32_t h = 2166136261u;
-    for (int i = 0; i < 17; i++)
+    for (int i = 0; i < IMF_NETADDR_KEY_LEN; i++)
         h = (h ^ key[i]) * 16777619u;
     return h % BUCKETS;
 }
 
-static struct entry **find(const uint8_t key[17])
+static struct entry **find(const uint8_t key[IMF_NETADDR_KEY_LEN])
 {
     struct entry **pp = &buckets[hash(key)];
-    while (*pp != NULL && memcmp((*pp)->key, key, 17) != 0)
+    while (*pp != NULL && memcmp((*pp)->key, key, IMF_NETADDR_KEY_LEN) != 0)
         pp = &(*pp)->next;
     return pp;
 }
 
 bool imf_iplimit_acquire(const struct sockaddr *addr, uint32_t max)
 {
-    uint8_t key[17];
+    uint8_t key[IMF_NETADDR_KEY_LEN];
     if (!key_of(addr, key))
         return true;
     bool ok = true;
@@ -93,7 +74,7 @@ bool imf_iplimit_acquire(const struct sockaddr *addr, uint32_t max)
     if (*pp == NULL) {
         struct entry *e = calloc(1, sizeof(*e));
         if (e != NULL) {
-            memcpy(e->key, key, 17);
+            memcpy(e->key, key, IMF_NETADDR_KEY_LEN);
             *pp = e;
         }
     }
@@ -114,7 +95,7 @@ bool imf_iplimit_acquire(const struct sockaddr *addr, uint32_t max)
 
 void imf_iplimit_release(const struct sockaddr *addr)
 {
-    uint8_t key[17];
+    uint8_t key[IMF_NETADDR_KEY_LEN];
     if (!key_of(addr, key))
         return;
     pthread_mutex_lock(&lock);
@@ -129,7 +110,7 @@ void imf_iplimit_release(const struct sockaddr *addr)
 
 uint32_t imf_iplimit_count(const struct sockaddr *addr)
 {
-    uint8_t key[17];
+    uint8_t key[IMF_NETADDR_KEY_LEN];
     if (!key_of(addr, key))
         return 0;
     pthread_mutex_lock(&lock);

@@ -14,7 +14,7 @@ static void idle_arm(struct imf_session *s)
     uint64_t next = UINT64_MAX;
     if (s->cfg->idle_keepalive_ms != 0)
         next = s->next_keepalive_ms;
-    if (s->cfg->idle_mode == IMF_IDLE_POLL || s->cfg->idle_refresh_ms != 0)
+    if (s->pool->idle_mode == IMF_IDLE_POLL || s->pool->idle_refresh_ms != 0)
         next = s->next_backend_ms < next ? s->next_backend_ms : next;
     if (next == UINT64_MAX) {
         if (s->idle_timer_inited)
@@ -30,7 +30,8 @@ static void idle_arm(struct imf_session *s)
 
 static uint64_t idle_backend_interval(const struct imf_session *s)
 {
-    return s->cfg->idle_mode == IMF_IDLE_POLL ? s->cfg->poll_interval_ms : s->cfg->idle_refresh_ms;
+    return s->pool->idle_mode == IMF_IDLE_POLL ? s->pool->poll_interval_ms
+                                               : s->pool->idle_refresh_ms;
 }
 
 void imf_sess_idle_begin(struct imf_session *s)
@@ -64,7 +65,7 @@ static void on_idle_timer(uv_timer_t *t)
     if (now >= s->next_backend_ms) {
         char line[64];
         bool mid_line = s->cline_len > 0 || !imf_framer_at_message_start(&s->cfr);
-        size_t n = s->cfg->idle_mode == IMF_IDLE_POLL
+        size_t n = s->pool->idle_mode == IMF_IDLE_POLL
                        ? imf_gate_idle_poll(&s->gate, line, sizeof(line))
                        : imf_gate_idle_refresh(&s->gate, mid_line, line, sizeof(line));
         if (n > 0)

@@ -7,10 +7,9 @@
  * session relays exactly as a transparent one (s->lf is gone).
  *
  * A failed login keeps the backend connection, which is logged in to
- * nobody and greeted already: the client's retry goes to it (the pool is
- * the same: one exists today; a retry routed elsewhere will close it). A
- * backend that says BYE or breaks the protocol is closed; the next login
- * connects again. */
+ * nobody and greeted already: the client's retry goes to it when the retry
+ * is routed to the same pool, else it is closed. A backend that says BYE or
+ * breaks the protocol is closed; the next login connects again. */
 #include <errno.h>
 #include <string.h>
 
@@ -61,10 +60,11 @@ static void set_phase(struct imf_session *s, enum lf_phase ph)
     s->lf->phase = ph;
 }
 
-/* The one place that picks a user's pool: the route map's answer, as a pool
- * this process has. Only "default" ([backend]) exists for now. Returns the
- * pool, or NULL with *out_why saying why there is none. */
-static const char *pool_for(const char *user, size_t user_len, const char **out_why)
+/* The one place that picks a user's pool: the route map's answer, as a
+ * pool of the session's config. Returns it, or NULL with *out_why saying
+ * why there is none. */
+static const struct imf_pool_config *pool_for(const struct imf_session *s, const char *user,
+                                              size_t user_len, const char **out_why)
 {
     struct imf_route *r = imf_route_current();
     if (r == NULL) {
@@ -72,23 +72,21 @@ static const char *pool_for(const char *user, size_t user_len, const char **out_
         return NULL;
     }
     enum imf_route_match m = IMF_ROUTE_NONE;
-    const char *pool = imf_route_lookup(r, user, user_len, &m);
-    const char *out = NULL;
-    if (pool == NULL)
+    const char *name = imf_route_lookup(r, user, user_len, &m);
+    const struct imf_pool_config *out = NULL;
+    if (name == NULL)
         *out_why = "user not routed";
-    else if (strcmp(pool, "default") == 0)
-        out = "default";
-    else
-        *out_why = "no such pool";
+    else if ((out = imf_config_pool(s->cfg, name)) == NULL)
+        *out_why = "no such pool"; /* the map is newer than the session's config */
     if (imf_log_enabled(IMF_LOG_DEBUG)) {
         /* The user's bytes go through the key=value quoting (no control
          * byte reaches the log as is). */
-        char name[IMF_ROUTE_USER_MAX + 1];
+        char shown[IMF_ROUTE_USER_MAX + 1];
         size_t n = user_len < IMF_ROUTE_USER_MAX ? user_len : IMF_ROUTE_USER_MAX;
-        memcpy(name, user, n);
-        name[n] = '\0';
-        imf_log_kv(IMF_LOG_DEBUG, "route", "lookup", "user", name, "match",
-                   imf_route_match_names[m], "pool", pool != NULL ? pool : "-", NULL);
+        memcpy(shown, user, n);
+        shown[n] = '\0';
+        imf_log_kv(IMF_LOG_DEBUG, "route", "lookup", "user", shown, "match",
+                   imf_route_match_names[m], "pool", name != NULL ? name : "-", NULL);
     }
     imf_route_unref(r);
     return out;
@@ -273,8 +271,7 @@ static void begin_login(struct imf_session *s)
         return;
     }
     const char *why = NULL;
-    s->pool = NULL;
-    const char *pool = pool_for((const char *)c.user, c.user_len, &why);
+    const struct imf_pool_config *pool = pool_for(s, (const char *)c.user, c.user_len, &why);
     if (pool == NULL) {
         /* The same answer as a wrong password: which users exist is
          * nobody's business; it counts as a failure for throttling. */
@@ -282,12 +279,22 @@ static void begin_login(struct imf_session *s)
                       strcmp(why, "user not routed") == 0 ? AUTH_FAILED : UNAVAILABLE, why);
         return;
     }
-    s->pool = pool;
     imf_log_kv(IMF_LOG_INFO, "login", "login-first route", "client", s->peer, "user",
-               imf_gate_login(&s->gate)->user, "pool", pool, NULL);
-    if (lf->bc_live && imf_bc_state(&lf->bc) == IMF_BC_S_READY) {
+               imf_gate_login(&s->gate)->user, "pool", pool->name, NULL);
+    if (pool == s->pool && lf->bc_live && imf_bc_state(&lf->bc) == IMF_BC_S_READY) {
         send_login(s); /* a retry on the greeted connection */
         return;
+    }
+    if (pool != s->pool) {
+        if (s->backend.inited && !s->backend.closing) {
+            /* Greeted by the previous user's pool: not this one's. */
+            enum lf_phase was = lf->phase;
+            lf->phase = LF_LOBBY; /* nothing to answer for it */
+            drop_backend(s, "a retry routed to another pool");
+            lf->phase = was;
+        }
+        s->pool = pool; /* slots of the old pool were given back above */
+        imf_sess_gate_pool_params(s);
     }
     set_phase(s, LF_CONNECTING);
     if (s->backend.inited) {
@@ -309,13 +316,13 @@ static void greeted(struct imf_session *s)
         return;
     }
     enum imf_gate_profile pr = imf_gate_profile(&s->gate);
-    if (s->cfg->quirks == IMF_QUIRKS_AUTO &&
-        imf_backend_note_profile(s->cfg, s->server_index, (int)pr))
+    if (s->pool->quirks == IMF_QUIRKS_AUTO &&
+        imf_backend_note_profile(s->pool, s->server_index, (int)pr))
         imf_log_kv(IMF_LOG_INFO, "backend", "server profile", "backend", imf_sess_backend_label(s),
                    "profile", imf_gate_profile_names[pr], NULL);
     lf->lplus = imf_bc_has_cap(&lf->bc, "LITERAL+");
     lf->lminus = imf_bc_has_cap(&lf->bc, "LITERAL-");
-    if (s->cfg->forward_client_ip == IMF_FORWARD_IP_ID) {
+    if (s->pool->forward_client_ip == IMF_FORWARD_IP_ID) {
         char id[256], ip[INET6_ADDRSTRLEN];
         int port = imf_sess_addr_parts(&s->peer_addr, ip, sizeof(ip));
         int k = snprintf(id, sizeof(id),

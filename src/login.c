@@ -10,7 +10,7 @@
 #include <openssl/mem.h>
 
 #include "imapfront/log.h"
-#include "imapfront/proxy_proto.h"
+#include "imapfront/netaddr.h"
 #include "imapfront/session_int.h"
 #include "imapfront/store.h"
 #include "imapfront/throttle.h"
@@ -132,7 +132,7 @@ void imf_sess_login_finished(struct imf_session *s, const uint8_t *line, size_t 
                asked ? imf_sess_backend_label(s) : "-", "backend_ms", asked ? ms : "-", "delay_ms",
                delay, "response", text[0] != '\0' ? text : "-",
                /* login-first sessions only: the pool the route chose */
-               s->pool != NULL ? "pool" : NULL, s->pool, NULL);
+               s->lf != NULL ? "pool" : NULL, s->pool->name, NULL);
     if (r == IMF_LOGIN_OK && s->user == NULL)
         s->user = strdup(l->user[0] != '\0' ? l->user : "-");
     if (r != IMF_LOGIN_FAILED)

@@ -22,8 +22,8 @@
 #include "imapfront/iplimit.h"
 #include "imapfront/throttle.h"
 #include "imapfront/log.h"
+#include "imapfront/netaddr.h"
 #include "imapfront/notify.h"
-#include "imapfront/proxy_proto.h"
 #include "imapfront/route.h"
 #include "imapfront/runas.h"
 #include "imapfront/stats.h"
@@ -34,10 +34,15 @@
 #define IMF_VERSION "0.1.0"
 #endif
 
-/* The backend pools a route may name. Only [backend] ("default") exists
- * until named pools land. */
-static const char *const known_pools[] = {"default"};
-#define KNOWN_POOLS_LEN (sizeof(known_pools) / sizeof(known_pools[0]))
+/* The names of cfg's pools, for the route map (which copies them); NULL
+ * when out of memory (the map then knows no pool and says so). */
+static const char **pool_names(const struct imf_config *cfg)
+{
+    const char **names = calloc(cfg->pools_len + 1, sizeof(*names));
+    for (size_t i = 0; names != NULL && i < cfg->pools_len; i++)
+        names[i] = cfg->pools[i].name;
+    return names;
+}
 
 /* How often STATUS= goes to the service manager (only under systemd). */
 #define IMF_NOTIFY_STATUS_MS 5000
@@ -83,6 +88,15 @@ static void current_tls(void *arg, struct imf_config **out_cfg, SSL_CTX **out_ct
     uv_mutex_unlock(&m->cfg_lock);
 }
 
+/* Pools no session can reach under cfg and the route map (NULL: none). */
+static void warn_unused_pools(const struct imf_config *cfg, const struct imf_route *route)
+{
+    for (size_t p = 0; p < cfg->pools_len; p++)
+        if (!imf_route_reaches(cfg, route, cfg->pools[p].name))
+            imf_warn("backend", "[backend.%s] is used by no route: no session reaches its servers",
+                     cfg->pools[p].name);
+}
+
 /* Settings that are allowed but weaken something: said at start and at
  * each reload, so that they are not forgotten. */
 static void warn_weak_settings(const struct imf_config *cfg)
@@ -97,7 +111,7 @@ static void warn_weak_settings(const struct imf_config *cfg)
         imf_warn("tls", "[tls] legacy_ciphers = on: CBC cipher suites are offered to clients "
                         "that lack AEAD ones");
     if (cfg->admin_address.len != 0 && cfg->admin_allow_len == 0) {
-        struct imf_config_cidr loopback[2];
+        struct imf_cidr loopback[2];
         const char *bad;
         size_t bad_len;
         int n = imf_cidr_parse_list("127.0.0.0/8, ::1", loopback, 2, &bad, &bad_len);
@@ -117,9 +131,13 @@ static void send_status(struct imf_main *m, const char *prefix)
     for (unsigned i = 0; i < m->workers_len; i++)
         active += atomic_load(&m->workers[i].stats.sessions_active);
     struct imf_backend_info info[IMF_BACKEND_MAX];
-    size_t n = imf_backend_info(m->cfg, info, IMF_BACKEND_MAX), up = 0;
-    for (size_t i = 0; i < n; i++)
-        up += !info[i].down;
+    size_t n = 0, up = 0;
+    for (size_t p = 0; p < m->cfg->pools_len; p++) {
+        size_t pn = imf_backend_info(&m->cfg->pools[p], info, IMF_BACKEND_MAX);
+        for (size_t i = 0; i < pn; i++)
+            up += !info[i].down;
+        n += pn;
+    }
     char text[256];
     snprintf(text, sizeof(text), "%sSTATUS=%" PRIu64 " session%s open, %zu of %zu backend%s up%s",
              prefix, active, active == 1 ? "" : "s", up, n, n == 1 ? "" : "s",
@@ -199,22 +217,12 @@ static size_t check_run_as(const struct imf_config *cfg, bool check_only)
     return n;
 }
 
-/* Listener sockets are bound once, at start: a reload cannot move them. */
-static bool same_listeners(const struct imf_config *a, const struct imf_config *b)
+/* A key a reload cannot apply changed: the running value stays. */
+static void report_restart(void *arg, const char *what, const char *kept)
 {
-    if (a->listeners_len != b->listeners_len)
-        return false;
-    for (size_t i = 0; i < a->listeners_len; i++)
-        if (strcmp(a->listeners[i].name, b->listeners[i].name) != 0 ||
-            strcmp(a->listeners[i].address.text, b->listeners[i].address.text) != 0)
-            return false;
-    return true;
-}
-
-static bool same_admin(const struct imf_config *a, const struct imf_config *b)
-{
-    return a->admin_address.len == b->admin_address.len &&
-           (a->admin_address.len == 0 || strcmp(a->admin_address.text, b->admin_address.text) == 0);
+    (void)arg;
+    imf_warn("main", "reload: %s changed; that needs a restart; keeping the old value %s", what,
+             kept);
 }
 
 enum reload_what {
@@ -246,40 +254,25 @@ static void reload(struct imf_main *m, enum reload_what what)
         imf_certwatch_update(m->certwatch, m->cfg);
         return;
     }
-    if (!same_listeners(m->cfg, cfg)) {
+    /* Listening sockets, workers, the admin socket, the ip_prefix_v6 open
+     * sessions were counted under, the login table's size and the user are
+     * all set once at start: the table flags them (IMF_CF_RESTART). A
+     * changed listener refuses the reload; the others keep their running
+     * value, so cfg says what actually runs. */
+    if (imf_config_restart_keys(m->cfg, cfg, report_restart, NULL, err, sizeof(err)) < 0) {
         imf_error("main",
-                  "reload refused, the running configuration stays: %s: the "
-                  "[listen.NAME] sections (names, addresses) changed; restart to apply",
-                  m->path);
+                  "reload refused, the running configuration stays: %s: %s; restart to apply",
+                  m->path, err);
         SSL_CTX_free(ctx);
         imf_config_unref(cfg);
         return;
     }
-    if (cfg->workers != m->cfg->workers)
-        imf_warn("main", "reload: [proxy] workers changed; that needs a restart (still %u)",
-                 m->workers_len);
-    /* Open sessions were counted under the old prefix and are released
-     * under the same one: it cannot change while they run. */
-    if (cfg->ip_prefix_v6 != imf_iplimit_prefix_v6())
-        imf_warn("main", "reload: [proxy] ip_prefix_v6 changed; that needs a restart (still %u)",
-                 imf_iplimit_prefix_v6());
-    /* The login table is sized once: its records survive reloads. */
-    if (cfg->login_max_tracked != imf_throttle_capacity())
-        imf_warn("main", "reload: [login] max_tracked changed; that needs a restart (still %u)",
-                 imf_throttle_capacity());
     imf_log_setup((enum imf_log_level)cfg->log_level, (enum imf_log_format)cfg->log_format);
     if (what == RELOAD_ALL)
         warn_weak_settings(cfg);
     for (unsigned i = 0; i < m->workers_len; i++)
         imf_worker_reload(&m->workers[i], cfg, ctx);
     imf_checker_reload(m->checker, cfg);
-    if (!same_admin(m->cfg, cfg))
-        imf_warn("main", "reload: [admin] address changed; that needs a restart (still %s)",
-                 m->cfg->admin_address.len != 0 ? m->cfg->admin_address.text : "off");
-    else if (cfg->admin_max_connections != m->cfg->admin_max_connections ||
-             cfg->admin_timeout_ms != m->cfg->admin_timeout_ms)
-        imf_warn("main", "reload: [admin] max_connections or timeout changed; that needs a "
-                         "restart");
     uv_mutex_lock(&m->cfg_lock);
     struct imf_config *old = m->cfg;
     SSL_CTX *old_ctx = m->ssl_ctx;
@@ -294,7 +287,12 @@ static void reload(struct imf_main *m, enum reload_what what)
     } else {
         imf_info("main", "configuration reloaded from %s; new sessions use it", m->path);
         /* A bad map logs and keeps the running one. */
-        imf_route_reload(cfg, known_pools, KNOWN_POOLS_LEN);
+        const char **pools = pool_names(cfg);
+        imf_route_reload(cfg, pools, pools != NULL ? cfg->pools_len : 0);
+        free(pools);
+        struct imf_route *route = imf_route_current();
+        warn_unused_pools(cfg, route);
+        imf_route_unref(route);
     }
 }
 
@@ -494,11 +492,14 @@ int main(int argc, char **argv)
     }
     if (check_only) {
         warn_weak_settings(m.cfg);
+        struct imf_route *route = NULL;
         if (imf_route_configured(m.cfg)) {
             struct imf_route_params rp;
-            struct imf_route *route = NULL;
-            imf_route_params_from_config(m.cfg, known_pools, KNOWN_POOLS_LEN, &rp);
-            if (imf_route_load(&rp, &route, err, sizeof(err)) != 0) {
+            const char **pools = pool_names(m.cfg);
+            imf_route_params_from_config(m.cfg, pools, pools != NULL ? m.cfg->pools_len : 0, &rp);
+            rc = imf_route_load(&rp, &route, err, sizeof(err));
+            free(pools);
+            if (rc != 0) {
                 fprintf(stderr, "%s\n", err);
                 SSL_CTX_free(m.ssl_ctx);
                 imf_config_unref(m.cfg);
@@ -506,8 +507,9 @@ int main(int argc, char **argv)
             }
             if (rp.path != NULL)
                 printf("route map %s: %zu entries\n", rp.path, imf_route_count(route));
-            imf_route_unref(route);
         }
+        warn_unused_pools(m.cfg, route);
+        imf_route_unref(route);
         printf("%s: configuration ok\n", path);
         SSL_CTX_free(m.ssl_ctx);
         imf_config_unref(m.cfg);
@@ -595,22 +597,32 @@ int main(int argc, char **argv)
         return 1;
     }
     imf_certwatch_update(m.certwatch, m.cfg);
-    rc = imf_route_start(m.loop, m.cfg, known_pools, KNOWN_POOLS_LEN, err, sizeof(err));
+    const char **pools = pool_names(m.cfg);
+    rc = imf_route_start(m.loop, m.cfg, pools, pools != NULL ? m.cfg->pools_len : 0, err,
+                         sizeof(err));
+    free(pools);
     if (rc != 0) {
         imf_error("route", "%s", err);
         return 1;
     }
+    struct imf_route *route = imf_route_current();
+    warn_unused_pools(m.cfg, route);
+    imf_route_unref(route);
     uv_timer_init(m.loop, &m.status_timer);
     m.status_timer.data = &m;
     if (imf_notify_enabled(&m.notify))
         uv_timer_start(&m.status_timer, on_status_timer, IMF_NOTIFY_STATUS_MS,
                        IMF_NOTIFY_STATUS_MS);
     warn_weak_settings(m.cfg);
-    if (m.cfg->literal_crlf_split && m.cfg->pipelining)
-        imf_warn("main", "[backend] literal_crlf_split works only with pipelining = off: a "
-                         "backend busy with earlier commands reads the two writes at once");
+    for (size_t p = 0; p < m.cfg->pools_len; p++)
+        if (m.cfg->pools[p].literal_crlf_split && m.cfg->pools[p].pipelining)
+            imf_warn("main",
+                     "pool %s: literal_crlf_split works only with pipelining = off: a "
+                     "backend busy with earlier commands reads the two writes at once",
+                     m.cfg->pools[p].name);
     imf_info("main", "imapfront %s started: %u worker%s, backend %s", IMF_VERSION, m.workers_len,
-             m.workers_len == 1 ? "" : "s", m.cfg->servers[0].text);
+             m.workers_len == 1 ? "" : "s",
+             imf_config_pool(m.cfg, IMF_POOL_DEFAULT)->servers[0].text);
     send_status(&m, "READY=1\n");
     uv_run(m.loop, UV_RUN_DEFAULT);
     imf_admin_stop(m.admin);

@@ -91,14 +91,18 @@ static void per_listener(struct out *o, const struct imf_admin_view *view,
 {
     char l1[256];
     head(o, name, type, help);
-    for (size_t li = 0; li < cfg->listeners_len; li++) {
+    /* Every worker has the same sockets, in the same order (the start's:
+     * a reload may reorder the sections, never change the set). */
+    (void)cfg;
+    size_t len = view->workers_len > 0 ? view->workers[0].listeners_len : 0;
+    for (size_t li = 0; li < len; li++) {
         uint64_t n = 0;
         for (unsigned w = 0; w < view->workers_len; w++)
             if (li < view->workers[w].listeners_len)
                 n += atomic_load(
                     (_Atomic uint64_t *)((char *)&view->workers[w].listeners[li] + off));
         emit(o, "%s{listener=\"%s\"} %" PRIu64 "\n", name,
-             label(cfg->listeners[li].name, l1, sizeof(l1)), n);
+             label(view->workers[0].listeners[li].name, l1, sizeof(l1)), n);
     }
 }
 
@@ -196,29 +200,43 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
         imf_config_unref(tcfg);
     }
 
-    struct imf_backend_info info[IMF_BACKEND_MAX];
-    size_t nb = imf_backend_info(cfg, info, IMF_BACKEND_MAX);
+    /* Servers of every pool, each labelled with its pool. */
+    size_t nb = 0, cap = cfg->pools_len * IMF_BACKEND_MAX;
+    bool any_check = false;
+    struct imf_backend_info *info = calloc(cap > 0 ? cap : 1, sizeof(*info));
+    for (size_t p = 0; info != NULL && p < cfg->pools_len; p++) {
+        nb += imf_backend_info(&cfg->pools[p], info + nb, cap - nb);
+        any_check |= cfg->pools[p].check != IMF_CHECK_OFF;
+    }
     head(&o, "imapfront_backend_connects_total", "counter",
          "Connects to backend servers, by server and result.");
     for (size_t i = 0; i < nb; i++) {
         label(info[i].address, l1, sizeof(l1));
-        emit(&o, "imapfront_backend_connects_total{server=\"%s\",result=\"ok\"} %" PRIu64 "\n", l1,
-             info[i].connects_ok);
-        emit(&o, "imapfront_backend_connects_total{server=\"%s\",result=\"failed\"} %" PRIu64 "\n",
-             l1, info[i].connects_failed);
+        label(info[i].pool, l2, sizeof(l2));
+        emit(&o,
+             "imapfront_backend_connects_total{pool=\"%s\",server=\"%s\",result=\"ok\"} %" PRIu64
+             "\n",
+             l2, l1, info[i].connects_ok);
+        emit(
+            &o,
+            "imapfront_backend_connects_total{pool=\"%s\",server=\"%s\",result=\"failed\"} %" PRIu64
+            "\n",
+            l2, l1, info[i].connects_failed);
     }
     head(&o, "imapfront_backend_up", "gauge",
          "1 unless the server is out of rotation (failed connects or failed checks).");
     for (size_t i = 0; i < nb; i++)
-        emit(&o, "imapfront_backend_up{server=\"%s\"} %d\n", label(info[i].address, l1, sizeof(l1)),
+        emit(&o, "imapfront_backend_up{pool=\"%s\",server=\"%s\"} %d\n",
+             label(info[i].pool, l2, sizeof(l2)), label(info[i].address, l1, sizeof(l1)),
              info[i].down ? 0 : 1);
     head(&o, "imapfront_backend_profile", "gauge",
          "1 for what the server's greeting showed it to be (quirks = auto picks its shields).");
     for (size_t i = 0; i < nb; i++) {
         if (info[i].profile <= 0 || info[i].profile >= IMF_PROFILE_COUNT)
             continue;
-        emit(&o, "imapfront_backend_profile{server=\"%s\",profile=\"%s\"} 1\n",
-             label(info[i].address, l1, sizeof(l1)), imf_gate_profile_names[info[i].profile]);
+        emit(&o, "imapfront_backend_profile{pool=\"%s\",server=\"%s\",profile=\"%s\"} 1\n",
+             label(info[i].pool, l2, sizeof(l2)), label(info[i].address, l1, sizeof(l1)),
+             imf_gate_profile_names[info[i].profile]);
     }
     /* Admission control: one gauge or counter per server each. */
     static const struct {
@@ -241,8 +259,9 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
         for (size_t i = 0; i < nb; i++) {
             const struct imf_backend_info *b = &info[i];
             label(b->address, l1, sizeof(l1));
+            label(b->pool, l2, sizeof(l2));
             if (k == 4) {
-                emit(&o, "%s{server=\"%s\"} %.3f\n", adm[k].name, l1,
+                emit(&o, "%s{pool=\"%s\",server=\"%s\"} %.3f\n", adm[k].name, l2, l1,
                      (double)b->queue_wait_ms / 1e3);
                 continue;
             }
@@ -252,31 +271,39 @@ char *imf_metrics_render(const struct imf_admin_view *view, size_t *out_len)
                          : k == 3 ? b->queue_waits
                          : k == 5 ? b->queue_timeouts
                                   : (uint64_t)b->warming;
-            emit(&o, "%s{server=\"%s\"} %" PRIu64 "\n", adm[k].name, l1, v);
+            emit(&o, "%s{pool=\"%s\",server=\"%s\"} %" PRIu64 "\n", adm[k].name, l2, l1, v);
         }
     }
-    if (cfg->check != IMF_CHECK_OFF) {
+    if (any_check) {
         head(&o, "imapfront_backend_checks_total", "counter",
              "Active health checks of backend servers, by server and result.");
         for (size_t i = 0; i < nb; i++) {
             label(info[i].address, l1, sizeof(l1));
-            emit(&o, "imapfront_backend_checks_total{server=\"%s\",result=\"ok\"} %" PRIu64 "\n",
-                 l1, info[i].checks_ok);
+            label(info[i].pool, l2, sizeof(l2));
             emit(&o,
-                 "imapfront_backend_checks_total{server=\"%s\",result=\"failed\"} %" PRIu64 "\n",
-                 l1, info[i].checks_failed);
+                 "imapfront_backend_checks_total{pool=\"%s\",server=\"%s\",result=\"ok\"} %" PRIu64
+                 "\n",
+                 l2, l1, info[i].checks_ok);
+            emit(&o,
+                 "imapfront_backend_checks_total{pool=\"%s\",server=\"%s\",result=\"failed\"} "
+                 "%" PRIu64 "\n",
+                 l2, l1, info[i].checks_failed);
         }
         head(&o, "imapfront_backend_check_failing", "gauge",
              "1 while the server is out of rotation because its checks fail.");
         for (size_t i = 0; i < nb; i++)
-            emit(&o, "imapfront_backend_check_failing{server=\"%s\"} %d\n",
-                 label(info[i].address, l1, sizeof(l1)), info[i].check_down ? 1 : 0);
+            emit(&o, "imapfront_backend_check_failing{pool=\"%s\",server=\"%s\"} %d\n",
+                 label(info[i].pool, l2, sizeof(l2)), label(info[i].address, l1, sizeof(l1)),
+                 info[i].check_down ? 1 : 0);
         head(&o, "imapfront_backend_check_seconds", "gauge",
              "How long the server's last check took.");
         for (size_t i = 0; i < nb; i++)
-            emit(&o, "imapfront_backend_check_seconds{server=\"%s\"} %.6f\n",
-                 label(info[i].address, l1, sizeof(l1)), (double)info[i].check_us / 1e6);
+            emit(&o, "imapfront_backend_check_seconds{pool=\"%s\",server=\"%s\"} %.6f\n",
+                 label(info[i].pool, l2, sizeof(l2)), label(info[i].address, l1, sizeof(l1)),
+                 (double)info[i].check_us / 1e6);
     }
+
+    free(info);
 
     head(&o, "imapfront_chain_bytes", "gauge", "Bytes held in buffer chains.");
     emit(&o, "imapfront_chain_bytes %" PRId64 "\n", t->chain_bytes);

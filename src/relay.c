@@ -321,8 +321,8 @@ static void relay_response_line(struct imf_session *s)
 static void note_profile(struct imf_session *s)
 {
     enum imf_gate_profile pr = imf_gate_profile(&s->gate);
-    if (s->cfg->quirks != IMF_QUIRKS_AUTO ||
-        !imf_backend_note_profile(s->cfg, s->server_index, (int)pr))
+    if (s->pool->quirks != IMF_QUIRKS_AUTO ||
+        !imf_backend_note_profile(s->pool, s->server_index, (int)pr))
         return;
     const struct imf_gate_shields *sh = imf_gate_shields(&s->gate);
     imf_log_kv(IMF_LOG_INFO, "backend", "server profile", "backend", imf_sess_backend_label(s),

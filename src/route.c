@@ -52,6 +52,7 @@ struct imf_route {
     bool ignore_case;
     uint16_t default_pool; /* NO_POOL: none */
     char **pools;          /* copies of the caller's pool names */
+    bool *used;            /* pools[i] is named by an entry or is the default */
     size_t pools_len;
 };
 
@@ -203,6 +204,21 @@ const char *imf_route_lookup(const struct imf_route *r, const char *user, size_t
     return pool == NO_POOL ? NULL : r->pools[pool];
 }
 
+bool imf_route_reaches(const struct imf_config *cfg, const struct imf_route *r, const char *pool)
+{
+    if (!imf_route_configured(cfg))
+        return strcmp(pool, IMF_POOL_DEFAULT) == 0;
+    return r != NULL && imf_route_pool_used(r, pool);
+}
+
+bool imf_route_pool_used(const struct imf_route *r, const char *pool)
+{
+    for (size_t i = 0; i < r->pools_len; i++)
+        if (strcmp(r->pools[i], pool) == 0)
+            return r->used[i];
+    return false;
+}
+
 size_t imf_route_count(const struct imf_route *r)
 {
     return r->count;
@@ -233,6 +249,7 @@ static void route_free(struct imf_route *r)
     for (size_t i = 0; i < r->pools_len; i++)
         free(r->pools[i]);
     free(r->pools);
+    free(r->used);
     free_slots(r->slots, r->mask + 1);
     free(r->names);
     free(r->path);
@@ -388,6 +405,7 @@ static int insert_all(struct parser *ps, const struct pending *pend, size_t n, s
             if (s->len == 0) {
                 *s = (struct slot){
                     .off = pe->off, .pool = pe->pool, .len = (uint8_t)len, .tag = tag};
+                r->used[pe->pool] = true;
                 r->count++;
                 break;
             }
@@ -558,7 +576,8 @@ static int route_new(struct parser *ps, char *buf, struct imf_route **out_r)
     if (p->path != NULL && (r->path = strdup(p->path)) == NULL)
         return fail(ps, -ENOMEM, 0, "out of memory");
     r->pools = calloc(p->pools_len != 0 ? p->pools_len : 1, sizeof(*r->pools));
-    if (r->pools == NULL)
+    r->used = calloc(p->pools_len != 0 ? p->pools_len : 1, sizeof(*r->used));
+    if (r->pools == NULL || r->used == NULL)
         return fail(ps, -ENOMEM, 0, "out of memory");
     for (size_t i = 0; i < p->pools_len; i++) {
         if ((r->pools[i] = strdup(p->pools[i])) == NULL)
@@ -575,6 +594,7 @@ static int route_new(struct parser *ps, char *buf, struct imf_route **out_r)
             return -EINVAL;
         }
         r->default_pool = (uint16_t)d;
+        r->used[d] = true;
     }
     return 0;
 }

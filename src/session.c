@@ -661,6 +661,22 @@ static void pump_pass(struct imf_session *s)
     update_reading(s);
 }
 
+void imf_sess_gate_pool_params(struct imf_session *s)
+{
+    const struct imf_pool_config *pool = s->pool;
+    struct imf_gate_params *p = &s->gate_params;
+    p->idle_poll = pool->idle_mode == IMF_IDLE_POLL;
+    p->idle_refresh = pool->idle_refresh_ms != 0;
+    p->strip_client_id = true;
+    p->quirks = pool->quirks;
+    p->pipelining = pool->pipelining;
+    p->pipelining_set = pool->pipelining_set;
+    p->literal_sync = pool->literal_plus == IMF_LITERAL_PLUS_SYNC;
+    p->literal_sync_set = pool->literal_plus_set;
+    p->crlf_split = pool->literal_crlf_split;
+    p->crlf_split_set = pool->literal_crlf_split_set;
+}
+
 /* What the gate follows, from the session's config snapshot. */
 static void gate_params(struct imf_session *s)
 {
@@ -670,16 +686,7 @@ static void gate_params(struct imf_session *s)
     p->starttls_listener = s->lcfg->mode == IMF_LISTEN_STARTTLS;
     p->require_tls = s->lcfg->require_tls;
     p->compress = c->compress;
-    p->idle_poll = c->idle_mode == IMF_IDLE_POLL;
-    p->idle_refresh = c->idle_refresh_ms != 0;
-    p->strip_client_id = true;
-    p->quirks = c->quirks;
-    p->pipelining = c->pipelining;
-    p->pipelining_set = c->pipelining_set;
-    p->literal_sync = c->literal_plus == IMF_LITERAL_PLUS_SYNC;
-    p->literal_sync_set = c->literal_plus_set;
-    p->crlf_split = c->literal_crlf_split;
-    p->crlf_split_set = c->literal_crlf_split_set;
+    imf_sess_gate_pool_params(s);
     p->max_literal = c->max_literal_size;
     p->max_command = c->max_command_size;
     p->hide = c->hide_capabilities;
@@ -784,6 +791,9 @@ void imf_session_accept(struct imf_listener *l)
     s->worker = w;
     s->cfg = imf_config_ref(w->cfg);
     s->lcfg = &s->cfg->listeners[l->index];
+    /* Every session uses the pool "default" (the config requires it) until
+     * the route map picks one per user. */
+    s->pool = imf_config_pool(s->cfg, IMF_POOL_DEFAULT);
     s->state = SESS_HANDSHAKE;
     s->start_ms = uv_now(&w->loop);
     s->high = s->cfg->buffer_limit;

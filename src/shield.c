@@ -39,7 +39,7 @@ bool imf_sess_split_drained(struct imf_session *s)
         s->peer_window_max = q.peer_window;
     bool read_up = !q.window_known || q.peer_window + SPLIT_WINDOW_SLACK >= s->peer_window_max;
     uint64_t waited = now_ms - s->split_since_ms;
-    uint64_t settle = s->cfg->literal_crlf_split_delay_ms;
+    uint64_t settle = s->pool->literal_crlf_split_delay_ms;
     bool settled = q.unsent == 0 && read_up && waited >= settle;
     if (!settled && waited < settle + SPLIT_WAIT_MAX_MS) {
         if (imf_sess_lazy(s, UV_TIMER, (void **)&s->split_timer, &s->split_timer_inited) == NULL) {

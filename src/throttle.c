@@ -3,7 +3,6 @@
  * list; all under one lock (a lookup is a short walk, made only at login). */
 #include "imapfront/throttle.h"
 
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 
 #include "imapfront/config.h"
 #include "imapfront/iplimit.h"
+#include "imapfront/netaddr.h"
 
 /* Logins in progress for one key before any has failed, past which more
  * are refused (a first burst of parallel guesses is bounded by it). */
@@ -99,34 +99,18 @@ size_t imf_throttle_memory(void)
 }
 
 /* The address part of a key, as the per-IP limit keys it (IPv6 by prefix). */
-static void address_key(const struct sockaddr *addr, uint8_t out[17])
+static void address_key(const struct sockaddr *addr, uint8_t out[IMF_NETADDR_KEY_LEN])
 {
-    memset(out, 0, 17);
-    unsigned bits = imf_iplimit_prefix_v6();
-    if (addr->sa_family == AF_INET) {
-        out[0] = 4;
-        memcpy(out + 1, &((const struct sockaddr_in *)addr)->sin_addr, 4);
-    } else if (addr->sa_family == AF_INET6) {
-        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)addr)->sin6_addr;
-        if (IN6_IS_ADDR_V4MAPPED(a6)) {
-            out[0] = 4;
-            memcpy(out + 1, a6->s6_addr + 12, 4);
-            return;
-        }
-        out[0] = 6;
-        memcpy(out + 1, a6->s6_addr, bits / 8);
-        if (bits % 8 != 0)
-            out[1 + bits / 8] = a6->s6_addr[bits / 8] & (uint8_t)(0xff << (8 - bits % 8));
-    }
+    imf_netaddr_key(addr, imf_iplimit_prefix_v6(), out);
 }
 
-static void make_key(uint8_t key[32], enum kind k, const uint8_t addr[17], const char *user,
-                     size_t user_len)
+static void make_key(uint8_t key[32], enum kind k, const uint8_t addr[IMF_NETADDR_KEY_LEN],
+                     const char *user, size_t user_len)
 {
     memset(key, 0, 32);
     key[0] = (uint8_t)k;
     if (k != KIND_USER)
-        memcpy(key + 1, addr, 17);
+        memcpy(key + 1, addr, IMF_NETADDR_KEY_LEN);
     if (k != KIND_ADDRESS) {
         /* Directory servers match user names without regard to case:
          * "Demo" and "demo" are one account, and share one count. */
@@ -247,7 +231,7 @@ struct keys {
 static void keys_of(const struct imf_throttle_params *p, const struct sockaddr *addr,
                     const char *user, size_t user_len, struct keys *out)
 {
-    uint8_t a[17];
+    uint8_t a[IMF_NETADDR_KEY_LEN];
     address_key(addr, a);
     out->n = 0;
     make_key(out->k[out->n], KIND_ADDRESS, a, NULL, 0);

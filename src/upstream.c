@@ -40,15 +40,15 @@ static void backend_unavailable(struct imf_session *s)
 }
 
 /* queue_timeout passed while the servers were slow or full; counted
- * against cfg->servers[index], the one it waited for or tried last. */
+ * against pool->servers[index], the one it waited for or tried last. */
 static void backend_busy(struct imf_session *s, size_t index)
 {
     char ms[24];
     uint64_t waited = imf_clock_ms() - s->wait_since_ms;
     snprintf(ms, sizeof(ms), "%" PRIu64, waited);
-    imf_backend_queue_done(s->cfg, index, waited, true);
+    imf_backend_queue_done(s->pool, index, waited, true);
     imf_log_kv(IMF_LOG_WARN, "backend", "gave up waiting for a busy backend", "client", s->peer,
-               "backend", s->cfg->servers[index].text, "waited_ms", ms, NULL);
+               "backend", s->pool->servers[index].text, "waited_ms", ms, NULL);
     if (s->lf != NULL) {
         s->backend_name = NULL;
         imf_sess_lf_backend_failed(s, "gave up waiting for a busy backend");
@@ -59,7 +59,7 @@ static void backend_busy(struct imf_session *s, size_t index)
 
 static uint64_t deadline_ms(const struct imf_session *s)
 {
-    return s->wait_since_ms + s->cfg->queue_timeout_ms;
+    return s->wait_since_ms + s->pool->queue_timeout_ms;
 }
 
 static void queue_publish(struct imf_worker *w)
@@ -86,7 +86,7 @@ static void enqueue(struct imf_session *s)
     else
         w->queue_head = s;
     s->queued = true;
-    imf_backend_queue_count(s->cfg, s->queue_server, 1);
+    imf_backend_queue_count(s->pool, s->queue_server, 1);
     queue_publish(w);
 }
 
@@ -103,7 +103,7 @@ static void dequeue(struct imf_session *s)
         w->queue_tail = s->qprev;
     s->qprev = s->qnext = NULL;
     s->queued = false;
-    imf_backend_queue_count(s->cfg, s->queue_server, -1);
+    imf_backend_queue_count(s->pool, s->queue_server, -1);
     queue_publish(w);
 }
 
@@ -127,9 +127,9 @@ void imf_sess_release_backend(struct imf_session *s)
         dequeue(s);
     bool freed = s->holds_session || s->holds_connect;
     if (s->holds_connect)
-        imf_backend_connect_done(s->cfg, s->slot_server);
+        imf_backend_connect_done(s->pool, s->slot_server);
     if (s->holds_session)
-        imf_backend_release(s->cfg, s->slot_server);
+        imf_backend_release(s->pool, s->slot_server);
     s->holds_connect = s->holds_session = false;
     if (freed)
         kick(s->worker, 0);
@@ -140,7 +140,7 @@ void imf_sess_greeted(struct imf_session *s)
     if (!s->holds_connect)
         return;
     s->holds_connect = false;
-    imf_backend_connect_done(s->cfg, s->slot_server);
+    imf_backend_connect_done(s->pool, s->slot_server);
     kick(s->worker, 0);
 }
 
@@ -148,13 +148,17 @@ void imf_sess_greeted(struct imf_session *s)
  * plan_pos on, or (none up, or failing over past them) plan_pos alone. */
 static enum imf_admit try_admit(struct imf_session *s, uint64_t *out_wait_ms)
 {
-    const struct imf_config *limits = s->worker->cfg;
+    /* The limits of the newest config, for this pool; the session's own when
+     * a reload removed the pool. */
+    const struct imf_pool_config *limits = imf_config_pool(s->worker->cfg, s->pool->name);
+    if (limits == NULL)
+        limits = s->pool;
     size_t end = s->plan_pos < s->plan_up ? s->plan_up : (size_t)s->plan_pos + 1;
     enum imf_admit worst = IMF_ADMIT_FULL;
     *out_wait_ms = QUEUE_POLL_MS;
     for (size_t pos = s->plan_pos; pos < end; pos++) {
         uint64_t wait = 0;
-        enum imf_admit r = imf_backend_acquire(s->cfg, s->plan[pos], limits, &wait);
+        enum imf_admit r = imf_backend_acquire(s->pool, s->plan[pos], limits, &wait);
         if (r == IMF_ADMIT_OK) {
             s->plan_pos = (uint8_t)pos;
             s->slot_server = s->plan[pos];
@@ -219,7 +223,7 @@ static void on_admit_timer(uv_timer_t *t)
             uv_timer_start(&w->admit_timer, on_admit_timer, wait, 0);
             return;
         }
-        imf_backend_queue_done(s->cfg, s->queue_server, imf_clock_ms() - s->wait_since_ms, false);
+        imf_backend_queue_done(s->pool, s->queue_server, imf_clock_ms() - s->wait_since_ms, false);
         dequeue(s);
         start_connect(s);
     }
@@ -246,9 +250,9 @@ static void backend_failed(struct imf_session *s, const char *why, enum imf_conn
 {
     unsigned idx = s->plan[s->plan_pos];
     imf_stat_add(&s->worker->stats.backend_connect_failed, 1);
-    imf_backend_report(s->cfg, idx, r);
+    imf_backend_report(s->pool, idx, r);
     imf_log_kv(IMF_LOG_WARN, "backend", "connect failed", "client", s->peer, "backend",
-               s->cfg->servers[idx].text, "reason", why, NULL);
+               s->pool->servers[idx].text, "reason", why, NULL);
     if (r == IMF_CONNECT_TIMEOUT)
         s->saw_timeout = true;
     imf_sess_release_backend(s);
@@ -260,7 +264,7 @@ static void backend_failed(struct imf_session *s, const char *why, enum imf_conn
 static void make_plan(struct imf_session *s)
 {
     size_t up = 0;
-    s->plan_len = (uint8_t)imf_backend_plan(s->cfg, s->plan, &up);
+    s->plan_len = (uint8_t)imf_backend_plan(s->pool, s->plan, &up);
     s->plan_up = (uint8_t)up;
     s->plan_pos = 0;
     s->saw_timeout = false;
@@ -290,7 +294,7 @@ static void next_server(struct imf_session *s)
 /* Connects to plan[plan_pos], whose slots the session holds. */
 static void start_connect(struct imf_session *s)
 {
-    const struct imf_sockaddr *srv = &s->cfg->servers[s->plan[s->plan_pos]];
+    const struct imf_sockaddr *srv = &s->pool->servers[s->plan[s->plan_pos]];
     s->backend_name = srv->text;
     int rc = uv_tcp_init(&s->worker->loop, &s->backend.tcp);
     if (rc != 0) {
@@ -326,13 +330,13 @@ static void start_connect(struct imf_session *s)
     }
     req->data = s;
     uv_timer_stop(&s->timer);
-    uv_timer_start(&s->timer, on_connect_timeout, s->cfg->connect_timeout_ms, 0);
+    uv_timer_start(&s->timer, on_connect_timeout, s->pool->connect_timeout_ms, 0);
 }
 
 void imf_sess_connect_backend(struct imf_session *s)
 {
     free(s->plan);
-    s->plan = malloc(s->cfg->servers_len > 0 ? s->cfg->servers_len : 1);
+    s->plan = malloc(s->pool->servers_len > 0 ? s->pool->servers_len : 1);
     if (s->plan == NULL) {
         imf_sess_close(s, IMF_CLOSE_NO_MEMORY, false);
         return;
@@ -372,14 +376,14 @@ static void on_backend_connected(uv_connect_t *req, int status)
         backend_failed(s, uv_strerror(status), IMF_CONNECT_FAILED);
         return;
     }
-    imf_backend_report(s->cfg, s->plan[s->plan_pos], IMF_CONNECT_OK);
+    imf_backend_report(s->pool, s->plan[s->plan_pos], IMF_CONNECT_OK);
     /* The connect slot is held until the server speaks (imf_sess_greeted):
      * a slow server completes TCP connects from its listen queue long
      * before it accepts them, and SYNs past that queue are dropped. */
     s->server_index = s->plan[s->plan_pos];
     free(s->plan); /* failover is over for this session */
     s->plan = NULL;
-    if (s->cfg->literal_crlf_split || s->cfg->quirks == IMF_QUIRKS_AUTO) {
+    if (s->pool->literal_crlf_split || s->pool->quirks == IMF_QUIRKS_AUTO) {
         /* The backend has read nothing yet: its window now is a fair
          * "all read" reference for the split's window check. */
         int fd = -1;
@@ -391,7 +395,7 @@ static void on_backend_connected(uv_connect_t *req, int status)
     imf_stat_add(&s->worker->stats.backend_connect_ok, 1);
     s->backend.up = true;
     uv_tcp_nodelay(&s->backend.tcp, 1);
-    if (s->cfg->forward_client_ip == IMF_FORWARD_IP_ID && s->lf == NULL)
+    if (s->pool->forward_client_ip == IMF_FORWARD_IP_ID && s->lf == NULL)
         send_client_id(s); /* login-first sends its own after the greeting */
     imf_sess_set_state(s, SESS_RELAY);
     imf_sess_arm_inactivity_timer(s);

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -155,6 +156,18 @@ static void adopt_pending(struct imf_worker *w)
         return;
     /* Sessions hold their own references: they keep the snapshot they
      * started with. */
+    /* A reload keeps the set of listeners (main.c refuses one that changes
+     * it) but not necessarily their order in the file: follow each socket's
+     * section by name. */
+    for (size_t i = 0; i < w->listeners_len; i++) {
+        struct imf_listener *l = &w->listeners[i];
+        for (size_t j = 0; j < cfg->listeners_len; j++) {
+            if (strcmp(cfg->listeners[j].name, l->name) == 0) {
+                l->index = j;
+                break;
+            }
+        }
+    }
     imf_config_unref(w->cfg);
     SSL_CTX_free(w->ssl_ctx);
     w->cfg = cfg;
@@ -214,6 +227,7 @@ int imf_worker_init(struct imf_worker *w, unsigned id, struct imf_config *cfg, S
         struct imf_listener *l = &w->listeners[i];
         l->worker = w;
         l->index = i;
+        snprintf(l->name, sizeof(l->name), "%s", cfg->listeners[i].name);
         rc = uv_tcp_init(&w->loop, &l->handle);
         if (rc != 0)
             goto fail;

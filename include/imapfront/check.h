@@ -1,7 +1,9 @@
-/* check: active health checks of the backend servers ([backend] check).
+/* check: active health checks of the backend servers (check = banner or
+ * login in [backend] or [backend.NAME]).
  *
  * They run on the main thread's loop, once per process whatever the number
- * of workers. Every check_interval one probe per server (never two at once
+ * of workers. Every pool is checked on its own: every check_interval of
+ * the pool one probe per server of it (never two at once
  * for the same server) connects and reads the greeting; with check = login
  * it then logs in with the service account, EXAMINEs the canary mailbox
  * (the read-only SELECT: a check never changes a flag), sends NOOP and
@@ -24,12 +26,14 @@ struct imf_checker;
  * check = off it waits for a reload that turns checks on. 0 or a uv error. */
 int imf_checker_start(uv_loop_t *loop, struct imf_config *cfg, struct imf_checker **out_ck);
 
-/* Follows a reload: the new servers, interval and mode. Probes in flight
- * finish with the snapshot they started with. */
+/* Follows a reload: the new pools, their servers, intervals and modes
+ * (pools are matched by name). Probes in flight finish with the snapshot
+ * they started with. */
 void imf_checker_reload(struct imf_checker *ck, struct imf_config *cfg);
 
 /* Stops checking and closes every handle; the checker frees itself once
- * they are closed (the loop then has nothing of it left). */
+ * they are closed (at once when it has none; the loop then has nothing of
+ * it left). ck must not be used after this call. */
 void imf_checker_stop(struct imf_checker *ck);
 
 #endif

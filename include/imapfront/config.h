@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "imapfront/netaddr.h"
+
 enum imf_listen_mode { IMF_LISTEN_IMPLICIT_TLS, IMF_LISTEN_STARTTLS, IMF_LISTEN_MODE_COUNT };
 
 enum imf_balance { IMF_BALANCE_FIRST, IMF_BALANCE_ROUNDROBIN, IMF_BALANCE_COUNT };
@@ -53,23 +55,14 @@ struct imf_sockaddr {
     socklen_t len;
 };
 
-#define IMF_PROXY_FROM_MAX 32
-
-/* One range of proxy_protocol_from (see proxy_proto.h for the matcher). */
-struct imf_config_cidr {
-    int family; /* AF_INET or AF_INET6 */
-    uint8_t addr[16];
-    unsigned prefix;
-};
-
 struct imf_listen_config {
     char name[64]; /* NAME of [listen.NAME] */
     struct imf_sockaddr address;
     enum imf_listen_mode mode;
     bool require_tls;
     enum imf_proxy_protocol proxy_protocol;
-    char *proxy_protocol_from;                             /* as written; NULL when empty */
-    struct imf_config_cidr proxy_from[IMF_PROXY_FROM_MAX]; /* parsed */
+    char *proxy_protocol_from;                /* as written; NULL when empty */
+    struct imf_cidr proxy_from[IMF_CIDR_MAX]; /* parsed */
     size_t proxy_from_len;
 };
 
@@ -81,6 +74,41 @@ struct imf_cert_config {
     char *private_key;
     char *server_names; /* as written: names separated by commas or spaces */
     unsigned certificate_line, private_key_line; /* where they were written */
+};
+
+/* The pool a plain [backend] section defines. */
+#define IMF_POOL_DEFAULT "default"
+
+/* [backend.NAME]: a pool of backend servers and how sessions use them.
+ * A session keeps a pointer to its pool (inside its config snapshot). */
+struct imf_pool_config {
+    char name[64]; /* NAME of [backend.NAME]; "default" for [backend] */
+    struct imf_sockaddr *servers;
+    size_t servers_len;
+    enum imf_balance balance;
+    uint64_t connect_timeout_ms;
+    uint32_t down_after;       /* failed connects in a row that mark a server down */
+    uint64_t retry_after_ms;   /* how long a down server is skipped */
+    uint32_t max_sessions;     /* backend connections per server, 0 = no limit */
+    uint32_t max_connecting;   /* connects in progress per server, 0 = no limit */
+    uint64_t queue_timeout_ms; /* how long a session may wait for a backend */
+    uint32_t connect_rate;     /* connects a second to a warming server, 0 = off */
+    enum imf_quirks quirks;
+    bool pipelining;
+    enum imf_literal_plus literal_plus;
+    bool literal_crlf_split;
+    bool pipelining_set, literal_plus_set, literal_crlf_split_set; /* written in the file */
+    uint64_t literal_crlf_split_delay_ms; /* settle time between the two writes */
+    enum imf_forward_ip forward_client_ip;
+    enum imf_idle_mode idle_mode;
+    enum imf_check check;
+    uint64_t check_interval_ms; /* a check of every server this often */
+    uint64_t check_timeout_ms;  /* a check taking longer fails */
+    char *check_user;           /* check = login: the service account */
+    char *check_password;       /* never logged; or read from check_password_file */
+    char *check_mailbox;        /* check = login: EXAMINEd by the check */
+    uint64_t idle_refresh_ms;   /* 0 = never: re-issue a client's IDLE to the backend this often */
+    uint64_t poll_interval_ms;  /* idle = poll: NOOP this often */
 };
 
 struct imf_config {
@@ -113,33 +141,9 @@ struct imf_config {
     bool session_tickets;
     uint64_t handshake_timeout_ms;
 
-    /* [backend] */
-    struct imf_sockaddr *servers;
-    size_t servers_len;
-    enum imf_balance balance;
-    uint64_t connect_timeout_ms;
-    uint32_t backend_down_after;     /* failed connects in a row that mark a server down */
-    uint64_t backend_retry_after_ms; /* how long a down server is skipped */
-    uint32_t backend_max_sessions;   /* backend connections per server, 0 = no limit */
-    uint32_t backend_max_connecting; /* connects in progress per server, 0 = no limit */
-    uint64_t queue_timeout_ms;       /* how long a session may wait for a backend */
-    uint32_t connect_rate;           /* connects a second to a warming server, 0 = off */
-    enum imf_quirks quirks;
-    bool pipelining;
-    enum imf_literal_plus literal_plus;
-    bool literal_crlf_split;
-    bool pipelining_set, literal_plus_set, literal_crlf_split_set; /* written in the file */
-    uint64_t literal_crlf_split_delay_ms; /* settle time between the two writes */
-    enum imf_forward_ip forward_client_ip;
-    enum imf_idle_mode idle_mode;
-    enum imf_check check;
-    uint64_t check_interval_ms; /* a check of every server this often */
-    uint64_t check_timeout_ms;  /* a check taking longer fails */
-    char *check_user;           /* check = login: the service account */
-    char *check_password;       /* never logged; or read from check_password_file */
-    char *check_mailbox;        /* check = login: EXAMINEd by the check */
-    uint64_t idle_refresh_ms;   /* 0 = never: re-issue a client's IDLE to the backend this often */
-    uint64_t poll_interval_ms;  /* idle = poll: NOOP this often */
+    /* [backend.NAME], in file order; [backend] is the pool "default" */
+    struct imf_pool_config *pools;
+    size_t pools_len;
 
     /* [imap] */
     uint64_t max_line_length;
@@ -163,10 +167,10 @@ struct imf_config {
     uint64_t login_fail_window_ms;
     uint64_t login_ban_time_ms;
     uint64_t login_delay_max_ms;
-    bool login_user_lockout;      /* also count per user from any address */
-    uint32_t login_max_tracked;   /* records of the table (fixed at start) */
-    char *login_trusted_networks; /* as written; NULL when empty */
-    struct imf_config_cidr login_trusted[IMF_PROXY_FROM_MAX]; /* parsed */
+    bool login_user_lockout;                     /* also count per user from any address */
+    uint32_t login_max_tracked;                  /* records of the table (fixed at start) */
+    char *login_trusted_networks;                /* as written; NULL when empty */
+    struct imf_cidr login_trusted[IMF_CIDR_MAX]; /* parsed */
     size_t login_trusted_len;
     char *login_store;          /* as written; NULL: local memory only */
     char *login_store_password; /* Redis AUTH; NULL: none */
@@ -182,9 +186,9 @@ struct imf_config {
     bool route_ignore_case; /* ASCII letters of user names match without regard to case */
 
     /* [admin] */
-    struct imf_sockaddr admin_address; /* admin_address.len == 0: off */
-    char *admin_allow_from;            /* as written; NULL when empty (anyone) */
-    struct imf_config_cidr admin_allow[IMF_PROXY_FROM_MAX]; /* parsed */
+    struct imf_sockaddr admin_address;         /* admin_address.len == 0: off */
+    char *admin_allow_from;                    /* as written; NULL when empty (anyone) */
+    struct imf_cidr admin_allow[IMF_CIDR_MAX]; /* parsed */
     size_t admin_allow_len;
     uint32_t admin_max_connections;
     uint64_t admin_timeout_ms;
@@ -206,13 +210,28 @@ int imf_config_parse(const char *name, const char *text, struct imf_config **out
 struct imf_config *imf_config_ref(struct imf_config *cfg);
 void imf_config_unref(struct imf_config *cfg);
 
+/* The pool named name, or NULL. Borrowed from cfg. */
+const struct imf_pool_config *imf_config_pool(const struct imf_config *cfg, const char *name);
+
+/* Called for each key a reload cannot apply and that changed: what is
+ * "[proxy] workers", kept the running value as a user writes it ("auto"). */
+typedef void (*imf_config_restart_fn)(void *arg, const char *what, const char *kept);
+
+/* What a reload from running to next cannot apply: the keys the option
+ * table flags "needs a restart". A [listen.NAME] section (a socket) added,
+ * removed or with such a key changed refuses the reload: returns -EBUSY
+ * with the reason in why and next untouched. Any other such key that
+ * changed gets its running value back in next, and report (may be NULL)
+ * is called. Sections are matched by name, never by position. Returns 0,
+ * -EBUSY, or -ENOMEM (why says so). next must not be shared yet. */
+int imf_config_restart_keys(const struct imf_config *running, struct imf_config *next,
+                            imf_config_restart_fn report, void *arg, char *why, size_t why_len);
+
 /* Value parsers shared with the rest of the program; 0 or -EINVAL/-ERANGE. */
 int imf_config_parse_size(const char *text, uint64_t *out_bytes);
 int imf_config_parse_duration(const char *text, uint64_t *out_ms);
 int imf_config_parse_sockaddr(const char *text, struct imf_sockaddr *out_addr);
-/* The reverse for logs: "192.0.2.1:993", "[2001:db8::1]:993", "?" for
- * another family. */
-void imf_format_sockaddr(const struct sockaddr *sa, char *out, size_t out_len);
+/* The reverse, imf_format_sockaddr, is in netaddr.h. */
 
 extern const char *const imf_listen_mode_names[IMF_LISTEN_MODE_COUNT];
 

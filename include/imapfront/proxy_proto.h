@@ -1,7 +1,6 @@
 /* proxy_proto: the PROXY protocol header a load balancer puts before the
- * client's bytes (versions 1 and 2, as HAProxy specifies them), and the
- * CIDR lists that say which peers may send one. Pure: no I/O, no
- * allocation. */
+ * client's bytes (versions 1 and 2, as HAProxy specifies them). Which peers
+ * may send one is a CIDR list of netaddr.h. Pure: no I/O, no allocation. */
 #ifndef IMAPFRONT_PROXY_PROTO_H
 #define IMAPFRONT_PROXY_PROTO_H
 
@@ -32,18 +31,5 @@ struct imf_pp_info {
  * listener expects (IMF_PROXY_PROTOCOL_V1, _V2 or _ANY). */
 enum imf_pp_result imf_pp_parse(const uint8_t *data, size_t len, enum imf_proxy_protocol version,
                                 struct imf_pp_info *out, size_t *out_len, const char **out_error);
-
-/* The config keeps parsed ranges in this very shape. */
-#define imf_cidr imf_config_cidr
-
-/* Parses "10.0.0.0/8, 192.0.2.7, 2001:db8::/32" (a bare address is a /32 or
- * /128). Returns the count, or -1 with *out_bad pointing at the bad entry
- * (its length in *out_bad_len). */
-int imf_cidr_parse_list(const char *text, struct imf_cidr *out, size_t max, const char **out_bad,
-                        size_t *out_bad_len);
-
-/* True when addr is inside one of the n ranges. An IPv4-mapped IPv6
- * address matches IPv4 ranges. */
-bool imf_cidr_match(const struct imf_cidr *list, size_t n, const struct sockaddr *addr);
 
 #endif

@@ -77,6 +77,14 @@ void imf_route_unref(struct imf_route *r);
 const char *imf_route_lookup(const struct imf_route *r, const char *user, size_t user_len,
                              enum imf_route_match *out_match);
 
+/* Whether an entry of r or its default names pool. */
+bool imf_route_pool_used(const struct imf_route *r, const char *pool);
+
+/* Whether sessions under cfg can reach pool: without routing only the pool
+ * default does; with routing, a pool the map r (NULL: none loaded) or
+ * [route] default names. */
+bool imf_route_reaches(const struct imf_config *cfg, const struct imf_route *r, const char *pool);
+
 /* Entries of the map (exact names and patterns). */
 size_t imf_route_count(const struct imf_route *r);
 

@@ -81,6 +81,7 @@ struct imf_session {
     struct imf_listener *listener;
     struct imf_config *cfg; /* snapshot taken at accept (one reference) */
     const struct imf_listen_config *lcfg;
+    const struct imf_pool_config *pool; /* its backend pool, inside cfg */
     enum sess_state state;
     enum imf_close_reason reason;
 
@@ -120,7 +121,7 @@ struct imf_session {
     struct imf_chain l_tx;   /* the proxy's own answers, until a response boundary */
     uint64_t last_client_ms; /* last time the client sent anything */
     uint64_t discarded_after_starttls;
-    uint8_t server_index; /* cfg->servers[] of the backend, once connected */
+    uint8_t server_index; /* pool->servers[] of the backend, once connected */
 
     /* Shields for fragile backends. */
     bool holding;       /* a complete next command is being held back */
@@ -159,7 +160,7 @@ struct imf_session {
     bool draining;
 
     /* Backend choice: the servers to try, in order (indexes into
-     * cfg->servers), allocated only while connecting. */
+     * pool->servers), allocated only while connecting. */
     uint8_t *plan;
     uint8_t plan_len, plan_pos;
     uint8_t plan_up;        /* plan[0..plan_up) were up when it was made */
@@ -181,8 +182,8 @@ struct imf_session {
      * socket. */
     struct imf_session *qprev, *qnext;
     uint64_t wait_since_ms; /* imf_clock_ms() when it first asked for a backend */
-    uint8_t slot_server;    /* cfg->servers[] whose slots it holds */
-    uint8_t queue_server;   /* cfg->servers[] it waits for (counted there, for metrics) */
+    uint8_t slot_server;    /* pool->servers[] whose slots it holds */
+    uint8_t queue_server;   /* pool->servers[] it waits for (counted there, for metrics) */
     bool queued;            /* on the worker's queue */
     bool holds_session;     /* holds a backend connection of slot_server (max_sessions) */
     bool holds_connect;     /* ... and a connect in progress (max_connecting) */
@@ -192,7 +193,7 @@ struct imf_session {
     uint64_t bytes_in, bytes_out; /* plaintext from / to the client */
     uint64_t start_ms;
     char peer[64];
-    const char *backend_name; /* the server's text in cfg, or NULL */
+    const char *backend_name; /* the server's text in pool, or NULL */
     const char *tls_version;  /* static strings of the TLS library, or NULL */
     const char *tls_cipher;
     union sess_addr peer_addr; /* the client (after a PROXY header: the real one) */
@@ -204,10 +205,12 @@ struct imf_session {
      * the backend, from the proxy's greeting until the login succeeds
      * (lobby_sess.c); NULL otherwise. */
     struct imf_lf *lf;
-    const char *pool; /* login-first: the pool of the last login (static), else NULL */
 };
 
 /* session.c: accept, admission, the pump, the timers, closing and the summary line. */
+/* Sets the gate's parameters that come from s->pool (a login-first session
+ * changes its pool before it connects). */
+void imf_sess_gate_pool_params(struct imf_session *s);
 const char *imf_sess_backend_label(const struct imf_session *s);
 void *imf_sess_lazy(struct imf_session *s, uv_handle_type type, void **slot, bool *inited);
 void imf_sess_set_state(struct imf_session *s, enum sess_state st);

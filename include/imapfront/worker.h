@@ -20,7 +20,8 @@ struct imf_store;
 struct imf_listener {
     uv_tcp_t handle;
     struct imf_worker *worker;
-    size_t index; /* into cfg->listeners */
+    size_t index;  /* into the worker's cfg->listeners (follows reloads by name) */
+    char name[64]; /* NAME of its [listen.NAME], fixed at start */
     bool open;
     /* A connection no session took (out of memory) is accepted into this
      * handle and closed, so that the listener keeps accepting: libuv stops

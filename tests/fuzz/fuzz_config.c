@@ -23,10 +23,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     err[0] = '\0';
     int rc = imf_config_parse("f.ini", text, &cfg, err, sizeof(err));
     if (rc == 0) {
-        if (cfg == NULL || cfg->listeners_len == 0 || cfg->servers_len == 0 ||
-            cfg->servers_len > 64 || cfg->buffer_limit < 16 * 1024 ||
+        if (cfg == NULL || cfg->listeners_len == 0 ||
+            imf_config_pool(cfg, IMF_POOL_DEFAULT) == NULL || cfg->buffer_limit < 16 * 1024 ||
             cfg->max_line_length > cfg->buffer_limit || cfg->certificate == NULL)
             abort();
+        /* Every pool has servers, within bounds. */
+        for (size_t p = 0; p < cfg->pools_len; p++)
+            if (cfg->pools[p].servers_len == 0 || cfg->pools[p].servers_len > 64)
+                abort();
         imf_config_unref(cfg);
     } else {
         if (cfg != NULL || strncmp(err, "f.ini", 5) != 0 || (err[5] != ':'))

@@ -266,7 +266,11 @@ class Metrics:
         return tuple(sorted(out))
 
     def get(self, name, default=None, **labels):
-        """The value of name with exactly these labels (default if absent)."""
+        """The value of name with exactly these labels (default if absent).
+        A backend series (one with a server label) carries its pool too;
+        left out, the pool is "default", the one [backend] defines."""
+        if "server" in labels and "pool" not in labels:
+            labels = dict(labels, pool="default")
         return self.samples.get(name, {}).get(tuple(sorted(labels.items())), default)
 
     def value(self, name, **labels):

@@ -105,3 +105,54 @@ def test_version(need_bin):
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert re.search(r"\bimapfront\b.*\b\d+\.\d+\.\d+", r.stdout + r.stderr), r.stdout
+
+
+def test_named_pool_no_route_uses_is_reported(need_bin, cert, d):
+    """A [backend.NAME] pool next to [backend] is valid, but no session can
+    reach it until a route names it: -t says so and still exits 0."""
+    text = good_ini(cert, "\n[backend.archive]\nservers = 127.0.0.1:11144\n"
+                          "balance = roundrobin\n")
+    path = write(d, "pools.ini", text)
+    r = check(path)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\bwarn backend: \[backend\.archive\] is used by no route", r.stderr), \
+        r.stderr
+    assert "[backend.default]" not in r.stderr and "[backend] is used" not in r.stderr, r.stderr
+
+
+def test_backend_and_backend_default_both_refused(need_bin, cert, d):
+    text = good_ini(cert, "\n[backend.default]\nservers = 127.0.0.1:11144\n")
+    path = write(d, "twice.ini", text)
+    r = check(path)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    prefix = "%s:%d: [backend.default]: [backend] is the pool \"default\", already defined " \
+             "on line %d" % (path, line_of(text, "[backend.default]"), line_of(text, "[backend]"))
+    assert r.stderr.startswith(prefix), r.stderr
+
+
+def test_pools_without_default_refused(need_bin, cert, d):
+    """Sessions use the pool default until routing lands: a file with only
+    named pools has nowhere to send them."""
+    text = good_ini(cert).replace("[backend]\n", "[backend.main]\n")
+    path = write(d, "nodefault.ini", text)
+    r = check(path)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    prefix = "%s:%d: [backend]: required" % (path, line_of(text, "[backend.main]"))
+    assert r.stderr.startswith(prefix), r.stderr
+
+
+def test_route_map_decides_which_pools_are_used(need_bin, cert, d):
+    """With [route], a pool is reached when the map or [route] default names
+    it: -t warns about the others only, and the pool default is no
+    exception."""
+    mapfile = write(d, "users.map", "alice@example.org archive\n*@new.example.org modern\n")
+    text = good_ini(cert, "\n[backend.archive]\nservers = 127.0.0.1:11144\n"
+                          "\n[backend.modern]\nservers = 127.0.0.1:11145\n"
+                          "\n[backend.spare]\nservers = 127.0.0.1:11146\n"
+                          "\n[route]\nmap = %s\ndefault = modern\n" % mapfile)
+    path = write(d, "routed.ini", text)
+    r = check(path)
+    assert r.returncode == 0, r.stderr
+    unused = set(re.findall(r"\bwarn backend: \[backend\.(\w+)\] is used by no route", r.stderr))
+    assert unused == {"default", "spare"}, r.stderr
+    assert "route map %s: 2 entries" % mapfile in r.stdout, r.stdout

@@ -45,7 +45,7 @@ class ScriptedBackend:
     def __init__(self, mode):
         self.mode = mode
         self.lines = []
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.fake = h.FakeBackend(self._serve, accept_timeout=120)
         self.port = self.fake.port
 
@@ -72,6 +72,7 @@ class ScriptedBackend:
                 return
             with self.lock:
                 self.lines.append(line)
+                self.lock.notify_all()
             tag, _, rest = line.decode("ascii", "replace").partition(" ")
             verb = rest.split(" ", 1)[0].strip().upper()
             if mode == "hang_login" and verb == "LOGIN":
@@ -105,6 +106,16 @@ class ScriptedBackend:
         with self.lock:
             return [ln for ln in self.lines if (b" " + verb + b" ") in ln or ln.endswith(
                 b" " + verb + b"\r\n")]
+
+    def wait_received(self, verb, timeout=10):
+        """The lines with verb, once at least one has arrived (within timeout)."""
+        with self.lock:
+            self.lock.wait_for(lambda: self._with(verb), timeout=timeout)
+            return self._with(verb)
+
+    def _with(self, verb):
+        return [ln for ln in self.lines if (b" " + verb + b" ") in ln or ln.endswith(
+            b" " + verb + b"\r\n")]
 
     def stop(self):
         self.fake.stop()
@@ -185,9 +196,10 @@ def test_login_hangs_out_of_rotation_and_back(scripted, backends, proxy_factory,
                        r"backend=%s took=\d+ms$" % A, since=mark, timeout=10,
                        alive=proxy.check_alive)
     assert ops.scrape(proxy).value("imapfront_backend_up", server=A) == 1
-    # The healthy check went all the way: EXAMINE of the canary, NOOP, LOGOUT.
+    # The healthy check went all the way: EXAMINE of the canary, NOOP, LOGOUT
+    # (the check passes on NOOP's OK; its LOGOUT may still be on the way).
     assert any(ln.endswith(b' EXAMINE "INBOX"\r\n') for ln in a.lines)
-    assert a.received(b"NOOP") and a.received(b"LOGOUT")
+    assert a.received(b"NOOP") and a.wait_received(b"LOGOUT")
 
 
 def test_silent_backend_banner_check_and_readyz(scripted, proxy_factory, ctx):
@@ -208,7 +220,7 @@ def test_silent_backend_banner_check_and_readyz(scripted, proxy_factory, ctx):
     assert ops.http_get(proxy.admin, "/readyz").status == 200
     # A banner check greets and leaves: it never logs in.
     assert not a.received(b"LOGIN")
-    assert a.received(b"LOGOUT")
+    assert a.wait_received(b"LOGOUT")
 
 
 def test_refused_login_names_the_reason(emulator, proxy_factory):
@@ -373,3 +385,60 @@ def test_login_check_against_dovecot(dovecot_factory, proxy_factory, ctx):  # no
     with h.TLSClient(proxy.port, ctx) as c:
         c.read_line()
         assert c.command("a", "LOGIN demo demo")[-1].startswith(b"a OK")
+
+
+def test_named_pool_is_checked_on_its_own(scripted, emulator, proxy_factory, ctx):
+    """A [backend.NAME] pool has its own checks, its own health and its own
+    `pool` label; sessions keep using the pool default, and /readyz looks
+    only at pools sessions can reach (no route uses the archive yet)."""
+    a = scripted("silent")
+    A, D = ops.addr(a.port), ops.addr(emulator.plain_port)
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port, extra={
+        "backend.archive": {"servers": A, "check": "banner", "check_interval": "200ms",
+                            "check_timeout": "600ms", "down_after": "1"}})
+    proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
+                       r"backend=%s step=greeting reason=\"no answer to greeting within 600ms\" "
+                       r"pool=archive$" % A, timeout=10, alive=proxy.check_alive)
+    m = ops.scrape(proxy)
+    assert m.value("imapfront_backend_up", pool="archive", server=A) == 0
+    assert m.value("imapfront_backend_check_failing", pool="archive", server=A) == 1
+    assert m.value("imapfront_backend_up", pool="default", server=D) == 1
+    # The default pool has check = off: its server is never checked.
+    assert m.value("imapfront_backend_checks_total", pool="default", server=D, result="ok") == 0
+    assert m.value("imapfront_backend_checks_total", pool="default", server=D,
+                   result="failed") == 0
+    assert ops.http_get(proxy.admin, "/readyz").status == 200
+    assert ops.session_backend(proxy, ctx) == D
+
+    a.mode = "healthy"
+    mark = proxy.log.mark()
+    proxy.log.wait_for(r"\binfo backend: server passed its check, back in rotation "
+                       r"backend=%s took=\d+ms pool=archive$" % A, since=mark, timeout=10,
+                       alive=proxy.check_alive)
+    assert ops.scrape(proxy).value("imapfront_backend_up", pool="archive", server=A) == 1
+
+
+def test_pool_added_and_removed_by_reload(scripted, emulator, proxy_factory):
+    """A pool a reload adds is checked from then on; one a reload removes
+    is no longer shown."""
+    a = scripted("silent")
+    A = ops.addr(a.port)
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port)
+    assert not ops.scrape(proxy).labelsets("imapfront_backend_check_failing")
+    ops.rewrite_ini(proxy, {"backend.archive": {
+        "servers": A, "check": "banner", "check_interval": "200ms", "check_timeout": "600ms",
+        "down_after": "1"}})
+    mark = proxy.log.mark()
+    ops.sighup(proxy, ops.RELOADED)
+    proxy.log.wait_for(r"\bwarn backend: server failed its check, out of rotation "
+                       r"backend=%s .* pool=archive$" % A, since=mark, timeout=10,
+                       alive=proxy.check_alive)
+    assert ops.scrape(proxy).value("imapfront_backend_check_failing", pool="archive",
+                                   server=A) == 1
+
+    ops.rewrite_ini(proxy, drop=("backend.archive",))
+    ops.sighup(proxy, ops.RELOADED)
+    m = ops.scrape(proxy)
+    assert [ls["pool"] for ls in m.labelsets("imapfront_backend_up")] == ["default"]
+    assert not m.labelsets("imapfront_backend_check_failing")  # no pool has checks now
+    assert ops.http_get(proxy.admin, "/readyz").status == 200

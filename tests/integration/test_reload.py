@@ -7,6 +7,7 @@ refused (listeners) or reported (workers, admin address)."""
 import os
 import re
 import shutil
+import socket
 import ssl
 import tempfile
 
@@ -167,10 +168,10 @@ def test_workers_and_admin_changes_need_restart(emulator, proxy_factory, ctx):
     ops.rewrite_ini(proxy, {"proxy": {"workers": "2"},
                             "admin": {"address": "127.0.0.1:%d" % h.free_port()}})
     ops.sighup(proxy, ops.RELOADED)
-    assert proxy.log.find(r"\bwarn main: reload: \[proxy\] workers changed; that needs a restart",
-                          mark)
-    assert proxy.log.find(r"\bwarn main: reload: \[admin\] address changed; that needs a restart",
-                          mark)
+    assert proxy.log.find(r"\bwarn main: reload: \[proxy\] workers changed; that needs a "
+                          r"restart; keeping the old value 1$", mark)
+    assert proxy.log.find(r"\bwarn main: reload: \[admin\] address changed; that needs a "
+                          r"restart; keeping the old value 127\.0\.0\.1:0$", mark)
     # Still one worker, still the old admin port.
     assert ops.scrape(proxy).value("imapfront_workers") == 1
     with h.TLSClient(proxy.port, ctx) as c:
@@ -193,3 +194,31 @@ def test_new_sessions_use_new_backend_old_ones_keep_theirs(emulator_factory, pro
     second.log.wait_for(r"\bcmd F1 LOGIN", since=mark2, timeout=5)
     assert not second.log.find(r"\bcmd OLD1\b", mark2)
     assert not first.log.find(r"\bcmd F1\b", mark1)
+
+
+def test_listeners_reordered_found_by_name(emulator, proxy_factory, ctx):
+    """Sections are matched by name: listing the same listeners in another
+    order reloads, and each socket keeps its own section's settings (one
+    is implicit TLS, the other STARTTLS with a plaintext greeting)."""
+    proxy = proxy_factory(emulator.plain_port, extra={
+        "listen.plain": {"address": "127.0.0.1:0", "mode": "starttls", "require_tls": "yes"}})
+    plain = ops.listener_port(proxy, "plain")
+    sections = ops.read_ini(proxy.ini)
+    first = {k: sections[k] for k in ("listen.plain", "listen.imaps")}
+    first.update({k: v for k, v in sections.items() if k not in first})
+    assert list(first)[:2] == ["listen.plain", "listen.imaps"]
+    with open(proxy.ini, "w") as f:
+        f.write(h.render_ini(first))
+    mark = proxy.log.mark()
+    ops.sighup(proxy, ops.RELOADED)
+    assert not proxy.log.find(r"needs a restart|reload refused", mark)
+    with h.TLSClient(proxy.port, ctx) as c:
+        h.login(c)
+        c.command("Z", "LOGOUT")
+    with socket.create_connection(("127.0.0.1", plain), timeout=5) as s:
+        s.settimeout(5)
+        assert s.recv(512).startswith(b"* OK"), "a STARTTLS listener greets in plaintext"
+    proxy.log.wait_for(r"\binfo session: closed client=\S+ listener=imaps tls=TLS", since=mark,
+                       timeout=5)
+    proxy.log.wait_for(r"\binfo session: closed client=\S+ listener=plain ", since=mark,
+                       timeout=5)

@@ -6,7 +6,9 @@ The table is read as text: one OPT/OPT_LIST/LOPT row per line, and the enum
 value lists as one {"name", VALUE, supported} entry per line. For each key
 the documentation must give the same section, type, default, bounds, enum
 values and "not supported yet" status; the example must set every key, with
-its default unless the key is required.
+its default unless the key is required. A key flagged IMF_CF_RESTART (a
+SIGHUP cannot apply it) must say "Read at start only" in its meaning, and
+only such a key.
 
 With --man, the man page generated from configuration.md (imapfront.ini.5,
 by docs/man.py) must list every key of the table under its section, and no
@@ -20,7 +22,7 @@ import os
 import re
 import sys
 
-ROW_RE = re.compile(r"^\s*(OPT|OPT_LIST|LOPT|COPT)\((.*)\),\s*$")
+ROW_RE = re.compile(r"^\s*(OPT|OPT_LIST|LOPT|COPT|POPT|POPT_LIST)\((.*)\),\s*$")
 CHOICES_START_RE = re.compile(r"^static const struct imf_choice (\w+)\[\] = \{\s*$")
 CHOICE_RE = re.compile(r'^\s*\{"([^"]*)",\s*[^,]+,\s*(true|false)\},\s*$')
 HEADING_RE = re.compile(r"^##\s+\[([^\]]+)\]\s*$")
@@ -125,6 +127,7 @@ def read_table(path):
                 "not_yet": "IMF_CF_NOT_YET" in flags,
                 "auto": "IMF_CF_AUTO" in flags,
                 "file": "IMF_CF_FILE" in flags,
+                "restart": "IMF_CF_RESTART" in flags,
                 "where": "%s:%d" % (os.path.basename(path), lineno),
             })
     # A row flagged IMF_CF_FILE has a second key, KEY_file: a string
@@ -133,7 +136,7 @@ def read_table(path):
         if r["file"]:
             rows.append(dict(r, key=r["key"] + "_file", type="STRING", default="", min=0, max=0,
                              choices="NULL", required=False, not_yet=False, auto=False,
-                             file=False))
+                             file=False, restart=False))
     for r in rows:
         if r["type"] == "ENUM":
             if r["choices"] not in choices:
@@ -249,6 +252,13 @@ def check_docs(rows, docs, problems):
                             " \"Not supported yet.\""
                             % (d["where"], r["key"], "has" if r["not_yet"] else "does not have",
                                "says" if says_not_yet else "does not say"))
+        # IMF_CF_RESTART: what a SIGHUP cannot apply is said so, in words.
+        says_restart = "Read at start only" in d["meaning"]
+        if says_restart != r["restart"]:
+            problems.append("%s: %s: the table %s IMF_CF_RESTART but the documentation %s"
+                            " \"Read at start only\""
+                            % (d["where"], r["key"], "has" if r["restart"] else "does not have",
+                               "says" if says_restart else "does not say"))
     for k, d in docs.items():
         if k not in seen:
             problems.append("%s: [%s] %s is documented but not in the table of src/config.c"

@@ -27,10 +27,15 @@ static struct imf_config *config(const char *backend_keys)
     return cfg;
 }
 
+static const struct imf_pool_config *pool_of(const struct imf_config *cfg)
+{
+    return imf_config_pool(cfg, IMF_POOL_DEFAULT);
+}
+
 static bool down(const struct imf_config *cfg, size_t index)
 {
     struct imf_backend_info info[IMF_BACKEND_MAX];
-    imf_backend_info(cfg, info, IMF_BACKEND_MAX);
+    imf_backend_info(pool_of(cfg), info, IMF_BACKEND_MAX);
     return info[index].down;
 }
 
@@ -40,11 +45,11 @@ static void test_timeouts_after_a_completed_connect_do_not_count(void **state)
 {
     (void)state;
     struct imf_config *cfg = config("servers = 192.0.2.1:143, 192.0.2.2:143\ndown_after = 1\n");
-    imf_backend_report(cfg, 0, IMF_CONNECT_OK);
+    imf_backend_report(pool_of(cfg), 0, IMF_CONNECT_OK);
     for (int i = 0; i < 5; i++)
-        imf_backend_report(cfg, 0, IMF_CONNECT_TIMEOUT);
+        imf_backend_report(pool_of(cfg), 0, IMF_CONNECT_TIMEOUT);
     assert_false(down(cfg, 0));
-    imf_backend_report(cfg, 0, IMF_CONNECT_FAILED);
+    imf_backend_report(pool_of(cfg), 0, IMF_CONNECT_FAILED);
     assert_true(down(cfg, 0));
     assert_false(down(cfg, 1));
     imf_config_unref(cfg);
@@ -55,9 +60,9 @@ static void test_timeouts_of_a_silent_server_count(void **state)
 {
     (void)state;
     struct imf_config *cfg = config("servers = 192.0.2.3:143, 192.0.2.4:143\ndown_after = 2\n");
-    imf_backend_report(cfg, 0, IMF_CONNECT_TIMEOUT);
+    imf_backend_report(pool_of(cfg), 0, IMF_CONNECT_TIMEOUT);
     assert_false(down(cfg, 0));
-    imf_backend_report(cfg, 0, IMF_CONNECT_TIMEOUT);
+    imf_backend_report(pool_of(cfg), 0, IMF_CONNECT_TIMEOUT);
     assert_true(down(cfg, 0));
     imf_config_unref(cfg);
 }
@@ -67,15 +72,15 @@ static void test_last_server_up_fails_open(void **state)
 {
     (void)state;
     struct imf_config *cfg = config("servers = 192.0.2.5:143, 192.0.2.6:143\ndown_after = 1\n");
-    imf_backend_report(cfg, 0, IMF_CONNECT_FAILED);
+    imf_backend_report(pool_of(cfg), 0, IMF_CONNECT_FAILED);
     assert_true(down(cfg, 0));
     for (int i = 0; i < 3; i++)
-        imf_backend_report(cfg, 1, IMF_CONNECT_FAILED);
+        imf_backend_report(pool_of(cfg), 1, IMF_CONNECT_FAILED);
     assert_false(down(cfg, 1));
-    assert_true(imf_backend_any_up(cfg));
+    assert_true(imf_backend_any_up(pool_of(cfg)));
     uint8_t order[2];
     size_t up = 0;
-    assert_int_equal(imf_backend_plan(cfg, order, &up), 2);
+    assert_int_equal(imf_backend_plan(pool_of(cfg), order, &up), 2);
     assert_int_equal(up, 1);
     assert_int_equal(order[0], 1);
     imf_config_unref(cfg);
@@ -87,21 +92,23 @@ static void test_limits_count_sessions_and_connects(void **state)
     struct imf_config *cfg =
         config("servers = 192.0.2.7:143\nmax_sessions = 2\nmax_connecting = 1\nconnect_rate = 0\n");
     uint64_t wait = 0;
-    assert_int_equal(imf_backend_acquire(cfg, 0, cfg, &wait), IMF_ADMIT_OK);
-    assert_int_equal(imf_backend_acquire(cfg, 0, cfg, &wait), IMF_ADMIT_FULL); /* connecting */
-    imf_backend_connect_done(cfg, 0);
-    assert_int_equal(imf_backend_acquire(cfg, 0, cfg, &wait), IMF_ADMIT_OK);
-    imf_backend_connect_done(cfg, 0);
-    assert_int_equal(imf_backend_acquire(cfg, 0, cfg, &wait), IMF_ADMIT_FULL); /* sessions */
-    imf_backend_release(cfg, 0);
-    assert_int_equal(imf_backend_acquire(cfg, 0, cfg, &wait), IMF_ADMIT_OK);
+    assert_int_equal(imf_backend_acquire(pool_of(cfg), 0, pool_of(cfg), &wait), IMF_ADMIT_OK);
+    assert_int_equal(imf_backend_acquire(pool_of(cfg), 0, pool_of(cfg), &wait),
+                     IMF_ADMIT_FULL); /* connecting */
+    imf_backend_connect_done(pool_of(cfg), 0);
+    assert_int_equal(imf_backend_acquire(pool_of(cfg), 0, pool_of(cfg), &wait), IMF_ADMIT_OK);
+    imf_backend_connect_done(pool_of(cfg), 0);
+    assert_int_equal(imf_backend_acquire(pool_of(cfg), 0, pool_of(cfg), &wait),
+                     IMF_ADMIT_FULL); /* sessions */
+    imf_backend_release(pool_of(cfg), 0);
+    assert_int_equal(imf_backend_acquire(pool_of(cfg), 0, pool_of(cfg), &wait), IMF_ADMIT_OK);
     struct imf_backend_info info[1];
-    imf_backend_info(cfg, info, 1);
+    imf_backend_info(pool_of(cfg), info, 1);
     assert_int_equal(info[0].sessions, 2);
     assert_int_equal(info[0].connecting, 1);
-    imf_backend_connect_done(cfg, 0);
-    imf_backend_release(cfg, 0);
-    imf_backend_release(cfg, 0);
+    imf_backend_connect_done(pool_of(cfg), 0);
+    imf_backend_release(pool_of(cfg), 0);
+    imf_backend_release(pool_of(cfg), 0);
     imf_config_unref(cfg);
 }
 
@@ -113,14 +120,14 @@ static void test_connect_rate_bucket(void **state)
     struct imf_config *cfg = config("servers = 192.0.2.8:143\nconnect_rate = 5\n");
     uint64_t wait = 0;
     for (int i = 0; i < 5; i++) {
-        assert_int_equal(imf_backend_acquire(cfg, 0, cfg, &wait), IMF_ADMIT_OK);
-        imf_backend_connect_done(cfg, 0);
-        imf_backend_release(cfg, 0);
+        assert_int_equal(imf_backend_acquire(pool_of(cfg), 0, pool_of(cfg), &wait), IMF_ADMIT_OK);
+        imf_backend_connect_done(pool_of(cfg), 0);
+        imf_backend_release(pool_of(cfg), 0);
     }
-    assert_int_equal(imf_backend_acquire(cfg, 0, cfg, &wait), IMF_ADMIT_RATE);
+    assert_int_equal(imf_backend_acquire(pool_of(cfg), 0, pool_of(cfg), &wait), IMF_ADMIT_RATE);
     assert_true(wait > 0 && wait <= 200);
     struct imf_backend_info info[1];
-    imf_backend_info(cfg, info, 1);
+    imf_backend_info(pool_of(cfg), info, 1);
     assert_true(info[0].warming);
     assert_int_equal(info[0].sessions, 0); /* a refused acquire holds nothing */
     assert_int_equal(info[0].connecting, 0);

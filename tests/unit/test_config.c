@@ -18,6 +18,7 @@
 #include <openssl/ssl.h>
 
 #include "imapfront/config.h"
+#include "imapfront/route.h"
 #include "imapfront/log.h"
 
 #ifndef IMF_SRCDIR
@@ -33,6 +34,9 @@
     "private_key = k.pem\n"   \
     "[backend]\n"             \
     "servers = 127.0.0.1:143\n"
+
+/* The pool [backend] defines. */
+#define DEF(cfg) imf_config_pool((cfg), IMF_POOL_DEFAULT)
 
 #define KiB (UINT64_C(1024))
 #define MiB (KiB * 1024)
@@ -96,8 +100,8 @@ static void test_example_loads(void **state)
     assert_null(cfg->listeners[0].proxy_protocol_from);
     assert_string_equal(cfg->certificate, "/etc/imapfront/fullchain.pem");
     assert_string_equal(cfg->private_key, "/etc/imapfront/privkey.pem");
-    assert_int_equal(cfg->servers_len, 1);
-    assert_string_equal(cfg->servers[0].text, "192.0.2.10:143");
+    assert_int_equal(DEF(cfg)->servers_len, 1);
+    assert_string_equal(DEF(cfg)->servers[0].text, "192.0.2.10:143");
     assert_int_equal(cfg->max_literal_size, 64 * MiB);
     assert_int_equal(cfg->admin_address.len, 0);
     imf_config_unref(cfg);
@@ -131,15 +135,15 @@ static void test_defaults(void **state)
     assert_true(cfg->session_tickets);
     assert_int_equal(cfg->handshake_timeout_ms, 10000);
 
-    assert_int_equal(cfg->servers_len, 1);
-    assert_int_equal(cfg->balance, IMF_BALANCE_FIRST);
-    assert_int_equal(cfg->connect_timeout_ms, 5000);
-    assert_int_equal(cfg->quirks, IMF_QUIRKS_AUTO);
-    assert_false(cfg->pipelining_set);
-    assert_true(cfg->pipelining);
-    assert_int_equal(cfg->literal_plus, IMF_LITERAL_PLUS_PASS);
-    assert_false(cfg->literal_crlf_split);
-    assert_int_equal(cfg->forward_client_ip, IMF_FORWARD_IP_OFF);
+    assert_int_equal(DEF(cfg)->servers_len, 1);
+    assert_int_equal(DEF(cfg)->balance, IMF_BALANCE_FIRST);
+    assert_int_equal(DEF(cfg)->connect_timeout_ms, 5000);
+    assert_int_equal(DEF(cfg)->quirks, IMF_QUIRKS_AUTO);
+    assert_false(DEF(cfg)->pipelining_set);
+    assert_true(DEF(cfg)->pipelining);
+    assert_int_equal(DEF(cfg)->literal_plus, IMF_LITERAL_PLUS_PASS);
+    assert_false(DEF(cfg)->literal_crlf_split);
+    assert_int_equal(DEF(cfg)->forward_client_ip, IMF_FORWARD_IP_OFF);
 
     assert_int_equal(cfg->max_line_length, 64 * KiB);
     assert_int_equal(cfg->max_literal_size, 64 * MiB);
@@ -411,23 +415,23 @@ static void test_secret_files(void **state)
 
     snprintf(text, sizeof(text), "check = login\ncheck_user = svc\ncheck_password_file = %s\n", pw);
     struct imf_config *cfg = parse_base(text);
-    assert_string_equal(cfg->check_password, "s3cret-Value");
+    assert_string_equal(DEF(cfg)->check_password, "s3cret-Value");
     imf_config_unref(cfg);
     snprintf(text, sizeof(text), "check_password_file = %s\n", crlf);
     cfg = parse_base(text);
-    assert_string_equal(cfg->check_password, "s3cret");
+    assert_string_equal(DEF(cfg)->check_password, "s3cret");
     imf_config_unref(cfg);
     snprintf(text, sizeof(text), "check_password_file = %s\n", two); /* only one is stripped */
     cfg = parse_base(text);
-    assert_string_equal(cfg->check_password, "abc\n");
+    assert_string_equal(DEF(cfg)->check_password, "abc\n");
     imf_config_unref(cfg);
     /* An empty value of either form counts as not set. */
     snprintf(text, sizeof(text), "check_password =\ncheck_password_file = %s\n", pw);
     cfg = parse_base(text);
-    assert_string_equal(cfg->check_password, "s3cret-Value");
+    assert_string_equal(DEF(cfg)->check_password, "s3cret-Value");
     imf_config_unref(cfg);
     cfg = parse_base("check_password_file =\ncheck_password = inline\n");
-    assert_string_equal(cfg->check_password, "inline");
+    assert_string_equal(DEF(cfg)->check_password, "inline");
     imf_config_unref(cfg);
 
     /* Both forms: an error in either order, naming both and no secret. */
@@ -470,6 +474,20 @@ static void test_secret_files(void **state)
                       "t.ini:8: check_user_file: unknown key in [backend]");
     expect_error("[tls]\ncertificate_file = x\n",
                  "t.ini:2: certificate_file: unknown key in [tls]");
+    /* A named pool has the form too, with its own lines. */
+    snprintf(text, sizeof(text),
+             "[backend.x]\nservers = 127.0.0.1:1\ncheck = login\ncheck_user = svc\n"
+             "check_password_file = %s\n",
+             pw);
+    cfg = parse_base(text);
+    assert_string_equal(imf_config_pool(cfg, "x")->check_password, "s3cret-Value");
+    assert_null(DEF(cfg)->check_password);
+    imf_config_unref(cfg);
+    snprintf(text, sizeof(text),
+             "[backend.x]\nservers = 127.0.0.1:1\ncheck_password = a\ncheck_password_file = %s\n",
+             pw);
+    expect_base_error(text, "t.ini:11: check_password_file: check_password is set too (line 10); "
+                            "set only one of them");
 
     const char *files[] = {pw, crlf, two, empty, nl, nul};
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
@@ -564,11 +582,11 @@ static void test_sockaddr_list(void **state)
     struct imf_config *cfg =
         parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
                  "[backend]\nservers = 127.0.0.1:143, [::1]:143 ,10.0.0.1:1\n");
-    assert_int_equal(cfg->servers_len, 3);
-    assert_string_equal(cfg->servers[0].text, "127.0.0.1:143");
-    assert_string_equal(cfg->servers[1].text, "[::1]:143");
-    assert_int_equal(cfg->servers[1].ss.ss_family, AF_INET6);
-    assert_string_equal(cfg->servers[2].text, "10.0.0.1:1");
+    assert_int_equal(DEF(cfg)->servers_len, 3);
+    assert_string_equal(DEF(cfg)->servers[0].text, "127.0.0.1:143");
+    assert_string_equal(DEF(cfg)->servers[1].text, "[::1]:143");
+    assert_int_equal(DEF(cfg)->servers[1].ss.ss_family, AF_INET6);
+    assert_string_equal(DEF(cfg)->servers[2].text, "10.0.0.1:1");
     imf_config_unref(cfg);
 
     /* 64 servers fit, 65 do not. */
@@ -582,7 +600,7 @@ static void test_sockaddr_list(void **state)
     *last = '\0';
     strcat(text, "\n[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n");
     cfg = parse_ok(text);
-    assert_int_equal(cfg->servers_len, 64);
+    assert_int_equal(DEF(cfg)->servers_len, 64);
     imf_config_unref(cfg);
 
     expect_error("[backend]\nservers = 127.0.0.1:1,\n",
@@ -623,7 +641,7 @@ static void test_inline_comments(void **state)
     assert_string_equal(cfg->listeners[0].address.text, "[::1]:0");
     assert_string_equal(cfg->certificate, "c.pem;not-a-comment");
     assert_string_equal(cfg->private_key, "k.pem #not-a-comment-either");
-    assert_int_equal(cfg->servers_len, 1);
+    assert_int_equal(DEF(cfg)->servers_len, 1);
     imf_config_unref(cfg);
 }
 
@@ -634,7 +652,7 @@ static void test_line_endings_and_bom(void **state)
                                       "[tls]\r\ncertificate = c\r\nprivate_key = k\r\n"
                                       "[backend]\r\nservers = 127.0.0.1:1"); /* no final EOL */
     assert_string_equal(cfg->certificate, "c");
-    assert_string_equal(cfg->servers[0].text, "127.0.0.1:1");
+    assert_string_equal(DEF(cfg)->servers[0].text, "127.0.0.1:1");
     imf_config_unref(cfg);
     expect_error("\xEF\xBB\xBF[tls]\r\ncertificate = c\r\n\r\nbogus = 1\r\n",
                  "t.ini:4: bogus: unknown key in [tls]");
@@ -823,7 +841,7 @@ static void test_not_yet(void **state)
     struct imf_config *cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\n"
                                       "private_key = k\n[backend]\nservers = 127.0.0.1:1\n"
                                       "check = OFF\n");
-    assert_int_equal(cfg->check, IMF_CHECK_OFF);
+    assert_int_equal(DEF(cfg)->check, IMF_CHECK_OFF);
     assert_int_equal(cfg->compress_level, 1); /* fast: see docs/performance.md */
     imf_config_unref(cfg);
 
@@ -870,14 +888,14 @@ static void test_check_keys(void **state)
     (void)state;
     struct imf_config *cfg = parse_base("check = login\ncheck_user = svc\n"
                                         "check_password = a \"b\" \\c\ncheck_timeout = 2s\n");
-    assert_int_equal(cfg->check, IMF_CHECK_LOGIN);
-    assert_string_equal(cfg->check_password, "a \"b\" \\c");
-    assert_string_equal(cfg->check_mailbox, "INBOX");
-    assert_int_equal(cfg->check_interval_ms, 10000);
-    assert_int_equal(cfg->check_timeout_ms, 2000);
+    assert_int_equal(DEF(cfg)->check, IMF_CHECK_LOGIN);
+    assert_string_equal(DEF(cfg)->check_password, "a \"b\" \\c");
+    assert_string_equal(DEF(cfg)->check_mailbox, "INBOX");
+    assert_int_equal(DEF(cfg)->check_interval_ms, 10000);
+    assert_int_equal(DEF(cfg)->check_timeout_ms, 2000);
     imf_config_unref(cfg);
     cfg = parse_base("check = banner\n"); /* banner needs no account */
-    assert_int_equal(cfg->check, IMF_CHECK_BANNER);
+    assert_int_equal(DEF(cfg)->check, IMF_CHECK_BANNER);
     imf_config_unref(cfg);
 
     expect_base_error("check = login\ncheck_password = pw\n",
@@ -936,7 +954,7 @@ static void test_front_door_keys(void **state)
     imf_config_unref(cfg);
     cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
                    "[backend]\nservers = 127.0.0.1:143\nforward_client_ip = id\n");
-    assert_int_equal(cfg->forward_client_ip, IMF_FORWARD_IP_ID);
+    assert_int_equal(DEF(cfg)->forward_client_ip, IMF_FORWARD_IP_ID);
     imf_config_unref(cfg);
 }
 
@@ -970,22 +988,22 @@ static void test_quirks_preset(void **state)
     struct imf_config *cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\n"
                                       "private_key = k\n[backend]\nservers = 127.0.0.1:143\n"
                                       "quirks = exchange55\n");
-    assert_false(cfg->pipelining);
-    assert_int_equal(cfg->literal_plus, IMF_LITERAL_PLUS_SYNC);
-    assert_true(cfg->literal_crlf_split);
+    assert_false(DEF(cfg)->pipelining);
+    assert_int_equal(DEF(cfg)->literal_plus, IMF_LITERAL_PLUS_SYNC);
+    assert_true(DEF(cfg)->literal_crlf_split);
     imf_config_unref(cfg);
     cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
                    "[backend]\npipelining = on\nservers = 127.0.0.1:143\nquirks = exchange55\n"
                    "literal_crlf_split = off\n");
-    assert_true(cfg->pipelining);
-    assert_int_equal(cfg->literal_plus, IMF_LITERAL_PLUS_SYNC);
-    assert_false(cfg->literal_crlf_split);
+    assert_true(DEF(cfg)->pipelining);
+    assert_int_equal(DEF(cfg)->literal_plus, IMF_LITERAL_PLUS_SYNC);
+    assert_false(DEF(cfg)->literal_crlf_split);
     imf_config_unref(cfg);
     cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
                    "[backend]\nservers = 127.0.0.1:143\n");
-    assert_true(cfg->pipelining);
-    assert_int_equal(cfg->literal_plus, IMF_LITERAL_PLUS_PASS);
-    assert_false(cfg->literal_crlf_split);
+    assert_true(DEF(cfg)->pipelining);
+    assert_int_equal(DEF(cfg)->literal_plus, IMF_LITERAL_PLUS_PASS);
+    assert_false(DEF(cfg)->literal_crlf_split);
     imf_config_unref(cfg);
 }
 
@@ -1068,6 +1086,175 @@ static void test_refcount(void **state)
     imf_config_unref(NULL);
 }
 
+/* [backend.NAME]: pools with every [backend] key, each its own defaults;
+ * [backend] is the pool "default"; pools are found by name. */
+static void test_pools(void **state)
+{
+    (void)state;
+    struct imf_config *cfg = parse_base("balance = roundrobin\n"
+                                        "[backend.archive]\n"
+                                        "servers = 192.0.2.20:143, 192.0.2.21:143\n"
+                                        "quirks = exchange55\n"
+                                        "max_sessions = 7\n"
+                                        "check = banner\n"
+                                        "[backend.new-mail]\n"
+                                        "servers = [2001:db8::1]:143\n"
+                                        "idle = poll\n");
+    assert_int_equal(cfg->pools_len, 3);
+    const struct imf_pool_config *d = DEF(cfg);
+    const struct imf_pool_config *a = imf_config_pool(cfg, "archive");
+    const struct imf_pool_config *n = imf_config_pool(cfg, "new-mail");
+    assert_non_null(d);
+    assert_non_null(a);
+    assert_non_null(n);
+    assert_null(imf_config_pool(cfg, "Archive")); /* names are case-sensitive */
+    assert_null(imf_config_pool(cfg, "backend"));
+    assert_string_equal(d->name, "default");
+    assert_int_equal(d->balance, IMF_BALANCE_ROUNDROBIN);
+    assert_int_equal(d->servers_len, 1);
+    assert_true(d->pipelining);
+    assert_int_equal(d->check, IMF_CHECK_OFF);
+    /* The archive's keys stay in the archive; the rest are defaults. */
+    assert_int_equal(a->servers_len, 2);
+    assert_string_equal(a->servers[1].text, "192.0.2.21:143");
+    assert_int_equal(a->balance, IMF_BALANCE_FIRST);
+    assert_int_equal(a->max_sessions, 7);
+    assert_int_equal(a->max_connecting, 16);
+    assert_int_equal(a->check, IMF_CHECK_BANNER);
+    assert_string_equal(a->check_mailbox, "INBOX");
+    assert_false(a->pipelining); /* the exchange55 preset, per pool */
+    assert_true(a->literal_crlf_split);
+    assert_int_equal(n->idle_mode, IMF_IDLE_POLL);
+    assert_int_equal(n->servers[0].ss.ss_family, AF_INET6);
+    assert_int_equal(n->quirks, IMF_QUIRKS_AUTO);
+    /* Without [route] only "default" is reached. */
+    assert_true(imf_route_reaches(cfg, NULL, d->name));
+    assert_false(imf_route_reaches(cfg, NULL, a->name));
+    imf_config_unref(cfg);
+
+    /* [backend.default] is [backend] under its own name. */
+    cfg = parse_ok("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
+                   "[backend.default]\nservers = 127.0.0.1:1\n");
+    assert_int_equal(cfg->pools_len, 1);
+    assert_string_equal(DEF(cfg)->servers[0].text, "127.0.0.1:1");
+    imf_config_unref(cfg);
+
+    expect_base_error("[backend.default]\nservers = 127.0.0.1:1\n",
+                      "t.ini:8: [backend.default]: [backend] is the pool \"default\", already "
+                      "defined on line 6; write only one of [backend] and [backend.default]");
+    expect_error("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
+                 "[backend.default]\nservers = 127.0.0.1:1\n[backend]\nservers = 127.0.0.1:2\n",
+                 "t.ini:8: [backend]: [backend] is the pool \"default\", already defined on "
+                 "line 6; write only one of [backend] and [backend.default]");
+    expect_base_error("[backend.x]\nservers = 127.0.0.1:1\n[backend.x]\n",
+                      "t.ini:10: [backend.x]: duplicate section (first on line 8)");
+    expect_base_error("[backend.]\n", "t.ini:8: [backend.]: invalid section name (use 1 to 63 "
+                                      "of A-Z, a-z, 0-9, _ and -)");
+    expect_base_error("[backend.x]\nbalance = first\n", "t.ini:8: [backend.x] servers: required");
+    expect_base_error("[backend.x]\nservers = 127.0.0.1:1\nservers = 127.0.0.1:2\n",
+                      "t.ini:10: servers: set twice in [backend.x] (first on line 9)");
+    expect_base_error("[backend.x]\nservers = 127.0.0.1:1\nfrobnicate = 1\n",
+                      "t.ini:10: frobnicate: unknown key in [backend.x]");
+    expect_base_error("[backend.x]\nservers = 127.0.0.1:1\nmax_literal_size = 1M\n",
+                      "t.ini:10: max_literal_size: unknown key in [backend.x]");
+    /* Cross-checks run per pool, at the lines of that pool. */
+    expect_base_error("[backend.x]\nservers = 127.0.0.1:1\ncheck = login\ncheck_user = svc\n",
+                      "t.ini:10: check_password: required by check = login (or its _file form)");
+    /* Only named pools: sessions would have nowhere to go. */
+    expect_error("[listen.a]\naddress = 127.0.0.1:0\n[tls]\ncertificate = c\nprivate_key = k\n"
+                 "[backend.x]\nservers = 127.0.0.1:1\n",
+                 "t.ini:6: [backend]: required: the pool sessions use (or name it "
+                 "[backend.default])");
+}
+
+/* Reload: the keys the table flags as needing a restart, found by name. */
+struct kept {
+    char lines[8][160];
+    size_t n;
+};
+
+static void note_kept(void *arg, const char *what, const char *kept)
+{
+    struct kept *k = arg;
+    if (k->n < 8)
+        snprintf(k->lines[k->n++], sizeof(k->lines[0]), "%s=%s", what, kept);
+}
+
+#define TWO_LISTENERS                                                                     \
+    "[listen.a]\naddress = 127.0.0.1:9993\n[listen.b]\naddress = 127.0.0.1:9994\n[tls]\n" \
+    "certificate = c\nprivate_key = k\n[backend]\nservers = 127.0.0.1:1\n"
+
+static void test_restart_keys(void **state)
+{
+    (void)state;
+    struct imf_config *run = parse_ok(TWO_LISTENERS "[proxy]\nworkers = 2\nuser = mail\n"
+                                                    "[admin]\naddress = 127.0.0.1:9100\n");
+    char why[256] = "";
+    struct kept k = {0};
+
+    /* Sections reordered, restart keys changed, other keys changed. */
+    struct imf_config *next =
+        parse_ok("[listen.b]\naddress = 127.0.0.1:9994\nmode = starttls\n"
+                 "[listen.a]\naddress = 127.0.0.1:9993\n[tls]\ncertificate = c\nprivate_key = k\n"
+                 "[backend]\nservers = 127.0.0.1:2\n[proxy]\nworkers = auto\nip_prefix_v6 = 56\n"
+                 "max_connections = 5\n[admin]\naddress = 127.0.0.1:9101\ntimeout = 20s\n");
+    assert_int_equal(imf_config_restart_keys(run, next, note_kept, &k, why, sizeof(why)), 0);
+    assert_int_equal(k.n, 5);
+    assert_string_equal(k.lines[0], "[proxy] workers=2");
+    assert_string_equal(k.lines[1], "[proxy] ip_prefix_v6=64");
+    assert_string_equal(k.lines[2], "[proxy] user=mail");
+    assert_string_equal(k.lines[3], "[admin] address=127.0.0.1:9100");
+    assert_string_equal(k.lines[4], "[admin] timeout=10s");
+    /* The running values are back in next; the rest is next's. */
+    assert_int_equal(next->workers, 2);
+    assert_int_equal(next->ip_prefix_v6, 64);
+    assert_string_equal(next->user, "mail");
+    assert_string_equal(next->admin_address.text, "127.0.0.1:9100");
+    assert_int_equal(next->admin_timeout_ms, 10000);
+    assert_int_equal(next->max_connections, 5);
+    assert_string_equal(DEF(next)->servers[0].text, "127.0.0.1:2");
+    assert_int_equal(next->listeners[0].mode, IMF_LISTEN_STARTTLS);
+    /* Once kept, nothing more to report. */
+    k.n = 0;
+    assert_int_equal(imf_config_restart_keys(run, next, note_kept, &k, why, sizeof(why)), 0);
+    assert_int_equal(k.n, 0);
+    imf_config_unref(next);
+
+    /* A listening socket cannot move, appear or go: refused, next untouched. */
+    static const struct {
+        const char *text, *why;
+    } refused[] = {
+        {"[listen.a]\naddress = 127.0.0.1:9993\n[listen.b]\naddress = 127.0.0.1:9995\n",
+         "[listen.b] address changed (still 127.0.0.1:9994)"},
+        {"[listen.a]\naddress = 127.0.0.1:9993\n", "[listen.b] was removed"},
+        {"[listen.a]\naddress = 127.0.0.1:9993\n[listen.c]\naddress = 127.0.0.1:9994\n",
+         "[listen.b] was removed"},
+        {"[listen.a]\naddress = 127.0.0.1:9993\n[listen.b]\naddress = 127.0.0.1:9994\n"
+         "[listen.c]\naddress = 127.0.0.1:9995\n",
+         "[listen.c] was added"},
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        char text[1024];
+        snprintf(text, sizeof(text),
+                 "%s[tls]\ncertificate = c\nprivate_key = k\n[backend]\nservers = 127.0.0.1:1\n"
+                 "[proxy]\nworkers = 3\n",
+                 refused[i].text);
+        next = parse_ok(text);
+        k.n = 0;
+        assert_int_equal(imf_config_restart_keys(run, next, note_kept, &k, why, sizeof(why)),
+                         -EBUSY);
+        assert_string_equal(why, refused[i].why);
+        assert_int_equal(k.n, 0);
+        assert_int_equal(next->workers, 3);
+        imf_config_unref(next);
+    }
+    /* The same config: nothing to say. */
+    k.n = 0;
+    assert_int_equal(imf_config_restart_keys(run, run, note_kept, &k, why, sizeof(why)), 0);
+    assert_int_equal(k.n, 0);
+    imf_config_unref(run);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1107,6 +1294,8 @@ int main(void)
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_err_buffers),
         cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_pools),
+        cmocka_unit_test(test_restart_keys),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
