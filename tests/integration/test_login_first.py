@@ -487,3 +487,47 @@ def test_queue_timeout_then_retry(proxy_factory, emulator_factory, tmp_path, ctx
         assert c.command("R", "LOGIN demo demo")[1].startswith(b"R OK")
     proxy.log.wait_for(r'login-first login not sent .*reason="gave up waiting for a busy backend"',
                        since=mark)
+
+
+# ---------------------------------------------------------------- migration ----
+
+def test_migration_two_pools(proxy_factory, emulator_factory, dovecot, tmp_path, ctx):
+    """The emulator is the legacy pool (default), Dovecot the new one: each
+    user reaches its own server; a retry routed to the other pool closes
+    the greeted connection and logs in there; a map edit applies to the
+    next logins while an open session stays where it is."""
+    emu = emulator_factory()
+    path = str(tmp_path / "route.map")
+    write(path, "alice new\ndemo default\n")
+    proxy = proxy_factory(emu.plain_port, extra={
+        "route": {"map": path}, "backend.new": {"servers": "127.0.0.1:%d" % dovecot.port}})
+
+    mark = proxy.log.mark()
+    with session(proxy, ctx) as a:
+        a.read_line()
+        assert a.command("A", "LOGIN alice secret")[1].startswith(b"A OK")
+        assert a.command("S", "SELECT INBOX")[1].startswith(b"S OK")
+        proxy.log.wait_for(r"login: login ok result=ok user=alice .*backend=127\.0\.0\.1:%d "
+                           r".*pool=new$" % dovecot.port, since=mark)
+        with session(proxy, ctx) as d:
+            d.read_line()
+            # demo fails on the emulator; alice, on the same connection,
+            # goes to Dovecot.
+            assert d.command("D1", "LOGIN demo %s" % SECRET)[1].startswith(b"D1 NO")
+            assert d.command("D2", "LOGIN alice secret")[1].startswith(b"D2 OK")
+        proxy.log.wait_for(r"login-first backend closed .*reason=\"a retry routed to another pool\"",
+                           since=mark)
+        # The map moves demo to the new pool: the next login follows it,
+        # alice's open session is undisturbed.
+        m2 = proxy.log.mark()
+        with open(path + ".tmp", "w") as f:
+            f.write("alice new\ndemo new\n")
+        os.replace(path + ".tmp", path)
+        proxy.log.wait_for(r"route map %s: 2 entries" % re.escape(path), since=m2, timeout=10)
+        with session(proxy, ctx) as d:
+            d.read_line()
+            assert d.command("D3", "LOGIN demo demo")[1].startswith(b"D3 OK")
+        proxy.log.wait_for(r"login: login ok result=ok user=demo .*backend=127\.0\.0\.1:%d "
+                           r".*pool=new$" % dovecot.port, since=m2)
+        assert a.command("N", "NOOP")[1].startswith(b"N OK")
+    assert SECRET not in proxy.log.text()
