@@ -443,7 +443,10 @@ def test_running_map_survives_hostile_rewrites(workdir, emulator, proxy_factory,
     proxy keeps serving, and the last version is the one loaded."""
     path = str(tmp_path / "route.map")
     write(path, map_text(2))
-    proxy = proxy_factory(emulator.plain_port, extra={"route": {"map": path}})
+    # [route] default: with routing configured sessions are login-first,
+    # and serving() logs in as demo, whom map_text() does not name.
+    proxy = proxy_factory(emulator.plain_port,
+                          extra={"route": {"map": path, "default": "default"}})
     alive = proxy.check_alive
     proxy.log.wait_for(loaded(path), alive=alive)
     failed = r"\berror route: %s:(\d+): .*; the running route map stays$" % re.escape(path)
@@ -489,7 +492,8 @@ def test_symlink_swapped_to_another_file(workdir, emulator, proxy_factory, tmp_p
     write(a, map_text(2))
     write(b, map_text(5))
     os.symlink(a, link)
-    proxy = proxy_factory(emulator.plain_port, extra={"route": {"map": link}})
+    proxy = proxy_factory(emulator.plain_port,
+                          extra={"route": {"map": link, "default": "default"}})  # see above
     m = proxy.log.wait_for(loaded(link), alive=proxy.check_alive)
     assert m.group(1) == "2"
     mark = proxy.log.mark()
