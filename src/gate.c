@@ -1304,6 +1304,43 @@ size_t imf_gate_idle_poll(struct imf_gate *g, char *out, size_t cap)
     return (size_t)n;
 }
 
+/* ---- login-first sessions -------------------------------------------------- */
+
+bool imf_gate_lf_greeting(struct imf_gate *g, const uint8_t *line, size_t len)
+{
+    struct imf_gate_response r;
+    memset(&r, 0, sizeof(r));
+    imf_imap_parse_response(line, len, &r.r);
+    bool has;
+    if (imf_capability_list_has(line, len, "LITERAL+", &has)) {
+        g->backend_lplus = has;
+        imf_capability_list_has(line, len, "LITERAL-", &g->backend_lminus);
+    }
+    greeting(g, line, len, &r);
+    return (r.effects & IMF_GATE_R_AUTH) != 0;
+}
+
+bool imf_gate_lf_login_begin(struct imf_gate *g, const char *tag, const char *mech,
+                             const uint8_t *user, size_t user_len, const uint8_t *pass,
+                             size_t pass_len)
+{
+    if (!login_start(g, tag, (const uint8_t *)mech, strlen(mech)))
+        return false;
+    login_name(g->login->user, user, user_len);
+    login_secret(g, pass, pass_len);
+    return login_check(g);
+}
+
+void imf_gate_lf_login_end(struct imf_gate *g, enum imf_login_result r, bool lplus, bool lminus)
+{
+    login_end(g, r);
+    if (r != IMF_LOGIN_OK)
+        return;
+    g->authenticated = true;
+    g->backend_lplus = lplus;
+    g->backend_lminus = lminus;
+}
+
 /* ---- state for the session ------------------------------------------------ */
 
 bool imf_gate_authenticated(const struct imf_gate *g)

@@ -116,7 +116,7 @@ void imf_sess_login_finished(struct imf_session *s, const uint8_t *line, size_t 
     if (l == NULL || !l->done)
         return;
     enum imf_login_result r = (enum imf_login_result)l->result;
-    throttle_end(s, l, r == IMF_LOGIN_OK, r == IMF_LOGIN_THROTTLED);
+    throttle_end(s, l, r == IMF_LOGIN_OK, r == IMF_LOGIN_THROTTLED || r == IMF_LOGIN_REFUSED);
     imf_stat_add(&s->worker->stats.logins[r][mech_class(l->mech)], 1);
     char ms[24], delay[24], text[200] = "";
     snprintf(ms, sizeof(ms), "%" PRIu64, uv_now(&s->worker->loop) - s->login_sent_ms);
@@ -130,7 +130,9 @@ void imf_sess_login_finished(struct imf_session *s, const uint8_t *line, size_t 
                l->authz[0] != '\0' ? l->authz : "-", "mech", l->mech, "client", s->peer, "tls",
                s->tls_version ? s->tls_version : "-", "backend",
                asked ? imf_sess_backend_label(s) : "-", "backend_ms", asked ? ms : "-", "delay_ms",
-               delay, "response", text[0] != '\0' ? text : "-", NULL);
+               delay, "response", text[0] != '\0' ? text : "-",
+               /* login-first sessions only: the pool the route chose */
+               s->lf != NULL ? "pool" : NULL, s->pool->name, NULL);
     if (r == IMF_LOGIN_OK && s->user == NULL)
         s->user = strdup(l->user[0] != '\0' ? l->user : "-");
     if (r != IMF_LOGIN_FAILED)

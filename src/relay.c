@@ -174,6 +174,10 @@ static void note_hold(struct imf_session *s)
  * is all done, the gate says to wait, or the backend's queue is full. */
 static void process_commands(struct imf_session *s)
 {
+    if (s->lf != NULL) {
+        imf_sess_lf_commands(s); /* not logged in yet: the lobby answers */
+        return;
+    }
     /* Before STARTTLS the client's bytes are plaintext already. */
     struct imf_chain *in = s->ssl != NULL ? &s->c_plain : &s->client.rx;
     while (s->state == SESS_RELAY && s->backend.tx.bytes < s->high && !s->split_wait) {

@@ -636,7 +636,7 @@ int imf_route_parse(const char *name, const char *text, size_t len,
 /* The whole file in one malloc'd buffer (NULL when empty). */
 static int read_file(struct parser *ps, const char *path, char **out_buf, size_t *out_len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return fail(ps, -errno, 0, "cannot open: %s", strerror(errno));
     struct stat st;

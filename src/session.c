@@ -12,6 +12,7 @@
 #include "imapfront/throttle.h"
 #include "imapfront/log.h"
 #include "imapfront/proxy_proto.h"
+#include "imapfront/route.h"
 #include "imapfront/session_int.h"
 #include "imapfront/util.h"
 
@@ -163,6 +164,7 @@ void imf_sess_free(struct imf_session *s)
     imf_chain_clear(&s->p_z);
     imf_chain_clear(&s->l_tx);
     imf_sess_login_abort(s);
+    imf_sess_lf_free(s);
     imf_gate_cleanup(&s->gate);
     free(s->user);
     if (s->login_held != NULL)
@@ -588,8 +590,11 @@ static void pump_pass(struct imf_session *s)
             imf_sess_do_handshake(s);
         if (s->state == SESS_CONNECTING && s->btls != NULL)
             imf_btls_step(s);
-        if (s->state == SESS_RELAY) {
+        if (s->state == SESS_RELAY)
             imf_btls_decrypt(s);
+        if (s->state == SESS_RELAY && s->lf != NULL)
+            imf_sess_lf_pump(s);
+        if (s->state == SESS_RELAY && s->lf == NULL) {
             imf_sess_pump_upstream(s);
             if (s->state == SESS_RELAY) {
                 imf_sess_process_responses(s);
@@ -669,16 +674,10 @@ static void pump_pass(struct imf_session *s)
     update_reading(s);
 }
 
-/* What the gate follows, from the session's config snapshot. */
-static void gate_params(struct imf_session *s)
+void imf_sess_gate_pool_params(struct imf_session *s)
 {
-    const struct imf_config *c = s->cfg;
     const struct imf_pool_config *pool = s->pool;
     struct imf_gate_params *p = &s->gate_params;
-    p->implicit_tls = s->lcfg->mode == IMF_LISTEN_IMPLICIT_TLS;
-    p->starttls_listener = s->lcfg->mode == IMF_LISTEN_STARTTLS;
-    p->require_tls = s->lcfg->require_tls;
-    p->compress = c->compress;
     p->idle_poll = pool->idle_mode == IMF_IDLE_POLL;
     p->idle_refresh = pool->idle_refresh_ms != 0;
     p->strip_client_id = true;
@@ -689,6 +688,18 @@ static void gate_params(struct imf_session *s)
     p->literal_sync_set = pool->literal_plus_set;
     p->crlf_split = pool->literal_crlf_split;
     p->crlf_split_set = pool->literal_crlf_split_set;
+}
+
+/* What the gate follows, from the session's config snapshot. */
+static void gate_params(struct imf_session *s)
+{
+    const struct imf_config *c = s->cfg;
+    struct imf_gate_params *p = &s->gate_params;
+    p->implicit_tls = s->lcfg->mode == IMF_LISTEN_IMPLICIT_TLS;
+    p->starttls_listener = s->lcfg->mode == IMF_LISTEN_STARTTLS;
+    p->require_tls = s->lcfg->require_tls;
+    p->compress = c->compress;
+    imf_sess_gate_pool_params(s);
     p->max_literal = c->max_literal_size;
     p->max_command = c->max_command_size;
     p->hide = c->hide_capabilities;
@@ -734,6 +745,10 @@ static void admit(struct imf_session *s)
     if (s->lcfg->mode == IMF_LISTEN_STARTTLS) {
         if (s->refusal != NULL) {
             imf_sess_bye(s, IMF_CLOSE_REFUSED, s->refusal);
+            return;
+        }
+        if (imf_route_configured(s->cfg)) {
+            imf_sess_lf_start(s); /* the proxy greets; the backend comes at login */
             return;
         }
         /* The backend's greeting, with STARTTLS announced, is the first

@@ -168,6 +168,8 @@ void imf_sess_do_handshake(struct imf_session *s)
             imf_sess_bye(s, IMF_CLOSE_REFUSED, s->refusal);
             return;
         }
+        if (imf_sess_lf_tls_up(s))
+            return; /* login-first: the proxy answers until the login */
         if (s->backend.up) {
             /* After STARTTLS: the session goes on as an implicit-TLS one. */
             imf_sess_set_state(s, SESS_RELAY);

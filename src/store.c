@@ -4,7 +4,10 @@
 #include "imapfront/store.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,9 +23,14 @@
 #define WATCH_MS         250
 #define BACKOFF_MIN_MS   100
 #define BACKOFF_MAX_MS   2000
-#define OUTSTANDING_MAX  1000 /* replies awaited; past it the table counts alone */
-#define KEY_PREFIX       "imapfront:login:"
-#define KEY_NAME_LEN     (sizeof(KEY_PREFIX) - 1 + 2 * IMF_THROTTLE_KEY_LEN)
+#define OUTSTANDING_MAX  1000  /* replies awaited; past it the table counts alone */
+#define REPLY_ARRAY_MAX  16    /* elements of any array the store may send us */
+#define REPLY_STRING_MAX 65536 /* bytes of a string in a reply to a command */
+/* ... and in a message on the channel: larger than any announcement, so
+ * that a stray big one is read and ignored rather than costing the link. */
+#define MESSAGE_STRING_MAX (2u << 20)
+#define KEY_PREFIX         "imapfront:login:"
+#define KEY_NAME_LEN       (sizeof(KEY_PREFIX) - 1 + 2 * IMF_THROTTLE_KEY_LEN)
 
 /* One script does the three operations, so that a count, its expiry and
  * its announcement change together. KEYS: the records. ARGV: operation,
@@ -36,6 +44,7 @@ static const char script[] =
     "  local n, ttl = 0, 0\n"
     "  if op == 'fail' then\n"
     "    n = redis.call('INCR', k)\n"
+    "    if n < 1 then n = redis.call('INCRBY', k, 1 - n) end\n"
     "    ttl = redis.call('PTTL', k)\n"
     "    if ttl < 0 then ttl = win; redis.call('PEXPIRE', k, ttl) end\n"
     "    if n >= tonumber(ARGV[4 + i]) and ttl < ban then\n"
@@ -67,6 +76,9 @@ static_assert(sizeof(state_names) / sizeof(state_names[0]) == STORE_STATE_COUNT,
 struct store_conn {
     redisAsyncContext *ac; /* NULL when closed; ac->data points to the store */
     bool ready;            /* connected (and, the subscriber, subscribed) */
+    bool subscriber;       /* replies come unasked (messages) */
+    uint64_t sent;         /* commands sent on ac */
+    uint64_t replies;      /* replies begun on ac */
 };
 
 struct imf_store {
@@ -257,6 +269,26 @@ static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
         store_down(st, "AUTH or SELECT refused");
 }
 
+/* Reads digits at *p up to the byte end into *out, which must not exceed
+ * max; advances *p past end. */
+static bool parse_decimal(const char **p, char end, uint64_t max, uint64_t *out)
+{
+    const char *s = *p;
+    uint64_t v = 0;
+    if (*s < '0' || *s > '9')
+        return false;
+    for (; *s >= '0' && *s <= '9'; s++) {
+        v = v * 10 + (uint64_t)(*s - '0');
+        if (v > max)
+            return false;
+    }
+    if (*s != end)
+        return false;
+    *p = s + (end != '\0');
+    *out = v;
+    return true;
+}
+
 /* Merges an announcement "KEYNAME COUNT TTL" from a replica (or this one). */
 static void merge_announcement(struct imf_store *st, const char *text, size_t len)
 {
@@ -275,11 +307,12 @@ static void merge_announcement(struct imf_store *st, const char *text, size_t le
             return;
         key[i] = (uint8_t)v;
     }
+    const char *p = buf + KEY_NAME_LEN;
     uint64_t count, ttl;
-    if (sscanf(buf + KEY_NAME_LEN, " %" SCNu64 " %" SCNu64, &count, &ttl) != 2)
-        return;
-    imf_throttle_merge(&st->params, key, count > UINT32_MAX ? UINT32_MAX : (uint32_t)count, ttl,
-                       now_ms());
+    if (*p++ != ' ' || !parse_decimal(&p, ' ', UINT32_MAX, &count) ||
+        !parse_decimal(&p, '\0', UINT32_MAX, &ttl))
+        return; /* not what a replica announces: a negative or huge count is not a count */
+    imf_throttle_merge(&st->params, key, (uint32_t)count, ttl, now_ms());
 }
 
 static void on_message(redisAsyncContext *ac, void *r, void *privdata)
@@ -299,6 +332,92 @@ static void on_message(redisAsyncContext *ac, void *r, void *privdata)
     }
 }
 
+/* What the store sends is read under limits, so that a server that is not
+ * Redis (or a hostile one) cannot exhaust memory or trip hiredis: an array
+ * or a string longer than any reply the proxy asks for, or a reply on the
+ * command connection that no command asked for (hiredis 0.14 asserts on
+ * it), makes the reader fail, and hiredis drops the connection. The
+ * objects themselves are hiredis's own (its default functions, wrapped). */
+static redisReplyObjectFunctions guarded;
+static const redisReplyObjectFunctions *plain;
+static pthread_once_t guarded_once = PTHREAD_ONCE_INIT;
+
+static bool reply_allowed(const redisReadTask *task)
+{
+    struct store_conn *c = task->privdata;
+    if (task->parent != NULL || c == NULL)
+        return true;
+    c->replies++;
+    return c->subscriber || c->replies <= c->sent;
+}
+
+static void *guard_string(const redisReadTask *task, char *str, size_t len)
+{
+    const struct store_conn *c = task->privdata;
+    size_t max = c != NULL && c->subscriber ? MESSAGE_STRING_MAX : REPLY_STRING_MAX;
+    if (len > max || !reply_allowed(task))
+        return NULL;
+    return plain->createString(task, str, len);
+}
+
+static void *guard_array(const redisReadTask *task, int elements)
+{
+    if (elements > REPLY_ARRAY_MAX || !reply_allowed(task))
+        return NULL;
+    return plain->createArray(task, elements);
+}
+
+static void *guard_integer(const redisReadTask *task, long long value)
+{
+    return reply_allowed(task) ? plain->createInteger(task, value) : NULL;
+}
+
+static void *guard_nil(const redisReadTask *task)
+{
+    return reply_allowed(task) ? plain->createNil(task) : NULL;
+}
+
+static void guard_init(void)
+{
+    redisReader *r = redisReaderCreate();
+    if (r == NULL)
+        return;
+    static redisReplyObjectFunctions copy;
+    copy = *r->fn;
+    plain = &copy;
+    redisReaderFree(r);
+    guarded = (redisReplyObjectFunctions){.createString = guard_string,
+                                          .createArray = guard_array,
+                                          .createInteger = guard_integer,
+                                          .createNil = guard_nil,
+                                          .freeObject = copy.freeObject};
+}
+
+/* Puts c's reader under the limits; false when it cannot be. */
+static bool guard_reader(struct store_conn *c)
+{
+    pthread_once(&guarded_once, guard_init);
+    if (plain == NULL)
+        return false;
+    redisReader *r = c->ac->c.reader;
+    r->fn = &guarded;
+    r->privdata = c;
+    return true;
+}
+
+/* Sends a command on c, counted so that its reply is expected. */
+static int send_command(struct store_conn *c, redisCallbackFn *fn, void *privdata, const char *fmt,
+                        ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = redisvAsyncCommand(c->ac, fn, privdata, fmt, ap);
+    va_end(ap);
+    if (rc == REDIS_OK)
+        c->sent++;
+    return rc;
+}
+
 static struct store_conn *conn_open(struct imf_store *st, struct store_conn *c)
 {
     redisAsyncContext *ac = st->unix_path != NULL ? redisAsyncConnectUnix(st->unix_path)
@@ -312,10 +431,18 @@ static struct store_conn *conn_open(struct imf_store *st, struct store_conn *c)
     ac->data = st;
     c->ac = ac;
     c->ready = false;
+    c->subscriber = c == &st->sub;
+    c->sent = c->replies = 0;
+    if (!guard_reader(c)) {
+        c->ac = NULL;
+        ac->data = NULL;
+        redisAsyncFree(ac);
+        return NULL;
+    }
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     if (st->password != NULL)
-        redisAsyncCommand(ac, on_setup_reply, NULL, "AUTH %s", st->password);
+        send_command(c, on_setup_reply, NULL, "AUTH %s", st->password);
     return c;
 }
 
@@ -329,10 +456,10 @@ static void start_connect(struct imf_store *st)
         return;
     }
     if (st->db != 0)
-        redisAsyncCommand(st->cmd.ac, on_setup_reply, NULL, "SELECT %u", (unsigned)st->db);
-    redisAsyncCommand(st->cmd.ac, on_pong, NULL, "PING");
+        send_command(&st->cmd, on_setup_reply, NULL, "SELECT %u", (unsigned)st->db);
+    send_command(&st->cmd, on_pong, NULL, "PING");
     if (st->subscribe)
-        redisAsyncCommand(st->sub.ac, on_message, NULL, "SUBSCRIBE %s", st->channel);
+        send_command(&st->sub, on_message, NULL, "SUBSCRIBE %s", st->channel);
     uv_timer_start(&st->timer, on_timer, WATCH_MS, 0);
 }
 
@@ -492,6 +619,7 @@ static void run(struct imf_store *st, const char *op, const uint8_t (*keys)[IMF_
         free(call);
         return;
     }
+    st->cmd.sent++;
     if (st->outstanding++ == 0)
         st->since_ms = uv_now(st->loop);
 }

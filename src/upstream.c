@@ -64,6 +64,10 @@ static void backend_unavailable(struct imf_session *s)
 {
     imf_log_kv(IMF_LOG_WARN, "backend", "no backend server reachable", "client", s->peer, NULL);
     s->backend_name = NULL;
+    if (s->lf != NULL) {
+        imf_sess_lf_backend_failed(s, "no backend server reachable");
+        return;
+    }
     imf_sess_bye(s, IMF_CLOSE_BACKEND_UNAVAILABLE, "[UNAVAILABLE] Backend server unavailable");
 }
 
@@ -77,6 +81,11 @@ static void backend_busy(struct imf_session *s, size_t index)
     imf_backend_queue_done(s->pool, index, waited, true);
     imf_log_kv(IMF_LOG_WARN, "backend", "gave up waiting for a busy backend", "client", s->peer,
                "backend", s->pool->servers[index].text, "waited_ms", ms, NULL);
+    if (s->lf != NULL) {
+        s->backend_name = NULL;
+        imf_sess_lf_backend_failed(s, "gave up waiting for a busy backend");
+        return;
+    }
     imf_sess_bye(s, IMF_CLOSE_BACKEND_BUSY, "[UNAVAILABLE] Backend server busy, try again later");
 }
 
@@ -579,8 +588,8 @@ void imf_sess_backend_up(struct imf_session *s)
     imf_stat_add(&s->worker->stats.backend_connect_ok, 1);
     s->backend.up = true;
     uv_tcp_nodelay(&s->backend.tcp, 1);
-    if (s->pool->forward_client_ip == IMF_FORWARD_IP_ID)
-        send_client_id(s);
+    if (s->pool->forward_client_ip == IMF_FORWARD_IP_ID && s->lf == NULL)
+        send_client_id(s); /* login-first sends its own after the greeting */
     imf_sess_set_state(s, SESS_RELAY);
     imf_sess_arm_inactivity_timer(s);
     imf_sess_pump(s);

@@ -282,6 +282,26 @@ const struct imf_gate_shields *imf_gate_shields(const struct imf_gate *g);
 const char *imf_gate_current_tag(const struct imf_gate *g);
 const char *imf_gate_current_name(const struct imf_gate *g);
 
+/* Login-first sessions (lobby.h): the proxy greeted the client and logs
+ * in to the backend itself, so the gate sees neither the greeting nor the
+ * login on the relay path.
+ *
+ * imf_gate_lf_greeting: the backend's greeting line, read by the backend
+ * client: sets the profile and the shields (quirks = auto) as a relayed
+ * greeting would; true when it was PREAUTH (the gate is then
+ * authenticated).
+ * imf_gate_lf_login_begin: a login attempt by the client under tag with
+ * mech ("LOGIN" or "PLAIN") for user (any bytes; copied, cut at
+ * IMF_GATE_USER_MAX) with a password only hashed, never kept; returns true
+ * when login_refused (the throttle) refuses it.
+ * imf_gate_lf_login_end: the attempt ended with r; on IMF_LOGIN_OK the gate
+ * is authenticated, and knows whether the backend takes LITERAL+/LITERAL-. */
+bool imf_gate_lf_greeting(struct imf_gate *g, const uint8_t *line, size_t len);
+bool imf_gate_lf_login_begin(struct imf_gate *g, const char *tag, const char *mech,
+                             const uint8_t *user, size_t user_len, const uint8_t *pass,
+                             size_t pass_len);
+void imf_gate_lf_login_end(struct imf_gate *g, enum imf_login_result r, bool lplus, bool lminus);
+
 /* Tags of the commands the proxy sends on its own; a client may not use them. */
 #define IMF_GATE_ID_TAG   "imapfront-id"
 #define IMF_GATE_POLL_TAG "imapfront-poll"

@@ -214,9 +214,17 @@ struct imf_session {
     bool ip_counted;           /* holds one max_connections_per_ip slot */
     bool counted_open;         /* counted in sessions_open */
     const char *refusal;       /* BYE text instead of a backend, once TLS is up */
+
+    /* Login-first ([route] configured): the proxy's lobby and its login to
+     * the backend, from the proxy's greeting until the login succeeds
+     * (lobby_sess.c); NULL otherwise. */
+    struct imf_lf *lf;
 };
 
 /* session.c: accept, admission, the pump, the timers, closing and the summary line. */
+/* Sets the gate's parameters that come from s->pool (a login-first session
+ * changes its pool before it connects). */
+void imf_sess_gate_pool_params(struct imf_session *s);
 const char *imf_sess_backend_label(const struct imf_session *s);
 void *imf_sess_lazy(struct imf_session *s, uv_handle_type type, void **slot, bool *inited);
 void imf_sess_set_state(struct imf_session *s, enum sess_state st);
@@ -296,6 +304,19 @@ bool imf_sess_login_refused(void *ctx, const struct imf_gate_login *l);
 void imf_sess_login_finished(struct imf_session *s, const uint8_t *line, size_t len);
 bool imf_sess_login_hold(struct imf_session *s, const uint8_t *line, size_t len);
 void imf_sess_login_abort(struct imf_session *s);
+
+/* lobby_sess.c: login-first sessions. lf_start greets the client and opens
+ * the lobby (routing is configured); lf_tls_up: TLS with the client is up,
+ * true when the lobby goes on (else connect as usual); lf_pump: the lobby's
+ * pass (while s->lf); lf_commands: the client's commands while in the lobby
+ * (from the decrypting loop); lf_backend_failed: no backend server could
+ * be had: the client's login is answered NO and the session stays. */
+void imf_sess_lf_start(struct imf_session *s);
+bool imf_sess_lf_tls_up(struct imf_session *s);
+void imf_sess_lf_pump(struct imf_session *s);
+void imf_sess_lf_commands(struct imf_session *s);
+void imf_sess_lf_backend_failed(struct imf_session *s, const char *why);
+void imf_sess_lf_free(struct imf_session *s);
 
 /* shield.c: literal_crlf_split's write scheduling. */
 bool imf_sess_split_drained(struct imf_session *s);
