@@ -386,3 +386,48 @@ def test_reload_fixes_the_ca(dovecot_tls, pki, proxy_factory, ctx):
     m = ops.sighup(proxy, ops.RELOAD_FAILED)
     assert "[backend] tls_ca_file: cannot load %s: " % missing in m.group(1)
     round_trip(proxy, ctx)
+
+
+# ------------------------------------------------ login-first over TLS ----
+
+def test_login_first_routes_to_tls_pools(dovecot_tls, pki, emulator_factory, proxy_factory,
+                                         tmp_path, ctx):
+    """The migration: the emulator is the legacy pool (plaintext), Dovecot
+    the new one over TLS (alice by tls = on, bob's pool by starttls, carol's
+    pool with the wrong CA). Each logs in through the proxy's own greeting;
+    a failed login on the TLS pool retried as a user of the plain pool
+    switches the backend connection; the unverifiable pool answers NO and
+    logs why."""
+    emu = emulator_factory()
+    path = str(tmp_path / "route.map")
+    with open(path, "w") as f:
+        f.write("alice new\nbob newst\ncarol bad\ndemo default\n")
+    proxy = ops.start_proxy(proxy_factory, emu.plain_port, extra={
+        "route": {"map": path},
+        "backend.new": {"servers": "localhost:%d" % dovecot_tls.imaps, "tls": "on",
+                        "tls_ca_file": pki["ca"]},
+        "backend.newst": {"servers": ops.addr(dovecot_tls.port), "tls": "starttls",
+                          "tls_ca_file": pki["ca"]},
+        "backend.bad": {"servers": ops.addr(dovecot_tls.imaps), "tls": "on",
+                        "tls_ca_file": pki["wrong_ca"]},
+    })
+    mark = proxy.log.mark()
+    with h.TLSClient(proxy.port, ctx) as a:
+        assert a.read_line().startswith(b"* OK [CAPABILITY IMAP4rev1")
+        assert a.command("A", "LOGIN alice secret")[1].startswith(b"A OK")
+        assert a.command("S", "SELECT INBOX")[1].startswith(b"S OK")
+        assert a.command("Z", "LOGOUT")[1].startswith(b"Z OK")
+    with h.TLSClient(proxy.port, ctx) as b:
+        b.read_line()
+        assert b.command("B", "LOGIN bob nopassword")[1].startswith(b"B NO")
+        assert b.command("D", "LOGIN demo demo")[1].startswith(b"D OK")
+        assert b.command("S", "SELECT INBOX")[1].startswith(b"S OK")
+    proxy.log.wait_for(r"login: login ok result=ok user=alice .*backend=localhost:%d .*pool=new$"
+                       % dovecot_tls.imaps, since=mark)
+    proxy.log.wait_for(r"login: login ok result=ok user=demo .*pool=default$", since=mark)
+    with h.TLSClient(proxy.port, ctx) as c:
+        c.read_line()
+        tagged = c.command("C", "LOGIN carol secret")[1]
+        assert tagged.startswith(b"C NO [UNAVAILABLE]"), tagged
+    proxy.log.wait_for(r"connect failed .*backend=%s reason=\"TLS handshake failed: "
+                       r"CERTIFICATE_VERIFY_FAILED" % ops.addr(dovecot_tls.imaps), since=mark)
