@@ -67,7 +67,7 @@ static z_stream *zbox_new(void)
 }
 
 /* (Re)creates the inflate side, with the window it had when released. */
-static int zin_make(struct imf_zchain *z)
+static int zin_make(struct imf_zstate *z)
 {
     if (z->zin != NULL)
         return 0;
@@ -90,7 +90,7 @@ static int zin_make(struct imf_zchain *z)
     return 0;
 }
 
-static int zout_make(struct imf_zchain *z)
+static int zout_make(struct imf_zstate *z)
 {
     if (z->zout != NULL)
         return 0;
@@ -105,19 +105,24 @@ static int zout_make(struct imf_zchain *z)
     return 0;
 }
 
-int imf_zchain_start(struct imf_zchain *z, int level)
+int imf_zchain_start(struct imf_zchain *zc, int level)
 {
+    struct imf_zstate *z = calloc(1, sizeof(*z));
+    if (z == NULL)
+        return IMF_ZCHAIN_NOMEM;
     z->level = level;
-    if (zin_make(z) == 0 && zout_make(z) == 0) {
-        z->active = true;
+    zc->st = z;
+    if (zin_make(z) == 0 && zout_make(z) == 0)
         return 0;
-    }
-    imf_zchain_end(z);
+    imf_zchain_end(zc);
     return IMF_ZCHAIN_NOMEM;
 }
 
-void imf_zchain_end(struct imf_zchain *z)
+void imf_zchain_end(struct imf_zchain *zc)
 {
+    struct imf_zstate *z = zc->st;
+    if (z == NULL)
+        return;
     if (z->zin != NULL) {
         inflateEnd(z->zin);
         free(z->zin);
@@ -127,15 +132,16 @@ void imf_zchain_end(struct imf_zchain *z)
         free(z->zout);
     }
     free(z->dict);
-    z->zin = z->zout = NULL;
-    z->dict = NULL;
-    z->dict_len = 0;
-    z->active = false;
+    free(z);
+    zc->st = NULL;
 }
 
-void imf_zchain_release(struct imf_zchain *z, const struct imf_chain *in,
+void imf_zchain_release(struct imf_zchain *zc, const struct imf_chain *in,
                         const struct imf_chain *out_src)
 {
+    struct imf_zstate *z = zc->st;
+    if (z == NULL)
+        return;
     if (z->zout != NULL && !z->zout_pending && out_src->bytes == 0) {
         deflateEnd(z->zout);
         free(z->zout);
@@ -170,9 +176,10 @@ void imf_zchain_release(struct imf_zchain *z, const struct imf_chain *in,
     z->dict_len = len;
 }
 
-int imf_zchain_inflate(struct imf_zchain *z, struct imf_chain *in, struct imf_chain *out,
+int imf_zchain_inflate(struct imf_zchain *zc, struct imf_chain *in, struct imf_chain *out,
                        size_t reserve, size_t *out_used, size_t *out_made)
 {
+    struct imf_zstate *z = zc->st;
     *out_used = *out_made = 0;
     z->zin_busy = false;
     if (zin_make(z) != 0)
@@ -198,24 +205,31 @@ int imf_zchain_inflate(struct imf_zchain *z, struct imf_chain *in, struct imf_ch
     return *out_used > 0 || *out_made > 0;
 }
 
-bool imf_zchain_inflate_pending(const struct imf_zchain *z, const struct imf_chain *in)
+bool imf_zchain_inflate_pending(const struct imf_zchain *zc, const struct imf_chain *in)
 {
-    return z->active && (in->bytes > 0 || z->zin_full);
+    return zc->st != NULL && (in->bytes > 0 || zc->st->zin_full);
 }
 
-uint64_t imf_zchain_inflated(const struct imf_zchain *z)
+uint64_t imf_zchain_inflated(const struct imf_zchain *zc)
 {
+    const struct imf_zstate *z = zc->st;
+    if (z == NULL)
+        return 0;
     return z->in_made + (z->zin != NULL ? z->zin->total_out : 0);
 }
 
-uint64_t imf_zchain_inflated_from(const struct imf_zchain *z)
+uint64_t imf_zchain_inflated_from(const struct imf_zchain *zc)
 {
+    const struct imf_zstate *z = zc->st;
+    if (z == NULL)
+        return 0;
     return z->in_used + (z->zin != NULL ? z->zin->total_in : 0);
 }
 
-int imf_zchain_deflate(struct imf_zchain *z, struct imf_chain *in, struct imf_chain *out,
+int imf_zchain_deflate(struct imf_zchain *zc, struct imf_chain *in, struct imf_chain *out,
                        size_t reserve, size_t high, uint64_t *out_used, uint64_t *out_made)
 {
+    struct imf_zstate *z = zc->st;
     for (;;) {
         size_t avail = 0;
         const uint8_t *src = imf_chain_peek(in, &avail);

@@ -1,6 +1,6 @@
 /* zchain: COMPRESS=DEFLATE (RFC 4978, raw deflate) between two chains, one
  * stream each way. Pure: no I/O; zlib's state is allocated at start and
- * freed at end, so a session that never compresses holds two NULLs. While
+ * freed at end, so a session that never compresses holds one NULL. While
  * a session is idle imf_zchain_release() frees most of it (about 300 KiB
  * of deflate state, 7 KiB of inflate state and its window): the next
  * octets either way make it again. */
@@ -14,16 +14,21 @@
 
 #include "imapfront/chain.h"
 
-struct imf_zchain {
+/* Allocated by imf_zchain_start(), so that a session that never
+ * compresses holds one NULL. */
+struct imf_zstate {
     z_stream *zin, *zout; /* zlib's state, NULL while released */
     uint8_t *dict;        /* while zin is released: the window it had */
     size_t dict_len;
     uint64_t in_made, in_used; /* inflated and consumed by earlier zin's */
     int level;                 /* deflate's */
-    bool active;               /* started */
     bool zin_full;             /* inflate filled its output: it may hold more */
     bool zin_busy;             /* zin stopped inside a block: it cannot be released */
     bool zout_pending;         /* deflated input not yet sync-flushed */
+};
+
+struct imf_zchain {
+    struct imf_zstate *st; /* NULL until started */
 };
 
 /* Returns of imf_zchain_inflate() beyond 0 (need more) and 1 (progress). */
@@ -39,13 +44,14 @@ void imf_zchain_end(struct imf_zchain *z);
 
 static inline bool imf_zchain_active(const struct imf_zchain *z)
 {
-    return z->active;
+    return z->st != NULL;
 }
 
 /* True while imf_zchain_release() may still free something. */
 static inline bool imf_zchain_releasable(const struct imf_zchain *z)
 {
-    return z->zout != NULL || (z->zin != NULL && !z->zin_busy);
+    const struct imf_zstate *st = z->st;
+    return st != NULL && (st->zout != NULL || (st->zin != NULL && !st->zin_busy));
 }
 
 /* Frees zlib's state where that loses nothing: the deflate side once

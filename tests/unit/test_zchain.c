@@ -209,9 +209,9 @@ static void test_release_inflate_keeps_window(void **state)
     imf_chain_consume(&out, tlen);
 
     imf_zchain_release(&z, &in, &none);
-    assert_null(z.zin);
-    assert_null(z.zout);
-    assert_int_equal(z.dict_len, tlen);
+    assert_null(z.st->zin);
+    assert_null(z.st->zout);
+    assert_int_equal(z.st->dict_len, tlen);
     assert_true(imf_zchain_active(&z));
     assert_false(imf_zchain_releasable(&z));
 
@@ -219,8 +219,8 @@ static void test_release_inflate_keeps_window(void **state)
     assert_true(w2 < 64); /* a back reference, not the text again */
     assert_int_equal(imf_chain_append(&in, wire, w2), 0);
     inflate_all(&z, &in, &out);
-    assert_non_null(z.zin);
-    assert_null(z.dict);
+    assert_non_null(z.st->zin);
+    assert_null(z.st->dict);
     assert_int_equal(out.bytes, tlen);
     assert_int_equal(imf_chain_copy_out(&out, back, tlen), tlen);
     assert_memory_equal(back, text, tlen);
@@ -253,8 +253,8 @@ static void test_release_inflate_not_inside_block(void **state)
     assert_int_equal(imf_chain_append(&in, wire, wlen / 2), 0);
     inflate_all(&z, &in, &out);
     imf_zchain_release(&z, &in, &none);
-    assert_non_null(z.zin);
-    assert_null(z.zout);
+    assert_non_null(z.st->zin);
+    assert_null(z.st->zout);
     assert_false(imf_zchain_releasable(&z)); /* until more input */
     assert_int_equal(imf_chain_append(&in, wire + wlen / 2, wlen - wlen / 2), 0);
     inflate_all(&z, &in, &out);
@@ -262,7 +262,7 @@ static void test_release_inflate_not_inside_block(void **state)
     assert_int_equal(imf_chain_copy_out(&out, back, tlen), tlen);
     assert_memory_equal(back, text, tlen);
     imf_zchain_release(&z, &in, &none);
-    assert_null(z.zin); /* now at the sync flush's boundary */
+    assert_null(z.st->zin); /* now at the sync flush's boundary */
     imf_zchain_end(&z);
     imf_chain_clear(&in);
     imf_chain_clear(&out);
@@ -292,7 +292,7 @@ static void test_release_deflate_continues_stream(void **state)
         assert_int_equal(used, tlen);
         assert_int_equal(src.bytes, 0);
         imf_zchain_release(&z, &none, &src);
-        assert_null(z.zout);
+        assert_null(z.st->zout);
         size_t avail;
         const uint8_t *p = imf_chain_peek(&out, &avail);
         assert_int_equal(avail, out.bytes);
