@@ -346,7 +346,8 @@ def test_idle_compressed_sessions_give_zlib_state_back(proxy_factory, emulator, 
     compressed session stays near an uncompressed one's (about 100 KiB
     before this was done), and each session then goes on: its next command,
     deflated by the client against the history of the first (the same
-    text, so mostly back references), and a 64 KiB FETCH come back exact."""
+    text, so mostly back references), and a 64 KiB FETCH come back exact;
+    idle again, they give it back again."""
     proxy = ops.start_proxy(proxy_factory, emulator.plain_port,
                             extra={"proxy": {"workers": "1"}, "imap": {"compress": "on"}})
     n = 40
@@ -375,6 +376,13 @@ def test_idle_compressed_sessions_give_zlib_state_back(proxy_factory, emulator, 
                 tagged = h.append(c, "A%d" % i, body)
                 assert tagged.startswith(b"A%d OK" % i), tagged
                 assert h.fetch_appended(c, tagged) == body
+        # Made again by that traffic, the state is given back again.
+        t_idle = time.monotonic()
+        h.wait_until(lambda: proxy.rss_kib() - before < n * 20 and
+                     time.monotonic() - t_idle > 2.5, 10,
+                     "idle again, under 20 KiB each")
+        _, tagged = clients[0].command("N3", "NOOP")
+        assert tagged.startswith(b"N3 OK"), tagged
     finally:
         for c in clients:
             c.close()
