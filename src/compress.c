@@ -19,6 +19,20 @@ void imf_sess_start_compress(struct imf_session *s, const char *ok, size_t ok_le
     }
     imf_chain_splice(&s->c_z, &s->c_plain, s->c_plain.bytes);
     imf_debug("session", "client=%s COMPRESS DEFLATE active", s->peer);
+    imf_sess_arm_inactivity_timer(s); /* for imf_sess_compress_idle */
+}
+
+/* zlib's state was made again for new octets: the session's timer must
+ * come back to release it once the session is idle again. */
+static void revived(struct imf_session *s, bool before)
+{
+    if (!before && imf_zchain_releasable(&s->z) && s->state == SESS_RELAY)
+        imf_sess_arm_inactivity_timer(s);
+}
+
+void imf_sess_compress_idle(struct imf_session *s)
+{
+    imf_zchain_release(&s->z, &s->c_z, &s->p_tx);
 }
 
 /* Inflates compressed client bytes from c_z into c_plain. Returns 1 on
@@ -26,6 +40,7 @@ void imf_sess_start_compress(struct imf_session *s, const char *ok, size_t ok_le
 int imf_sess_inflate_step(struct imf_session *s)
 {
     size_t used, made;
+    bool before = imf_zchain_releasable(&s->z);
     int rc = imf_zchain_inflate(&s->z, &s->c_z, &s->c_plain, TLS_RECORD_MAX, &used, &made);
     imf_stat_add(&s->worker->stats.compress_in_wire, (int64_t)used);
     imf_stat_add(&s->worker->stats.compress_in_plain, (int64_t)made);
@@ -45,6 +60,7 @@ int imf_sess_inflate_step(struct imf_session *s)
         imf_sess_bye(s, IMF_CLOSE_CLIENT_ERROR, "[LIMIT] Compression ratio too high");
         return -1;
     }
+    revived(s, before);
     return rc;
 }
 
@@ -52,9 +68,13 @@ int imf_sess_inflate_step(struct imf_session *s)
 void imf_sess_deflate_downstream(struct imf_session *s)
 {
     uint64_t used = 0, made = 0;
+    bool before = imf_zchain_releasable(&s->z);
     int rc = imf_zchain_deflate(&s->z, &s->p_tx, &s->p_z, TLS_RECORD_MAX, s->high, &used, &made);
     imf_stat_add(&s->worker->stats.compress_out_plain, (int64_t)used);
     imf_stat_add(&s->worker->stats.compress_out_wire, (int64_t)made);
-    if (rc != 0)
+    if (rc != 0) {
         imf_sess_close(s, IMF_CLOSE_NO_MEMORY, false);
+        return;
+    }
+    revived(s, before);
 }

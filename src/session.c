@@ -368,6 +368,16 @@ static uint64_t stall_deadline(const struct imf_session *s)
     return s->last_client_ms + s->cfg->literal_stall_ms;
 }
 
+/* While zlib's state is held, when to see whether it can be given back
+ * (UINT64_MAX when nothing is held). */
+static uint64_t compress_idle_deadline(const struct imf_session *s, uint64_t now)
+{
+    if (!imf_zchain_releasable(&s->z))
+        return UINT64_MAX;
+    uint64_t t = s->last_client_ms + COMPRESS_IDLE_MS;
+    return t > now ? t : now + COMPRESS_IDLE_MS;
+}
+
 void imf_sess_arm_inactivity_timer(struct imf_session *s)
 {
     uint64_t now = uv_now(&s->worker->loop);
@@ -375,6 +385,9 @@ void imf_sess_arm_inactivity_timer(struct imf_session *s)
     uint64_t stall = stall_deadline(s);
     if (stall < deadline)
         deadline = stall;
+    uint64_t zidle = compress_idle_deadline(s, now);
+    if (zidle < deadline)
+        deadline = zidle;
     uv_timer_stop(&s->timer);
     uv_timer_start(&s->timer, on_inactivity_timer, deadline > now ? deadline - now : 0, 0);
 }
@@ -404,6 +417,9 @@ static void on_inactivity_timer(uv_timer_t *t)
          * client, say): that is not inactivity. */
         s->last_client_ms = now;
     }
+    if (imf_zchain_releasable(&s->z) && now >= s->last_client_ms + COMPRESS_IDLE_MS &&
+        imf_gate_quiet(&s->gate))
+        imf_sess_compress_idle(s);
     if (now < session_deadline(s)) {
         /* The client was active since the timer was set: wait the rest. */
         imf_sess_arm_inactivity_timer(s);

@@ -129,13 +129,80 @@ static void info_callback(const SSL *ssl, int where, int value)
     const char *dir = (where & SSL_CB_READ) ? "received" : "sent";
     const char *desc = SSL_alert_desc_string_long(value);
     int fatal = (value >> 8) == SSL3_AL_FATAL;
-    if (io != NULL && fatal)
-        snprintf(io->last_alert, sizeof(io->last_alert), "alert %s: %s", dir, desc);
+    if (io != NULL && fatal) {
+        /* Static strings: an idle session keeps two pointers, not the text. */
+        io->alert_desc = desc;
+        io->alert_received = (where & SSL_CB_READ) != 0;
+    }
     /* close_notify is the normal end of a session, not news. */
     if ((value & 0xff) == SSL_AD_CLOSE_NOTIFY)
         return;
     imf_log_kv(fatal ? IMF_LOG_INFO : IMF_LOG_DEBUG, "tls", "alert", "client",
                io != NULL ? io->peer : "?", "direction", dir, "alert", desc, NULL);
+}
+
+/* The key exchange groups we accept, in our order of preference; the
+ * TLS group ids (RFC 8446, 4.2.7) and the library's NIDs side by side. */
+static const struct {
+    uint16_t id;
+    int nid;
+} tls_groups[] = {
+    {29, NID_X25519},
+    {SSL_CURVE_SECP256R1, NID_X9_62_prime256v1},
+    {SSL_CURVE_SECP384R1, NID_secp384r1},
+};
+#define TLS_GROUPS_LEN (sizeof(tls_groups) / sizeof(tls_groups[0]))
+
+/* The first group of the client's TLS 1.3 key_share list that we accept,
+ * as an index into tls_groups, or -1 (no key_share extension, malformed,
+ * or no share we accept: the library then decides, and answers with a
+ * HelloRetryRequest if it must). ext is the extension's body:
+ * client_shares<0..2^16-1>, each a group (2 octets) and a key_exchange<1..2^16-1>. */
+static int key_share_group(const uint8_t *ext, size_t len)
+{
+    if (len < 2 || (size_t)(ext[0] << 8 | ext[1]) != len - 2)
+        return -1;
+    size_t pos = 2;
+    /* Bounded: each entry takes at least 4 octets of a length-checked body. */
+    while (len - pos >= 4) {
+        uint16_t id = (uint16_t)(ext[pos] << 8 | ext[pos + 1]);
+        size_t klen = (size_t)(ext[pos + 2] << 8 | ext[pos + 3]);
+        if (klen > len - pos - 4)
+            return -1;
+        for (size_t i = 0; i < TLS_GROUPS_LEN; i++)
+            if (tls_groups[i].id == id)
+                return (int)i;
+        pos += 4 + klen;
+    }
+    return -1;
+}
+
+/* Before the library picks a key exchange group: it picks by our order
+ * (SSL_OP_CIPHER_SERVER_PREFERENCE applies to groups too) whatever key
+ * shares the client sent, so a client that sent a P-256 share but also
+ * lists X25519 would get a HelloRetryRequest asking for X25519: a second
+ * ClientHello, a second key generation and a round trip more, for a group
+ * no stronger than the one it offered. Any group we accept is good
+ * enough: put the client's first share we accept at the head of this
+ * connection's list. */
+static enum ssl_select_cert_result_t select_cert_cb(const SSL_CLIENT_HELLO *hello)
+{
+    const uint8_t *ext;
+    size_t len;
+    if (!SSL_early_callback_ctx_extension_get(hello, TLSEXT_TYPE_key_share, &ext, &len))
+        return ssl_select_cert_success;
+    int first = key_share_group(ext, len);
+    if (first <= 0)
+        return ssl_select_cert_success; /* our first choice already, or none */
+    int nids[TLS_GROUPS_LEN];
+    size_t n = 0;
+    nids[n++] = tls_groups[first].nid;
+    for (size_t i = 0; i < TLS_GROUPS_LEN; i++)
+        if ((int)i != first)
+            nids[n++] = tls_groups[i].nid;
+    /* On failure (no memory) the context's order stays: a retry at worst. */
+    SSL_set1_curves(hello->ssl, nids, n);
+    return ssl_select_cert_success;
 }
 
 static void err_from_queue(char *err, size_t err_len, const char *what, const char *file)
@@ -223,6 +290,14 @@ static int ctx_configure(SSL_CTX *ctx, const struct imf_config *cfg, const struc
     SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_sess_set_cache_size(ctx, 20000);
+    int nids[TLS_GROUPS_LEN];
+    for (size_t i = 0; i < TLS_GROUPS_LEN; i++)
+        nids[i] = tls_groups[i].nid;
+    if (!SSL_CTX_set1_curves(ctx, nids, TLS_GROUPS_LEN)) {
+        err_from_queue(err, err_len, "key exchange groups", NULL);
+        return -ENOMEM;
+    }
+    SSL_CTX_set_select_certificate_cb(ctx, select_cert_cb);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
     SSL_CTX_set_info_callback(ctx, info_callback);
     /* Release record buffers while idle: an idle session then costs little. */
@@ -426,17 +501,15 @@ SSL *imf_tls_conn_new(SSL_CTX *ctx, struct imf_tls_io *io)
     SSL *ssl = SSL_new(ctx);
     if (ssl == NULL)
         return NULL;
-    BIO *rb = BIO_new(chain_method);
-    BIO *wb = BIO_new(chain_method);
-    if (rb == NULL || wb == NULL) {
-        BIO_free(rb);
-        BIO_free(wb);
+    /* One BIO both ways (it reads io->in and writes io->out): the SSL
+     * takes its one reference. A second one cost every session 88 octets. */
+    BIO *bio = BIO_new(chain_method);
+    if (bio == NULL) {
         SSL_free(ssl);
         return NULL;
     }
-    BIO_set_data(rb, io);
-    BIO_set_data(wb, io);
-    SSL_set_bio(ssl, rb, wb);
+    BIO_set_data(bio, io);
+    SSL_set_bio(ssl, bio, bio);
     SSL_set_app_data(ssl, io);
     SSL_set_accept_state(ssl);
     /* Nothing asks the connection for its configuration (certificate,
@@ -483,8 +556,12 @@ const char *imf_tls_failure_reason(SSL *ssl, struct imf_tls_io *io)
         if (r != NULL)
             return r;
     }
-    if (io->last_alert[0] != '\0')
-        return io->last_alert;
+    if (io->alert_desc != NULL) {
+        static _Thread_local char text[96];
+        snprintf(text, sizeof(text), "alert %s: %s", io->alert_received ? "received" : "sent",
+                 io->alert_desc);
+        return text;
+    }
     if (io->in_eof)
         return "connection closed during handshake";
     return "unknown";

@@ -67,6 +67,10 @@ enum sess_state {
 #define INFLATE_BUDGET      (256 * 1024)
 #define INFLATE_RATIO_MAX   200
 #define INFLATE_RATIO_AFTER (64u * 1024 * 1024)
+/* A compressing session whose client sent nothing for this long, with no
+ * command in progress, gives zlib's state back (made again on the next
+ * octets): an idle session then holds at most the client's window. */
+#define COMPRESS_IDLE_MS 2000
 
 /* A client address: IPv4 or IPv6 only, so no sockaddr_storage (128 bytes)
  * per session. */
@@ -249,6 +253,8 @@ void imf_sess_process_responses(struct imf_session *s);
 void imf_sess_start_compress(struct imf_session *s, const char *ok, size_t ok_len);
 int imf_sess_inflate_step(struct imf_session *s);
 void imf_sess_deflate_downstream(struct imf_session *s);
+/* The session has been idle for COMPRESS_IDLE_MS: free zlib's state. */
+void imf_sess_compress_idle(struct imf_session *s);
 
 /* session_tls.c: the client's TLS: handshake, decryption, encryption. */
 int imf_sess_decrypt_records(struct imf_session *s);

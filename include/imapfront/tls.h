@@ -16,11 +16,12 @@
 /* The chains an SSL reads from and writes to, and what the engine tells
  * its owner. Embedded in the session; the SSL's app data points at it. */
 struct imf_tls_io {
-    struct imf_chain *in;  /* ciphertext received, consumed by the SSL */
-    struct imf_chain *out; /* ciphertext to send, appended by the SSL */
-    bool in_eof;           /* the peer closed its side: reads report EOF */
-    const char *peer;      /* for log lines */
-    char last_alert[64];   /* last fatal alert sent or received, for logs */
+    struct imf_chain *in;   /* ciphertext received, consumed by the SSL */
+    struct imf_chain *out;  /* ciphertext to send, appended by the SSL */
+    bool in_eof;            /* the peer closed its side: reads report EOF */
+    bool alert_received;    /* alert_desc came from the peer (else we sent it) */
+    const char *peer;       /* for log lines */
+    const char *alert_desc; /* last fatal alert, the library's static text; NULL = none */
 };
 
 /* Builds an SSL_CTX from [tls] (certificate chain, key, versions, tickets,
@@ -54,8 +55,9 @@ bool imf_tls_name_matches(const char *list, const char *host);
 /* A new server-side SSL bound to io. Returns NULL on allocation failure. */
 SSL *imf_tls_conn_new(SSL_CTX *ctx, struct imf_tls_io *io);
 
-/* Why the last SSL call failed, as a short static or io-held string:
- * the library's reason, the alert, or "eof". */
+/* Why the last SSL call failed, as a short string: the library's reason,
+ * the alert ("alert received: ...", in a per-thread buffer valid until the
+ * thread's next call), or "eof". */
 const char *imf_tls_failure_reason(SSL *ssl, struct imf_tls_io *io);
 
 /* Why handshakes fail, in a few buckets fit for a metrics label. */

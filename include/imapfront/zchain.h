@@ -1,6 +1,9 @@
 /* zchain: COMPRESS=DEFLATE (RFC 4978, raw deflate) between two chains, one
  * stream each way. Pure: no I/O; zlib's state is allocated at start and
- * freed at end, so a session that never compresses holds two NULLs. */
+ * freed at end, so a session that never compresses holds one NULL. While
+ * a session is idle imf_zchain_release() frees most of it (about 300 KiB
+ * of deflate state, 7 KiB of inflate state and its window): the next
+ * octets either way make it again. */
 #ifndef IMAPFRONT_ZCHAIN_H
 #define IMAPFRONT_ZCHAIN_H
 
@@ -11,10 +14,21 @@
 
 #include "imapfront/chain.h"
 
+/* Allocated by imf_zchain_start(), so that a session that never
+ * compresses holds one NULL. */
+struct imf_zstate {
+    z_stream *zin, *zout; /* zlib's state, NULL while released */
+    uint8_t *dict;        /* while zin is released: the window it had */
+    size_t dict_len;
+    uint64_t in_made, in_used; /* inflated and consumed by earlier zin's */
+    int level;                 /* deflate's */
+    bool zin_full;             /* inflate filled its output: it may hold more */
+    bool zin_busy;             /* zin stopped inside a block: it cannot be released */
+    bool zout_pending;         /* deflated input not yet sync-flushed */
+};
+
 struct imf_zchain {
-    z_stream *zin, *zout; /* both set once active */
-    bool zin_full;        /* inflate filled its output: it may hold more */
-    bool zout_pending;    /* deflated input not yet sync-flushed */
+    struct imf_zstate *st; /* NULL until started */
 };
 
 /* Returns of imf_zchain_inflate() beyond 0 (need more) and 1 (progress). */
@@ -30,8 +44,25 @@ void imf_zchain_end(struct imf_zchain *z);
 
 static inline bool imf_zchain_active(const struct imf_zchain *z)
 {
-    return z->zin != NULL;
+    return z->st != NULL;
 }
+
+/* True while imf_zchain_release() may still free something. */
+static inline bool imf_zchain_releasable(const struct imf_zchain *z)
+{
+    const struct imf_zstate *st = z->st;
+    return st != NULL && (st->zout != NULL || (st->zin != NULL && !st->zin_busy));
+}
+
+/* Frees zlib's state where that loses nothing: the deflate side once
+ * everything given to it is flushed and out_src (its input) is empty; the
+ * inflate side once in (its input) is empty and the client's stream stopped
+ * at a block boundary on a whole octet (a sync or full flush does), keeping
+ * only the window the client's next blocks may refer to. The deflate side
+ * starts afresh, without history: a new raw deflater's blocks after a sync
+ * flush are a valid continuation of the stream. Idempotent. */
+void imf_zchain_release(struct imf_zchain *z, const struct imf_chain *in,
+                        const struct imf_chain *out_src);
 
 /* Inflates from in into out (up to one reservation of at least reserve
  * bytes). Returns 1 on progress, 0 when it needs more input, or an

@@ -336,3 +336,53 @@ def test_deflate_bomb_neither_stalls_others_nor_runs_on(proxy_factory, emulator,
         assert len(rtts) >= 5, rtts
         assert p99 < 0.050, "bystander NOOP p99 %.1f ms during the bomb (%d samples)" % (
             p99 * 1000, len(rtts))
+
+
+@pytest.mark.skipif(bool(os.environ.get("IMAPFRONT_SANITIZED")),
+                    reason="RSS bounds mean nothing under the sanitizers' redzones")
+def test_idle_compressed_sessions_give_zlib_state_back(proxy_factory, emulator, ctx):
+    """Compressing sessions that go idle (nothing from the client for 2 s,
+    no command in progress) give zlib's state back: the proxy's RSS per idle
+    compressed session stays near an uncompressed one's (about 100 KiB
+    before this was done), and each session then goes on: its next command,
+    deflated by the client against the history of the first (the same
+    text, so mostly back references), and a 64 KiB FETCH come back exact;
+    idle again, they give it back again."""
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port,
+                            extra={"proxy": {"workers": "1"}, "imap": {"compress": "on"}})
+    n = 40
+    clients = []
+    try:
+        before = proxy.rss_kib()
+        for i in range(n):
+            c = ZClient(proxy.port, ctx, timeout=30)
+            clients.append(c)
+            h.login(c)
+            c.compress("Z")
+            _, tagged = c.command("S1", 'STATUS INBOX (MESSAGES UIDNEXT)')
+            assert tagged.startswith(b"S1 OK"), tagged
+        t_idle = time.monotonic()
+        # Released 2 s after the last command, by each session's timer.
+        h.wait_until(lambda: proxy.rss_kib() - before < n * 20 and
+                     time.monotonic() - t_idle > 2.5, 10,
+                     "idle compressed sessions under 20 KiB each")
+        grown = proxy.rss_kib() - before
+        print("%d idle compressed sessions: %.1f KiB each" % (n, grown / n))
+        body = text_body(64 << 10, 3)
+        for i, c in enumerate(clients):
+            _, tagged = c.command("S2", 'STATUS INBOX (MESSAGES UIDNEXT)')
+            assert tagged.startswith(b"S2 OK"), tagged
+            if i % 10 == 0:
+                tagged = h.append(c, "A%d" % i, body)
+                assert tagged.startswith(b"A%d OK" % i), tagged
+                assert h.fetch_appended(c, tagged) == body
+        # Made again by that traffic, the state is given back again.
+        t_idle = time.monotonic()
+        h.wait_until(lambda: proxy.rss_kib() - before < n * 20 and
+                     time.monotonic() - t_idle > 2.5, 10,
+                     "idle again, under 20 KiB each")
+        _, tagged = clients[0].command("N3", "NOOP")
+        assert tagged.startswith(b"N3 OK"), tagged
+    finally:
+        for c in clients:
+            c.close()

@@ -231,6 +231,38 @@ def test_server_chooses_the_cipher(stack):
     assert first == second, "the client's first choice won both times: %s, %s" % (first, second)
 
 
+@pytest.mark.parametrize("groups,expect", [
+    ("P-256:X25519", "ECDH, prime256v1"),
+    ("P-384:X25519", "ECDH, secp384r1"),
+    ("X25519:P-256", "X25519"),
+])
+def test_key_share_used_without_retry(stack, groups, expect):
+    """A TLS 1.3 client gets the group of its first key share when we accept
+    it, not a HelloRetryRequest for our own first choice: that would cost it a
+    second ClientHello, a second key and a round trip (OpenSSL prints the
+    retry as a second ServerHello)."""
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", "127.0.0.1:%d" % stack.proxy.port, "-tls1_3",
+         "-groups", groups, "-msg", "-CAfile", stack.ec[0]],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        timeout=30).stdout.decode("utf-8", "replace")
+    assert "Server Temp Key: %s" % expect in out, out
+    assert len(re.findall(r"<<< TLS 1\.3, Handshake \[length [0-9a-f]+\], ServerHello", out)) == 1, out
+    assert "Verification: OK" in out, out
+
+
+def test_key_share_none_accepted_retries(stack):
+    """A key share we do not accept (X448) still ends in a group we accept,
+    by a HelloRetryRequest: the only case that needs one."""
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", "127.0.0.1:%d" % stack.proxy.port, "-tls1_3",
+         "-groups", "X448:P-256", "-msg", "-CAfile", stack.ec[0]],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        timeout=30).stdout.decode("utf-8", "replace")
+    assert "Server Temp Key: ECDH, prime256v1" in out, out
+    assert len(re.findall(r"<<< TLS 1\.3, Handshake \[length [0-9a-f]+\], ServerHello", out)) == 2, out
+
+
 # ----------------------------------------------------- renegotiation ----
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["secure", "legacy"])

@@ -161,12 +161,169 @@ static void test_corrupt_input(void **state)
     imf_chain_clear(&out);
 }
 
+/* A client's deflater, kept across messages as RFC 4978 streams are. */
+static size_t client_send(z_stream *c, const uint8_t *in, size_t len, int flush, uint8_t *out,
+                          size_t cap)
+{
+    c->next_in = (Bytef *)in;
+    c->avail_in = (uInt)len;
+    c->next_out = out;
+    c->avail_out = (uInt)cap;
+    assert_int_equal(deflate(c, flush), Z_OK);
+    assert_int_equal(c->avail_in, 0);
+    return cap - c->avail_out;
+}
+
+/* Inflates everything in into out. */
+static void inflate_all(struct imf_zchain *z, struct imf_chain *in, struct imf_chain *out)
+{
+    for (unsigned rounds = 0; rounds < 1000 && imf_zchain_inflate_pending(z, in); rounds++) {
+        size_t used, made;
+        int rc = imf_zchain_inflate(z, in, out, RESERVE, &used, &made);
+        assert_true(rc == 0 || rc == 1);
+    }
+}
+
+/* Released at a sync flush, the inflate side keeps only the window: the
+ * client's next message, which refers back to the first (it is the same
+ * text: a few octets on the wire), still inflates to the text. */
+static void test_release_inflate_keeps_window(void **state)
+{
+    (void)state;
+    static uint8_t text[3000], wire[8000], back[3000];
+    size_t tlen = make_text(text, sizeof(text), 11);
+    struct imf_chain_counters k = {0};
+    struct imf_chain in, out, none;
+    imf_chain_init(&in, &k);
+    imf_chain_init(&out, &k);
+    imf_chain_init(&none, &k);
+    struct imf_zchain z = {0};
+    assert_int_equal(imf_zchain_start(&z, 1), 0);
+    z_stream c = {0};
+    assert_int_equal(deflateInit2(&c, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
+
+    size_t w1 = client_send(&c, text, tlen, Z_SYNC_FLUSH, wire, sizeof(wire));
+    assert_int_equal(imf_chain_append(&in, wire, w1), 0);
+    inflate_all(&z, &in, &out);
+    assert_int_equal(out.bytes, tlen);
+    imf_chain_consume(&out, tlen);
+
+    imf_zchain_release(&z, &in, &none);
+    assert_null(z.st->zin);
+    assert_null(z.st->zout);
+    assert_int_equal(z.st->dict_len, tlen);
+    assert_true(imf_zchain_active(&z));
+    assert_false(imf_zchain_releasable(&z));
+
+    size_t w2 = client_send(&c, text, tlen, Z_SYNC_FLUSH, wire, sizeof(wire));
+    assert_true(w2 < 64); /* a back reference, not the text again */
+    assert_int_equal(imf_chain_append(&in, wire, w2), 0);
+    inflate_all(&z, &in, &out);
+    assert_non_null(z.st->zin);
+    assert_null(z.st->dict);
+    assert_int_equal(out.bytes, tlen);
+    assert_int_equal(imf_chain_copy_out(&out, back, tlen), tlen);
+    assert_memory_equal(back, text, tlen);
+    assert_int_equal(imf_zchain_inflated(&z), 2 * tlen);
+    assert_int_equal(imf_zchain_inflated_from(&z), w1 + w2);
+
+    deflateEnd(&c);
+    imf_zchain_end(&z);
+    imf_chain_clear(&in);
+    imf_chain_clear(&out);
+    assert_int_equal(k.bytes, 0);
+}
+
+/* Stopped inside a block (half a message received), the inflate side holds
+ * bits and block state no window carries: it is kept, and the rest of the
+ * message inflates as if nothing had been asked. */
+static void test_release_inflate_not_inside_block(void **state)
+{
+    (void)state;
+    static uint8_t text[20000], wire[30000], back[20000];
+    size_t tlen = make_text(text, sizeof(text), 5);
+    struct imf_chain_counters k = {0};
+    struct imf_chain in, out, none;
+    imf_chain_init(&in, &k);
+    imf_chain_init(&out, &k);
+    imf_chain_init(&none, &k);
+    struct imf_zchain z = {0};
+    assert_int_equal(imf_zchain_start(&z, 1), 0);
+    size_t wlen = client_deflate(text, tlen, wire, sizeof(wire));
+    assert_int_equal(imf_chain_append(&in, wire, wlen / 2), 0);
+    inflate_all(&z, &in, &out);
+    imf_zchain_release(&z, &in, &none);
+    assert_non_null(z.st->zin);
+    assert_null(z.st->zout);
+    assert_false(imf_zchain_releasable(&z)); /* until more input */
+    assert_int_equal(imf_chain_append(&in, wire + wlen / 2, wlen - wlen / 2), 0);
+    inflate_all(&z, &in, &out);
+    assert_int_equal(out.bytes, tlen);
+    assert_int_equal(imf_chain_copy_out(&out, back, tlen), tlen);
+    assert_memory_equal(back, text, tlen);
+    imf_zchain_release(&z, &in, &none);
+    assert_null(z.st->zin); /* now at the sync flush's boundary */
+    imf_zchain_end(&z);
+    imf_chain_clear(&in);
+    imf_chain_clear(&out);
+}
+
+/* The deflate side released after a sync flush starts afresh; the client's
+ * one inflater reads both parts as one stream. */
+static void test_release_deflate_continues_stream(void **state)
+{
+    (void)state;
+    static uint8_t text[5000], back[10000];
+    size_t tlen = make_text(text, sizeof(text), 9);
+    struct imf_chain_counters k = {0};
+    struct imf_chain src, out, none;
+    imf_chain_init(&src, &k);
+    imf_chain_init(&out, &k);
+    imf_chain_init(&none, &k);
+    struct imf_zchain z = {0};
+    assert_int_equal(imf_zchain_start(&z, 1), 0);
+    z_stream c = {0};
+    assert_int_equal(inflateInit2(&c, -15), Z_OK);
+    size_t got = 0;
+    for (int part = 0; part < 2; part++) {
+        uint64_t used = 0, made = 0;
+        assert_int_equal(imf_chain_append(&src, text, tlen), 0);
+        assert_int_equal(imf_zchain_deflate(&z, &src, &out, RESERVE, SIZE_MAX, &used, &made), 0);
+        assert_int_equal(used, tlen);
+        assert_int_equal(src.bytes, 0);
+        imf_zchain_release(&z, &none, &src);
+        assert_null(z.st->zout);
+        size_t avail;
+        const uint8_t *p = imf_chain_peek(&out, &avail);
+        assert_int_equal(avail, out.bytes);
+        c.next_in = (Bytef *)p;
+        c.avail_in = (uInt)avail;
+        c.next_out = back + got;
+        c.avail_out = (uInt)(sizeof(back) - got);
+        int rc = inflate(&c, Z_SYNC_FLUSH);
+        assert_true(rc == Z_OK);
+        assert_int_equal(c.avail_in, 0);
+        got = sizeof(back) - c.avail_out;
+        imf_chain_consume(&out, avail);
+        assert_int_equal(got, (size_t)(part + 1) * tlen);
+    }
+    assert_memory_equal(back, text, tlen);
+    assert_memory_equal(back + tlen, text, tlen);
+    inflateEnd(&c);
+    imf_zchain_end(&z);
+    imf_chain_clear(&src);
+    imf_chain_clear(&out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_inflate_any_slicing),
         cmocka_unit_test(test_deflate_round_trip_and_high_mark),
         cmocka_unit_test(test_corrupt_input),
+        cmocka_unit_test(test_release_inflate_keeps_window),
+        cmocka_unit_test(test_release_inflate_not_inside_block),
+        cmocka_unit_test(test_release_deflate_continues_stream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
