@@ -55,9 +55,25 @@ static uint64_t imf_clock_us(void)
 }
 
 /* The server has just come back (or is new to this process): connects to
- * it go at most connect_rate a second, after a first burst of one
- * bucket, until the bucket is found full again a bucket's time later
- * (demand fell below the rate). */
+ * it go at most connect_rate a second, after a first burst of one bucket;
+ * the rate doubles every second (a slow start, like TCP's), and the
+ * warm-up ends when the bucket is found full again a second after it
+ * began (demand fell below the rate) or after WARM_DOUBLINGS seconds,
+ * whichever comes first. A reconnect storm is spread over its first
+ * seconds, not throttled for as long as it lasts: a storm that never lets
+ * up would otherwise hold the proxy at connect_rate for good. */
+#define WARM_DOUBLINGS 6 /* connect_rate x 64 by the end */
+
+/* The warm-up that began at warm_since_us is over at now (µs). */
+static bool warm_over(struct health *h, uint64_t now)
+{
+    uint64_t since = atomic_load(&h->warm_since_us);
+    if (now < since)
+        return false;
+    return now - since >= (uint64_t)WARM_DOUBLINGS * 1000000 ||
+           (now - since >= 1000000 && atomic_load(&h->full_at_us) <= now);
+}
+
 static void start_warming(struct health *h)
 {
     uint64_t now = imf_clock_us();
@@ -268,7 +284,8 @@ size_t imf_backend_info(const struct imf_pool_config *pool, struct imf_backend_i
         out[n].queue_waits = h != NULL ? atomic_load(&h->queue_waits) : 0;
         out[n].queue_wait_ms = h != NULL ? atomic_load(&h->queue_wait_ms) : 0;
         out[n].queue_timeouts = h != NULL ? atomic_load(&h->queue_timeouts) : 0;
-        out[n].warming = h != NULL && atomic_load(&h->warming) && pool->connect_rate != 0;
+        out[n].warming = h != NULL && atomic_load(&h->warming) && pool->connect_rate != 0 &&
+                         !warm_over(h, imf_clock_us());
         n++;
     }
     return n;
@@ -294,17 +311,25 @@ static bool take(_Atomic uint32_t *counter, uint32_t limit)
 
 /* connect_rate's bucket: true when a token was taken (or the server is
  * not warming); otherwise *out_wait_ms until the next one. The bucket
- * holds one second's worth of tokens (at least one). */
+ * holds one second's worth of tokens (at least one) at the rate of the
+ * moment: connect_rate doubled for every whole second of the warm-up. */
 static bool take_token(struct health *h, uint32_t rate, uint64_t *out_wait_ms)
 {
     if (rate == 0 || !atomic_load(&h->warming))
         return true;
-    uint64_t step = 1000000 / rate, size = (uint64_t)rate * step; /* us */
     uint64_t now = imf_clock_us();
+    uint64_t since = atomic_load(&h->warm_since_us);
+    uint64_t seconds = now > since ? (now - since) / 1000000 : 0;
+    if (warm_over(h, now)) {
+        atomic_store(&h->warming, false); /* the slow start is over */
+        return true;
+    }
+    uint64_t r = (uint64_t)rate << seconds;
+    uint64_t step = r < 1000000 ? 1000000 / r : 1, size = r * step; /* us */
     uint64_t full = atomic_load(&h->full_at_us);
     for (;;) {
-        if (full <= now && now - atomic_load(&h->warm_since_us) >= size) {
-            /* Full again a bucket's time after the start: the storm is over. */
+        if (full <= now && now - since >= 1000000) {
+            /* Full again a second after the start: the storm is over. */
             atomic_store(&h->warming, false);
             return true;
         }

@@ -241,21 +241,26 @@ def test_waiting_session_costs_little_memory(backends, proxy_factory, ctx):
 
 
 def test_connect_rate_spreads_a_restart_storm(backends, proxy_factory, ctx):
-    """connect_rate = 10: right after the start a burst of 25 clients gets a
-    first bucket of 10 connects, then 10 a second; the server warms up
-    (imapfront_backend_warming) and none is refused."""
+    """connect_rate = 5: right after the start a burst of 100 clients gets a
+    first bucket of 5 connects, then 5 a second, doubling every second (a
+    slow start): all log in, spread over seconds, but far sooner than the
+    19 s that 5 a second would take, and the warm-up is over at the end."""
     b = backends()
     S = ops.addr(b.port)
     proxy = ops.start_proxy(proxy_factory, b.port, extra={"backend": {
-        "connect_rate": "10", "queue_timeout": "30s"}})
+        "connect_rate": "5", "queue_timeout": "30s"}})
     t0 = time.monotonic()
-    results, slowest = burst(proxy.port, ctx, 25, timeout=30)
-    assert results == ["ok"] * 25, results
-    # 15 connects past the first bucket at 10 a second: at least 1.4 s.
-    assert slowest >= 1.3, slowest
-    assert time.monotonic() - t0 < 20
+    results, slowest = burst(proxy.port, ctx, 100, timeout=30)
+    assert results == ["ok"] * 100, results
+    # 5, then 10, 20, 40 and 80 connects a second: the 100th at about 4 s.
+    assert slowest >= 2.5, slowest
+    assert slowest < 12, slowest
+    assert time.monotonic() - t0 < 25
     m = ops.scrape(proxy)
-    assert m.value("imapfront_backend_queue_waits_total", server=S) >= 10
+    assert m.value("imapfront_backend_queue_waits_total", server=S) >= 50
+    # Over once the bucket is full again, and at the latest 6 s after the start.
+    ops.wait_metrics(proxy, lambda m: m.value("imapfront_backend_warming", server=S) == 0,
+                     timeout=max(1.0, 8 - (time.monotonic() - t0)), what="the warm-up over")
 
 
 def test_dovecot_burst_with_default_limits(dovecot_factory, proxy_factory, ctx):  # noqa: F811
