@@ -17,6 +17,7 @@ Usage (from the source tree, after building):
 
   /usr/bin/python3 bench/loginfirst.py --bin build/src/imapfront
   /usr/bin/python3 bench/loginfirst.py --logins 2000 --clients 8 --rounds 5
+  /usr/bin/python3 bench/loginfirst.py --sink build/bench/imf-bench-sink
 
 Needs the Python 3 standard library and the openssl CLI (a throwaway
 certificate). Everything listens on 127.0.0.1 only; every process it
@@ -103,18 +104,42 @@ def measure(proxy, ctx, logins, clients):
             "cpu_us": 1e6 * cpu / len(times), "rate": len(times) / wall}
 
 
+class Sink:
+    """bench/sink.c on a port the kernel picks; stopped by its PID."""
+
+    def __init__(self, path):
+        import subprocess
+        self.proc = subprocess.Popen([path, "127.0.0.1", "0"], stdout=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.kill()
+            raise SystemExit("sink did not start: %r" % line)
+        self.plain_port = int(line.rsplit(":", 1)[1])
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(10)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default=h.BIN)
     ap.add_argument("--logins", type=int, default=500)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sink", help="the bench's C sink (build/bench/imf-bench-sink) as the "
+                    "backend instead of the Python emulator, whose own latency hides the "
+                    "proxy's")
     args = ap.parse_args()
     h.BIN = os.path.abspath(args.bin)
     workdir = tempfile.mkdtemp(prefix="bench-loginfirst-")
     cert = h.make_cert(workdir)
     ctx = h.client_context(cert[0])
-    emu = h.Emulator(workdir, cert[0], cert[1])
+    if args.sink:
+        emu = Sink(args.sink)
+    else:
+        emu = h.Emulator(workdir, cert[0], cert[1])
     modes = {"transparent": {}, "login-first": {"route": {"default": "default"}}}
     results = {m: [] for m in modes}
     try:
