@@ -656,6 +656,52 @@ def test_broken_backend_during_login(mode, proxy_factory, tmp_path, ctx):
         fake.stop()
 
 
+def test_password_length_boundary(proxy_factory, emulator_factory, tmp_path, ctx):
+    """A 1,024-octet password (the documented limit) logs in, as a quoted
+    string and as a literal; 1,025 octets are refused without a backend
+    login."""
+    pw = ("k" * 1024)
+    emu = emulator_factory(record=True, flags=["--users", "demo:" + pw])
+    proxy = routed(proxy_factory, tmp_path, emu.plain_port)
+    with session(proxy, ctx) as c:
+        assert c.command("L", 'LOGIN demo "%s"' % pw)[1].startswith(b"L OK")
+    with session(proxy, ctx) as c:
+        c.write(b"L LOGIN demo {1024+}\r\n" + pw.encode() + b"\r\n")
+        assert c.read_until_tagged("L")[1].startswith(b"L OK")
+    logins = len([n for n in command_names(emu) if n in ("LOGIN", "AUTHENTICATE")])
+    with session(proxy, ctx) as c:
+        c.write(b"L LOGIN demo {1025+}\r\n" + pw.encode() + b"k\r\n")
+        assert c.read_until_tagged("L")[1].startswith(b"L BAD [TOOBIG]")
+        assert c.command("n", "NOOP")[1] == b"n OK NOOP completed\r\n"
+    assert len([n for n in command_names(emu) if n in ("LOGIN", "AUTHENTICATE")]) == logins
+
+
+EXCHANGE55 = ("Microsoft Exchange Server IMAP4rev1 server version 5.5.2653.23 "
+              "(mail.example.org) ready")
+
+
+def test_shields_apply_after_login_first(proxy_factory, emulator_factory, tmp_path, ctx):
+    """The legacy pool greets like Exchange 5.5, drops a connection that
+    gets more than one command line in one read (--bug-chain 1) and has no
+    LITERAL+: after a login-first login, commands pipelined with the
+    LOGIN and an APPEND {N+} reach it one at a time and as {N}, so nothing
+    is lost."""
+    emu = emulator_factory(record=True, flags=["--greeting", EXCHANGE55, "--bug-chain", "1",
+                                               "--no-literal-plus"])
+    proxy = routed(proxy_factory, tmp_path, emu.plain_port)
+    body = b"Subject: shield\r\n\r\nthrough the shields\r\n"
+    with session(proxy, ctx) as c:
+        c.write(b"L LOGIN demo demo\r\nN1 NOOP\r\nN2 NOOP\r\nS SELECT INBOX\r\n"
+                b"A APPEND INBOX {%d+}\r\n" % len(body) + body + b"\r\nN3 NOOP\r\n")
+        for tag in ("L", "N1", "N2", "S", "A", "N3"):
+            tagged = c.read_until_tagged(tag)[1]
+            assert tagged.startswith(tag.encode() + b" OK"), (tag, tagged)
+        untagged, tagged = c.command("F", "FETCH * BODY.PEEK[]")
+        assert tagged.startswith(b"F OK") and body in untagged, untagged
+    assert not emu.log.find(r"\bclose\b.*chain"), emu.log.text()
+    assert any(r.get("line", "").endswith("{%d}" % len(body)) for r in emu.records())
+
+
 # ------------------------------------------------------ retries and races ----
 
 def test_retry_wrong_then_other_pool(proxy_factory, emulator_factory, tmp_path, ctx):
