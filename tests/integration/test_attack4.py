@@ -939,6 +939,31 @@ def test_map_with_unknown_pool_keeps_running_map(proxy_factory, emulator_factory
     assert not [r for r in old.records() if "alice" in r.get("line", "")]
 
 
+def test_pipelined_guesses_and_unrouted_users_are_throttled(proxy_factory, emulator_factory,
+                                                             tmp_path, ctx):
+    """fail_ban = 3: ten wrong LOGINs for demo pipelined in one write get
+    at most three to the backend; guesses for a user the map does not
+    route count too (with distinct passwords: a repeated one counts once),
+    the fourth is answered by the throttle."""
+    emu = emulator_factory(record=True)
+    proxy = routed(proxy_factory, tmp_path, emu.plain_port, extra={
+        "login": {"fail_free": "10", "fail_ban": "3"}})
+    with session(proxy, ctx) as c:
+        c.write(b"".join(b"P%d LOGIN demo %s%d\r\n" % (i, SECRET.encode(), i)
+                         for i in range(10)))
+        answers = [c.read_until_tagged("P%d" % i, timeout=20)[1] for i in range(10)]
+    assert all(b" NO " in a for a in answers), answers
+    logins = [n for n in command_names(emu) if n in ("LOGIN", "AUTHENTICATE")]
+    assert len(logins) <= 3, logins
+    mark = proxy.log.mark()
+    with session(proxy, ctx) as c:
+        for i in range(4):
+            tagged = c.command("U%d" % i, "LOGIN stranger %s%d" % (SECRET, i), timeout=20)[1]
+            assert tagged == b"U%d NO [AUTHENTICATIONFAILED] Authentication failed\r\n" % i
+    proxy.log.wait_for(r"login: login failed result=throttled user=stranger", since=mark,
+                       timeout=5)
+
+
 # ------------------------------------------------------ backend TLS, names ----
 
 def expired_cert(directory):
