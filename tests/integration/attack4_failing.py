@@ -30,7 +30,10 @@ def test_backend_never_greets_answers_within_connect_timeout(proxy_factory, tmp_
     'login-first connecting -> greeting' and nothing more. Only
     preauth_timeout (60 s by default) ends the wait, with '* BYE
     Autologout; no login in time' (test_attack4.py::
-    test_backend_never_greets_ends_by_preauth_timeout shows that bound)."""
+    test_backend_never_greets_ends_by_preauth_timeout shows that bound).
+    A transparent session behaves the same (checked by hand: the client
+    gets only the preauth_timeout BYE, no 'connect failed' line), so the
+    wait for a greeting seems to be outside connect_timeout everywhere."""
     silent = h.FakeBackend(lambda conn: conn.recv(65536))
     try:
         proxy = routed(proxy_factory, tmp_path, silent.port, extra={
