@@ -515,8 +515,12 @@ static enum imf_bc_result on_plus(struct imf_bc *bc)
          * the server then answers BAD. */
         if (!out_add(bc, (const uint8_t *)"*\r\n", 3))
             return fail(bc, "output not taken");
+        return IMF_BC_NONE;
     }
-    return IMF_BC_NONE; /* a "+" nothing asked for changes nothing */
+    /* A "+" nothing asked for: the server and the client no longer agree
+     * on where the conversation is (a quoted LOGIN answered with "+" would
+     * otherwise wait forever for a completion that never comes). */
+    return fail(bc, "a continuation request nothing asked for");
 }
 
 static enum imf_bc_result on_tagged(struct imf_bc *bc, const uint8_t *p, size_t n)

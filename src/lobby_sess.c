@@ -207,7 +207,7 @@ static void on_backend_closed(uv_handle_t *h)
 
 /* The backend is of no more use (BYE, a protocol error, EOF): close it,
  * keep the session. A login in progress is answered NO [UNAVAILABLE]. */
-static void drop_backend(struct imf_session *s, const char *why)
+void imf_sess_lf_drop_backend(struct imf_session *s, const char *why)
 {
     struct imf_lf *lf = s->lf;
     imf_log_kv(IMF_LOG_WARN, "backend", "login-first backend closed", "client", s->peer, "backend",
@@ -267,12 +267,14 @@ static void begin_login(struct imf_session *s)
     struct imf_lobby_creds c;
     imf_lobby_creds(&lf->lb, &c);
     snprintf(lf->tag, sizeof(lf->tag), "%s", c.tag);
+    s->lf_routed = false; /* until the route answers */
     if (imf_gate_lf_login_begin(&s->gate, c.tag, c.mech, c.user, c.user_len, c.pass, c.pass_len)) {
         login_refused(s, IMF_LOGIN_THROTTLED, AUTH_FAILED, "throttled");
         return;
     }
     const char *why = NULL;
     const struct imf_pool_config *pool = pool_for(s, (const char *)c.user, c.user_len, &why);
+    s->lf_routed = pool != NULL;
     if (pool == NULL) {
         /* The same answer as a wrong password: which users exist is
          * nobody's business; it counts as a failure for throttling. */
@@ -291,7 +293,7 @@ static void begin_login(struct imf_session *s)
             /* Greeted by the previous user's pool: not this one's. */
             enum lf_phase was = lf->phase;
             lf->phase = LF_LOBBY; /* nothing to answer for it */
-            drop_backend(s, "a retry routed to another pool");
+            imf_sess_lf_drop_backend(s, "a retry routed to another pool");
             lf->phase = was;
         }
         s->pool = pool; /* slots of the old pool were given back above */
@@ -309,11 +311,12 @@ static void begin_login(struct imf_session *s)
 static void greeted(struct imf_session *s)
 {
     struct imf_lf *lf = s->lf;
+    s->awaiting_greeting = false;
     char line[IMF_BC_TEXT + 2];
     int n = snprintf(line, sizeof(line), "%s\r\n", imf_bc_greeting(&lf->bc));
     if (imf_bc_preauth(&lf->bc) ||
         imf_gate_lf_greeting(&s->gate, (const uint8_t *)line, n > 0 ? (size_t)n : 0)) {
-        drop_backend(s, "the backend greeted with PREAUTH");
+        imf_sess_lf_drop_backend(s, "the backend greeted with PREAUTH");
         return;
     }
     enum imf_gate_profile pr = imf_gate_profile(&s->gate);
@@ -453,7 +456,7 @@ static void backend_side(struct imf_session *s)
             continue;
         case IMF_BC_OK:
             if (lf->phase != LF_LOGIN) {
-                drop_backend(s, "an answer to nothing asked");
+                imf_sess_lf_drop_backend(s, "an answer to nothing asked");
                 return;
             }
             logged_in(s);
@@ -461,17 +464,17 @@ static void backend_side(struct imf_session *s)
         case IMF_BC_NO:
         case IMF_BC_BAD:
             if (lf->phase != LF_LOGIN) {
-                drop_backend(s, "an answer to nothing asked");
+                imf_sess_lf_drop_backend(s, "an answer to nothing asked");
                 return;
             }
             login_failed(s, r);
             continue;
         case IMF_BC_BYE:
-            drop_backend(s, "the backend said BYE");
+            imf_sess_lf_drop_backend(s, "the backend said BYE");
             return;
         default:
-            drop_backend(s,
-                         imf_bc_error(&lf->bc) != NULL ? imf_bc_error(&lf->bc) : "protocol error");
+            imf_sess_lf_drop_backend(s, imf_bc_error(&lf->bc) != NULL ? imf_bc_error(&lf->bc)
+                                                                      : "protocol error");
             return;
         }
     }

@@ -132,7 +132,7 @@ void imf_sess_login_finished(struct imf_session *s, const uint8_t *line, size_t 
                asked ? imf_sess_backend_label(s) : "-", "backend_ms", asked ? ms : "-", "delay_ms",
                delay, "response", text[0] != '\0' ? text : "-",
                /* login-first sessions only: the pool the route chose */
-               s->lf != NULL ? "pool" : NULL, s->pool->name, NULL);
+               s->lf != NULL ? "pool" : NULL, s->lf_routed ? s->pool->name : "-", NULL);
     if (r == IMF_LOGIN_OK && s->user == NULL)
         s->user = strdup(l->user[0] != '\0' ? l->user : "-");
     if (r != IMF_LOGIN_FAILED)

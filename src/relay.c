@@ -345,8 +345,10 @@ static void on_response_line(struct imf_session *s, const struct imf_framer_ev *
     struct imf_gate_response g;
     imf_gate_response_line(&s->gate, s->rline, s->rline_len, &g);
     unsigned fx = g.effects;
-    if (fx & IMF_GATE_R_PROFILE)
+    if (fx & IMF_GATE_R_PROFILE) {
+        s->awaiting_greeting = false;
         note_profile(s);
+    }
     if (fx & IMF_GATE_R_ID_REFUSED)
         imf_log_kv(IMF_LOG_WARN, "backend", "ID with the client address refused", "client", s->peer,
                    "backend", imf_sess_backend_label(s), NULL);

@@ -357,6 +357,14 @@ static uint64_t session_deadline(const struct imf_session *s)
     return s->last_client_ms + s->cfg->idle_timeout_ms;
 }
 
+/* Connected, and the greeting still not read: connect_timeout's end. */
+static uint64_t greeting_deadline(const struct imf_session *s)
+{
+    if (!s->awaiting_greeting || !s->backend.up)
+        return UINT64_MAX;
+    return s->backend_up_ms + s->pool->connect_timeout_ms;
+}
+
 /* The client announced a literal and owes octets: the literal-stall
  * detector's deadline applies (UINT64_MAX when none). */
 static uint64_t stall_deadline(const struct imf_session *s)
@@ -388,8 +396,33 @@ void imf_sess_arm_inactivity_timer(struct imf_session *s)
     uint64_t zidle = compress_idle_deadline(s, now);
     if (zidle < deadline)
         deadline = zidle;
+    uint64_t greet = greeting_deadline(s);
+    if (greet < deadline)
+        deadline = greet;
     uv_timer_stop(&s->timer);
     uv_timer_start(&s->timer, on_inactivity_timer, deadline > now ? deadline - now : 0, 0);
+}
+
+/* The backend accepted and did not greet within connect_timeout: a
+ * timed-out connect (passive health weighs it as such). Failover is over
+ * once connected, so the client gets the answer for no backend. */
+static void no_greeting(struct imf_session *s)
+{
+    char why[96];
+    snprintf(why, sizeof(why), "no greeting within connect_timeout (%" PRIu64 " ms)",
+             s->pool->connect_timeout_ms);
+    imf_backend_report(s->pool, s->server_index, IMF_CONNECT_TIMEOUT);
+    imf_stat_add(&s->worker->stats.backend_connect_failed, 1);
+    imf_log_kv(IMF_LOG_WARN, "backend", "connect failed", "client", s->peer, "backend",
+               imf_sess_backend_label(s), "reason", why, NULL);
+    s->awaiting_greeting = false;
+    if (s->lf != NULL) {
+        imf_sess_lf_drop_backend(s, why);
+        imf_sess_arm_inactivity_timer(s);
+        imf_sess_pump(s); /* the NO goes out */
+        return;
+    }
+    imf_sess_bye(s, IMF_CLOSE_BACKEND_UNAVAILABLE, "[UNAVAILABLE] Backend server unavailable");
 }
 
 static void on_inactivity_timer(uv_timer_t *t)
@@ -398,6 +431,10 @@ static void on_inactivity_timer(uv_timer_t *t)
     if (s->state != SESS_RELAY)
         return;
     uint64_t now = uv_now(&s->worker->loop);
+    if (now >= greeting_deadline(s)) {
+        no_greeting(s);
+        return;
+    }
     uint64_t size, left;
     bool owes = imf_framer_in_literal(&s->cfr, &size, &left);
     if (owes && now >= stall_deadline(s)) {

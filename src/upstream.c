@@ -587,6 +587,10 @@ void imf_sess_backend_up(struct imf_session *s)
     }
     imf_stat_add(&s->worker->stats.backend_connect_ok, 1);
     s->backend.up = true;
+    /* connect_timeout runs on until the greeting: a server that accepts and
+     * never speaks is no more use than one that does not accept. */
+    s->awaiting_greeting = true;
+    s->backend_up_ms = uv_now(&s->worker->loop);
     uv_tcp_nodelay(&s->backend.tcp, 1);
     if (s->pool->forward_client_ip == IMF_FORWARD_IP_ID && s->lf == NULL)
         send_client_id(s); /* login-first sends its own after the greeting */

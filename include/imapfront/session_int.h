@@ -206,6 +206,9 @@ struct imf_session {
     bool holds_session;     /* holds a backend connection of slot_server (max_sessions) */
     bool holds_connect;     /* ... and a connect in progress (max_connecting) */
     bool saw_timeout;       /* a connect of this round timed out: slow, not gone */
+    bool awaiting_greeting; /* connected, the backend's greeting not yet read */
+    bool lf_routed;         /* login-first: the login being decided has a pool */
+    uint64_t backend_up_ms; /* uv_now() when the connect (and backend TLS) completed */
 
     /* For the summary line. */
     uint64_t bytes_in, bytes_out; /* plaintext from / to the client */
@@ -322,6 +325,9 @@ bool imf_sess_lf_tls_up(struct imf_session *s);
 void imf_sess_lf_pump(struct imf_session *s);
 void imf_sess_lf_commands(struct imf_session *s);
 void imf_sess_lf_backend_failed(struct imf_session *s, const char *why);
+/* The login-first session's backend is of no more use: it is closed, the
+ * session kept (a login in progress is answered NO [UNAVAILABLE]). */
+void imf_sess_lf_drop_backend(struct imf_session *s, const char *why);
 void imf_sess_lf_free(struct imf_session *s);
 
 /* shield.c: literal_crlf_split's write scheduling. */

@@ -1143,3 +1143,114 @@ def test_starttls_response_injection_ignored(proxy_factory, emulator_factory, ce
                 assert tagged.startswith(b"A NO [UNAVAILABLE]"), tagged
     finally:
         fake.stop()
+
+
+# Found failing by the attack and fixed since: each docstring says what it was.
+
+
+def test_backend_never_greets_answers_within_connect_timeout(proxy_factory, tmp_path, ctx):
+    """Input: a login-first session's pool server accepts TCP and never
+    sends a byte; connect_timeout = 500ms, queue_timeout = 1s,
+    preauth_timeout left at its 60s default; the client sends
+    'L LOGIN demo demo'.
+
+    Expected: 'L NO [UNAVAILABLE] ...' within about a second, with a
+    'login-first login not sent' (or 'connect failed') log line, as for an
+    unreachable pool. docs/configuration.md counts a connect "from the SYN
+    until the server's first bytes (its greeting)" (max_connecting), the
+    TLS negotiation of a TLS pool counts in connect_timeout, and the
+    [route] section promises NO [UNAVAILABLE] for "no server reachable".
+
+    Was: no answer until preauth_timeout (60 s), in transparent sessions too.
+    Now connect_timeout runs on until the greeting: past it the connect
+    counts as timed out and the client gets the answer for no backend."""
+    silent = h.FakeBackend(lambda conn: conn.recv(65536))
+    try:
+        proxy = routed(proxy_factory, tmp_path, silent.port, extra={
+            "backend": {"connect_timeout": "500ms", "queue_timeout": "1s"}})
+        mark = proxy.log.mark()
+        with session(proxy, ctx) as c:
+            t0 = time.monotonic()
+            try:
+                tagged = c.command("L", "LOGIN demo demo", timeout=15)[1]
+            except socket.timeout:
+                tagged = b"(no answer in 15s)"
+            waited = time.monotonic() - t0
+            assert tagged.startswith(b"L NO [UNAVAILABLE]"), (tagged, proxy.tail())
+            assert waited < 4, waited
+            assert c.command("n", "NOOP")[1] == b"n OK NOOP completed\r\n"
+        proxy.log.wait_for(r"login-first login not sent .*reason=", since=mark)
+    finally:
+        silent.stop()
+
+
+
+def test_backend_continuation_to_login_is_a_protocol_break(proxy_factory, tmp_path, ctx):
+    """Input: the pool server greets, reads the proxy's 'imfN LOGIN "demo"
+    "demo"' (quoted: no literal was announced) and answers '+ go on', then
+    sends nothing more; preauth_timeout = 4s.
+
+    Expected: 'L NO [UNAVAILABLE] Backend server unavailable, try again
+    later' at once and a 'login-first backend closed' log line:
+    docs/configuration.md [route] says a server that "breaks the protocol
+    during the login gets NO [UNAVAILABLE]", and a continuation request
+    to a command without a literal or SASL exchange is such a break (a
+    PREAUTH greeting, an over-long greeting, a huge untagged literal and a
+    tagged answer under a foreign tag all get that NO at once:
+    test_attack4.py::test_broken_backend_during_login).
+
+    Was: the '+' was ignored and the client waited until preauth_timeout.
+    Now a continuation request nothing asked for is a protocol error of
+    the backend client."""
+    def serve(conn):
+        conn.sendall(b"* OK [CAPABILITY IMAP4rev1] broken ready\r\n")
+        if h.recv_line(conn):
+            conn.sendall(b"+ go on\r\n")
+        conn.settimeout(10)
+        try:
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    fake = h.FakeBackend(serve)
+    try:
+        proxy = routed(proxy_factory, tmp_path, fake.port, extra={
+            "imap": {"preauth_timeout": "4s"},
+            "backend": {"connect_timeout": "1s", "queue_timeout": "2s"}})
+        mark = proxy.log.mark()
+        with session(proxy, ctx) as c:
+            t0 = time.monotonic()
+            c.write(b"L LOGIN demo demo\r\n")
+            try:
+                line = c.read_line(timeout=8)
+            except (h.Closed, socket.timeout) as e:
+                line = repr(e).encode()
+            waited = time.monotonic() - t0
+            assert line == b"L NO [UNAVAILABLE] Backend server unavailable, try again later\r\n", (
+                line, waited)
+            assert waited < 3, waited
+        proxy.log.wait_for(r"login-first backend closed .*reason=", since=mark)
+    finally:
+        fake.stop()
+
+
+def test_transparent_backend_never_greets(proxy_factory, ctx):
+    """A transparent session's server accepts and never greets: within
+    connect_timeout (plus slack) the client gets * BYE [UNAVAILABLE] and
+    the log a 'connect failed' line that says why."""
+    silent = h.FakeBackend(lambda conn: conn.recv(65536))
+    try:
+        proxy = ops.start_proxy(proxy_factory, silent.port, extra={
+            "backend": {"connect_timeout": "500ms", "queue_timeout": "1s"}})
+        mark = proxy.log.mark()
+        t0 = time.monotonic()
+        with h.TLSClient(proxy.port, ctx, timeout=10) as c:
+            line = c.read_line(timeout=10)
+        assert line == b"* BYE [UNAVAILABLE] Backend server unavailable\r\n", line
+        assert time.monotonic() - t0 < 4
+        proxy.log.wait_for(r"warn backend: connect failed .*reason=\"no greeting within "
+                           r"connect_timeout \(500 ms\)\"", since=mark)
+        proxy.check_alive()
+    finally:
+        silent.stop()

@@ -189,6 +189,9 @@ def test_user_not_routed(proxy_factory, emulator_factory, tmp_path, ctx):
         assert c.command("L2", "LOGIN demo demo")[1].startswith(b"L2 OK")
     proxy.log.wait_for(r"login: login-first login not sent .*reason=\"user not routed\"",
                        since=mark)
+    # Its login line names no pool: counting a pool's logins counts no strangers.
+    proxy.log.wait_for(r"login: login failed result=failed user=stranger .*pool=-$", since=mark)
+    proxy.log.wait_for(r"login: login ok result=ok user=demo .*pool=default$", since=mark)
     assert SECRET not in proxy.log.text()
 
 
