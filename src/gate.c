@@ -59,38 +59,10 @@ static void login_free(struct imf_gate *g);
 
 /* ---- small parsers ------------------------------------------------------ */
 
-/* RFC 9051 tag: 1*<any ASTRING-CHAR except "+">. */
-static bool tag_char(uint8_t c)
-{
-    if (c <= 0x20 || c >= 0x7f)
-        return false;
-    return strchr("(){%*\"\\+", c) == NULL;
-}
-
 /* ATOM-CHAR: an ASTRING-CHAR other than "]". */
 static bool atom_char(uint8_t c)
 {
-    return c == '+' || (tag_char(c) && c != ']');
-}
-
-/* The length of the line without its LF or CRLF. */
-static size_t text_len(const uint8_t *line, size_t len)
-{
-    if (len > 0 && line[len - 1] == '\n')
-        len--;
-    if (len > 0 && line[len - 1] == '\r')
-        len--;
-    return len;
-}
-
-/* A line the backend must read exactly as the proxy did: no NUL, and no CR
- * but the one before the final LF (an old server may end a line at a bare
- * CR, and a C string ends at NUL: either would let the backend see a
- * command the proxy did not). */
-static bool line_clean(const uint8_t *line, size_t len)
-{
-    size_t n = text_len(line, len);
-    return memchr(line, '\0', n) == NULL && memchr(line, '\r', n) == NULL;
+    return c == '+' || (imf_imap_tag_char(c) && c != ']');
 }
 
 static bool bare_lf(const uint8_t *line, size_t len)
@@ -104,9 +76,9 @@ static int parse_command(const uint8_t *line, size_t len, struct imf_imap_comman
 {
     memset(out, 0, sizeof(*out));
     out->cmd = IMF_CMD_OTHER;
-    size_t end = text_len(line, len);
+    size_t end = imf_imap_text_len(line, len);
     size_t i = 0;
-    while (i < end && tag_char(line[i]))
+    while (i < end && imf_imap_tag_char(line[i]))
         i++;
     if (i == 0 || i > IMF_TAG_MAX || i >= end || line[i] != ' ')
         return -1;
@@ -151,7 +123,7 @@ static int parse_command(const uint8_t *line, size_t len, struct imf_imap_comman
 /* What follows the command name, without the line ending. */
 static const uint8_t *args_of(const uint8_t *line, size_t len, size_t *out_len)
 {
-    size_t end = text_len(line, len);
+    size_t end = imf_imap_text_len(line, len);
     const uint8_t *sp = memchr(line, ' ', end); /* after the tag */
     if (sp == NULL) {
         *out_len = 0;
@@ -184,7 +156,7 @@ static bool is_word(const uint8_t *p, size_t n, const char *word)
 /* A SASL response line (RFC 4959): base64, possibly empty, or "*". */
 static bool sasl_line(const uint8_t *line, size_t len)
 {
-    size_t n = text_len(line, len);
+    size_t n = imf_imap_text_len(line, len);
     if (n == 1 && line[0] == '*')
         return true;
     for (size_t i = 0; i < n; i++) {
@@ -771,7 +743,7 @@ static void continuation_line(struct imf_gate *g, uint8_t *line, size_t len,
         refuse(g, ev, "*", "BAD Unexpected input", out); /* never reached: see refuse() */
         return;
     }
-    if (!line_clean(line, len)) {
+    if (!imf_imap_line_clean(line, len)) {
         out->actions |= IMF_GATE_CLOSE;
         answer(out, "*", "BYE Invalid characters in a command line");
         out->log = "NUL or bare CR in a command line";
@@ -779,7 +751,7 @@ static void continuation_line(struct imf_gate *g, uint8_t *line, size_t len,
     }
     if (g->cur_cmd == IMF_CMD_LOGIN && g->login != NULL && !g->login->done) {
         login_captured(g);
-        login_args(g, line, text_len(line, len));
+        login_args(g, line, imf_imap_text_len(line, len));
         if (g->login->arg >= 1 && login_check(g)) {
             /* The name went as a literal; the password has not: the
              * command is left unfinished and the session ends. */
@@ -826,7 +798,7 @@ static void command_line(struct imf_gate *g, uint8_t *line, size_t len,
     size_t alen;
     const uint8_t *args = args_of(line, len, &alen);
 
-    if (!line_clean(line, len)) {
+    if (!imf_imap_line_clean(line, len)) {
         refuse(g, ev, c.tag, "BAD Invalid characters in the command line", out);
         return;
     }
@@ -1000,7 +972,7 @@ static void sasl_response(struct imf_gate *g, uint8_t *line, size_t len,
     g->plus_for = PLUS_CONTINUATION;
     out->actions |= IMF_GATE_FORWARD;
     if (!(ev->literal_flags & IMF_LIT_PRESENT) && sasl_line(line, len)) {
-        size_t n = text_len(line, len);
+        size_t n = imf_imap_text_len(line, len);
         if (g->login != NULL && !g->login->done && !(n == 1 && line[0] == '*')) {
             sasl_data(g, line, n);
             if (login_check(g)) {
@@ -1032,7 +1004,7 @@ static void sasl_response(struct imf_gate *g, uint8_t *line, size_t len,
 
 static bool is_done(const uint8_t *line, size_t len)
 {
-    return is_word(line, text_len(line, len), "DONE");
+    return is_word(line, imf_imap_text_len(line, len), "DONE");
 }
 
 /* A line while the client idles: only DONE ends it. */

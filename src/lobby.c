@@ -18,33 +18,10 @@ enum {
 
 #define AUTH_FAILED "NO [AUTHENTICATIONFAILED] Authentication failed"
 
-/* RFC 9051 tag: 1*<any ASTRING-CHAR except "+">. */
-static bool tag_char(uint8_t c)
-{
-    return c > 0x20 && c < 0x7f && strchr("(){%*\"\\+", c) == NULL;
-}
-
 /* ASTRING-CHAR: ATOM-CHAR or "]". */
 static bool astring_char(uint8_t c)
 {
-    return c == '+' || tag_char(c);
-}
-
-/* The length of the line without its LF or CRLF. */
-static size_t text_len(const uint8_t *line, size_t len)
-{
-    if (len > 0 && line[len - 1] == '\n')
-        len--;
-    if (len > 0 && line[len - 1] == '\r')
-        len--;
-    return len;
-}
-
-/* No NUL, no CR but the one before the final LF. */
-static bool line_clean(const uint8_t *line, size_t len)
-{
-    size_t n = text_len(line, len);
-    return memchr(line, '\0', n) == NULL && memchr(line, '\r', n) == NULL;
+    return c == '+' || imf_imap_tag_char(c);
 }
 
 static bool word_is(const uint8_t *p, size_t n, const char *word)
@@ -166,7 +143,7 @@ static void login_args(struct imf_lobby *lb, const uint8_t *line, size_t len, si
                        const struct imf_framer_ev *ev, struct imf_lobby_decision *out)
 {
     bool lit = (ev->literal_flags & IMF_LIT_PRESENT) != 0;
-    size_t end = lit ? len - ev->announce_len : text_len(line, len);
+    size_t end = lit ? len - ev->announce_len : imf_imap_text_len(line, len);
     while (lb->arg < 2) {
         if (i >= end || line[i] != ' ')
             goto bad;
@@ -250,7 +227,7 @@ static void plain(struct imf_lobby *lb, const uint8_t *b64, size_t n,
 static void sasl_line(struct imf_lobby *lb, const uint8_t *line, size_t len,
                       const struct imf_framer_ev *ev, struct imf_lobby_decision *out)
 {
-    size_t n = text_len(line, len);
+    size_t n = imf_imap_text_len(line, len);
     if (ev->literal_flags & IMF_LIT_PRESENT) {
         refuse(lb, ev, lb->tag, "BAD Invalid SASL response", out);
         return;
@@ -267,7 +244,7 @@ static void sasl_line(struct imf_lobby *lb, const uint8_t *line, size_t len,
 static void authenticate(struct imf_lobby *lb, const uint8_t *line, size_t len, size_t i,
                          const struct imf_framer_ev *ev, struct imf_lobby_decision *out)
 {
-    size_t end = text_len(line, len);
+    size_t end = imf_imap_text_len(line, len);
     if (ev->literal_flags & IMF_LIT_PRESENT) {
         refuse(lb, ev, lb->tag, "BAD AUTHENTICATE takes no literal", out);
         return;
@@ -301,11 +278,11 @@ static void authenticate(struct imf_lobby *lb, const uint8_t *line, size_t len, 
 static void command(struct imf_lobby *lb, const uint8_t *line, size_t len,
                     const struct imf_framer_ev *ev, struct imf_lobby_decision *out)
 {
-    size_t end = text_len(line, len);
+    size_t end = imf_imap_text_len(line, len);
     if (ev->literal_flags & IMF_LIT_PRESENT)
         end = len - ev->announce_len;
     size_t i = 0;
-    while (i < end && tag_char(line[i]))
+    while (i < end && imf_imap_tag_char(line[i]))
         i++;
     if (i == 0 || i > IMF_TAG_MAX || i >= end || line[i] != ' ') {
         refuse(lb, ev, "*", "BAD Invalid tag or command line", out);
@@ -404,7 +381,7 @@ void imf_lobby_line(struct imf_lobby *lb, const uint8_t *line, size_t len,
         }
         return;
     }
-    if (!line_clean(line, len)) {
+    if (!imf_imap_line_clean(line, len)) {
         /* A NUL or a bare CR: whatever follows cannot be trusted. */
         wipe(lb);
         lb->expect = EXPECT_COMMAND;
@@ -416,7 +393,8 @@ void imf_lobby_line(struct imf_lobby *lb, const uint8_t *line, size_t len,
     switch (lb->expect) {
     case EXPECT_LOGIN_LIT:
         lb->arg = (uint8_t)(lb->lit_arg + 1);
-        if (lb->arg == 2 && !(ev->literal_flags & IMF_LIT_PRESENT) && text_len(line, len) == 0) {
+        if (lb->arg == 2 && !(ev->literal_flags & IMF_LIT_PRESENT) &&
+            imf_imap_text_len(line, len) == 0) {
             login_ready(lb, out);
             return;
         }

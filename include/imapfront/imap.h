@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Commands the proxy treats specially; everything else is IMF_CMD_OTHER. */
 enum imf_cmd {
@@ -25,6 +26,32 @@ enum imf_cmd {
 extern const char *const imf_cmd_names[IMF_CMD_COUNT];
 
 #define IMF_TAG_MAX 64
+
+/* RFC 9051 tag: 1*<any ASTRING-CHAR except "+">. */
+static inline bool imf_imap_tag_char(uint8_t c)
+{
+    return c > 0x20 && c < 0x7f && strchr("(){%*\"\\+", c) == NULL;
+}
+
+/* The length of a line without its LF or CRLF. */
+static inline size_t imf_imap_text_len(const uint8_t *line, size_t len)
+{
+    if (len > 0 && line[len - 1] == '\n')
+        len--;
+    if (len > 0 && line[len - 1] == '\r')
+        len--;
+    return len;
+}
+
+/* A line a backend must read exactly as the proxy did: no NUL, and no CR
+ * but the one before the final LF (an old server may end a line at a bare
+ * CR, and a C string ends at NUL: either would let the backend see a
+ * command the proxy did not). */
+static inline bool imf_imap_line_clean(const uint8_t *line, size_t len)
+{
+    size_t n = imf_imap_text_len(line, len);
+    return memchr(line, '\0', n) == NULL && memchr(line, '\r', n) == NULL;
+}
 
 struct imf_imap_command {
     char tag[IMF_TAG_MAX + 1]; /* NUL-terminated copy */
