@@ -580,10 +580,7 @@ void imf_sess_lf_commands(struct imf_session *s)
         case IMF_EV_LITERAL_END:
             break;
         case IMF_EV_ERROR:
-            if (ev.error == IMF_FRAMER_LINE_TOO_LONG)
-                imf_sess_bye(s, IMF_CLOSE_LINE_TOO_LONG, "Command line too long");
-            else
-                imf_sess_bye(s, IMF_CLOSE_LITERAL_MALFORMED, "Invalid literal announcement");
+            imf_sess_client_framing_error(s, &ev);
             return;
         default:
             return;

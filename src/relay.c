@@ -230,10 +230,7 @@ static void process_commands(struct imf_session *s)
             }
             break;
         case IMF_EV_ERROR:
-            if (ev.error == IMF_FRAMER_LINE_TOO_LONG)
-                imf_sess_bye(s, IMF_CLOSE_LINE_TOO_LONG, "Command line too long");
-            else
-                imf_sess_bye(s, IMF_CLOSE_LITERAL_MALFORMED, "Invalid literal announcement");
+            imf_sess_client_framing_error(s, &ev);
             return;
         default:
             return;
@@ -334,6 +331,14 @@ static void note_profile(struct imf_session *s)
                "profile", imf_gate_profile_names[pr], "pipelining", sh->pipelining ? "on" : "off",
                "literal_plus", sh->literal_sync ? "sync" : "pass", "literal_crlf_split",
                sh->crlf_split ? "on" : "off", NULL);
+}
+
+void imf_sess_client_framing_error(struct imf_session *s, const struct imf_framer_ev *ev)
+{
+    if (ev->error == IMF_FRAMER_LINE_TOO_LONG)
+        imf_sess_bye(s, IMF_CLOSE_LINE_TOO_LONG, "Command line too long");
+    else
+        imf_sess_bye(s, IMF_CLOSE_LITERAL_MALFORMED, "Invalid literal announcement");
 }
 
 static void on_response_line(struct imf_session *s, const struct imf_framer_ev *ev)

@@ -328,6 +328,9 @@ void imf_sess_lf_backend_failed(struct imf_session *s, const char *why);
 /* The login-first session's backend is of no more use: it is closed, the
  * session kept (a login in progress is answered NO [UNAVAILABLE]). */
 void imf_sess_lf_drop_backend(struct imf_session *s, const char *why);
+
+/* The client's framer failed (ev: its IMF_EV_ERROR): BYE with the reason. */
+void imf_sess_client_framing_error(struct imf_session *s, const struct imf_framer_ev *ev);
 void imf_sess_lf_free(struct imf_session *s);
 
 /* shield.c: literal_crlf_split's write scheduling. */
