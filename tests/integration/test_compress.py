@@ -378,9 +378,11 @@ def test_idle_compressed_sessions_give_zlib_state_back(proxy_factory, emulator, 
                 assert h.fetch_appended(c, tagged) == body
         # Made again by that traffic, the state is given back again.
         t_idle = time.monotonic()
-        h.wait_until(lambda: proxy.rss_kib() - before < n * 20 and
+        # (The 64 KiB messages' buffers may stay with malloc: 1 MiB of slack,
+        # still far below the ~95 KiB a session's zlib state would add.)
+        h.wait_until(lambda: proxy.rss_kib() - before < n * 20 + 1024 and
                      time.monotonic() - t_idle > 2.5, 10,
-                     "idle again, under 20 KiB each")
+                     "idle again, under 20 KiB each (+ 1 MiB)")
         _, tagged = clients[0].command("N3", "NOOP")
         assert tagged.startswith(b"N3 OK"), tagged
     finally:
