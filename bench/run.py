@@ -761,7 +761,8 @@ def main():
         except StartError as e:
             sys.exit("bench: %s" % e)
         peers = Peers(workdir, tools, imapfront_bin, sink_port, cert, key, combined,
-                      max_conn=max(opts.idle, opts.sessions if real_modes else 0) + 200)
+                      max_conn=max(opts.idle, opts.sessions if real_modes else 0,
+                                   max(HANDSHAKE_CONNS)) + 200)
         # Bounds on one load-client run: its duration, or for idle the time
         # the slowest peer (stunnel: a thread per session) may take to open
         # the sessions, with a wide margin.
