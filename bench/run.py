@@ -465,6 +465,9 @@ def run_client(client, args, timeout):
 
 ALL_PEERS = ("imapfront", "haproxy", "stunnel", "nginx")
 
+# Concurrent clients of the handshake storm modes (handshake8, ...).
+HANDSHAKE_CONNS = (8, 32, 128, 512)
+
 
 # (name, peers, load-client arguments builder)
 def plan(opts):
@@ -477,6 +480,13 @@ def plan(opts):
         ("idle", main_peers, lambda: ["idle", "--sessions", str(opts.idle)]),
         ("idle_z", main_peers, lambda: ["idle", "--sessions", str(opts.idle), "--compress"]),
         ("handshake", main_peers, lambda: ["handshake", "--conns", "2", "--seconds", t]),
+    ] + [
+        # The handshake storm at the concurrency levels; the
+        # default argument binds each level now, not at the loop's end.
+        ("handshake%d" % c, main_peers,
+         lambda c=c: ["handshake", "--conns", str(c), "--seconds", t])
+        for c in HANDSHAKE_CONNS
+    ] + [
         ("append4", ["imapfront", "imapfront-w2"],
          lambda: ["append", "--conns", "4", "--seconds", t]),
         ("realistic", main_peers, lambda: real),
@@ -500,7 +510,16 @@ FIGURES = [
     ("... with COMPRESS DEFLATE (KiB)", "idle_z", "kib_per_session", None, None),
     ("proxy CPU per full handshake (us)", "handshake", "cpu_us_per_handshake", "<=", 0.8),
     ("full handshakes per second (2 conns)", "handshake", "per_s", None, None),
-]
+    ("load client CPU per handshake (us, 2 conns)", "handshake", "client_cpu_us_per_handshake",
+     "<=", 1.1),
+] + [row for c in HANDSHAKE_CONNS for row in (
+    ("full handshakes per second (%d conns)" % c, "handshake%d" % c, "per_s", ">=",
+     1.2 if c == 128 else 1.1),
+    ("... proxy CPU per handshake (us, %d conns)" % c, "handshake%d" % c,
+     "cpu_us_per_handshake", None, None),
+    ("... load client CPU per handshake (us, %d conns)" % c, "handshake%d" % c,
+     "client_cpu_us_per_handshake", "<=", 1.1),
+)]
 
 
 def fmt(v):
@@ -667,10 +686,11 @@ def main():
                     "peer alike (imapfront's slow start of backend connects lasts 6 s)")
     ap.add_argument("--idle", type=int, default=2000, help="idle sessions (default 2000)")
     ap.add_argument("--modes",
-                    default="append1,noop,idle,idle_z,handshake,append4,direct,realistic,"
-                    "realistic_z",
+                    default="append1,noop,idle,idle_z,handshake,%s,append4,direct,"
+                    "realistic,realistic_z" % ",".join("handshake%d" % c for c in HANDSHAKE_CONNS),
                     help="comma-separated subset of append1, noop, idle, idle_z (idle with "
-                    "COMPRESS DEFLATE), handshake, append4 "
+                    "COMPRESS DEFLATE), handshake (2 connections), handshake8, handshake32, "
+                    "handshake128, handshake512 (the storm at that many clients), append4 "
                     "(imapfront workers = 1 vs 2 at 4 connections), direct (NOOP straight "
                     "to the sink), realistic, realistic_z (the same with COMPRESS); "
                     "default: all")
@@ -741,7 +761,8 @@ def main():
         except StartError as e:
             sys.exit("bench: %s" % e)
         peers = Peers(workdir, tools, imapfront_bin, sink_port, cert, key, combined,
-                      max_conn=max(opts.idle, opts.sessions if real_modes else 0) + 200)
+                      max_conn=max(opts.idle, opts.sessions if real_modes else 0,
+                                   max(HANDSHAKE_CONNS)) + 200)
         # Bounds on one load-client run: its duration, or for idle the time
         # the slowest peer (stunnel: a thread per session) may take to open
         # the sessions, with a wide margin.
@@ -771,7 +792,7 @@ def main():
                     extra = ["--port", str(port), "--label", peer]
                     if pid is not None:
                         extra += ["--pid", str(pid)]
-                    if mode == "handshake" and opts.warmup > 0:
+                    if mode.startswith("handshake") and opts.warmup > 0:
                         run_client(client, ["handshake", "--conns", "2", "--seconds",
                                             str(opts.warmup)] + extra, timeout + opts.warmup)
                         b0, s0, c0 = system_busy_s(), pid_cpu_s(sink.pid), children_cpu_s()
