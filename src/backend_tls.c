@@ -4,6 +4,7 @@
 #include "imapfront/backend_tls.h"
 
 #include <errno.h>
+#include <openssl/base64.h>
 #include <openssl/err.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
@@ -113,24 +114,6 @@ void imf_btls_handshake_reason(SSL *ssl, struct imf_tls_io *io, char *out, size_
         snprintf(out, len, "%s", r);
 }
 
-static void b64(const uint8_t *in, size_t n, char *out)
-{
-    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < n)
-            v |= in[i + 2];
-        out[o++] = t[(v >> 18) & 63];
-        out[o++] = t[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? t[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < n ? t[v & 63] : '=';
-    }
-    out[o] = '\0';
-}
-
 bool imf_btls_pin_matches(const struct imf_pool_config *pool, SSL *ssl, char *why, size_t why_len)
 {
     if (!pool->tls_pin_set)
@@ -152,10 +135,11 @@ bool imf_btls_pin_matches(const struct imf_pool_config *pool, SSL *ssl, char *wh
         ok = memcmp(dcert, pool->tls_pin, IMF_PIN_LEN) == 0 ||
              memcmp(dkey, pool->tls_pin, IMF_PIN_LEN) == 0;
         if (!ok) {
-            char want[48], got_cert[48], got_key[48];
-            b64(pool->tls_pin, IMF_PIN_LEN, want);
-            b64(dcert, sizeof(dcert), got_cert);
-            b64(dkey, sizeof(dkey), got_key);
+            /* Base64 as a pin may be written; EVP_EncodeBlock ends each with NUL. */
+            uint8_t want[48], got_cert[48], got_key[48];
+            EVP_EncodeBlock(want, pool->tls_pin, IMF_PIN_LEN);
+            EVP_EncodeBlock(got_cert, dcert, sizeof(dcert));
+            EVP_EncodeBlock(got_key, dkey, sizeof(dkey));
             snprintf(why, why_len,
                      "TLS pin mismatch: expected %s, got certificate %s, public key %s", want,
                      got_cert, got_key);
