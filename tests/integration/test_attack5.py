@@ -182,7 +182,7 @@ def test_dribbled_greeting_slower_than_timeout_is_unavailable(greeter, proxy_fac
     mark = proxy.log.mark()
     line, took, _ = first_line_and_time(proxy, ctx)
     assert line.startswith(b"* BYE [UNAVAILABLE]"), line
-    assert took < 1.0 + 0.5 + 1.5, took
+    assert took < 1.0 + 0.5 + 2.5, took
     assert proxy.log.find(r'connect failed .*no greeting within connect_timeout \(500 ms\)', mark)
     slots_free(proxy, g)
     later_client_gets_in(proxy, g, ctx)
@@ -211,7 +211,7 @@ def test_greeting_started_before_deadline_ended_after(greeter, proxy_factory, ct
     proxy = proxy_for(proxy_factory, g, FAST)
     line, took, _ = first_line_and_time(proxy, ctx)
     assert line.startswith(b"* BYE [UNAVAILABLE]"), line
-    assert took < 3.0, took
+    assert took < 4.0, took
     slots_free(proxy, g)
     later_client_gets_in(proxy, g, ctx)
 
@@ -223,7 +223,7 @@ def test_greeting_that_is_bye(greeter, proxy_factory, ctx):
     proxy = proxy_for(proxy_factory, g, FAST)
     line, took, _ = first_line_and_time(proxy, ctx)
     assert line.startswith(b"* BYE"), line
-    assert took < 3.0, took
+    assert took < 4.0, took
     slots_free(proxy, g)
     later_client_gets_in(proxy, g, ctx)
 
@@ -242,7 +242,7 @@ def test_starttls_listener_silent_backend(greeter, proxy_factory, ctx):
     try:
         line = c.read_line(timeout=6)
         assert line.startswith(b"* BYE [UNAVAILABLE]"), line
-        assert time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 < 4.0
     finally:
         c.sock.close()
     slots_free(proxy, g)
@@ -340,7 +340,7 @@ def test_login_first_retry_after_greeting_timeout(greeter, proxy_factory, ctx, t
         t0 = time.monotonic()
         _, tagged = c.command("L1", "LOGIN demo demo", timeout=8)
         assert tagged.startswith(b"L1 NO [UNAVAILABLE]"), tagged
-        assert time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 < 4.0
         slots_free(proxy, g)
         g.mode = ("now",)
         _, tagged = c.command("L2", "LOGIN demo demo", timeout=8)
@@ -364,7 +364,7 @@ def test_large_connect_timeout_small_preauth_timeout(greeter, proxy_factory, ctx
             c.expect_eof(timeout=8)
         except h.Closed:
             pass
-    assert time.monotonic() - t0 < 4.0
+    assert time.monotonic() - t0 < 5.0
     slots_free(proxy, g, timeout=3)
     later_client_gets_in(proxy, g, ctx)
 
