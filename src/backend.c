@@ -57,21 +57,32 @@ static uint64_t imf_clock_us(void)
 /* The server has just come back (or is new to this process): connects to
  * it go at most connect_rate a second, after a first burst of one bucket;
  * the rate doubles every second (a slow start, like TCP's), and the
- * warm-up ends when the bucket is found full again a second after it
- * began (demand fell below the rate) or after WARM_DOUBLINGS seconds,
+ * warm-up ends when, a second or more after it began, the bucket has
+ * stayed full for a token's time (a token went unused: demand fell below
+ * the rate; with a bucket of one token, merely full would end it at once),
+ * or after WARM_DOUBLINGS seconds,
  * whichever comes first. A reconnect storm is spread over its first
  * seconds, not throttled for as long as it lasts: a storm that never lets
  * up would otherwise hold the proxy at connect_rate for good. */
 #define WARM_DOUBLINGS 6 /* connect_rate x 64 by the end */
 
-/* The warm-up that began at warm_since_us is over at now (µs). */
-static bool warm_over(struct health *h, uint64_t now)
+/* Microseconds between two tokens at connect_rate after seconds of
+ * warm-up (the rate doubles every second). */
+static uint64_t warm_step(uint32_t rate, uint64_t seconds)
+{
+    uint64_t r = (uint64_t)rate << seconds;
+    return r < 1000000 ? 1000000 / r : 1;
+}
+
+/* The warm-up that began at warm_since_us is over at now (µs), the bucket
+ * being full at full_at (µs). */
+static bool warm_over(struct health *h, uint32_t rate, uint64_t now, uint64_t full_at)
 {
     uint64_t since = atomic_load(&h->warm_since_us);
     if (now < since)
         return false;
-    return now - since >= (uint64_t)WARM_DOUBLINGS * 1000000 ||
-           (now - since >= 1000000 && atomic_load(&h->full_at_us) <= now);
+    uint64_t seconds = (now - since) / 1000000;
+    return seconds >= WARM_DOUBLINGS || (seconds >= 1 && full_at + warm_step(rate, seconds) <= now);
 }
 
 static void start_warming(struct health *h)
@@ -284,8 +295,9 @@ size_t imf_backend_info(const struct imf_pool_config *pool, struct imf_backend_i
         out[n].queue_waits = h != NULL ? atomic_load(&h->queue_waits) : 0;
         out[n].queue_wait_ms = h != NULL ? atomic_load(&h->queue_wait_ms) : 0;
         out[n].queue_timeouts = h != NULL ? atomic_load(&h->queue_timeouts) : 0;
-        out[n].warming = h != NULL && atomic_load(&h->warming) && pool->connect_rate != 0 &&
-                         !warm_over(h, imf_clock_us());
+        out[n].warming =
+            h != NULL && atomic_load(&h->warming) && pool->connect_rate != 0 &&
+            !warm_over(h, pool->connect_rate, imf_clock_us(), atomic_load(&h->full_at_us));
         n++;
     }
     return n;
@@ -320,17 +332,12 @@ static bool take_token(struct health *h, uint32_t rate, uint64_t *out_wait_ms)
     uint64_t now = imf_clock_us();
     uint64_t since = atomic_load(&h->warm_since_us);
     uint64_t seconds = now > since ? (now - since) / 1000000 : 0;
-    if (warm_over(h, now)) {
-        atomic_store(&h->warming, false); /* the slow start is over */
-        return true;
-    }
-    uint64_t r = (uint64_t)rate << seconds;
-    uint64_t step = r < 1000000 ? 1000000 / r : 1, size = r * step; /* us */
+    uint64_t step = warm_step(rate, seconds);
+    uint64_t size = ((uint64_t)rate << seconds) * step; /* us: one second's worth */
     uint64_t full = atomic_load(&h->full_at_us);
     for (;;) {
-        if (full <= now && now - since >= 1000000) {
-            /* Full again a second after the start: the storm is over. */
-            atomic_store(&h->warming, false);
+        if (warm_over(h, rate, now, full)) {
+            atomic_store(&h->warming, false); /* the slow start is over */
             return true;
         }
         uint64_t base = full > now ? full : now;

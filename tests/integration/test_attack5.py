@@ -544,3 +544,21 @@ def test_marked_down_server_back_during_warm_up_warms_again(workdir, proxy_facto
         for e in (a, b):
             if e.proc.poll() is None:
                 e.kill()
+
+
+# Found failing by the attack and fixed since.
+
+
+def test_connect_rate_one_spreads_a_burst(backends, proxy_factory, ctx):
+    """connect_rate = 1 and 100 clients at once: 1 connect, then 1 a second,
+    doubling every second, so the slowest waits 3 s or more. Was: the
+    warm-up ended after about a second (a bucket of one token counted as
+    full again at once); now it ends only once a token went unused."""
+    b = backends()
+    S = ops.addr(b.port)
+    proxy = ops.start_proxy(proxy_factory, b.port, extra={"backend": {
+        "connect_rate": "1", "queue_timeout": "15s"}})
+    results, slowest = burst(proxy.port, ctx, 100, timeout=15)
+    assert results == ["ok"] * 100, [r for r in results if r != "ok"][:5]
+    assert ops.scrape(proxy).value("imapfront_backend_queue_waits_total", server=S) >= 50
+    assert slowest >= 3.0, slowest
