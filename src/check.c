@@ -41,8 +41,11 @@ struct probe {
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_connect_t connect_req;
-    uv_getaddrinfo_t resolve_req; /* a server written as a name: its lookup */
-    unsigned open_handles;        /* the handles, and the lookup while it runs */
+    uv_getaddrinfo_t resolve_req;     /* a server written as a name: its lookup */
+    struct addrinfo *addrs;           /* ... its addresses (freed with the probe) */
+    const struct addrinfo *addr_next; /* ... the next to try when a connect fails */
+    bool reconnecting;                /* tcp is closing to connect to addr_next */
+    unsigned open_handles;            /* the handles, and the lookup while it runs */
     enum probe_step step;
     bool reported; /* the outcome went to the health table */
     bool closing;  /* uv_close called */
@@ -188,6 +191,8 @@ static void probe_put(struct probe *p)
         }
     }
     imf_config_unref(p->cfg);
+    if (p->addrs != NULL)
+        uv_freeaddrinfo(p->addrs);
     imf_bc_cleanup(&p->bc);
     if (p->ssl != NULL)
         SSL_free(p->ssl);
@@ -207,7 +212,8 @@ static void probe_close(struct probe *p)
     if (p->closing)
         return;
     p->closing = true;
-    uv_close((uv_handle_t *)&p->tcp, on_closed);
+    if (!p->reconnecting) /* else on_retry_closed puts it */
+        uv_close((uv_handle_t *)&p->tcp, on_closed);
     uv_close((uv_handle_t *)&p->timer, on_closed);
 }
 
@@ -504,11 +510,52 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         fail(p, "read failed during %s: %s", step_name(p), uv_strerror((int)nread));
 }
 
+static void on_connected(uv_connect_t *req, int status);
+
+/* The first IPv4 or IPv6 address from ai on, or NULL. */
+static const struct addrinfo *inet_address(const struct addrinfo *ai)
+{
+    while (ai != NULL && ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+        ai = ai->ai_next;
+    return ai;
+}
+
+/* The next address of a named server to connect to, or NULL. */
+static const struct addrinfo *take_address(struct probe *p)
+{
+    const struct addrinfo *ai = inet_address(p->addr_next);
+    p->addr_next = ai != NULL ? ai->ai_next : NULL;
+    return ai;
+}
+
+/* The socket of a refused address is closed: the next address, as sessions
+ * do, within the same check_timeout. */
+static void on_retry_closed(uv_handle_t *h)
+{
+    struct probe *p = h->data;
+    p->reconnecting = false;
+    if (p->closing) {
+        probe_put(p);
+        return;
+    }
+    const struct addrinfo *ai = take_address(p);
+    uv_tcp_init(p->ck->loop, &p->tcp);
+    p->tcp.data = p;
+    int rc = uv_tcp_connect(&p->connect_req, &p->tcp, ai->ai_addr, on_connected);
+    if (rc < 0)
+        fail(p, "connect failed: %s", uv_strerror(rc));
+}
+
 static void on_connected(uv_connect_t *req, int status)
 {
     struct probe *p = req->data;
     if (p->closing)
         return;
+    if (status < 0 && inet_address(p->addr_next) != NULL) {
+        p->reconnecting = true;
+        uv_close((uv_handle_t *)&p->tcp, on_retry_closed);
+        return;
+    }
     if (status < 0) {
         fail(p, "connect failed: %s", uv_strerror(status));
         return;
@@ -523,14 +570,14 @@ static void on_connected(uv_connect_t *req, int status)
         start_tls(p);
 }
 
-/* A named server's lookup ended: the check connects to its first IPv4
- * or IPv6 address (sessions try the others too). */
+/* A named server's lookup ended: the check connects to its IPv4 and IPv6
+ * addresses in order, as sessions do, until one answers. */
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct probe *p = req->data;
-    const struct addrinfo *ai = res;
-    while (ai != NULL && ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
-        ai = ai->ai_next;
+    p->addrs = res; /* freed with the probe */
+    p->addr_next = res;
+    const struct addrinfo *ai = take_address(p);
     if (!p->closing) {
         char host[sizeof(p->pool->servers[0].text)], port[8];
         if (imf_sockaddr_host_port(&p->pool->servers[p->index], host, sizeof(host), port,
@@ -544,8 +591,6 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         else if ((rc = uv_tcp_connect(&p->connect_req, &p->tcp, ai->ai_addr, on_connected)) < 0)
             fail(p, "connect failed: %s", uv_strerror(rc));
     }
-    if (res != NULL)
-        uv_freeaddrinfo(res);
     probe_put(p);
 }
 
