@@ -16,8 +16,12 @@
 #include "imapfront/iplimit.h"
 #include "imapfront/netaddr.h"
 
-/* Logins in progress for one key before any has failed, past which more
- * are refused (a first burst of parallel guesses is bounded by it). */
+/* Logins of one user from one address in progress before any has failed,
+ * past which more are refused (a first burst of parallel guesses for one
+ * account is bounded by it). The address record alone has no such bound,
+ * and its attempts in progress never count: the users behind one NAT log in
+ * together after a failover, and refusing them would make every mail
+ * client there ask its user for the password. */
 #define PARALLEL_MAX 32
 
 #define NIL    UINT32_MAX
@@ -262,14 +266,17 @@ enum imf_throttle_verdict imf_throttle_begin(const struct imf_throttle_params *p
         if (r == NULL)
             continue;
         expire(r, p, now_ms);
-        /* Attempts still in progress count once this key has failed:
-         * parallel sessions then get no more guesses through than one.
-         * Before any failure they count only past PARALLEL_MAX, so that a
-         * user's mail clients opening their connections at once (or many
-         * users behind one NAT) are never refused. */
+        /* For a user's records, attempts still in progress count once the
+         * record has failed: parallel sessions then get no more guesses
+         * through than one. Before any failure they count only past
+         * PARALLEL_MAX, so that a user's mail clients opening their
+         * connections at once are never refused. The address record (i ==
+         * 0) counts finished failures only (see PARALLEL_MAX). */
         uint32_t fails = r->fails;
+        bool per_user = i > 0;
         if (r->ban_until_ms > now_ms || fails >= ks.ban[i] ||
-            (fails > 0 && fails + r->pending >= ks.ban[i]) || r->pending >= PARALLEL_MAX)
+            (per_user && fails > 0 && fails + r->pending >= ks.ban[i]) ||
+            (per_user && r->pending >= PARALLEL_MAX))
             v = IMF_THROTTLE_BAN;
         if (r->fails >= ks.free_[i]) {
             uint32_t over = r->fails - ks.free_[i];

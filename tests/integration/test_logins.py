@@ -115,6 +115,33 @@ def test_parallel_logins_of_one_user_are_not_refused(proxy_factory, emulator_fac
     assert len(logins_at_backend(emu)) == 12
 
 
+def test_many_users_behind_one_address_log_in_at_once(backends, proxy_factory, ctx):
+    """60 different users behind one address (a NAT after a failover) send
+    their LOGINs at once, after one of them mistyped a password: all reach
+    the backend and succeed. (Was: past 32 logins in progress from one
+    address the proxy refused the rest with NO [AUTHENTICATIONFAILED].)"""
+    n = 60
+    users = ",".join("u%d:p%d" % (i, i) for i in range(n))
+    b = backends(users=users)
+    proxy = ops.start_proxy(proxy_factory, b.port)
+    c = tls_session(proxy.port, ctx)
+    _, tagged = c.command("T", "LOGIN u0 typo")
+    assert b" NO " in tagged, tagged
+    c.close()
+    clients = [tls_session(proxy.port, ctx) for _ in range(n)]
+    for i, c in enumerate(clients):
+        c.write(b"N%d LOGIN u%d p%d\r\n" % (i, i, i))
+    answers = []
+    for i, c in enumerate(clients):
+        answers.append(c.read_until_tagged("N%d" % i, timeout=20)[1])
+        c.close()
+    bad = [a for a in answers if b" OK " not in a]
+    assert not bad, bad[:3]
+    m = ops.scrape(proxy)
+    assert m.value("imapfront_logins_total", result="ok", mechanism="login") == n
+    assert m.get("imapfront_logins_total", result="throttled", mechanism="login", default=0) == 0
+
+
 def test_workers_share_the_counters(proxy_factory, emulator_factory, ctx):
     """With two workers, guesses spread over many sessions (the kernel
     picks the worker of each) still meet one table: 10 guesses, one per

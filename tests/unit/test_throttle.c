@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -155,6 +156,59 @@ static void test_user_records_ignored_without_user_lockout(void **state)
                      IMF_THROTTLE_BAN);
 }
 
+/* The users behind one NAT log in together: 100 different users in
+ * progress at once from one address all pass, and still do after one of
+ * them failed (the address record counts finished failures only). */
+static void test_many_users_behind_one_address_pass_at_once(void **state)
+{
+    (void)state;
+    char user[16];
+    uint64_t delay;
+    for (int i = 0; i < 100; i++) {
+        snprintf(user, sizeof(user), "u%d", i);
+        assert_int_equal(begin("192.0.2.50", user, T0, &delay), IMF_THROTTLE_PASS);
+    }
+    end("192.0.2.50", "u0", false, T0);
+    for (int i = 100; i < 140; i++) {
+        snprintf(user, sizeof(user), "u%d", i);
+        assert_int_equal(begin("192.0.2.50", user, T0, &delay), IMF_THROTTLE_PASS);
+        assert_int_equal(delay, 0);
+    }
+    for (int i = 1; i < 140; i++) {
+        snprintf(user, sizeof(user), "u%d", i);
+        end("192.0.2.50", user, true, T0 + 1);
+    }
+    /* Finished failures still ban the address: address_fail_ban = 30. */
+    for (int i = 0; i < 30; i++) {
+        snprintf(user, sizeof(user), "g%d", i);
+        assert_int_equal(begin("192.0.2.51", user, T0, &delay), IMF_THROTTLE_PASS);
+        end("192.0.2.51", user, false, T0);
+    }
+    assert_int_equal(begin("192.0.2.51", "someone", T0 + 1, &delay), IMF_THROTTLE_BAN);
+}
+
+/* One user from one address: 32 attempts in progress pass, the 33rd is
+ * refused; once the first failure is back, attempts in progress count
+ * towards fail_ban. */
+static void test_one_user_parallel_attempts_are_bounded(void **state)
+{
+    (void)state;
+    uint64_t delay;
+    for (int i = 0; i < 32; i++)
+        assert_int_equal(begin("192.0.2.60", "carol", T0, &delay), IMF_THROTTLE_PASS);
+    assert_int_equal(begin("192.0.2.60", "carol", T0, &delay), IMF_THROTTLE_BAN);
+    /* Another user from the same address is not held by carol's burst. */
+    assert_int_equal(begin("192.0.2.60", "dave", T0, &delay), IMF_THROTTLE_PASS);
+    end("192.0.2.60", "dave", true, T0);
+    for (int i = 0; i < 32; i++)
+        end("192.0.2.60", "carol", true, T0 + 1);
+    assert_int_equal(begin("192.0.2.61", "erin", T0, &delay), IMF_THROTTLE_PASS);
+    end("192.0.2.61", "erin", false, T0); /* 1 failure */
+    for (int i = 0; i < 5; i++)           /* 1 + 5 in progress = fail_ban */
+        assert_int_equal(begin("192.0.2.61", "erin", T0 + 1, &delay), IMF_THROTTLE_PASS);
+    assert_int_equal(begin("192.0.2.61", "erin", T0 + 1, &delay), IMF_THROTTLE_BAN);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -163,6 +217,8 @@ int main(void)
         cmocka_unit_test(test_merge_never_lowers),
         cmocka_unit_test(test_merged_success_clears_the_pair),
         cmocka_unit_test(test_user_records_ignored_without_user_lockout),
+        cmocka_unit_test(test_many_users_behind_one_address_pass_at_once),
+        cmocka_unit_test(test_one_user_parallel_attempts_are_bounded),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
