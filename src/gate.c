@@ -70,6 +70,28 @@ static bool bare_lf(const uint8_t *line, size_t len)
     return len >= 1 && line[len - 1] == '\n' && (len < 2 || line[len - 2] != '\r');
 }
 
+/* Replaces the line (len octets, LF included) in place with head and tail
+ * and the line's own ending: CRLF, or a bare LF that the session turns
+ * into CRLF (IMF_GATE_FIX_EOL). A rewrite never grows the line: the ending
+ * is as long as the one it replaces, and callers pass text no longer than
+ * what it stands for. Returns false (and leaves the line) when it would not
+ * fit. */
+static bool rewrite_line(uint8_t *line, size_t len, const char *head, const char *tail,
+                         struct imf_gate_decision *out)
+{
+    bool lf = bare_lf(line, len);
+    size_t hl = strlen(head), tl = strlen(tail), el = lf ? 1 : 2;
+    if (hl + tl + el > len)
+        return false;
+    memcpy(line, head, hl);
+    memcpy(line + hl, tail, tl);
+    memcpy(line + hl + tl, lf ? "\n" : "\r\n", el);
+    out->len = hl + tl + el;
+    if (lf)
+        out->actions |= IMF_GATE_FIX_EOL;
+    return true;
+}
+
 /* Parses "tag SP name [SP ...]" strictly. Returns 0, -1 when no tag could
  * be read, -2 when the tag was read but the command name is invalid. */
 static int parse_command(const uint8_t *line, size_t len, struct imf_imap_command *out)
@@ -930,7 +952,12 @@ static void command_line(struct imf_gate *g, uint8_t *line, size_t len,
                 refuse(g, ev, c.tag, "NO [LIMIT] Too many commands in progress", out);
                 return;
             }
-            out->len = (size_t)snprintf((char *)line, len, "%s ID NIL\r\n", c.tag);
+            /* "tag ID {N-}" is longer than "tag ID NIL"; the ending is the
+             * line's own (a bare LF once wrote "tag ID NIL\r" and a NUL). */
+            if (!rewrite_line(line, len, c.tag, " ID NIL", out)) {
+                refuse(g, ev, c.tag, "BAD Invalid ID parameters", out);
+                return;
+            }
             g->cur_forwarded = true;
             g->discarding = true;
             g->discard_answer = NULL;
@@ -975,10 +1002,13 @@ static void sasl_response(struct imf_gate *g, uint8_t *line, size_t len,
         size_t n = imf_imap_text_len(line, len);
         if (g->login != NULL && !g->login->done && !(n == 1 && line[0] == '*')) {
             sasl_data(g, line, n);
-            if (login_check(g)) {
-                /* Refused: the backend gets a cancel, never the secret. */
-                memcpy(line, "*\r\n", 3);
-                out->len = 3;
+            /* Refused: the backend gets a cancel, never the secret. An
+             * empty response has no room for the "*" and holds no secret:
+             * it goes as it is. */
+            if (login_check(g) && n > 0) {
+                bool ok = rewrite_line(line, len, "*", "", out);
+                assert(ok);
+                (void)ok;
                 return;
             }
         }
@@ -989,8 +1019,10 @@ static void sasl_response(struct imf_gate *g, uint8_t *line, size_t len,
     /* Not a SASL response: the exchange is cancelled ("*"); the backend
      * answers the AUTHENTICATE. A literal it announces never goes. */
     out->log = "invalid SASL response; exchange cancelled";
-    memcpy(line, "*\r\n", 3);
-    out->len = 3;
+    /* Not base64, so at least one octet before the ending: "*" fits. */
+    bool ok = rewrite_line(line, len, "*", "", out);
+    assert(ok);
+    (void)ok;
     if (ev->literal_flags & IMF_LIT_PRESENT) {
         if (ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS)) {
             g->discarding = true;

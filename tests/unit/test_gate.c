@@ -591,6 +591,46 @@ static void test_client_id_stripped(void **state)
     backend_is(&d, "");
     client_got(&d, "a BAD ID parameters must be quoted strings");
     gd_free(&d);
+    /* Found by fuzz_gate: fields in a {N+} literal become "ID NIL", and
+     * after a bare LF the rewrite once left "a ID NIL\r" and a NUL (one
+     * octet short) in front of the next command. */
+    PLAY(&d, &p, B(GREET), C("a ID {2+}\nxx\n"));
+    backend_is(&d, "a ID NIL\r\n");
+    gd_free(&d);
+    PLAY(&d, &p, B(GREET), C("aUa ID {2-}\r\nxx\r\n"));
+    backend_is(&d, "aUa ID NIL\r\n");
+    gd_free(&d);
+}
+
+static bool refuse_every_login(void *ctx, const struct imf_gate_login *l)
+{
+    (void)ctx;
+    (void)l;
+    return true;
+}
+
+/* A SASL response the throttle refuses, or one that is not base64, becomes
+ * "*" with a CRLF whatever ending the client used; an empty response holds
+ * no secret and has no room for the "*": it goes as it is. */
+static void test_sasl_cancel_line_endings(void **state)
+{
+    (void)state;
+    struct imf_gate_params p = defaults();
+    p.login_refused = refuse_every_login;
+    struct gd d;
+    PLAY(&d, &p, B(GREET), C("a AUTHENTICATE PLAIN\n"), B("+ \r\n"), C("AHVzZXIAcGFzcw==\n"));
+    backend_is(&d, "a AUTHENTICATE PLAIN\r\n*\r\n");
+    gd_free(&d);
+    PLAY(&d, &p, B(GREET), C("a AUTHENTICATE PLAIN\r\n"), B("+ \r\n"), C("Q\n"));
+    backend_is(&d, "a AUTHENTICATE PLAIN\r\n*\r\n");
+    gd_free(&d);
+    PLAY(&d, &p, B(GREET), C("a AUTHENTICATE PLAIN\r\n"), B("+ \r\n"), C("\n"));
+    backend_is(&d, "a AUTHENTICATE PLAIN\r\n\r\n");
+    gd_free(&d);
+    p.login_refused = NULL;
+    PLAY(&d, &p, B(GREET), C("a AUTHENTICATE PLAIN\r\n"), B("+ \r\n"), C("~\n"));
+    backend_is(&d, "a AUTHENTICATE PLAIN\r\n*\r\n");
+    gd_free(&d);
 }
 
 /* Found by fuzz_gate (fails until gate.c is fixed): an ID whose list is
@@ -833,6 +873,7 @@ int main(void)
         cmocka_unit_test(test_login_before_tls),
         cmocka_unit_test(test_literal_plus_made_sync),
         cmocka_unit_test(test_refused_literal),
+        cmocka_unit_test(test_sasl_cancel_line_endings),
         cmocka_unit_test(test_sasl_lines),
         cmocka_unit_test(test_idle_poll),
         cmocka_unit_test(test_idle_only_done),
