@@ -748,6 +748,11 @@ static int run_idle(void)
         opened += ws[i].opened;
     }
     double t1 = now_s();
+    /* An idle compressed session is one that has been quiet for a while:
+     * imapfront gives its zlib state back after 2 s without client input
+     * (docs/configuration.md, compress), so read the RSS after 3 s. */
+    if (opt.compress)
+        sleep_ms(3000);
     /* Let the proxy settle (lazy frees, deferred work): poll its RSS until
      * two readings 100 ms apart agree, for at most 3 seconds. */
     long rss1 = proc_rss_kib(opt.pid), prev = -2;
