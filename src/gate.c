@@ -453,35 +453,42 @@ static void login_name(char *dst, const uint8_t *p, size_t n)
     dst[n] = '\0';
 }
 
-static void login_secret(struct imf_gate *g, const uint8_t *p, size_t n)
+/* The hash of the secret p[0..n); whole is false when p is only its first
+ * octets (the capture buffer was full): the hash is then 0, "unknown", so
+ * that two long passwords sharing those octets are never taken for the
+ * same wrong password repeated (which would count once). */
+static void login_secret(struct imf_gate *g, const uint8_t *p, size_t n, bool whole)
 {
-    /* Never 0: 0 means "no secret seen". */
-    g->login->secret_hash = SIPHASH_24(g->p->secret_key, p, n) | 1u;
+    /* Never 0 when known: 0 means "no secret seen". */
+    g->login->secret_hash = whole ? SIPHASH_24(g->p->secret_key, p, n) | 1u : 0;
 }
 
-/* One value of LOGIN: the user name, then the password. */
-static void login_value(struct imf_gate *g, const uint8_t *v, size_t n)
+/* One value of LOGIN: the user name, then the password (whole: not cut). */
+static void login_value(struct imf_gate *g, const uint8_t *v, size_t n, bool whole)
 {
     struct imf_gate_login *l = g->login;
     if (l->arg == 0)
         login_name(l->user, v, n);
     else if (l->arg == 1)
-        login_secret(g, v, n);
+        login_secret(g, v, n, whole);
     l->arg++;
 }
 
-/* Reads an atom or a quoted string at p[*i..end) into out (cut at cap).
- * Returns false when neither is there. */
+/* Reads an atom or a quoted string at p[*i..end) into out (cut at cap;
+ * *out_cut says so). Returns false when neither is there. */
 static bool astring(const uint8_t *p, size_t end, size_t *i, uint8_t *out, size_t cap,
-                    size_t *out_len)
+                    size_t *out_len, bool *out_cut)
 {
     size_t k = *i, n = 0;
+    *out_cut = false;
     if (k < end && p[k] == '"') {
         for (k++; k < end && p[k] != '"'; k++) {
             if (p[k] == '\\' && k + 1 < end)
                 k++;
             if (n < cap)
                 out[n++] = p[k];
+            else
+                *out_cut = true;
         }
         if (k >= end)
             return false;
@@ -490,6 +497,8 @@ static bool astring(const uint8_t *p, size_t end, size_t *i, uint8_t *out, size_
         while (k < end && (atom_char(p[k]) || p[k] == ']')) {
             if (n < cap)
                 out[n++] = p[k];
+            else
+                *out_cut = true;
             k++;
         }
         if (k == *i)
@@ -518,9 +527,10 @@ static void login_args(struct imf_gate *g, const uint8_t *p, size_t n)
         }
         uint8_t v[IMF_GATE_CAPTURE_MAX];
         size_t vlen = 0;
-        bool ok = astring(p, n, &i, v, sizeof(v), &vlen);
+        bool cut;
+        bool ok = astring(p, n, &i, v, sizeof(v), &vlen, &cut);
         if (ok)
-            login_value(g, v, vlen);
+            login_value(g, v, vlen, !cut);
         OPENSSL_cleanse(v, sizeof(v));
         if (!ok) {
             l->arg = 2; /* not LOGIN's syntax: the backend says so */
@@ -537,7 +547,7 @@ static void login_captured(struct imf_gate *g)
         return;
     l->arg = (uint8_t)(l->capture - 1);
     l->capture = 0;
-    login_value(g, l->cap, l->cap_len);
+    login_value(g, l->cap, l->cap_len, !l->cut);
     OPENSSL_cleanse(l->cap, sizeof(l->cap));
     l->cap_len = 0;
 }
@@ -591,8 +601,11 @@ static void sasl_data(struct imf_gate *g, const uint8_t *b64, size_t n)
     if (n == 1 && b64[0] == '=')
         n = 0; /* an empty initial response */
     uint8_t buf[3072];
-    if (n > sizeof(buf) / 3 * 4)
+    bool whole = true; /* the secret's octets all decoded (see login_secret) */
+    if (n > sizeof(buf) / 3 * 4) {
         n = sizeof(buf) / 3 * 4; /* a prefix is enough for the names */
+        whole = false;
+    }
     n -= n % 4;
     size_t m = 0;
     if (n > 0 && !EVP_DecodeBase64(buf, &m, sizeof(buf), b64, n))
@@ -606,23 +619,23 @@ static void sasl_data(struct imf_gate *g, const uint8_t *b64, size_t n)
         if (b != NULL) {
             login_name(l->authz, buf, (size_t)(a - buf));
             login_name(l->user, a + 1, (size_t)(b - a - 1));
-            login_secret(g, b + 1, m - (size_t)(b + 1 - buf));
+            login_secret(g, b + 1, m - (size_t)(b + 1 - buf), whole);
         }
     } else if (strcmp(l->mech, "LOGIN") == 0) {
         if (step == 0)
             login_name(l->user, buf, m);
         else if (step == 1)
-            login_secret(g, buf, m);
+            login_secret(g, buf, m, whole);
     } else if (strcmp(l->mech, "XOAUTH2") == 0 && step == 0) {
         if (sasl_field(buf, m, "user=", "\x01", &v, &vlen))
             login_name(l->user, v, vlen);
         if (sasl_field(buf, m, "auth=", "\x01", &v, &vlen))
-            login_secret(g, v, vlen);
+            login_secret(g, v, vlen, whole);
     } else if (strcmp(l->mech, "OAUTHBEARER") == 0 && step == 0) {
         if (sasl_field(buf, m, "a=", ",\x01", &v, &vlen))
             login_name(l->user, v, vlen);
         if (sasl_field(buf, m, "auth=", "\x01", &v, &vlen))
-            login_secret(g, v, vlen);
+            login_secret(g, v, vlen, whole);
     }
     OPENSSL_cleanse(buf, sizeof(buf));
 }
@@ -1331,7 +1344,7 @@ bool imf_gate_lf_login_begin(struct imf_gate *g, const char *tag, const char *me
     if (!login_start(g, tag, (const uint8_t *)mech, strlen(mech)))
         return false;
     login_name(g->login->user, user, user_len);
-    login_secret(g, pass, pass_len);
+    login_secret(g, pass, pass_len, true);
     return login_check(g);
 }
 
