@@ -64,11 +64,12 @@ def counters(proxy):
             for d in ("in", "out") for s in ("wire", "plain")}
 
 
-def one_run(workdir, cert, key, emu, mode, level, corpus, fetches, label):
+def one_run(workdir, cert, key, emu, mode, level, window, corpus, fetches, label):
     """One proxy, one client session; returns {direction: (plain, wire, cpu_ns)}."""
     proxy = ops.start_proxy(
         lambda port, extra: h.Proxy(workdir, cert, key, port, extra=extra), emu.plain_port,
-        extra={"imap": {"compress": mode, "compress_level": str(level)}})
+        extra={"imap": {"compress": mode, "compress_level": str(level),
+                        "compress_window": window}})
     try:
         ctx = h.client_context(cert)
         with ZClient(proxy.port, ctx, timeout=120) as c:
@@ -110,6 +111,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--level", type=int, default=1,
                     help="[imap] compress_level of the proxy, 1..9 (default 1, its default)")
+    ap.add_argument("--window", default="8k",
+                    help="[imap] compress_window of the proxy, 1k..32k (default 8k, its default)")
     ap.add_argument("--messages", type=int, default=100, help="corpus size (default 100)")
     ap.add_argument("--fetches", type=int, default=4,
                     help="FETCH 1:* BODY.PEEK[] of the whole corpus this many times (default 4)")
@@ -124,9 +127,9 @@ def main(argv=None):
         ap.error("rounds 1..50, messages 1..5000, fetches 1..100")
     rng = random.Random(100)
     corpus = [text_message(i, rng).replace(b"\n", b"\r\n") for i in range(args.messages)]
-    print("# imapfront %s; compress_level %d; corpus %d messages, %.1f MiB; %d round(s), "
+    print("# imapfront %s; compress_level %d, compress_window %s; corpus %d messages, %.1f MiB; %d round(s), "
           "%d fetch(es); load %.2f"
-          % (h.BIN, args.level, len(corpus), sum(map(len, corpus)) / MiB, args.rounds,
+          % (h.BIN, args.level, args.window, len(corpus), sum(map(len, corpus)) / MiB, args.rounds,
              args.fetches, os.getloadavg()[0]))
     workdir = tempfile.mkdtemp(prefix="imf-compress-bench-")
     emu = None
@@ -137,8 +140,8 @@ def main(argv=None):
         for r in range(args.rounds):
             order = ("off", "on") if r % 2 == 0 else ("on", "off")
             for mode in order:
-                got = one_run(workdir, cert, key, emu, mode, args.level, corpus, args.fetches,
-                              "%d%s" % (r, mode))
+                got = one_run(workdir, cert, key, emu, mode, args.level, args.window, corpus,
+                              args.fetches, "%d%s" % (r, mode))
                 for d, v in got.items():
                     results[mode][d].append(v)
                     print("RESULT round=%d compress=%s direction=%s plain=%d wire=%d cpu_ns=%d"

@@ -12,7 +12,7 @@ void imf_sess_start_compress(struct imf_session *s, const char *ok, size_t ok_le
 {
     imf_sess_to_client(s, ok, ok_len);
     imf_sess_encrypt_all(s);
-    if (imf_zchain_start(&s->z, (int)s->cfg->compress_level) != 0) {
+    if (imf_zchain_start(&s->z, (int)s->cfg->compress_level, s->cfg->compress_window) != 0) {
         /* The stream state is unknown to the client now: end it. */
         imf_sess_close(s, IMF_CLOSE_NO_MEMORY, false);
         return;

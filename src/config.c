@@ -228,6 +228,7 @@ static const struct imf_option imf_options[] = {
     OPT("imap", "buffer_limit", SIZE, buffer_limit, "256k", 16 * KiB, GiB, NULL, 0),
     OPT("imap", "compress", BOOL, compress, "off", 0, 0, NULL, 0),
     OPT("imap", "compress_level", UINT, compress_level, "1", 1, 9, NULL, 0),
+    OPT("imap", "compress_window", SIZE, compress_window, "8k", KiB, 32 * KiB, NULL, 0),
     OPT("imap", "idle_keepalive", DURATION, idle_keepalive_ms, "0", 0, HOUR, NULL, 0),
     OPT("imap", "literal_stall", DURATION, literal_stall_ms, "30s", 0, WEEK, NULL, 0),
     OPT("login", "throttle", BOOL, login_throttle, "on", 0, 0, NULL, 0),
@@ -1704,6 +1705,13 @@ static void check_whole(struct parse_ctx *ctx)
     if (cfg->min_version < TLS1_2_VERSION && !cfg->legacy_ciphers) {
         fail(ctx, -EINVAL, ctx->key_lines[option_index("tls", "min_version")], "min_version",
              "TLS 1.0 and 1.1 need legacy_ciphers = on (they have no AEAD cipher suites)");
+        return;
+    }
+
+    /* zlib's window is a power of two (its windowBits). */
+    if ((cfg->compress_window & (cfg->compress_window - 1)) != 0) {
+        fail(ctx, -EINVAL, ctx->key_lines[option_index("imap", "compress_window")],
+             "compress_window", "must be a power of two from 1k to 32k (1k, 2k, 4k, 8k, 16k, 32k)");
         return;
     }
 

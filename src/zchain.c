@@ -97,7 +97,12 @@ static int zout_make(struct imf_zstate *z)
     z_stream *zs = zbox_new();
     if (zs == NULL)
         return IMF_ZCHAIN_NOMEM;
-    if (deflateInit2(zs, z->level, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+    /* The window of what we send is ours to choose (the client inflates
+     * with up to 32 KiB); zlib's own pairing of window and hash size
+     * (15 with 8) scales down with it: deflate takes 4 * window + 512 *
+     * 2^memLevel octets, 256 KiB at 32 KiB, 64 KiB at 8 KiB. */
+    int wbits = z->wbits, mem_level = wbits - 7;
+    if (deflateInit2(zs, z->level, Z_DEFLATED, -wbits, mem_level, Z_DEFAULT_STRATEGY) != Z_OK) {
         free(zs);
         return IMF_ZCHAIN_NOMEM;
     }
@@ -105,12 +110,15 @@ static int zout_make(struct imf_zstate *z)
     return 0;
 }
 
-int imf_zchain_start(struct imf_zchain *zc, int level)
+int imf_zchain_start(struct imf_zchain *zc, int level, unsigned window)
 {
     struct imf_zstate *z = calloc(1, sizeof(*z));
     if (z == NULL)
         return IMF_ZCHAIN_NOMEM;
     z->level = level;
+    z->wbits = 10; /* 1 KiB: zlib's raw deflate takes 9 as 10 anyway */
+    while (z->wbits < 15 && (1u << (z->wbits + 1)) <= window)
+        z->wbits++;
     zc->st = z;
     if (zin_make(z) == 0 && zout_make(z) == 0)
         return 0;

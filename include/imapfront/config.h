@@ -190,6 +190,7 @@ struct imf_config {
     uint64_t buffer_limit;
     bool compress;              /* COMPRESS=DEFLATE terminated at the proxy */
     uint32_t compress_level;    /* zlib level of what the proxy deflates (1..9) */
+    uint32_t compress_window;   /* deflate window of what the proxy sends, 1 KiB..32 KiB, 2^n */
     uint64_t idle_keepalive_ms; /* 0 = off: "* OK Still here" to an IDLE client this often */
     uint64_t literal_stall_ms;  /* 0 = off: report a client literal without progress this long */
 

@@ -22,6 +22,7 @@ struct imf_zstate {
     size_t dict_len;
     uint64_t in_made, in_used; /* inflated and consumed by earlier zin's */
     int level;                 /* deflate's */
+    int wbits;                 /* deflate's window: 2^wbits octets (10..15) */
     bool zin_full;             /* inflate filled its output: it may hold more */
     bool zin_busy;             /* zin stopped inside a block: it cannot be released */
     bool zout_pending;         /* deflated input not yet sync-flushed */
@@ -35,9 +36,11 @@ struct imf_zchain {
 #define IMF_ZCHAIN_CORRUPT (-1) /* not a deflate stream, or it ended */
 #define IMF_ZCHAIN_NOMEM   (-2)
 
-/* Starts both streams; level is deflate's (1..9). Returns 0 or
+/* Starts both streams; level is deflate's (1..9), window its window in
+ * octets (a power of two, 1 KiB..32 KiB; others are rounded down; inflate
+ * always takes the client's up to 32 KiB). Returns 0 or
  * IMF_ZCHAIN_NOMEM (then nothing is held). */
-int imf_zchain_start(struct imf_zchain *z, int level);
+int imf_zchain_start(struct imf_zchain *z, int level, unsigned window);
 
 /* Frees what start allocated (any time; a zeroed one holds nothing). */
 void imf_zchain_end(struct imf_zchain *z);

@@ -186,8 +186,12 @@ def session_through(proxy, ctx, user, password, expect_login_caps):
     assert total[("in", "plain")] >= 2 << 20 and total[("out", "plain")] >= 2 << 20, total
 
 
-def test_compress_through_emulator(proxy_factory, emulator, ctx):
-    proxy = ops.start_proxy(proxy_factory, emulator.plain_port, extra=COMPRESS_ON)
+@pytest.mark.parametrize("window", [None, "1k", "32k"])
+def test_compress_through_emulator(proxy_factory, emulator, ctx, window):
+    """The whole session (1 MiB of text and of noise both ways) with the
+    default compress_window (8k), the smallest and the largest."""
+    extra = ops.merge(COMPRESS_ON, {"imap": {"compress_window": window}} if window else None)
+    proxy = ops.start_proxy(proxy_factory, emulator.plain_port, extra=extra)
     mark = emulator.log.mark()
     session_through(proxy, ctx, "demo", "demo", False)
     cmds = [m.group(1).upper() for m in emulator.log.find(r"\bcmd \S+ (\S+)", mark)]

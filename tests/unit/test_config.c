@@ -255,6 +255,19 @@ static void test_size(void **state)
                       "t.ini:9: buffer_limit: \"99999999999G\" is out of range (16k..1G)");
     expect_base_error("[imap]\nmax_literal_size = 4097M\n",
                       "t.ini:9: max_literal_size: \"4097M\" is out of range (1k..4G)");
+
+    /* compress_window: zlib's window, a power of two from 1k to 32k. */
+    cfg = parse_base("[imap]\ncompress_window = 1k\n");
+    assert_int_equal(cfg->compress_window, KiB);
+    imf_config_unref(cfg);
+    cfg = parse_base("[imap]\ncompress_window = 32k\n");
+    assert_int_equal(cfg->compress_window, 32 * KiB);
+    imf_config_unref(cfg);
+    expect_base_error("[imap]\ncompress_window = 3k\n",
+                      "t.ini:9: compress_window: must be a power of two from 1k to 32k (1k, 2k, "
+                      "4k, 8k, 16k, 32k)");
+    expect_base_error("[imap]\ncompress_window = 64k\n",
+                      "t.ini:9: compress_window: \"64k\" is out of range (1k..32k)");
 }
 
 static void test_parse_size_edges(void **state)

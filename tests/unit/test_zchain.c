@@ -58,7 +58,7 @@ static void inflate_sliced(size_t step)
     imf_chain_init(&in, &k);
     imf_chain_init(&out, &k);
     struct imf_zchain z = {0};
-    assert_int_equal(imf_zchain_start(&z, 1), 0);
+    assert_int_equal(imf_zchain_start(&z, 1, 32768), 0);
     size_t fed = 0;
     for (unsigned rounds = 0;
          rounds < 10000000 && (fed < wlen || imf_zchain_inflate_pending(&z, &in)); rounds++) {
@@ -96,9 +96,8 @@ static void test_inflate_any_slicing(void **state)
 /* What the proxy deflates, a client inflates to the same bytes; nothing
  * waits in the compressor once the input is used up (sync flush), and the
  * output stops at the high mark until it is taken. */
-static void test_deflate_round_trip_and_high_mark(void **state)
+static void round_trip(int level, unsigned window)
 {
-    (void)state;
     static uint8_t text[300000], back[300000];
     size_t tlen = make_text(text, sizeof(text), 3);
     struct imf_chain_counters k = {0};
@@ -106,7 +105,7 @@ static void test_deflate_round_trip_and_high_mark(void **state)
     imf_chain_init(&in, &k);
     imf_chain_init(&out, &k);
     struct imf_zchain z = {0};
-    assert_int_equal(imf_zchain_start(&z, 6), 0);
+    assert_int_equal(imf_zchain_start(&z, level, window), 0);
     assert_int_equal(imf_chain_append(&in, text, tlen), 0);
     z_stream c = {0};
     assert_int_equal(inflateInit2(&c, -15), Z_OK);
@@ -138,6 +137,17 @@ static void test_deflate_round_trip_and_high_mark(void **state)
     imf_chain_clear(&out);
 }
 
+/* ... with every window compress_window allows (the client inflates with
+ * a 32 KiB window, as any client does). */
+static void test_deflate_round_trip_and_high_mark(void **state)
+{
+    (void)state;
+    round_trip(6, 32768);
+    round_trip(1, 8192);
+    round_trip(1, 1024);
+    round_trip(9, 2048);
+}
+
 static void test_corrupt_input(void **state)
 {
     (void)state;
@@ -147,7 +157,7 @@ static void test_corrupt_input(void **state)
     imf_chain_init(&out, &k);
     struct imf_zchain z = {0};
     assert_false(imf_zchain_active(&z));
-    assert_int_equal(imf_zchain_start(&z, 1), 0);
+    assert_int_equal(imf_zchain_start(&z, 1, 32768), 0);
     assert_true(imf_zchain_active(&z));
     /* A stored block whose length and its complement disagree. */
     static const uint8_t bad[] = {0x00, 0x05, 0x00, 0x05, 0x00, 'h', 'e', 'l', 'l', 'o'};
@@ -198,7 +208,7 @@ static void test_release_inflate_keeps_window(void **state)
     imf_chain_init(&out, &k);
     imf_chain_init(&none, &k);
     struct imf_zchain z = {0};
-    assert_int_equal(imf_zchain_start(&z, 1), 0);
+    assert_int_equal(imf_zchain_start(&z, 1, 32768), 0);
     z_stream c = {0};
     assert_int_equal(deflateInit2(&c, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
 
@@ -248,7 +258,7 @@ static void test_release_inflate_not_inside_block(void **state)
     imf_chain_init(&out, &k);
     imf_chain_init(&none, &k);
     struct imf_zchain z = {0};
-    assert_int_equal(imf_zchain_start(&z, 1), 0);
+    assert_int_equal(imf_zchain_start(&z, 1, 32768), 0);
     size_t wlen = client_deflate(text, tlen, wire, sizeof(wire));
     assert_int_equal(imf_chain_append(&in, wire, wlen / 2), 0);
     inflate_all(&z, &in, &out);
@@ -281,7 +291,7 @@ static void test_release_deflate_continues_stream(void **state)
     imf_chain_init(&out, &k);
     imf_chain_init(&none, &k);
     struct imf_zchain z = {0};
-    assert_int_equal(imf_zchain_start(&z, 1), 0);
+    assert_int_equal(imf_zchain_start(&z, 1, 32768), 0);
     z_stream c = {0};
     assert_int_equal(inflateInit2(&c, -15), Z_OK);
     size_t got = 0;
