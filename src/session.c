@@ -153,6 +153,11 @@ static void log_summary(struct imf_session *s)
 void imf_sess_free(struct imf_session *s)
 {
     struct imf_worker *w = s->worker;
+    /* Counted before the summary line is logged, so that whoever reads
+     * the line and then /metrics finds the session counted as closed. */
+    imf_stat_add(&w->stats.sessions_active, -1);
+    imf_stat_add(&s->listener->sessions_active, -1);
+    imf_stat_add(&w->stats.closes[s->reason], 1);
     log_summary(s);
     imf_chain_clear(&s->client.rx);
     imf_chain_clear(&s->c_plain);
@@ -195,9 +200,6 @@ void imf_sess_free(struct imf_session *s)
         imf_iplimit_release(&s->peer_addr.sa);
     if (s->counted_open)
         atomic_fetch_sub(&sessions_open, 1);
-    imf_stat_add(&w->stats.sessions_active, -1);
-    imf_stat_add(&s->listener->sessions_active, -1);
-    imf_stat_add(&w->stats.closes[s->reason], 1);
     free(s);
     imf_worker_session_gone(w, NULL);
 }
