@@ -92,6 +92,15 @@ static bool rewrite_line(uint8_t *line, size_t len, const char *head, const char
     return true;
 }
 
+/* The line becomes "*", cancelling a SASL exchange; the caller knows the
+ * line holds at least one octet before its ending. */
+static void cancel_line(uint8_t *line, size_t len, struct imf_gate_decision *out)
+{
+    bool ok = rewrite_line(line, len, "*", "", out);
+    assert(ok);
+    (void)ok;
+}
+
 /* Parses "tag SP name [SP ...]" strictly. Returns 0, -1 when no tag could
  * be read, -2 when the tag was read but the command name is invalid. */
 static int parse_command(const uint8_t *line, size_t len, struct imf_imap_command *out)
@@ -1019,9 +1028,7 @@ static void sasl_response(struct imf_gate *g, uint8_t *line, size_t len,
              * empty response has no room for the "*" and holds no secret:
              * it goes as it is. */
             if (login_check(g) && n > 0) {
-                bool ok = rewrite_line(line, len, "*", "", out);
-                assert(ok);
-                (void)ok;
+                cancel_line(line, len, out);
                 return;
             }
         }
@@ -1032,10 +1039,7 @@ static void sasl_response(struct imf_gate *g, uint8_t *line, size_t len,
     /* Not a SASL response: the exchange is cancelled ("*"); the backend
      * answers the AUTHENTICATE. A literal it announces never goes. */
     out->log = "invalid SASL response; exchange cancelled";
-    /* Not base64, so at least one octet before the ending: "*" fits. */
-    bool ok = rewrite_line(line, len, "*", "", out);
-    assert(ok);
-    (void)ok;
+    cancel_line(line, len, out); /* not base64: at least one octet */
     if (ev->literal_flags & IMF_LIT_PRESENT) {
         if (ev->literal_flags & (IMF_LIT_NONSYNC | IMF_LIT_MINUS)) {
             g->discarding = true;

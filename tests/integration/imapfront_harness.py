@@ -737,3 +737,21 @@ def fast_body(size, seed):
     if size >= 2 and out.endswith(b"\r"):
         out[-1:] = b"x"
     return bytes(out)
+
+
+def stopping(make):
+    """For a fixture: yields start(*args, **kw), which calls make and keeps
+    what it returns; everything started is stop()ped at teardown.
+        yield from h.stopping(Backend)"""
+    made = []
+
+    def start(*args, **kw):
+        x = make(*args, **kw)
+        made.append(x)
+        return x
+
+    try:
+        yield start
+    finally:
+        for x in made:
+            x.stop()

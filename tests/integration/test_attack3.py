@@ -573,16 +573,7 @@ class RawBackend:
 
 @pytest.fixture
 def raw():
-    made = []
-
-    def make(greeting, script):
-        b = RawBackend(greeting, script)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop()
+    yield from h.stopping(RawBackend)
 
 
 def login_checks(port, **more):

@@ -135,16 +135,7 @@ class HeldLogin:
 
 @pytest.fixture
 def held():
-    made = []
-
-    def make(**kw):
-        b = HeldLogin(**kw)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop()
+    yield from h.stopping(HeldLogin)
 
 
 # ------------------------------------------------------------- the lobby ----

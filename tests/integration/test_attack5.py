@@ -129,16 +129,7 @@ class Greeter:
 @pytest.fixture
 def greeter():
     """greeter(mode) starts a Greeter; all stop at teardown."""
-    started = []
-
-    def start(mode=("now",)):
-        g = Greeter(mode)
-        started.append(g)
-        return g
-
-    yield start
-    for g in started:
-        g.stop()
+    yield from h.stopping(Greeter)
 
 
 def proxy_for(proxy_factory, g, backend=None, extra=None):

@@ -184,16 +184,7 @@ class Backend:
 
 @pytest.fixture
 def backend():
-    made = []
-
-    def make(users=None, hold=False):
-        b = Backend(users, hold)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop()
+    yield from h.stopping(Backend)
 
 
 def start(proxy_factory, b, login=None, proxy=None):

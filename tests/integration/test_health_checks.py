@@ -138,16 +138,7 @@ def literal_noise(tag):
 
 @pytest.fixture
 def scripted():
-    made = []
-
-    def make(mode):
-        b = ScriptedBackend(mode)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop()
+    yield from h.stopping(ScriptedBackend)
 
 
 def checks(mode, servers, **more):
