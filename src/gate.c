@@ -190,11 +190,15 @@ static bool sasl_line(const uint8_t *line, size_t len)
     size_t n = imf_imap_text_len(line, len);
     if (n == 1 && line[0] == '*')
         return true;
+    /* RFC 3501 base64: groups of 4, "=" only as the padding of the last. */
+    if (n % 4 != 0)
+        return false;
     for (size_t i = 0; i < n; i++) {
         uint8_t c = line[i];
         bool b64 = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                   c == '+' || c == '/' || c == '=';
-        if (!b64)
+                   c == '+' || c == '/';
+        bool pad = c == '=' && (i == n - 1 || (i == n - 2 && line[n - 1] == '='));
+        if (!b64 && !pad)
             return false;
     }
     return true;

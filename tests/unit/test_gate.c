@@ -631,6 +631,13 @@ static void test_sasl_cancel_line_endings(void **state)
     PLAY(&d, &p, B(GREET), C("a AUTHENTICATE PLAIN\r\n"), B("+ \r\n"), C("~\n"));
     backend_is(&d, "a AUTHENTICATE PLAIN\r\n*\r\n");
     gd_free(&d);
+    /* Base64's letters in a form that is not base64 (found by attack 7). */
+    PLAY(&d, &p, B(GREET), C("a AUTHENTICATE PLAIN\r\n"), B("+ \r\n"), C("a=bc\r\n"));
+    backend_is(&d, "a AUTHENTICATE PLAIN\r\n*\r\n");
+    gd_free(&d);
+    PLAY(&d, &p, B(GREET), C("a AUTHENTICATE PLAIN\r\n"), B("+ \r\n"), C("QQ==\r\n"));
+    backend_is(&d, "a AUTHENTICATE PLAIN\r\nQQ==\r\n");
+    gd_free(&d);
 }
 
 /* Found by fuzz_gate (fails until gate.c is fixed): an ID whose list is
